@@ -1,0 +1,45 @@
+# gpt-pipeline: `make run` (set up, then run the whole lineage) and `make test` (set up, then test).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch that lies on this disk; installed before the project so that no
+# requirement pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+MLFLOW_DB := sqlite:///$(CURDIR)/mlruns/mlflow.db
+HOST := 127.0.0.1
+
+.PHONY: setup run test dagster-ui mlflow-ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p $(DAGSTER_HOME) data mlruns
+	$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
+	@echo ""
+	@echo "Dagster UI (assets, runs, metadata):  make dagster-ui   -> http://$(HOST):3000"
+	@echo "    (DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml)"
+	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
+	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
+
+test: $(STAMP)
+	$(PY) -m pytest gpt_pipeline_tests -q
+
+dagster-ui: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
+
+clean:
+	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints

@@ -1,0 +1,25 @@
+"""The Dagster code location: ``defs`` holds the lineage's assets, job and resources.
+
+``workspace.yaml`` (and ``dagster dev -m gpt_pipeline.definitions``) load this module.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from gpt_pipeline.defs.assets import ASSETS
+from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.jobs import JOBS
+from gpt_pipeline.defs.resources import MLflowResource
+
+
+def build_defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=JOBS,
+        resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs()

@@ -1,0 +1,50 @@
+"""The MLflow resource: one MLflow run per asset materialization, tagged with its Dagster run.
+
+A thin Dagster wrapper around ``gpt_pipeline.tracking.Tracker``. The store defaults to
+``$MLFLOW_TRACKING_URI`` or the project's SQLite database under ``mlruns/``; runs always end
+FINISHED or FAILED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import dagster as dg
+from pydantic import Field
+
+from gpt_pipeline.tracking import EXPERIMENT_NAME, TrackedRun, Tracker
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """Where and under which experiment the assets log to MLflow."""
+
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<project>/mlruns/mlflow.db with artifacts in mlruns/artifacts.",
+    )
+    experiment_name: str = Field(default=EXPERIMENT_NAME, description="MLflow experiment.")
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="Address of the MLflow UI, used for the links in asset metadata.",
+    )
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.experiment_name)
+
+    def run_url(self, run: TrackedRun) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+    @contextlib.contextmanager
+    def asset_run(self, context: dg.AssetExecutionContext) -> Iterator[TrackedRun]:
+        """An MLflow run for this materialization, named ``<asset>-<dagster run id prefix>``."""
+        key = context.asset_key.to_user_string()
+        tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": key,
+            "dagster.job": context.job_name or "",
+        }
+        with self.tracker().run(f"{key}-{context.run_id[:8]}", tags=tags) as run:
+            context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")
+            yield run

@@ -1,0 +1,287 @@
+"""gpt-rs's causal decoder transformer in PyTorch: the config, the modules and their exact math.
+
+What this module does: define ``GPTConfig`` (gpt-rs's ``transformer_config.ron``, same field
+names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to logits
+``[B, T, vocab_size]`` with gpt-rs's math:
+
+- token embedding + learned position embedding (positions 0..T-1), then embedding dropout;
+- ``block_count`` pre-LayerNorm blocks (eps 1e-5), each
+  ``x = dropout_res(x) + attn(ln_1(x))`` then ``x = dropout_res(x) + ffn(ln_2(x))``: the residual
+  dropout acts on the residual path itself, not on the branch output;
+- attention: ``head_count`` heads (one fused q/k/v linear layer here, the same math as gpt-rs's
+  per-head layers), scores scaled by 1/sqrt(head size), causal mask, softmax, dropout on the
+  attention weights, heads concatenated, projection (with bias);
+- feed-forward: linear to ``embedding_size * feed_forward_multiplier``, ReLU, linear back, dropout;
+- final LayerNorm, then a bias-free linear head, not tied to the token embedding;
+- initialisation: linear weights and embeddings normal(0, 0.02), biases zero, LayerNorms 1 and 0.
+
+What it does not do: training (``training.py``), files (``checkpoint.py``, ``interop/gpt_rs.py``)
+or sampling loops (``generation.py``; ``GPT.generate`` delegates there). The model also offers a
+key/value cache (``KVCache``) so that generation need not recompute the prompt at every token.
+
+Dropout masks come from ``torch.rand`` against the drop probability (``keep = u >= p``, kept values
+scaled by 1 / (1 - p)): the same distribution as ``nn.Dropout``, but about three times cheaper on
+CPU, and drawn from a ``torch.Generator`` that the training loop owns (``set_dropout_generator``)
+so that a run is reproducible and resumable without touching the global random state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
+INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
+
+
+@dataclass
+class GPTConfig:
+    """gpt-rs's ``transformer_config.ron``; the defaults are its example values (2,118,912 params)."""
+
+    vocab_size: int = 2048  # tokens in the vocabulary (the tokenizer's vocab_size)
+    embedding_size: int = 128  # width of the residual stream
+    context_length: int = 64  # maximum tokens the model sees at once (learned positions)
+    head_count: int = 4  # attention heads per block; must divide embedding_size
+    block_count: int = 8  # transformer blocks
+    feed_forward_multiplier: int = 4  # hidden width of the feed-forward = embedding_size * this
+    embedding_dropout: float = 0.05  # dropout after token + position embedding
+    attention_dropout: float = 0.05  # dropout on the attention weights (after softmax)
+    feed_forward_dropout: float = 0.05  # dropout after the feed-forward's output linear layer
+    residual_dropout: float = 0.05  # dropout on the residual path, twice per block
+
+    def validate(self) -> GPTConfig:
+        """Raise ``ValueError`` naming the first bad field; return ``self`` when all are fine."""
+        for name in ("vocab_size", "embedding_size", "context_length", "head_count", "block_count",
+                     "feed_forward_multiplier"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.embedding_size % self.head_count:
+            raise ValueError(
+                f"GPTConfig.embedding_size={self.embedding_size} is not divisible by "
+                f"head_count={self.head_count}"
+            )
+        for name in ("embedding_dropout", "attention_dropout", "feed_forward_dropout",
+                     "residual_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {value!r}")
+        return self
+
+    @property
+    def head_size(self) -> int:
+        return self.embedding_size // self.head_count
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        """Build and validate a config; unknown or missing keys raise ``ValueError``.
+
+        Example:
+            >>> GPTConfig.from_dict({**GPTConfig().to_dict(), "block_count": 2}).block_count
+            2
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        missing = sorted(names - set(values))
+        if unknown or missing:
+            raise ValueError(f"GPTConfig keys do not match: unknown {unknown}, missing {missing}")
+        return cls(**values).validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GPTConfig:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"GPTConfig JSON is invalid: {error}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"GPTConfig JSON must be an object, got {type(values).__name__}")
+        return cls.from_dict(values)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with probability ``p``, its mask drawn from ``self.generator``.
+
+    ``generator`` is ``None`` (the global torch generator) unless the owner sets one.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        u = torch.rand(x.shape, generator=self.generator, device=x.device)
+        scale = (u >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p)
+        return x * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class KVCache:
+    """Keys and values of every block for the positions seen so far, ``[B, H, T, head_size]`` each."""
+
+    def __init__(self, config: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch, config.head_count, config.context_length, config.head_size)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.block_count)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.block_count)]
+        self.length = 0  # positions filled, the same in every block
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.head_count = config.head_count
+        self.head_size = config.head_size
+        # q, k and v of every head in one layer: rows [q_0 .. q_H-1, k_0 .. k_H-1, v_0 .. v_H-1]
+        self.qkv = nn.Linear(config.embedding_size, 3 * config.embedding_size)
+        self.projection = nn.Linear(config.embedding_size, config.embedding_size)
+        self.attention_dropout = Dropout(config.attention_dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
+        q = q.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
+        k = k.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
+        v = v.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
+        causal = True
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer][:, :, start : start + T] = k
+            cache.values[layer][:, :, start : start + T] = v
+            k = cache.keys[layer][:, :, : start + T]  # [B, H, start + T, hs]
+            v = cache.values[layer][:, :, : start + T]  # [B, H, start + T, hs]
+            if start > 0:
+                if T != 1:
+                    raise ValueError(f"a filled KVCache takes one new position at a time, got {T}")
+                causal = False  # the single new query sees every cached position
+        if self.training and self.attention_dropout.p > 0:
+            # explicit weights so that dropout acts on them as in gpt-rs
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # [B, H, T, T]
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)  # future positions
+            weights = self.attention_dropout(scores.masked_fill_(mask, float("-inf")).softmax(-1))
+            y = weights @ v  # [B, H, T, hs]
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)  # [B, H, T, hs]
+        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C], heads concatenated
+        return self.projection(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.embedding_size * config.feed_forward_multiplier
+        self.input = nn.Linear(config.embedding_size, hidden)
+        self.output = nn.Linear(hidden, config.embedding_size)
+        self.dropout = Dropout(config.feed_forward_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.output(F.relu(self.input(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.layer_norm_1 = nn.LayerNorm(config.embedding_size, eps=LAYER_NORM_EPS)
+        self.attention = CausalSelfAttention(config)
+        self.layer_norm_2 = nn.LayerNorm(config.embedding_size, eps=LAYER_NORM_EPS)
+        self.feed_forward = FeedForward(config)
+        self.residual_dropout = Dropout(config.residual_dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x), cache, layer)
+        return self.residual_dropout(x) + self.feed_forward(self.layer_norm_2(x))
+
+
+class GPT(nn.Module):
+    """gpt-rs's transformer: token ids ``[B, T]`` (T <= context_length) -> logits ``[B, T, V]``."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.position_embedding = nn.Embedding(config.context_length, config.embedding_size)
+        self.embedding_dropout = Dropout(config.embedding_dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.block_count))
+        self.layer_norm = nn.LayerNorm(config.embedding_size, eps=LAYER_NORM_EPS)
+        self.linear_head = nn.Linear(config.embedding_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Linear weights and embeddings normal(0, 0.02), biases 0, LayerNorms weight 1, bias 0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, INIT_STD, generator=generator)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def set_dropout_generator(self, generator: torch.Generator | None) -> None:
+        """Draw every dropout mask from ``generator`` (``None``: the global generator)."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.generator = generator
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.linear_head(self.forward_hidden(idx))  # [B, T, V]
+
+    def forward_hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm output ``[B, T, C]`` for ``idx`` ``[B, T]`` at positions from
+        ``cache.length`` (0 without a cache); the cache, if any, is extended by T positions."""
+        if idx.dim() != 2:
+            raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than context_length="
+                f"{self.config.context_length}"
+            )
+        positions = torch.arange(start, start + T, device=idx.device)  # [T]
+        x = self.token_embedding(idx) + self.position_embedding(positions)  # [B, T, C]
+        x = self.embedding_dropout(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        return self.layer_norm(x)
+
+    def new_cache(self, batch: int) -> KVCache:
+        parameter = self.linear_head.weight
+        return KVCache(self.config, batch, parameter.device, parameter.dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.7,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
+
+        gpt-rs's sampling (see ``gpt_pipeline.generation.generate``), with a key/value cache.
+        """
+        from gpt_pipeline.generation import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, generator)

@@ -1,0 +1,81 @@
+"""Where files live and how they are written.
+
+This module owns two things: the location of the project's data directory and atomic file
+writes. It does not know about Dagster, MLflow or any file format: callers hand it bytes or a
+function that writes a file, and it makes sure that readers only ever see a complete file.
+
+Atomic write: the content goes to a temporary file in the same directory, is flushed and
+fsynced, then renamed over the destination with ``os.replace`` (atomic on POSIX). A process
+killed half-way leaves the previous file intact; the temporary file is removed on any error
+raised in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+DATA_DIR_ENV = "GPT_PIPELINE_DATA_DIR"
+
+
+def project_root() -> Path:
+    """The repository root: the directory that holds the ``gpt_pipeline`` package."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Asset storage: ``$GPT_PIPELINE_DATA_DIR`` when set, else ``<project root>/data``."""
+    configured = os.environ.get(DATA_DIR_ENV)
+    return Path(configured).expanduser().resolve() if configured else project_root() / "data"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file, which then replaces it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = atomic_write(d / "a.txt", lambda tmp: tmp.write_text("hi"))
+        >>> (d / "a.txt").read_text(), sorted(p.name for p in d.iterdir())
+        ('hi', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

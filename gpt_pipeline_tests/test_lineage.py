@@ -1,0 +1,80 @@
+"""The whole lineage materialized into a temp directory with a real Dagster instance and a real
+MLflow SQLite store: files, metadata, MLflow params and metrics."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
+from safetensors import safe_open
+
+from gpt_pipeline.definitions import defs
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+
+
+def test_definitions_form_one_lineage():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(ASSET_KEYS)
+    for upstream, downstream in zip(ASSET_KEYS, ASSET_KEYS[1:]):
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
+        assert upstream in parents
+    for key in ASSET_KEYS:
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == "gpt"
+    assert defs.resolve_job_def("train_gpt_job") is not None
+
+
+def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
+    data, mlruns = isolated_storage
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        result = defs.resolve_job_def("train_gpt_job").execute_in_process(
+            run_config=TINY_RUN_CONFIG, instance=instance
+        )
+        assert result.success
+        for key in ASSET_KEYS:
+            materialization = instance.get_latest_materialization_event(dg.AssetKey(key))
+            assert materialization is not None, key
+            metadata = materialization.asset_materialization.metadata
+            assert metadata["size_bytes"].value > 0
+            assert "mlflow_run" in metadata
+        run_id = result.run_id
+
+    # Files: one per asset, loadable.
+    stories = pl.read_parquet(data / "raw_stories.parquet")
+    assert stories.columns == ["text"] and len(stories) == 200
+    tokenizer = BPETokenizer.load(data / "bpe_tokenizer.json")
+    assert tokenizer.vocab_size == 300
+    assert (data / "bpe_tokenizer.vocab.txt").stat().st_size > 0
+    table = pq.read_table(data / "tokenized_dataset.parquet")
+    assert str(table.schema.field("tokens").type) == "list<element: uint16>"
+    assert table.column("split").to_pylist().count("train") == 180
+    assert tokenizer.decode(table.column("tokens")[0].as_py()) == stories["text"][0]
+    with safe_open(data / "trained_model.safetensors", "pt") as handle:
+        assert "gpt_config" in "".join(handle.metadata() or {})
+    generations = pl.read_parquet(data / "sample_generations.parquet")
+    assert generations["prompt"].to_list() == ["Once", "The dog"]
+    assert all(text.startswith(p) for text, p in zip(generations["text"], generations["prompt"]))
+
+    # MLflow: one run per asset, tagged with the Dagster run; the training run has its history.
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gpt-pipeline")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{run_id}'")
+    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(ASSET_KEYS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    training = next(r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model")
+    assert training.data.params["vocab_size"] == "300"
+    assert training.data.params["embedding_size"] == "32"
+    assert training.data.params["learning_rate"] == "0.003"
+    history = client.get_metric_history(training.info.run_id, "test_loss")
+    assert [m.step for m in history] == [0, 20, 40]
+    train_history = client.get_metric_history(training.info.run_id, "train_loss")
+    assert train_history[-1].value < train_history[0].value
+    artifacts = {a.path for a in client.list_artifacts(training.info.run_id)}
+    assert {"checkpoint", "tokenizer", "config.json"} <= artifacts

@@ -1,0 +1,36 @@
+"""Atomic writes and the data directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt_pipeline.storage import atomic_write, atomic_write_text, data_dir, project_root
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "file.txt"
+    atomic_write_text(target, "first")
+    atomic_write_text(target, "second")
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
+
+
+def test_failed_write_keeps_previous_file_and_removes_temp(tmp_path):
+    target = tmp_path / "file.txt"
+    atomic_write_text(target, "good")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("GPT_PIPELINE_DATA_DIR", raising=False)
+    assert data_dir() == project_root() / "data"
+    monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert data_dir() == tmp_path / "elsewhere"

@@ -1,0 +1,26 @@
+"""A run config for ``train_gpt_job`` small enough for tests (seconds, not minutes)."""
+
+TINY_RUN_CONFIG = {
+    "ops": {
+        "raw_stories": {"config": {"num_stories": 200, "seed": 3}},
+        "bpe_tokenizer": {"config": {"vocab_size": 300}},
+        "tokenized_dataset": {"config": {"training_percentage": 0.9}},
+        "trained_model": {
+            "config": {
+                "embedding_size": 32,
+                "context_length": 16,
+                "head_count": 2,
+                "block_count": 1,
+                "feed_forward_multiplier": 2,
+                "learning_rate": 0.003,
+                "training_iterations": 40,
+                "evaluation_interval": 20,
+                "evaluation_iterations": 2,
+                "contexts_per_batch": 8,
+                "seed": 7,
+                "device": "cpu",
+            }
+        },
+        "sample_generations": {"config": {"prompts": ["Once", "The dog"], "token_count": 20, "seed": 5}},
+    }
+}
