@@ -32,7 +32,7 @@ def load_texts(parquet: str | None, column: str | None) -> tuple[list[str], str]
         try:
             from gpt_pipeline.corpus import generate_stories
         except ImportError:
-            sys.exit("no PARQUET given and gpt_pipeline.corpus.generate_stories is not available; pass a Parquet file")
+            sys.exit("no PARQUET given and gpt_pipeline.corpus is missing; pass a Parquet file")
         return generate_stories(), "the embedded corpus (gpt_pipeline.corpus.generate_stories())"
     frame = pl.read_parquet(parquet)
     series = frame[column] if column else frame.to_series(0)
@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     def hf_train() -> Tokenizer:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="isolated")
-        trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, initial_alphabet=alphabet, show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=args.vocab_size, initial_alphabet=alphabet, show_progress=False
+        )
         tok.train_from_iterator(texts, trainer)
         return tok
 

@@ -85,6 +85,18 @@ class FaithfulGPT(nn.Module):
         return self.linear_head(self.layer_norm(self.blocks(x)))
 
 
+def load_gpt_rs_tensors(model: FaithfulGPT, tensors: dict[str, torch.Tensor]) -> FaithfulGPT:
+    """Load a gpt-rs checkpoint's tensors (``transformer.…`` names) into the port."""
+    state = {}
+    for name, tensor in tensors.items():
+        name = name.removeprefix("transformer.").replace("multi_attention_head.", "")
+        state[name.replace("feed_forward.", "")] = tensor
+    model.load_state_dict(state, strict=False)
+    missing = set(model.state_dict()) - set(state) - {n for n in model.state_dict() if n.endswith("omit")}
+    assert not missing, missing
+    return model
+
+
 def faithful_optimizer(model: nn.Module, lr: float) -> torch.optim.AdamW:
     decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     ids = {id(p) for p in decay}
@@ -97,8 +109,10 @@ def make_step(model, optimizer, x, y):
     params = list(model.parameters())
 
     def step():
-        logits = model(x)  # [B, T, V]
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        if isinstance(model, GPT):
+            loss = model.loss(x, y)  # the training loop's call: fused head + cross-entropy
+        else:
+            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())  # [B * T, V] logits
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_value_(params, 0.5)

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenize",
         help="train the BPE tokenizer on a Parquet file and encode every story",
         description="Train gpt-rs's BPE tokenizer on the stories and encode them. Writes "
-        "tokenizer.json, tokenizer.vocab.txt and dataset.parquet into --output-dir.",
+        "tokenizer.json (with its listing tokenizer.json.vocab.txt) and dataset.parquet into --output-dir.",
     )
     tok.add_argument("--data-parquet", metavar="FILE", help="Parquet file of stories (default: the "
                      "embedded corpus the project generates)")

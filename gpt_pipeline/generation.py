@@ -11,7 +11,8 @@ This module computes exactly that, faster:
   each new token costs one position through the model;
 - once the window slides, every position shifts and the whole window is recomputed (gpt-rs's
   learned absolute positions leave no shortcut), but without padding;
-- only the last position goes through the final linear head;
+- in the last block and the head, only the last position is computed (the others' keys and
+  values excepted);
 - a batch of prompts (of equal length) is sampled at once.
 
 With ``top_k=1`` the pick is the arg-max: gpt-rs's loop run greedily. It does not tokenize text
@@ -99,12 +100,12 @@ def generate(
             if n <= context_length:  # the window starts at position 0 and only grows
                 if cache is None:
                     cache = model.new_cache(B)
-                    hidden = model.forward_hidden(out[:, :n], cache)  # [B, n, C]
+                    hidden = model.forward_hidden(out[:, :n], cache, last_only=True)  # [B, 1, C]
                 else:
-                    hidden = model.forward_hidden(out[:, n - 1 : n], cache)  # [B, 1, C]
+                    hidden = model.forward_hidden(out[:, n - 1 : n], cache, last_only=True)  # [B, 1, C]
             else:  # the window slides: every position moves, recompute it whole
-                hidden = model.forward_hidden(out[:, n - context_length : n])  # [B, ctx, C]
-            logits = model.linear_head(hidden[:, -1])  # [B, V], last real position only
+                hidden = model.forward_hidden(out[:, n - context_length : n], last_only=True)  # [B, 1, C]
+            logits = model.linear_head(hidden[:, -1])  # [B, V]: the last real position only
             out[:, n] = sample_next(logits, temperature, top_k, generator)
     finally:
         model.train(was_training)

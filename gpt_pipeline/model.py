@@ -112,7 +112,8 @@ class GPTConfig:
 class Dropout(nn.Module):
     """Inverted dropout with probability ``p``, its mask drawn from ``self.generator``.
 
-    ``generator`` is ``None`` (the global torch generator) unless the owner sets one.
+    ``generator`` is ``None`` (the global torch generator) unless the owner sets one. ``mask``
+    exposes the scaled mask so that callers can fuse it into their next operation.
     """
 
     def __init__(self, p: float):
@@ -120,12 +121,16 @@ class Dropout(nn.Module):
         self.p = float(p)
         self.generator: torch.Generator | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """0 or 1/(1-p) for every element of ``x``, or ``None`` when dropout is off."""
         if not self.training or self.p == 0.0:
-            return x
-        u = torch.rand(x.shape, generator=self.generator, device=x.device)
-        scale = (u >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))  # 0 or 1/(1-p)
-        return x * scale
+            return None
+        u = torch.rand(x.shape, generator=self.generator, device=x.device)  # uniform [0, 1)
+        return u.ge_(self.p).mul_(1.0 / (1.0 - self.p)).to(x.dtype)  # keep with prob. 1 - p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(x)
+        return x if mask is None else x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -151,32 +156,42 @@ class CausalSelfAttention(nn.Module):
         self.projection = nn.Linear(config.embedding_size, config.embedding_size)
         self.attention_dropout = Dropout(config.attention_dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        """``[B, T, C]`` -> ``[B, T, C]``, or ``[B, 1, C]`` for the last position when ``last_only``
+        (keys and values are still computed, and cached, for every position)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
-        q = q.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
+        if last_only and T > 1:
+            q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])  # [B, 1, C]
+            k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
+        else:
+            q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
+        Tq = q.size(1)
+        q = q.view(B, Tq, self.head_count, self.head_size).transpose(1, 2)  # [B, H, Tq, hs]
         k = k.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
         v = v.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
-        causal = True
+        causal = Tq > 1  # a single query is the last position: it sees every key
         if cache is not None:
             start = cache.length
             cache.keys[layer][:, :, start : start + T] = k
             cache.values[layer][:, :, start : start + T] = v
             k = cache.keys[layer][:, :, : start + T]  # [B, H, start + T, hs]
             v = cache.values[layer][:, :, : start + T]  # [B, H, start + T, hs]
-            if start > 0:
-                if T != 1:
-                    raise ValueError(f"a filled KVCache takes one new position at a time, got {T}")
-                causal = False  # the single new query sees every cached position
+            if start > 0 and Tq > 1:
+                raise ValueError(f"a filled KVCache takes one new position at a time, got {T}")
         if self.training and self.attention_dropout.p > 0:
-            # explicit weights so that dropout acts on them as in gpt-rs
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # [B, H, T, T]
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)  # future positions
-            weights = self.attention_dropout(scores.masked_fill_(mask, float("-inf")).softmax(-1))
-            y = weights @ v  # [B, H, T, hs]
+            # explicit weights so that dropout acts on them as in gpt-rs; the causal mask is an
+            # additive -inf bias above the diagonal, scaled scores and mask in one baddbmm
+            bias = torch.full((T, T), float("-inf"), device=x.device, dtype=q.dtype).triu_(1)
+            scores = torch.baddbmm(bias, q.reshape(B * self.head_count, T, self.head_size),
+                                   k.reshape(B * self.head_count, T, self.head_size).transpose(1, 2),
+                                   alpha=1.0 / math.sqrt(self.head_size))  # [B * H, T, T]
+            weights = self.attention_dropout(scores.softmax(-1))  # [B * H, T, T]
+            y = (weights @ v.reshape(B * self.head_count, T, self.head_size)).view(B, self.head_count, T, -1)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1)  # [B, H, T, hs]
-        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C], heads concatenated
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, Tq, hs]
+        y = y.transpose(1, 2).reshape(B, Tq, C)  # [B, Tq, C], heads concatenated
         return self.projection(y)
 
 
@@ -201,9 +216,58 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.residual_dropout = Dropout(config.residual_dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x), cache, layer)
-        return self.residual_dropout(x) + self.feed_forward(self.layer_norm_2(x))
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        # x = dropout_res(x) + attn(ln_1(x)); x = dropout_res(x) + ffn(ln_2(x)), the residual
+        # masks fused into the sums (addcmul: branch + x * mask)
+        mask = self.residual_dropout.mask(x)
+        branch = self.attention(self.layer_norm_1(x), cache, layer, last_only)  # [B, T or 1, C]
+        if branch.size(1) != x.size(1):  # last_only: only the last position goes on
+            x, mask = x[:, -1:], None if mask is None else mask[:, -1:]
+        x = branch + x if mask is None else torch.addcmul(branch, x, mask)
+        mask = self.residual_dropout.mask(x)
+        branch = self.feed_forward(self.layer_norm_2(x))
+        return branch + x if mask is None else torch.addcmul(branch, x, mask)
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, computed in row chunks.
+
+    The same math as ``F.cross_entropy(hidden @ weight.T, targets)``, without the ``[N, V]``
+    logits in memory: each chunk's logits (a few MB, cache-sized) are made, reduced and turned
+    into their gradient at once (softmax - one-hot), whose products with ``weight`` and ``hidden``
+    are the gradients of the inputs; the backward pass only scales them. On CPU this avoids the
+    32 MB+ temporaries that glibc maps and page-faults afresh at every step.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        N = hidden.size(0)
+        rows = max(1, (1 << 21) // weight.size(0))  # ~8 MB of float32 logits per chunk
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if want_grad else None  # [N, C]
+        grad_weight = torch.zeros_like(weight) if want_grad else None  # [V, C]
+        for i in range(0, N, rows):
+            h, t = hidden[i : i + rows], targets[i : i + rows]  # [n, C], [n]
+            logits = h @ weight.t()  # [n, V]
+            lse = torch.logsumexp(logits, dim=1)  # [n]
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if want_grad:
+                g = logits.sub_(lse[:, None]).exp_()  # [n, V] softmax
+                g[torch.arange(len(t), device=g.device), t] -= 1.0  # softmax - one-hot
+                torch.mm(g, weight, out=grad_hidden[i : i + rows])  # [n, C]
+                grad_weight.addmm_(g.t(), h)  # [V, C]
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.scale = 1.0 / N
+        return total / N
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_output * ctx.scale
+        return grad_hidden * scale, grad_weight * scale, None
 
 
 class GPT(nn.Module):
@@ -244,9 +308,25 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.linear_head(self.forward_hidden(idx))  # [B, T, V]
 
-    def forward_hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over all positions of ``forward(idx)`` against ``targets`` [B, T].
+
+        Same value as ``F.cross_entropy(forward(idx).flatten(0, 1), targets.flatten())``; on CPU
+        it never materialises the logits (see ``HeadCrossEntropy``).
+        """
+        hidden = self.forward_hidden(idx)  # [B, T, C]
+        if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
+            return HeadCrossEntropy.apply(hidden.flatten(0, 1), self.linear_head.weight, targets.flatten())
+        logits = self.linear_head(hidden)  # [B, T, V]
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def forward_hidden(
+        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
         """Final-LayerNorm output ``[B, T, C]`` for ``idx`` ``[B, T]`` at positions from
-        ``cache.length`` (0 without a cache); the cache, if any, is extended by T positions."""
+        ``cache.length`` (0 without a cache); the cache, if any, is extended by T positions.
+        With ``last_only`` the last block computes queries, feed-forward and output for the last
+        position alone: ``[B, 1, C]`` (what sampling needs)."""
         if idx.dim() != 2:
             raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
         B, T = idx.shape
@@ -260,7 +340,7 @@ class GPT(nn.Module):
         x = self.token_embedding(idx) + self.position_embedding(positions)  # [B, T, C]
         x = self.embedding_dropout(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, last_only and layer == len(self.blocks) - 1)
         if cache is not None:
             cache.length += T
         return self.layer_norm(x)

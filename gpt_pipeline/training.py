@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gpt_pipeline.checkpoint import (
     load_training_checkpoint,
@@ -270,8 +269,7 @@ def estimate_loss(model: GPT, data: TokenArray, eligible, batches: int, contexts
     for _ in range(batches):
         x, y = sample_batch(data, contexts, model.config.context_length, generator, eligible)
         with autocast():
-            logits = model(x.to(device))  # [B, T, V]
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()).item()
+            total += model.loss(x.to(device), y.to(device)).item()
     model.train(was_training)
     return total / batches
 
@@ -395,8 +393,7 @@ def train(
                             generators["batch"], train_eligible)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            logits = model(x)  # [B, T, V]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # mean over B * T
+            loss = model.loss(x, y)  # mean cross-entropy over B * T positions
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip == "value":

@@ -162,3 +162,16 @@ def test_training_mode_loss_backpropagates_to_every_parameter():
     loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_last_only_equals_the_last_position_of_a_full_forward():
+    model = GPT(TINY).eval()
+    idx = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model.forward_hidden(idx)  # [2, 6, 8]
+        last = model.forward_hidden(idx, last_only=True)  # [2, 1, 8]
+        assert last.shape == (2, 1, 8) and torch.allclose(last, full[:, -1:], atol=1e-6)
+        cache = model.new_cache(2)
+        assert torch.allclose(model.forward_hidden(idx[:, :5], cache, last_only=True), full[:, 4:5], atol=1e-6)
+        assert cache.length == 5
+        assert torch.allclose(model.forward_hidden(idx[:, 5:], cache, last_only=True), full[:, 5:], atol=1e-5)

@@ -9,10 +9,12 @@ The fast trainer must agree with them on every randomized corpus, errors include
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
-from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer import BPETokenizer, split_pieces
+from gpt_pipeline.tokenizer.pieces import count_pieces
 
 BARRIERS = ('"', "\n")
 
@@ -165,7 +167,9 @@ def test_training_errors(texts, vocab_size, message):
     ("seed", "corpora", "max_length", "max_merges", "min_compared", "min_failures"),
     [(1234, 400, 24, 25, 150, 30), (5, 40, 300, 80, 25, 1)],
 )
-def test_merges_equal_the_reference_on_randomized_corpora(seed, corpora, max_length, max_merges, min_compared, min_failures):
+def test_merges_equal_the_reference_on_randomized_corpora(
+    seed, corpora, max_length, max_merges, min_compared, min_failures
+):
     rng = random.Random(seed)
     compared = failures = 0
     for _ in range(corpora):
@@ -206,7 +210,11 @@ def test_batch_and_single_encoding_agree_with_the_reference_and_decode_back():
 # ---- encode / decode -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def story_tokenizer() -> BPETokenizer:
-    texts = ['Tom said, "Hi!"\nThe cat ran.', "The dog ran to the cat.  It was fun.", "Zoë ate crème brûlée 🙂"]
+    texts = [
+        'Tom said, "Hi!"\nThe cat ran.',
+        "The dog ran to the cat.  It was fun.",
+        "Zoë ate crème brûlée 🙂",
+    ]
     return BPETokenizer.train(texts, vocab_size=60)
 
 
@@ -216,6 +224,7 @@ def test_round_trip_and_batch(story_tokenizer):
     assert ids == [story_tokenizer.encode(t) for t in texts]
     assert [story_tokenizer.decode(x) for x in ids] == texts
     assert ids[2] == [] and len(ids[3]) == 1
+    assert story_tokenizer.encode_batch([]) == []
     flat, offsets = story_tokenizer.encode_flat(texts)
     assert flat.dtype.name == "uint16" and offsets.tolist()[-1] == len(flat)
     assert flat[offsets[1] : offsets[2]].tolist() == ids[1]
@@ -234,6 +243,14 @@ def test_unseen_characters_are_skipped_on_request(story_tokenizer):
     assert story_tokenizer.encode_batch(["The Qa X Q", "Q"], unknown="skip") == [expected, []]
 
 
+def test_skipping_unseen_spaces_and_regex_characters():
+    tok = BPETokenizer.train(["ab", "ba"], vocab_size=4)  # no space, no punctuation
+    texts = ["a b", "a-b[#]\\b ~", " "]
+    expected = [tok.encode("ab"), tok.encode("abb"), []]
+    assert [tok.encode(t, unknown="skip") for t in texts] == expected
+    assert tok.encode_batch(texts, unknown="skip") == expected
+
+
 def test_bad_arguments(story_tokenizer):
     with pytest.raises(ValueError, match=r"unknown must be one of \('error', 'skip'\), got 'ignore'"):
         story_tokenizer.encode("The", unknown="ignore")
@@ -245,3 +262,26 @@ def test_bad_arguments(story_tokenizer):
         story_tokenizer.decode([-1])
     with pytest.raises(ValueError, match=r"token id 99 is outside"):
         story_tokenizer.token_text(99)
+
+
+# ---- pieces --------------------------------------------------------------------------------
+def test_split_pieces_known_answer():
+    assert split_pieces(' He said  "hi,\nyou"') == [" He", " said", " ", " ", '"', "hi,", "\n", "you", '"']
+    assert split_pieces("") == []
+
+
+def test_count_pieces_equals_counting_every_piece_of_every_text():
+    rng = random.Random(7)
+    for _ in range(50):
+        texts = random_corpus(rng, 40) + [" lead", "", "  ", '"q" a']
+        expected = Counter(piece for text in texts for piece in split_pieces(text))
+        assert count_pieces(texts) == dict(expected)
+
+
+@pytest.mark.parametrize("module", ["pieces", "training", "encoding", "fileformat", "huggingface", "bpe"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"gpt_pipeline.tokenizer.{module}"))
+    assert result.attempted > 0 and result.failed == 0

@@ -172,7 +172,10 @@ def trained_model(
         run.log_params(params)
         run.set_tags({"checkpoint_dir": str(checkpoint_dir), "dataset_sha256": data_hash})
 
+        reported: set[int] = set()
+
         def report(evaluation: Evaluation) -> None:
+            reported.add(evaluation.step)
             context.log.info(progress_line(evaluation, train_config.training_iterations))
             run.log_metrics(
                 {
@@ -184,6 +187,11 @@ def trained_model(
             )
 
         result = train(model_config, train_config, train_data, test_data, checkpoint_dir, report)
+        for evaluation in result.evaluations:  # those restored from a checkpoint when resuming
+            if evaluation.step not in reported:
+                run.log_metrics(
+                    {"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, step=evaluation.step
+                )
         final = result.evaluations[-1]
         summary = {
             "final_train_loss": final.train_loss,
@@ -210,7 +218,8 @@ def trained_model(
             "steps": dg.MetadataValue.int(result.steps),
             "tokens_per_second": dg.MetadataValue.float(result.tokens_per_second),
             "training_seconds": dg.MetadataValue.float(result.seconds),
-            "device": str(result.device) if hasattr(result, "device") else train_config.device,
+            "device": str(next(result.model.parameters()).device),
+            "resumed_from_step": dg.MetadataValue.int(result.resumed_from if result.resumed_from is not None else -1),
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
             "loss_history": dg.MetadataValue.json(history),
             **_run_link(mlflow, run),
@@ -254,9 +263,13 @@ def sample_generations(
 
 
 def _save_tokenizer_files(tokenizer: BPETokenizer, directory: Path) -> Path:
-    tokenizer.save(directory / "tokenizer.json")
-    if hasattr(tokenizer, "save_hf"):
-        tokenizer.save_hf(directory / "hf_tokenizer.json")
+    """Ours (``bpe_tokenizer.json`` + listing) and Hugging Face's ``tokenizer.json`` when the
+    vocabulary fits that format."""
+    tokenizer.save(directory / "bpe_tokenizer.json")
+    try:
+        tokenizer.save_hf(directory / "tokenizer.json")
+    except ValueError:
+        pass
     return directory
 
 

@@ -33,12 +33,18 @@ from gpt_pipeline.tokenizer import BPETokenizer
 
 
 def _write_tokenizer(path: Path, tokenizer: BPETokenizer) -> dict[str, Path]:
-    """Companions first, the main file last: its presence means the set is complete."""
+    """Companions first, the main file last: its presence means the set is complete.
+
+    The Hugging Face file is skipped (and any stale one removed) when the vocabulary cannot be
+    expressed in it (two tokens with the same text, which gpt-rs's rules allow)."""
     extras = {"vocabulary_listing": path.with_suffix(".vocab.txt")}
     atomic_write_text(extras["vocabulary_listing"], tokenizer.vocab_listing())
-    if hasattr(tokenizer, "save_hf"):
-        extras["hugging_face_tokenizer"] = path.with_suffix(".hf.json")
-        atomic_write(extras["hugging_face_tokenizer"], tokenizer.save_hf)
+    hf_path = path.with_suffix(".hf.json")
+    try:
+        atomic_write_text(hf_path, tokenizer.to_hf_json())
+        extras["hugging_face_tokenizer"] = hf_path
+    except ValueError:
+        hf_path.unlink(missing_ok=True)
     atomic_write_text(path, tokenizer.to_json())
     return extras
 

@@ -180,7 +180,8 @@ class MergeEncoder:
         if self._table is None and V * V <= _DENSE_TABLE_MAX:
             table = np.full(V * V, _NO_MERGE, dtype=np.int32)
             if self.rank:
-                table[np.fromiter(self.rank.keys(), dtype=np.int64)] = np.fromiter(self.rank.values(), dtype=np.int32)
+                keys = np.fromiter(self.rank.keys(), dtype=np.int64)
+                table[keys] = np.fromiter(self.rank.values(), dtype=np.int32)
             self._table = table
         return self._table
 
@@ -192,7 +193,8 @@ class MergeEncoder:
             return np.full(len(keys), _NO_MERGE, dtype=np.int64)
         if self._sorted is None:
             sorted_keys = np.array(sorted(self.rank), dtype=np.int64)
-            self._sorted = (sorted_keys, np.array([self.rank[k] for k in sorted_keys.tolist()], dtype=np.int64))
+            ranks = np.array([self.rank[k] for k in sorted_keys.tolist()], dtype=np.int64)
+            self._sorted = (sorted_keys, ranks)
         sorted_keys, sorted_ranks = self._sorted
         at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
         return np.where(sorted_keys[at] == keys, sorted_ranks[at], _NO_MERGE)

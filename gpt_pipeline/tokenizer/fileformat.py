@@ -28,7 +28,9 @@ RULES = {
 }
 
 
-def validate(alphabet: Sequence[str], merges: Sequence[Sequence[int]]) -> tuple[list[str], list[tuple[int, int]]]:
+def validate(
+    alphabet: Sequence[str], merges: Sequence[Sequence[int]]
+) -> tuple[list[str], list[tuple[int, int]]]:
     """``alphabet`` and ``merges`` as lists, after checking that gpt-rs could have learnt them.
 
     Example:
@@ -46,7 +48,9 @@ def validate(alphabet: Sequence[str], merges: Sequence[Sequence[int]]) -> tuple[
         if not isinstance(c, str) or len(c) != 1:
             raise ValueError(f"alphabet entry {i} must be one character, got {c!r}")
         if i and ord(c) <= ord(alphabet[i - 1]):
-            raise ValueError(f"alphabet must be in strictly ascending code point order; {c!r} follows {alphabet[i - 1]!r}")
+            raise ValueError(
+                f"alphabet must be in strictly ascending code point order; {c!r} follows {alphabet[i - 1]!r}"
+            )
     texts = list(alphabet)
     seen: set[tuple[int, int]] = set()
     clean: list[tuple[int, int]] = []
@@ -56,7 +60,9 @@ def validate(alphabet: Sequence[str], merges: Sequence[Sequence[int]]) -> tuple[
             or len(merge) != 2
             or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(texts) for i in merge)
         ):
-            raise ValueError(f"merge {k} must be two ids of existing tokens (below {len(texts)}), got {merge!r}")
+            raise ValueError(
+                f"merge {k} must be two ids of existing tokens (below {len(texts)}), got {merge!r}"
+            )
         pair = (int(merge[0]), int(merge[1]))
         left, right = texts[pair[0]], texts[pair[1]]
         if left in BARRIERS or right in BARRIERS:
@@ -112,7 +118,8 @@ def loads(text: str) -> tuple[list[str], list[tuple[int, int]]]:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"unknown tokenizer format {found!r}; expected {FORMAT!r}")
     if data.get("version") != VERSION:
-        raise ValueError(f"unsupported {FORMAT} version {data.get('version')!r}; this code reads version {VERSION}")
+        version = data.get("version")
+        raise ValueError(f"unsupported {FORMAT} version {version!r}; this code reads version {VERSION}")
     if data.get("rules") != RULES:
         rules = data.get("rules")
         differ = sorted(set(RULES) ^ set(rules)) if isinstance(rules, dict) else ["rules"]
@@ -121,7 +128,8 @@ def loads(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     alphabet, merges = validate(data.get("alphabet") or [], data.get("merges") or [])
     if data.get("vocab_size") != len(alphabet) + len(merges):
         raise ValueError(
-            f"vocab_size {data.get('vocab_size')!r} does not match {len(alphabet)} characters + {len(merges)} merges"
+            f"vocab_size {data.get('vocab_size')!r} does not match "
+            f"{len(alphabet)} characters + {len(merges)} merges"
         )
     return alphabet, merges
 
@@ -150,7 +158,8 @@ def vocab_listing(alphabet: Sequence[str], merges: Sequence[tuple[int, int]], te
     """One line per token: id, visible text, and what it is (character or merge of two ids).
 
     Example:
-        >>> print(vocab_listing([" ", "a"], [(0, 1)], [" ", "a", " a"]), end="")  # doctest: +NORMALIZE_WHITESPACE
+        >>> listing = vocab_listing([" ", "a"], [(0, 1)], [" ", "a", " a"])
+        >>> print(listing, end="")  # doctest: +NORMALIZE_WHITESPACE
         # gpt-pipeline-bpe vocabulary: 3 tokens = 2 characters + 1 merges
         # ␣ is a space, ↵ a newline; a merged token shows the two tokens it joins
         id	token	made of

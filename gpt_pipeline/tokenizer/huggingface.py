@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from gpt_pipeline.tokenizer.pieces import PIECE_PATTERN
 
 
-def hf_tokenizer_json(alphabet: Sequence[str], merges: Sequence[tuple[int, int]], texts: Sequence[str]) -> str:
+def hf_tokenizer_json(
+    alphabet: Sequence[str], merges: Sequence[tuple[int, int]], texts: Sequence[str]
+) -> str:
     """The ``tokenizer.json`` text for the tokenizer whose token ``i`` has text ``texts[i]``.
 
     Example:

@@ -10,7 +10,7 @@ distinct pieces of a corpus. It knows nothing about merges or ids.
 Speed: cutting before spaces only is a literal split, which polars does in Rust on all cores
 several times faster than the full regular expression. Such a "chunk" (a space, then the next
 word with its quotes and newlines) is cut around its barriers afterwards, once per *distinct*
-chunk, in Python. Encoding needs no second cut at all: no learnt merge involves a barrier, so
+chunk. Encoding needs no second cut at all: no learnt merge involves a barrier, so
 a chunk encodes to the same ids as its pieces one after the other.
 """
 
@@ -75,22 +75,21 @@ def count_pieces(texts: Iterable[str]) -> dict[str, int]:
     words = series.str.split(" ")  # text i = words[0] + " " + words[1] + " " + ...
     every = _count(words.explode())  # each word as if a space came before it...
     first = _count(words.list.first())  # ...which is false for the first word of each text
-    chunks: dict[str, int] = {}
-    for word, count in every.items():
-        spaced = count - first.get(word, 0)
-        if spaced:
-            chunks[SPACE + word] = spaced
-    for word, count in first.items():
-        if word:
-            chunks[word] = count
-    counts: dict[str, int] = {}
-    for chunk, count in chunks.items():
-        if '"' in chunk or "\n" in chunk:
-            for piece in _PIECE_RE.findall(chunk):
-                counts[piece] = counts.get(piece, 0) + count
-        else:
-            counts[chunk] = counts.get(chunk, 0) + count
-    return counts
+    words = every.join(first, on="w", how="left", suffix="_first").fill_null(0)
+    chunks = pl.concat(
+        [
+            words.select((SPACE + pl.col("w")).alias("chunk"), (pl.col("n") - pl.col("n_first")).alias("n")),
+            first.select(pl.col("w").alias("chunk"), "n"),
+        ]
+    ).filter(pl.col("n") > 0)
+    counts = (
+        chunks.with_columns(pl.col("chunk").str.extract_all(PIECE_PATTERN))
+        .explode("chunk")
+        .drop_nulls("chunk")
+        .group_by("chunk")
+        .agg(pl.col("n").sum())
+    )
+    return dict(zip(counts["chunk"].to_list(), counts["n"].to_list()))
 
 
 def chunk_table(series: pl.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -117,9 +116,14 @@ def chunk_table(series: pl.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
     occurrence[first_at] = len(distinct) + first_index
     words_list = distinct.to_list()
     chunks = [SPACE + w for w in words_list] + [words_list[i] for i in first_words.tolist()]
+    used = np.zeros(len(chunks), dtype=bool)
+    used[occurrence] = True
+    if not used.all():  # words seen only first in their text: drop their spaced chunk
+        occurrence = (np.cumsum(used) - 1)[occurrence]
+        chunks = [chunk for chunk, keep in zip(chunks, used.tolist()) if keep]
     return chunks, occurrence, per_text
 
 
-def _count(words: pl.Series) -> dict[str, int]:
-    counts = words.to_frame("w").lazy().group_by("w").len().collect()
-    return dict(zip(counts["w"].to_list(), counts["len"].to_list()))
+def _count(words: pl.Series) -> pl.DataFrame:
+    """Distinct values ``w`` and how often each occurs, ``n``."""
+    return words.to_frame("w").lazy().group_by("w").len("n").collect()

@@ -21,6 +21,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 
+import numpy as np
+
 
 def learn_merges(piece_counts: Mapping[str, int], vocab_size: int) -> tuple[list[str], list[tuple[int, int]]]:
     """The alphabet (ids 0..n-1, code point order) and merges (learning order) for a vocabulary.
@@ -43,25 +45,11 @@ def learn_merges(piece_counts: Mapping[str, int], vocab_size: int) -> tuple[list
         raise ValueError(
             f"the corpus has {len(alphabet)} distinct characters, more than vocab_size {vocab_size}"
         )
-    char_id = {c: i for i, c in enumerate(alphabet)}
     # Only pieces of two characters or more can hold a pair.
-    words: list[list[int]] = []
-    freqs: list[int] = []
-    for piece, freq in piece_counts.items():
-        if len(piece) > 1 and freq > 0:
-            words.append(list(map(char_id.__getitem__, piece)))
-            freqs.append(freq)
-
-    # A pair (a, b) is the integer a * M + b: same order as the tuple, cheaper to hash.
-    M = vocab_size
-    counts: dict[int, int] = {}
-    where: dict[int, list[int]] = {}  # pair -> words that hold (or once held) it
-    for wi, word in enumerate(words):
-        freq = freqs[wi]
-        for a, b in zip(word, word[1:]):
-            key = a * M + b
-            counts[key] = counts.get(key, 0) + freq
-            where.setdefault(key, []).append(wi)
+    pieces = [piece for piece, freq in piece_counts.items() if len(piece) > 1 and freq > 0]
+    freqs = [piece_counts[piece] for piece in pieces]
+    M = vocab_size  # a pair (a, b) is the integer a * M + b: same order as the tuple
+    words, counts, where = _count_pairs(alphabet, pieces, freqs, M)
     heap = [(-count, -key) for key, count in counts.items()]
     heapq.heapify(heap)
 
@@ -84,13 +72,47 @@ def learn_merges(piece_counts: Mapping[str, int], vocab_size: int) -> tuple[list
         key = -neg_key
         a, b = divmod(key, M)
         merges.append((a, b))
-        grown = _apply_merge(words, freqs, set(where.pop(key)), a, b, new, M, counts, where)
+        apply = _apply_merge if a != b else _apply_self_merge
+        grown = apply(words, freqs, set(where.pop(key)), a, b, new, M, counts, where)
         del counts[key]
         for k in grown:
             count = counts[k]
             if count > 0:
                 heapq.heappush(heap, (-count, -k))
     return alphabet, merges
+
+
+def _count_pairs(
+    alphabet: list[str], pieces: list[str], freqs: list[int], M: int
+) -> tuple[list[list[int]], dict[int, int], dict[int, list[int]]]:
+    """Pieces as id lists, pair counts weighted by frequency, and the pieces holding each pair.
+
+    Example:
+        >>> words, counts, where = _count_pairs(["a", "b"], ["aba", "bb"], [2, 5], 10)
+        >>> words, counts, where
+        ([[0, 1, 0], [1, 1]], {1: 2, 10: 2, 11: 5}, {1: [0], 10: [0], 11: [1]})
+    """
+    lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))  # [pieces]
+    code = np.frombuffer("".join(pieces).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ids = np.searchsorted(np.array([ord(c) for c in alphabet], dtype=np.uint32), code)  # [chars]
+    flat = ids.tolist()
+    ends = np.cumsum(lengths).tolist()
+    words = [flat[end - length : end] for end, length in zip(ends, lengths.tolist())]
+    piece = np.repeat(np.arange(len(pieces)), lengths)  # [chars]
+    inside = piece[1:] == piece[:-1]  # [chars - 1] pair i = (ids[i], ids[i + 1]) in one piece
+    keys = (ids[:-1] * M + ids[1:])[inside]  # [pairs]
+    holder = piece[:-1][inside]  # [pairs]
+    distinct, group = np.unique(keys, return_inverse=True)  # [distinct pairs], [pairs]
+    weight = np.asarray(freqs, dtype=np.int64)[holder]
+    totals = np.zeros(len(distinct), dtype=np.int64)
+    np.add.at(totals, group, weight)
+    order = np.argsort(group, kind="stable")
+    bounds = np.cumsum(np.bincount(group, minlength=len(distinct)))[:-1]
+    holders = np.split(holder[order], bounds)
+    keys_list = distinct.tolist()
+    counts = dict(zip(keys_list, totals.tolist()))
+    where = {key: h.tolist() for key, h in zip(keys_list, holders)}
+    return words, counts, where
 
 
 def _apply_merge(
@@ -104,14 +126,74 @@ def _apply_merge(
     counts: dict[int, int],
     where: dict[int, list[int]],
 ) -> set[int]:
-    """Replace (a, b) by ``new`` in the holder words, updating the neighbouring pair counts.
+    """Replace (a, b), a != b, by ``new`` in the holder words, updating neighbouring pair counts.
 
     The count of (a, b) itself is left for the caller to delete (it drops to zero). Returns the
-    pairs whose count grew. Works in place.
+    pairs whose count grew. Works in place. With a != b each replacement uses up exactly one
+    ``a``, so a word with c copies of ``a`` needs c look-ups, none of them failing.
+
+    Example:
+        >>> words, counts, where = [[0, 1, 0, 1, 2]], {1: 2, 10: 1, 12: 1}, {}
+        >>> sorted(_apply_merge(words, [1], {0}, 0, 1, 5, 10, counts, where))
+        [50, 52, 55]
+        >>> words, counts, where
+        ([[5, 5, 2]], {1: 2, 10: 0, 12: 0, 50: 0, 55: 1, 52: 1}, {50: [0], 55: [0], 52: [0]})
+    """
+    grown: set[int] = set()
+    grow = grown.add
+    count_of = counts.get
+    word_holding = where.get
+    for wi in holders:
+        word = words[wi]
+        freq = freqs[wi]
+        i = -1
+        for _ in range(word.count(a)):
+            i = word.index(a, i + 1)
+            last = len(word) - 1
+            if i == last or word[i + 1] != b:
+                continue
+            if i:
+                left = word[i - 1]
+                counts[left * M + a] -= freq
+                k = left * M + new
+                counts[k] = count_of(k, 0) + freq
+                grow(k)
+                holding = word_holding(k)
+                if holding is None:
+                    where[k] = [wi]
+                else:
+                    holding.append(wi)
+            if i + 1 < last:
+                right = word[i + 2]
+                counts[b * M + right] -= freq
+                k = new * M + right
+                counts[k] = count_of(k, 0) + freq
+                grow(k)
+                holding = word_holding(k)
+                if holding is None:
+                    where[k] = [wi]
+                else:
+                    holding.append(wi)
+            word[i : i + 2] = (new,)
+    return grown
+
+
+def _apply_self_merge(
+    words: list[list[int]],
+    freqs: list[int],
+    holders: set[int],
+    a: int,
+    b: int,
+    new: int,
+    M: int,
+    counts: dict[int, int],
+    where: dict[int, list[int]],
+) -> set[int]:
+    """``_apply_merge`` for a pair (a, a), whose replacements may use up two copies of ``a``.
 
     Example:
         >>> words, counts, where = [[0, 0, 0, 0]], {0: 3}, {}
-        >>> sorted(_apply_merge(words, [1], {0}, 0, 0, 5, 10, counts, where))
+        >>> sorted(_apply_self_merge(words, [1], {0}, 0, 0, 5, 10, counts, where))
         [50, 55]
         >>> words, counts  # (0, 0) is the caller's to delete; (5, 0) came and went
         ([[5, 5]], {0: 2, 50: 0, 55: 1})
