@@ -63,16 +63,20 @@ def loop_flops(c: GPTConfig, prompt: int, count: int) -> float:
 
 
 def generate_flops(c: GPTConfig, prompt: int, count: int) -> float:
-    """GPT.generate: one position while the window fills, then the whole window; head once."""
+    """GPT.generate: one new position while the window fills (the whole prompt first), then the
+    whole window; in the last block only keys and values for every position; head once."""
+    C, L = c.embedding_size, c.block_count
+    last_position = 2 * (2 * C * C + 2 * C * C * c.feed_forward_multiplier)  # q, projection, ffn
     total, n = 0.0, prompt
     for step in range(count):
         if n <= c.context_length:
-            positions = n if step == 0 else 1
-            attention = 2 * 2 * c.block_count * positions * n * c.embedding_size
+            positions, keys = (n if step == 0 else 1), n
         else:
-            positions = c.context_length
-            attention = 2 * 2 * c.block_count * positions**2 * c.embedding_size
-        total += positions * block_flops_per_position(c) + attention + 2 * c.embedding_size * c.vocab_size
+            positions, keys = c.context_length, c.context_length
+        per_block = block_flops_per_position(c) // L
+        total += (L - 1) * (positions * per_block + 4 * positions * keys * C)
+        total += positions * 4 * C * C + last_position + 4 * keys * C
+        total += 2 * C * c.vocab_size
         n += 1
     return total
 
