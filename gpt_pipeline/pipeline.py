@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -173,6 +174,11 @@ def generate_samples(model, tokenizer: BPETokenizer, config: GenerationConfig) -
     from gpt_pipeline.generation import generate_text
 
     config.validate()
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "
+            f"{tokenizer.vocab_size} tokens: they come from different trainings"
+        )
     rows: dict[str, list] = {"prompt": [], "sample": [], "text": [], "token_count": []}
     for index, prompt in enumerate(config.prompts):
         texts = generate_text(
@@ -194,6 +200,28 @@ def generate_samples(model, tokenizer: BPETokenizer, config: GenerationConfig) -
     return pl.DataFrame(
         rows, schema={"prompt": pl.String, "sample": pl.Int32, "text": pl.String, "token_count": pl.Int32}
     )
+
+
+def unseen_characters(tokenizer: BPETokenizer, texts: Sequence[str]) -> list[str]:
+    """Characters of ``texts`` outside the tokenizer's alphabet, sorted.
+
+    Example:
+        >>> unseen_characters(BPETokenizer.train(["ab"], 2), ["abc", "é"])
+        ['c', 'é']
+    """
+    alphabet = set(tokenizer.alphabet)
+    return sorted({ch for text in texts for ch in text} - alphabet)
+
+
+def save_tokenizer_bundle(tokenizer: BPETokenizer, directory: Path) -> Path:
+    """Write ``bpe_tokenizer.json`` (ours, with its ``.vocab.txt`` listing) and, when the
+    vocabulary fits that format, Hugging Face's ``tokenizer.json`` into ``directory``."""
+    tokenizer.save(directory / "bpe_tokenizer.json")
+    try:
+        tokenizer.save_hf(directory / "tokenizer.json")
+    except ValueError:  # two tokens with the same text: not expressible in tokenizer.json
+        pass
+    return directory
 
 
 def fingerprint(*parts: Any) -> str:
@@ -223,6 +251,8 @@ __all__ = [
     "generate_samples",
     "load_stories",
     "progress_line",
+    "save_tokenizer_bundle",
     "tokenize_stories",
+    "unseen_characters",
     "train_tokenizer",
 ]

@@ -12,9 +12,11 @@ raised in this process.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DATA_DIR_ENV = "GPT_PIPELINE_DATA_DIR"
@@ -79,3 +81,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` (created if missing) for the ``with`` block.
+
+    Two processes that work in the same folder (say, two trainings of one configuration) take
+    turns instead of interleaving their files. The lock is released when the process ends,
+    however it ends.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield directory
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -136,6 +136,11 @@ class TrackedRun:
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, dict(data), artifact_file)
 
+    def log_table(self, frame, artifact_file: str) -> None:
+        """A polars or pandas DataFrame as an MLflow table artifact (shown in the run's UI)."""
+        pandas_frame = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
+        self.client.log_table(self.run_id, data=pandas_frame, artifact_file=artifact_file)
+
 
 class Tracker:
     """The experiment ``experiment_name`` in the store at ``tracking_uri``."""

@@ -2,12 +2,11 @@
 
 raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_model -> sample_generations
 
-Each asset reads its config, calls the core (``gpt_pipeline.pipeline`` and friends), logs to
-its own MLflow run and returns the value with its metadata; the IO manager stores the value.
+Each asset reads its config, validates it before any expensive work, calls the core
+(``gpt_pipeline.pipeline`` and friends), logs to its own MLflow run, runs its blocking check on
+the value and only then yields it for the IO manager to store.
 """
 
-
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,17 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from gpt_pipeline import quality
 from gpt_pipeline.data import dataset_splits, dataset_stats
+from gpt_pipeline.defs.checks import (
+    BEATS_UNIGRAM,
+    GENERATIONS_DECODE,
+    IDS_IN_VOCAB,
+    ROUND_TRIP,
+    check_result,
+    gate,
+    user_errors,
+)
 from gpt_pipeline.defs.configs import (
     RawStoriesConfig,
     SampleGenerationsConfig,
@@ -24,24 +33,23 @@ from gpt_pipeline.defs.configs import (
     TrainedModelConfig,
 )
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model import GPT
 from gpt_pipeline.pipeline import (
-    fingerprint,
     generate_samples,
     load_stories,
-    progress_line,
+    save_tokenizer_bundle,
     tokenize_stories,
     train_tokenizer,
+    unseen_characters,
 )
-from gpt_pipeline.storage import data_dir
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.training import Evaluation, train
 
 GROUP = "gpt"
 OWNERS = ["team:ml"]
 
 
-def _run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
+def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
     return {
         "mlflow_run_id": dg.MetadataValue.text(run.run_id),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
@@ -50,7 +58,7 @@ def _run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"polars", "parquet"},
+    kinds={"polars", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
     description="Stories, one per row in a `text` column: a Parquet file's text column (null and "
@@ -59,7 +67,7 @@ def _run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
 def raw_stories(
     context: dg.AssetExecutionContext, config: RawStoriesConfig, mlflow: MLflowResource
 ) -> dg.Output[pl.DataFrame]:
-    with mlflow.asset_run(context) as run:
+    with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
         frame, stats = load_stories(config.path, config.text_column, config.num_stories, config.seed)
         characters = int(frame["text"].str.len_chars().sum())
@@ -68,56 +76,63 @@ def raw_stories(
         frame,
         metadata={
             "source": stats["source"],
-            "stories": stats["rows_kept"],
-            "rows_read": stats["rows_read"],
-            "null_dropped": stats["null_dropped"],
-            "empty_dropped": stats["empty_dropped"],
-            "characters": characters,
+            "stories": dg.MetadataValue.int(stats["rows_kept"]),
+            "rows_read": dg.MetadataValue.int(stats["rows_read"]),
+            "null_dropped": dg.MetadataValue.int(stats["null_dropped"]),
+            "empty_dropped": dg.MetadataValue.int(stats["empty_dropped"]),
+            "characters": dg.MetadataValue.int(characters),
             "preview": dg.MetadataValue.md(_quote(frame["text"][0] if len(frame) else "")),
-            **_run_link(mlflow, run),
+            **run_link(mlflow, run),
         },
     )
 
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"python", "mlflow"},
+    kinds={"python", "json", "mlflow"},
     owners=OWNERS,
     code_version="1",
+    check_specs=[ROUND_TRIP],
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
-    "no merges across spaces, quotes or newlines; ties go to the largest pair.",
+    "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as our "
+    "versioned JSON, a vocabulary listing and a Hugging Face tokenizer.json.",
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
     config: TokenizerConfig,
     raw_stories: pl.DataFrame,
     mlflow: MLflowResource,
-) -> dg.Output[BPETokenizer]:
-    with mlflow.asset_run(context) as run:
+):
+    texts = raw_stories["text"].to_list()
+    with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
-        tokenizer, stats = train_tokenizer(raw_stories["text"].to_list(), config.vocab_size)
+        tokenizer, stats = train_tokenizer(texts, config.vocab_size)
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
+        outcome = quality.tokenizer_round_trip(tokenizer, texts)
+        yield from gate(ROUND_TRIP, outcome)
         with tempfile.TemporaryDirectory() as tmp:
-            run.log_artifact(_save_tokenizer_files(tokenizer, Path(tmp)), "tokenizer")
-    return dg.Output(
+            run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
+    yield dg.Output(
         tokenizer,
         metadata={
-            "vocab_size": stats["vocab_size"],
-            "alphabet_size": stats["alphabet_size"],
-            "merges": stats["merges"],
+            "vocab_size": dg.MetadataValue.int(stats["vocab_size"]),
+            "alphabet_size": dg.MetadataValue.int(stats["alphabet_size"]),
+            "merges": dg.MetadataValue.int(stats["merges"]),
             "chars_per_token_test": dg.MetadataValue.float(stats["chars_per_token_test"]),
             "training_seconds": dg.MetadataValue.float(stats["training_seconds"]),
             "longest_tokens": dg.MetadataValue.json(stats["longest_tokens"]),
-            **_run_link(mlflow, run),
+            **run_link(mlflow, run),
         },
     )
+    yield check_result(ROUND_TRIP, outcome)
 
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"pyarrow", "parquet"},
+    kinds={"pyarrow", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
+    check_specs=[IDS_IN_VOCAB],
     description="Every story encoded with the tokenizer: a list<uint16> `tokens` column (uint32 "
     "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train).",
 )
@@ -127,20 +142,23 @@ def tokenized_dataset(
     raw_stories: pl.DataFrame,
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
-) -> dg.Output[pa.Table]:
-    with mlflow.asset_run(context) as run:
+):
+    with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
         table, stats = tokenize_stories(bpe_tokenizer, raw_stories["text"].to_list(), config.training_percentage)
         run.log_metrics(stats)
-    return dg.Output(
+        outcome = quality.token_ids_in_vocab(table, bpe_tokenizer.vocab_size)
+        yield from gate(IDS_IN_VOCAB, outcome)
+    yield dg.Output(
         table,
         metadata={
             **{k: dg.MetadataValue.int(v) for k, v in stats.items() if isinstance(v, int)},
             "encoding_seconds": dg.MetadataValue.float(stats["encoding_seconds"]),
             "length_stats": dg.MetadataValue.json(dataset_stats(table)),
-            **_run_link(mlflow, run),
+            **run_link(mlflow, run),
         },
     )
+    yield check_result(IDS_IN_VOCAB, outcome)
 
 
 @dg.asset(
@@ -148,9 +166,11 @@ def tokenized_dataset(
     kinds={"pytorch", "safetensors", "mlflow"},
     owners=OWNERS,
     code_version="1",
+    check_specs=[BEATS_UNIGRAM],
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
-    "values clamped to 0.5), evaluated on both splits every evaluation_interval steps; stored as "
-    "one safetensors file with its config in the metadata.",
+    "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
+    "checkpoint each time (a rematerialization resumes from the last one). Stored as one "
+    "safetensors file with its config in the metadata.",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -158,82 +178,26 @@ def trained_model(
     tokenized_dataset: pa.Table,
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
-) -> dg.Output[GPT]:
-    model_config = config.gpt_config(bpe_tokenizer.vocab_size)
-    train_config = config.training_config()
-    model_config.validate()
-    train_config.validate()
-    train_data, test_data = dataset_splits(tokenized_dataset)
-    data_hash = hashlib.sha256(train_data.tokens.tobytes() + test_data.tokens.tobytes()).hexdigest()
-    run_key = fingerprint(model_config, {k: v for k, v in vars(train_config).items() if k != "resume"}, data_hash)
-    checkpoint_dir = data_dir() / "checkpoints" / "trained_model" / run_key
-    with mlflow.asset_run(context) as run:
-        params = {**model_config.to_dict(), **vars(train_config)}
-        run.log_params(params)
-        run.set_tags({"checkpoint_dir": str(checkpoint_dir), "dataset_sha256": data_hash})
-
-        reported: set[int] = set()
-
-        def report(evaluation: Evaluation) -> None:
-            reported.add(evaluation.step)
-            context.log.info(progress_line(evaluation, train_config.training_iterations))
-            run.log_metrics(
-                {
-                    "train_loss": evaluation.train_loss,
-                    "test_loss": evaluation.test_loss,
-                    "tokens_per_second": evaluation.tokens_per_second or float("nan"),
-                },
-                step=evaluation.step,
-            )
-
-        result = train(model_config, train_config, train_data, test_data, checkpoint_dir, report)
-        for evaluation in result.evaluations:  # those restored from a checkpoint when resuming
-            if evaluation.step not in reported:
-                run.log_metrics(
-                    {"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, step=evaluation.step
-                )
-        final = result.evaluations[-1]
-        summary = {
-            "final_train_loss": final.train_loss,
-            "final_test_loss": final.test_loss,
-            "training_seconds": result.seconds,
-            "tokens_per_second": result.tokens_per_second,
-            "parameters": result.model.num_parameters(),
-        }
-        run.log_metrics(summary)
-        run.log_artifact(checkpoint_dir / "final.safetensors", "checkpoint")
-        with tempfile.TemporaryDirectory() as tmp:
-            run.log_artifact(_save_tokenizer_files(bpe_tokenizer, Path(tmp)), "tokenizer")
-        run.log_dict(params, "config.json")
-    history = [
-        {"step": e.step, "train_loss": round(e.train_loss, 4), "test_loss": round(e.test_loss, 4)}
-        for e in result.evaluations
-    ]
-    return dg.Output(
-        result.model,
-        metadata={
-            "train_loss": dg.MetadataValue.float(final.train_loss),
-            "test_loss": dg.MetadataValue.float(final.test_loss),
-            "parameters": dg.MetadataValue.int(summary["parameters"]),
-            "steps": dg.MetadataValue.int(result.steps),
-            "tokens_per_second": dg.MetadataValue.float(result.tokens_per_second),
-            "training_seconds": dg.MetadataValue.float(result.seconds),
-            "device": str(next(result.model.parameters()).device),
-            "resumed_from_step": dg.MetadataValue.int(result.resumed_from if result.resumed_from is not None else -1),
-            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint_dir)),
-            "loss_history": dg.MetadataValue.json(history),
-            **_run_link(mlflow, run),
-        },
-    )
+):
+    with user_errors():
+        model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
+        train_config = config.training_config().validate()
+        train_data, test_data = dataset_splits(tokenized_dataset)
+        outcome = yield from run_training(
+            context, mlflow, model_config, train_config, train_data, test_data, bpe_tokenizer
+        )
+    yield outcome.output
+    yield check_result(BEATS_UNIGRAM, outcome.gate)
 
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"pytorch", "parquet"},
+    kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
+    check_specs=[GENERATIONS_DECODE],
     description="Stories the trained model writes from the prompts (gpt-rs's sampling: window of "
-    "the last context_length tokens, temperature, multinomial).",
+    "the last context_length tokens, temperature, multinomial; optionally top-k).",
 )
 def sample_generations(
     context: dg.AssetExecutionContext,
@@ -241,36 +205,47 @@ def sample_generations(
     trained_model: GPT,
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
-) -> dg.Output[pl.DataFrame]:
-    generation_config = config.generation_config()
-    generation_config.validate()
-    with mlflow.asset_run(context) as run:
-        run.log_params(config.model_dump())
-        frame = generate_samples(trained_model, bpe_tokenizer, generation_config)
-        run.log_text(frame.write_json(), "generations.json")
+):
+    with user_errors():
+        generation_config = config.generation_config()
+        generation_config.validate()
+        skipped = unseen_characters(bpe_tokenizer, generation_config.prompts)
+        with mlflow.asset_run(context) as run:
+            run.log_params(config.model_dump())
+            frame = generate_samples(trained_model, bpe_tokenizer, generation_config)
+            run.log_table(frame, "generations.json")
+            outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), bpe_tokenizer)
+            yield from gate(GENERATIONS_DECODE, outcome)
     for row in frame.iter_rows(named=True):
         context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
-    text = "\n\n---\n\n".join(_quote(t) for t in frame["text"])
-    return dg.Output(
+    yield dg.Output(
         frame,
         metadata={
             "generations": dg.MetadataValue.int(len(frame)),
-            "text": dg.MetadataValue.md(text),
+            "text": dg.MetadataValue.md("\n\n---\n\n".join(_quote(t) for t in frame["text"])),
+            "table": generations_table(frame),
             "unknown_characters": generation_config.unknown,
-            **_run_link(mlflow, run),
+            "skipped_characters": dg.MetadataValue.json(skipped if generation_config.unknown == "skip" else []),
+            **run_link(mlflow, run),
         },
     )
+    yield check_result(GENERATIONS_DECODE, outcome)
 
 
-def _save_tokenizer_files(tokenizer: BPETokenizer, directory: Path) -> Path:
-    """Ours (``bpe_tokenizer.json`` + listing) and Hugging Face's ``tokenizer.json`` when the
-    vocabulary fits that format."""
-    tokenizer.save(directory / "bpe_tokenizer.json")
-    try:
-        tokenizer.save_hf(directory / "tokenizer.json")
-    except ValueError:
-        pass
-    return directory
+def generations_table(frame: pl.DataFrame) -> dg.MetadataValue:
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("prompt", "string"),
+            dg.TableColumn("sample", "int"),
+            dg.TableColumn("token_count", "int"),
+            dg.TableColumn("text", "string"),
+        ]
+    )
+    records = [
+        dg.TableRecord({k: row[k] for k in ("prompt", "sample", "token_count", "text")})
+        for row in frame.iter_rows(named=True)
+    ]
+    return dg.MetadataValue.table(records, schema=schema)
 
 
 def _quote(text: str) -> str:

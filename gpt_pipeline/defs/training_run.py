@@ -1,0 +1,132 @@
+"""The ``trained_model`` asset's work: one MLflow run around ``gpt_pipeline.training.train``.
+
+Checkpoints go to ``<data dir>/checkpoints/trained_model/<hash of config and data>/``, so a
+rematerialization of the same configuration on the same data resumes from the last one, and two
+runs of one configuration take turns on that folder (a file lock) instead of mixing their files.
+"""
+
+import hashlib
+import platform
+import tempfile
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import torch
+
+from gpt_pipeline import quality
+from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
+from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
+from gpt_pipeline.storage import data_dir, exclusive
+from gpt_pipeline.tokens import TokenArray
+from gpt_pipeline.training import Evaluation, TrainConfig, train, validate_training_data
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    output: dg.Output  # the trained GPT with its metadata, for the IO manager
+    gate: quality.Gate  # the beats_unigram check, already passed
+
+
+def checkpoint_dir(model_config: GPTConfig, train_config: TrainConfig, train: TokenArray, test: TokenArray):
+    """Where this configuration's checkpoints live: keyed by every field that changes the
+    training's result (``resume`` does not) and by the data itself."""
+    digest = hashlib.sha256()
+    for part in (train.tokens, train.offsets, test.tokens, test.offsets):
+        digest.update(part.tobytes())
+    settings = {k: v for k, v in train_config.to_dict().items() if k not in ("resume", "device")}
+    return data_dir() / "checkpoints" / "trained_model" / fingerprint(model_config, settings, digest.hexdigest())
+
+
+def system_facts(device: str) -> dict[str, str]:
+    return {
+        "system.device": device,
+        "system.torch_version": torch.__version__,
+        "system.threads": str(torch.get_num_threads()),
+        "system.python": platform.python_version(),
+        "system.platform": platform.platform(),
+    }
+
+
+def run_training(
+    context: dg.AssetExecutionContext,
+    mlflow: MLflowResource,
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    train_data: TokenArray,
+    test_data: TokenArray,
+    tokenizer,
+) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
+    """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
+
+    A generator: it yields the failed check result (then raises) when the model does not beat
+    the unigram baseline, so that nothing is stored."""
+    validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
+    folder = checkpoint_dir(model_config, train_config, train_data, test_data)
+    with exclusive(folder), mlflow.asset_run(context) as run:
+        params = {**model_config.to_dict(), **train_config.to_dict()}
+        run.log_params(params)
+        run.set_tags({"checkpoint_dir": str(folder), **system_facts(train_config.device)})
+        reported: set[int] = set()
+
+        def report(evaluation: Evaluation) -> None:
+            reported.add(evaluation.step)
+            context.log.info(progress_line(evaluation, train_config.training_iterations))
+            run.log_metrics(
+                {
+                    "train_loss": evaluation.train_loss,
+                    "test_loss": evaluation.test_loss,
+                    "tokens_per_second": evaluation.tokens_per_second or float("nan"),
+                    "learning_rate": evaluation.learning_rate,
+                },
+                step=evaluation.step,
+            )
+
+        result = train(model_config, train_config, train_data, test_data, folder, report)
+        for evaluation in result.evaluations:  # restored from a checkpoint when resuming
+            if evaluation.step not in reported:
+                run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)
+        device = str(next(result.model.parameters()).device)
+        run.set_tags({"system.device": device})
+        baseline = quality.unigram_loss(train_data, test_data, model_config.vocab_size)
+        outcome = quality.beats_unigram(result.test_loss, baseline)
+        summary = {
+            "final_train_loss": result.train_loss,
+            "final_test_loss": result.test_loss,
+            "unigram_test_loss": baseline,
+            "training_seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second or float("nan"),
+            "parameters": result.model.num_parameters(),
+        }
+        run.log_metrics(summary)
+        yield from gate(BEATS_UNIGRAM, outcome)
+        run.log_artifact(folder / "final.safetensors", "checkpoint")
+        with tempfile.TemporaryDirectory() as tmp:
+            run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
+        run.log_dict(params, "config.json")
+    history = [
+        {"step": e.step, "train_loss": round(e.train_loss, 4), "test_loss": round(e.test_loss, 4)}
+        for e in result.evaluations
+    ]
+    output = dg.Output(
+        result.model,
+        metadata={
+            "train_loss": dg.MetadataValue.float(result.train_loss),
+            "test_loss": dg.MetadataValue.float(result.test_loss),
+            "unigram_test_loss": dg.MetadataValue.float(baseline),
+            "parameters": dg.MetadataValue.int(summary["parameters"]),
+            "steps": dg.MetadataValue.int(result.steps),
+            "tokens_per_second": dg.MetadataValue.float(summary["tokens_per_second"]),
+            "training_seconds": dg.MetadataValue.float(result.seconds),
+            "device": device,
+            "resumed_from_step": dg.MetadataValue.int(-1 if result.resumed_from is None else result.resumed_from),
+            "checkpoint_dir": dg.MetadataValue.path(str(folder)),
+            "loss_history": dg.MetadataValue.json(history),
+            "mlflow_run_id": dg.MetadataValue.text(run.run_id),
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
+        },
+    )
+    return TrainingOutcome(output, outcome)
