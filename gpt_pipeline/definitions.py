@@ -8,6 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from gpt_pipeline.defs.assets import ASSETS
+from gpt_pipeline.defs.automation import SCHEDULES, SENSORS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.jobs import JOBS
 from gpt_pipeline.defs.resources import MLflowResource
@@ -17,6 +18,8 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         jobs=JOBS,
+        schedules=SCHEDULES,
+        sensors=SENSORS,
         resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
         executor=dg.in_process_executor,
     )
