@@ -8,6 +8,8 @@ config classes. Bad input ends with one line on stderr and exit status 2, never 
     gpt-pipeline train --dataset-dir D [--learning-rate ...] [--output-dir R]
     gpt-pipeline generate --dataset-dir D --transformer-safetensors S --input TEXT
     gpt-pipeline materialize [--config configs/quickstart.yaml]   (the Dagster job, in process)
+    gpt-pipeline import-gpt-rs --dataset-file D.ron --transformer-config-file C.ron ...
+    gpt-pipeline export-hf --model CHECKPOINT --tokenizer TOKENIZER --output DIR
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mat.add_argument("--config", metavar="YAML", help="Dagster run config file (ops: {asset: {config: ...}})")
     mat.add_argument("--job", default="train_gpt_job", help="job to run (default: train_gpt_job)")
+
+    from gpt_pipeline.interop.commands import add_interop_commands
+
+    add_interop_commands(commands)
     return parser
 
 
@@ -234,7 +240,8 @@ COMMANDS = {"tokenize": _tokenize, "train": _train, "generate": _generate, "mate
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        handler(args)
     except (ValueError, RuntimeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)

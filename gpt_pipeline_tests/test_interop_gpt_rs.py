@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from gpt_pipeline.interop.gpt_rs import expected_names, load_checkpoint, save_gpt_rs_checkpoint
-from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.model import GPT, GPTConfig, dropped_positions
 
 CONFIG = GPTConfig(vocab_size=20, embedding_size=12, context_length=7, head_count=3, block_count=2,
                    feed_forward_multiplier=3, embedding_dropout=0.1, attention_dropout=0.2,
@@ -50,10 +50,15 @@ def reference_logits(t, config, idx, generator=None):
     in our model's order (embedding; per block: residual, attention weights of all heads at once,
     residual, feed-forward), so that both see the same masks."""
 
+    def keep(shape, p):  # 1 where kept; dropped positions drawn as our Dropout draws them
+        flat = torch.ones(math.prod(shape))
+        flat[dropped_positions(flat.numel(), p, generator)] = 0.0
+        return flat.view(shape)
+
     def drop(x, p):
         if generator is None:
             return x
-        return x * (torch.rand(x.shape, generator=generator) >= p) / (1 - p)
+        return x * keep(x.shape, p) / (1 - p)
 
     def layer_norm(x, name):
         mean = x.mean(-1, keepdim=True)
@@ -73,7 +78,7 @@ def reference_logits(t, config, idx, generator=None):
         residual = drop(x, config.residual_dropout)
         normed = layer_norm(x, b + "layer_norm_1")
         if generator is not None:
-            keep = torch.rand((B, config.head_count, T, T), generator=generator) >= config.attention_dropout
+            kept = keep((B * config.head_count, T, T), config.attention_dropout).view(B, -1, T, T)
         heads = []
         for h in range(config.head_count):
             head = f"{b}multi_attention_head.heads.{h}."
@@ -81,7 +86,7 @@ def reference_logits(t, config, idx, generator=None):
             weights = ((q @ k.transpose(-2, -1)) / math.sqrt(hs)).masked_fill(future, float("-inf"))
             weights = weights.softmax(-1)
             if generator is not None:
-                weights = weights * keep[:, h] / (1 - config.attention_dropout)
+                weights = weights * kept[:, h] / (1 - config.attention_dropout)
             heads.append(weights @ v)
         x = residual + linear(torch.cat(heads, dim=-1), b + "multi_attention_head.projection")
         residual = drop(x, config.residual_dropout)

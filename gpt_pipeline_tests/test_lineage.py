@@ -78,3 +78,33 @@ def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
     assert train_history[-1].value < train_history[0].value
     artifacts = {a.path for a in client.list_artifacts(training.info.run_id)}
     assert {"checkpoint", "tokenizer", "config.json"} <= artifacts
+    tokenizer_files = {a.path for a in client.list_artifacts(training.info.run_id, "tokenizer")}
+    assert {"tokenizer/bpe_tokenizer.json", "tokenizer/tokenizer.json"} <= tokenizer_files
+
+
+def test_trained_model_starts_from_a_checkpoint_and_exports_to_hugging_face(tmp_path, isolated_storage):
+    import copy
+
+    data, mlruns = isolated_storage
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    job = defs.resolve_job_def("train_gpt_job")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        assert job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance).success
+        start = tmp_path / "start.safetensors"
+        start.write_bytes((data / "trained_model.safetensors").read_bytes())
+        config = copy.deepcopy(TINY_RUN_CONFIG)
+        config["ops"]["trained_model"]["config"].update(initial_checkpoint=str(start), export_hf=True)
+        second = job.execute_in_process(run_config=config, instance=instance)
+        assert second.success
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gpt-pipeline")
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`dagster.asset_key` = 'trained_model'", order_by=["attributes.start_time ASC"]
+    )
+    fresh, continued = runs
+    fresh_start = client.get_metric_history(fresh.info.run_id, "test_loss")[0].value
+    continued_start = client.get_metric_history(continued.info.run_id, "test_loss")[0].value
+    assert continued_start < fresh_start - 0.5  # step 0 already has the trained weights
+    hf_files = {a.path for a in client.list_artifacts(continued.info.run_id, "hf_model")}
+    assert "hf_model/config.json" in hf_files and "hf_model/model.safetensors" in hf_files

@@ -184,7 +184,15 @@ def trained_model(
         train_config = config.training_config().validate()
         train_data, test_data = dataset_splits(tokenized_dataset)
         outcome = yield from run_training(
-            context, mlflow, model_config, train_config, train_data, test_data, bpe_tokenizer
+            context,
+            mlflow,
+            model_config,
+            train_config,
+            train_data,
+            test_data,
+            bpe_tokenizer,
+            initial_checkpoint=config.initial_checkpoint,
+            export_hf=config.export_hf,
         )
     yield outcome.output
     yield check_result(BEATS_UNIGRAM, outcome.gate)

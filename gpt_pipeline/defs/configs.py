@@ -101,6 +101,16 @@ class TrainedModelConfig(dg.Config):
     precision: str = Field(
         default=_T.precision, description="float32, or bfloat16 (autocast on CUDA only)."
     )
+    initial_checkpoint: str | None = Field(
+        default=None,
+        description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
+        "import-gpt-rs`) instead of a fresh initialisation; its config must match.",
+    )
+    export_hf: bool = Field(
+        default=False,
+        description="Also export the model as a Hugging Face transformers GPT-2 directory and log "
+        "it to MLflow (artifact hf_model).",
+    )
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         fields = {k: getattr(self, k) for k in GPTConfig.__dataclass_fields__ if k != "vocab_size"}

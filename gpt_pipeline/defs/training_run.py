@@ -17,7 +17,9 @@ import torch
 
 from gpt_pipeline import quality
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
+from gpt_pipeline.checkpoint import load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.interop import hf
 from gpt_pipeline.model import GPTConfig
 from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
 from gpt_pipeline.storage import data_dir, exclusive
@@ -31,12 +33,20 @@ class TrainingOutcome:
     gate: quality.Gate  # the beats_unigram check, already passed
 
 
-def checkpoint_dir(model_config: GPTConfig, train_config: TrainConfig, train: TokenArray, test: TokenArray):
+def checkpoint_dir(
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    train: TokenArray,
+    test: TokenArray,
+    initial_checkpoint: str | None = None,
+) -> Path:
     """Where this configuration's checkpoints live: keyed by every field that changes the
-    training's result (``resume`` does not) and by the data itself."""
+    training's result (``resume`` does not), the data itself and the starting weights."""
     digest = hashlib.sha256()
     for part in (train.tokens, train.offsets, test.tokens, test.offsets):
         digest.update(part.tobytes())
+    if initial_checkpoint:
+        digest.update(Path(initial_checkpoint).read_bytes())
     settings = {k: v for k, v in train_config.to_dict().items() if k not in ("resume", "device")}
     return data_dir() / "checkpoints" / "trained_model" / fingerprint(model_config, settings, digest.hexdigest())
 
@@ -59,13 +69,23 @@ def run_training(
     train_data: TokenArray,
     test_data: TokenArray,
     tokenizer,
+    initial_checkpoint: str | None = None,
+    export_hf: bool = False,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
     A generator: it yields the failed check result (then raises) when the model does not beat
     the unigram baseline, so that nothing is stored."""
     validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
-    folder = checkpoint_dir(model_config, train_config, train_data, test_data)
+    initial_model = None
+    if initial_checkpoint:
+        initial_model, _ = load_checkpoint(initial_checkpoint)
+        if initial_model.config != model_config:
+            raise ValueError(
+                f"initial_checkpoint {initial_checkpoint!r} has config {initial_model.config.to_dict()}, "
+                f"not the configured {model_config.to_dict()}"
+            )
+    folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint)
     with exclusive(folder), mlflow.asset_run(context) as run:
         params = {**model_config.to_dict(), **train_config.to_dict()}
         run.log_params(params)
@@ -85,7 +105,7 @@ def run_training(
                 step=evaluation.step,
             )
 
-        result = train(model_config, train_config, train_data, test_data, folder, report)
+        result = train(model_config, train_config, train_data, test_data, folder, report, initial_model)
         for evaluation in result.evaluations:  # restored from a checkpoint when resuming
             if evaluation.step not in reported:
                 run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)
@@ -107,6 +127,9 @@ def run_training(
         with tempfile.TemporaryDirectory() as tmp:
             run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
         run.log_dict(params, "config.json")
+        if export_hf:
+            with tempfile.TemporaryDirectory() as tmp:
+                run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
     history = [
         {"step": e.step, "train_loss": round(e.train_loss, 4), "test_loss": round(e.test_loss, 4)}
         for e in result.evaluations
