@@ -10,6 +10,7 @@ config classes. Bad input ends with one line on stderr and exit status 2, never 
     gpt-pipeline materialize [--config configs/quickstart.yaml]   (the Dagster job, in process)
     gpt-pipeline import-gpt-rs --dataset-file D.ron --transformer-config-file C.ron ...
     gpt-pipeline export-hf --model CHECKPOINT --tokenizer TOKENIZER --output DIR
+    gpt-pipeline compare [--tracking-uri URI]    (training runs ranked by test loss)
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     mat.add_argument("--job", default="train_gpt_job", help="job to run (default: train_gpt_job)")
 
     from gpt_pipeline.interop.commands import add_interop_commands
+    from gpt_pipeline.tracking_compare import add_compare_command
 
     add_interop_commands(commands)
+    add_compare_command(commands)
     return parser
 
 

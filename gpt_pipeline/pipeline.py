@@ -216,6 +216,7 @@ def unseen_characters(tokenizer: BPETokenizer, texts: Sequence[str]) -> list[str
 def save_tokenizer_bundle(tokenizer: BPETokenizer, directory: Path) -> Path:
     """Write ``bpe_tokenizer.json`` (ours, with its ``.vocab.txt`` listing) and, when the
     vocabulary fits that format, Hugging Face's ``tokenizer.json`` into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(directory / "bpe_tokenizer.json")
     try:
         tokenizer.save_hf(directory / "tokenizer.json")

@@ -21,7 +21,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("tokenize", "train", "generate", "materialize", "import-gpt-rs", "export-hf"):
+    for command in ("tokenize", "train", "generate", "materialize", "import-gpt-rs", "export-hf", "compare"):
         assert command in out
 
 

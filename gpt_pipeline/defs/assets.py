@@ -222,6 +222,9 @@ def sample_generations(
             run.log_params(config.model_dump())
             frame = generate_samples(trained_model, bpe_tokenizer, generation_config)
             run.log_table(frame, "generations.json")
+            training_run = upstream_mlflow_run(context, "trained_model")
+            if training_run:  # the training's run shows what its model writes, too
+                run.client.log_table(training_run, data=frame.to_pandas(), artifact_file="generations.json")
             outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), bpe_tokenizer)
             yield from gate(GENERATIONS_DECODE, outcome)
     for row in frame.iter_rows(named=True):
@@ -238,6 +241,15 @@ def sample_generations(
         },
     )
     yield check_result(GENERATIONS_DECODE, outcome)
+
+
+def upstream_mlflow_run(context: dg.AssetExecutionContext, asset: str) -> str | None:
+    """The MLflow run id recorded in ``asset``'s latest materialization, if any."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("mlflow_run_id")
+    return value.value if value is not None else None
 
 
 def generations_table(frame: pl.DataFrame) -> dg.MetadataValue:

@@ -24,6 +24,9 @@ from gpt_pipeline.model import GPTConfig
 from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
 from gpt_pipeline.storage import data_dir, exclusive
 from gpt_pipeline.tokens import TokenArray
+from gpt_pipeline.tracking_plots import loss_curve_png
+from gpt_pipeline.tracking_pyfunc import log_pyfunc_model
+from gpt_pipeline.tracking_registry import register_training
 from gpt_pipeline.training import Evaluation, TrainConfig, train, validate_training_data
 
 
@@ -122,11 +125,20 @@ def run_training(
             "parameters": result.model.num_parameters(),
         }
         run.log_metrics(summary)
-        yield from gate(BEATS_UNIGRAM, outcome)
+        yield from gate(BEATS_UNIGRAM, outcome)  # a failing model is never logged as a model
         run.log_artifact(folder / "final.safetensors", "checkpoint")
-        with tempfile.TemporaryDirectory() as tmp:
-            run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
         run.log_dict(params, "config.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = save_tokenizer_bundle(tokenizer, Path(tmp) / "tokenizer")
+            run.log_artifact(bundle, "tokenizer")
+            curve = loss_curve_png(
+                [(e.step, e.train_loss, e.test_loss) for e in result.evaluations],
+                Path(tmp) / "loss_curve.png",
+                title=f"trained_model {context.run_id[:8]}",
+            )
+            run.log_artifact(curve)
+            model_uri = log_pyfunc_model(run, folder / "final.safetensors", bundle / "bpe_tokenizer.json")
+        version = register_training(run, result.test_loss, model_uri)
         if export_hf:
             with tempfile.TemporaryDirectory() as tmp:
                 run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
@@ -148,6 +160,8 @@ def run_training(
             "resumed_from_step": dg.MetadataValue.int(-1 if result.resumed_from is None else result.resumed_from),
             "checkpoint_dir": dg.MetadataValue.path(str(folder)),
             "loss_history": dg.MetadataValue.json(history),
+            "mlflow_model_uri": dg.MetadataValue.text(model_uri),
+            "registered_model_version": dg.MetadataValue.int(int(version.version)),
             "mlflow_run_id": dg.MetadataValue.text(run.run_id),
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
         },
