@@ -11,7 +11,7 @@ through the head, and samples a batch of prompts at once. The script prints medi
 for batch 1 and for a batch of ``--batch`` samples, the ratios, model FLOPs utilisation against a
 matmul peak measured in the same run, and checks that greedy decoding picks the same tokens.
 
-    .venv/bin/python benchmarks/bench_generate.py [--tokens 256] [--batch 8] [--repeats 3]
+    .venv/bin/python benchmarks/bench_generate.py [--tokens 256] [--batch 16] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def generate_flops(c: GPTConfig, prompt: int, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=256, help="tokens to generate per sample")
-    parser.add_argument("--batch", type=int, default=8, help="samples per call in the batched run")
+    parser.add_argument("--batch", type=int, default=16, help="samples per call in the batched run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()

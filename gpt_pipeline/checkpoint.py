@@ -17,7 +17,9 @@ This module never unpickles anything. It does not read gpt-rs's files (``interop
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -27,7 +29,11 @@ from safetensors.torch import save_file
 from gpt_pipeline.model import GPT, GPTConfig
 from gpt_pipeline.storage import atomic_write
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "gpt_pipeline/1"
+FINAL_CHECKPOINT = "final.safetensors"  # a training run's last checkpoint; the others: <step>.safetensors
+_STEP_CHECKPOINT = re.compile(r"^(\d+)\.safetensors$")
 CONFIG_KEY = "gpt_config"
 FORMAT_KEY = "format"
 TRAINING_STATE_KEY = "training_state"
@@ -209,3 +215,28 @@ def load_training_checkpoint(
     for name, generator in generators.items():
         generator.set_state(tensors[f"{RNG_PREFIX}{name}"])
     return state
+
+
+def step_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the ``<step>.safetensors`` files in ``directory``, latest first."""
+    found = []
+    for path in Path(directory).glob("*.safetensors"):
+        match = _STEP_CHECKPOINT.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def training_checkpoints(directory: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """The training checkpoints in ``directory`` (``final.safetensors`` and ``<step>.safetensors``)
+    with their ``training_state``, latest step first; unreadable ones are skipped with a warning."""
+    directory = Path(directory)
+    found = []
+    for path in [directory / FINAL_CHECKPOINT] + [path for _, path in step_checkpoints(directory)]:
+        if not path.is_file():
+            continue
+        try:
+            found.append((path, training_state_of(path, read_checkpoint_metadata(path))))
+        except ValueError as error:
+            logger.warning("skipping unusable checkpoint %s: %s", path, error)
+    return sorted(found, key=lambda item: item[1]["step"], reverse=True)

@@ -29,16 +29,18 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpt_pipeline.checkpoint import (
+    FINAL_CHECKPOINT,
     load_training_checkpoint,
-    read_checkpoint_metadata,
     save_training_checkpoint,
-    training_state_of,
+    step_checkpoints,
+    training_checkpoints,
 )
 from gpt_pipeline.model import GPT, GPTConfig
 from gpt_pipeline.tokens import TokenArray, sample_batch
@@ -47,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.999)  # gpt-rs (tch's AdamW defaults)
 ADAM_EPS = 1e-8
-FINAL_CHECKPOINT = "final.safetensors"
-_STEP_CHECKPOINT = re.compile(r"^(\d+)\.safetensors$")
 # fields that change the numbers a resumed run computes: they must match the checkpoint's
 _RESUME_FIELDS = ("learning_rate", "contexts_per_batch", "seed", "lr_schedule", "warmup_iterations",
                   "min_learning_rate", "grad_clip", "grad_clip_value", "weight_decay")
@@ -135,7 +135,6 @@ class TrainResult:
     steps: int  # optimizer steps done in total
     resumed_from: int | None = None  # the step this process resumed from, if it did
     checkpoint_path: Path | None = None  # final.safetensors, when checkpoint_dir was given
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str = "auto", check_available: bool = True) -> torch.device:
@@ -218,49 +217,52 @@ def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> tor
                              fused=fused)
 
 
-def checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the step checkpoints in ``directory``, latest first (final.safetensors is
-    not listed: its step is in its metadata)."""
-    found = []
-    for path in directory.glob("*.safetensors"):
-        match = _STEP_CHECKPOINT.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found, reverse=True)
-
-
-def _resume_candidates(directory: Path) -> list[tuple[Path, dict]]:
-    """Checkpoints in ``directory`` with their training state, latest step first."""
-    found = []
-    paths = [directory / FINAL_CHECKPOINT] + [path for _, path in checkpoint_files(directory)]
-    for path in paths:
-        if not path.is_file():
-            continue
-        try:
-            found.append((path, training_state_of(path, read_checkpoint_metadata(path))))
-        except ValueError as error:
-            logger.warning("skipping unusable checkpoint %s: %s", path, error)
-    return sorted(found, key=lambda item: item[1]["step"], reverse=True)
-
-
 def _check_resumable(path: Path, state: dict, model_config: GPTConfig, config: TrainConfig) -> None:
     saved_model = state.get("model_config")
     if saved_model != model_config.to_dict():
-        raise ValueError(f"{path} was trained with model config {saved_model}, not {model_config.to_dict()};"
-                         " use another checkpoint_dir or resume=False")
+        raise ValueError(f"{path} was trained with model config {saved_model}, not "
+                         f"{model_config.to_dict()}; use another checkpoint_dir or resume=False")
     saved = state.get("train_config", {})
     names = _RESUME_FIELDS + (("training_iterations",) if config.lr_schedule == "cosine" else ())
     differ = [n for n in names if saved.get(n) != getattr(config, n)]
     if differ:
-        raise ValueError(f"{path} was trained with different {differ} "
-                         f"({[saved.get(n) for n in differ]}); use another checkpoint_dir or resume=False")
+        raise ValueError(f"{path} was trained with different {differ} ({[saved.get(n) for n in differ]}); "
+                         "use another checkpoint_dir or resume=False")
     if state["step"] > config.training_iterations:
         raise ValueError(f"{path} is at step {state['step']}, beyond training_iterations="
                          f"{config.training_iterations}")
 
 
+def _resume(directory: Path, model_config: GPTConfig, config: TrainConfig, model: GPT,
+            optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator],
+            device: torch.device) -> dict | None:
+    """Restore the latest usable checkpoint in ``directory`` in place and return its training
+    state; ``None`` (after deleting stale checkpoints) when there is none or ``resume`` is off."""
+    candidates = training_checkpoints(directory) if config.resume else []
+    if candidates:
+        _check_resumable(*candidates[0], model_config, config)
+    for path, state in candidates:  # the latest one that loads whole
+        restore = {name: g for name, g in generators.items()
+                   if name != "dropout" or state.get("dropout_device") == device.type}
+        try:
+            state = load_training_checkpoint(path, model, optimizer, restore)
+        except ValueError as error:
+            logger.warning("cannot resume from %s: %s", path, error)
+            continue
+        if "dropout" not in restore:  # saved on another device type: reseed deterministically
+            generators["dropout"].manual_seed(config.seed + 3 + state["step"])
+        logger.info("resuming from %s at step %d", path, state["step"])
+        return state
+    if candidates:
+        raise ValueError(f"no checkpoint in {directory} could be loaded to resume from (see the "
+                         "warnings); use another checkpoint_dir or resume=False")
+    for path in [p for _, p in step_checkpoints(directory)] + [directory / FINAL_CHECKPOINT]:
+        path.unlink(missing_ok=True)  # a fresh start: stale checkpoints must never be resumed
+    return None
+
+
 @torch.no_grad()
-def estimate_loss(model: GPT, data: TokenArray, eligible, batches: int, contexts: int,
+def estimate_loss(model: GPT, data: TokenArray, eligible: np.ndarray, batches: int, contexts: int,
                   generator: torch.Generator, device: torch.device, autocast) -> float:
     """Mean cross-entropy over ``batches`` batches, dropout off (the model's mode is restored)."""
     was_training = model.training
@@ -305,79 +307,57 @@ def train(
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    init_generator = torch.Generator().manual_seed(config.seed)
-    generators = {
+    generators = {  # every random number of the run comes from these
         "batch": torch.Generator().manual_seed(config.seed + 1),
         "evaluation": torch.Generator().manual_seed(config.seed + 2),
+        "dropout": torch.Generator(device=device).manual_seed(config.seed + 3),
     }
-    dropout_generator = torch.Generator(device=device).manual_seed(config.seed + 3)
     model = GPT(model_config)
-    model.reset_parameters(init_generator)
+    model.reset_parameters(torch.Generator().manual_seed(config.seed))
     if initial_model is not None:
         model.load_state_dict(initial_model.state_dict())
     model.to(device)
-    model.set_dropout_generator(dropout_generator)
+    model.set_dropout_generator(generators["dropout"])
     optimizer = make_optimizer(model, config, device)
 
-    step, evaluations, previous_seconds, resumed_from = 0, [], 0.0, None
+    state = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        candidates = _resume_candidates(checkpoint_dir) if config.resume else []
-        if candidates:
-            _check_resumable(*candidates[0], model_config, config)
-        for path, state in candidates:  # the latest one that loads whole
-            restore = dict(generators)
-            if state.get("dropout_device") == device.type:
-                restore["dropout"] = dropout_generator
-            try:
-                state = load_training_checkpoint(path, model, optimizer, restore)
-            except ValueError as error:
-                logger.warning("cannot resume from %s: %s", path, error)
-                continue
-            if "dropout" not in restore:  # saved on another device type: reseed deterministically
-                dropout_generator.manual_seed(config.seed + 3 + state["step"])
-            step = resumed_from = state["step"]
-            evaluations = [Evaluation(**e) for e in state.get("evaluations", [])]
-            previous_seconds = float(state.get("elapsed_seconds", 0.0))
-            logger.info("resuming from %s at step %d", path, step)
-            break
-        if candidates and resumed_from is None:
-            raise ValueError(f"no checkpoint in {checkpoint_dir} could be loaded to resume from "
-                             "(see the warnings); use another checkpoint_dir or resume=False")
-        if resumed_from is None:  # a fresh start: stale checkpoints must not be resumed later
-            for path in [p for _, p in checkpoint_files(checkpoint_dir)] + [checkpoint_dir / FINAL_CHECKPOINT]:
-                path.unlink(missing_ok=True)
+        state = _resume(checkpoint_dir, model_config, config, model, optimizer, generators, device)
+    resumed_from = None if state is None else state["step"]
+    step = resumed_from or 0
+    evaluations = [] if state is None else [Evaluation(**e) for e in state.get("evaluations", [])]
+    previous_seconds = 0.0 if state is None else float(state.get("elapsed_seconds", 0.0))
 
-    train_eligible, test_eligible = train_data.eligible(model_config.context_length), test_data.eligible(
-        model_config.context_length)
+    eligible = {"train": train_data.eligible(model_config.context_length),
+                "test": test_data.eligible(model_config.context_length)}
     tokens_per_step = config.contexts_per_batch * model_config.context_length
     start = time.perf_counter()
     train_seconds, session_steps = 0.0, 0
 
     def evaluate_and_save(name: str) -> None:
-        train_loss = estimate_loss(model, train_data, train_eligible, config.evaluation_iterations,
-                                   config.contexts_per_batch, generators["evaluation"], device, autocast)
-        test_loss = estimate_loss(model, test_data, test_eligible, config.evaluation_iterations,
-                                  config.contexts_per_batch, generators["evaluation"], device, autocast)
-        per_step = (time.perf_counter() - start) / session_steps if session_steps else None
+        losses = [estimate_loss(model, data, eligible[split], config.evaluation_iterations,
+                                config.contexts_per_batch, generators["evaluation"], device, autocast)
+                  for split, data in (("train", train_data), ("test", test_data))]
+        seconds_per_step = (time.perf_counter() - start) / session_steps if session_steps else None
         evaluation = Evaluation(
-            step=step, train_loss=train_loss, test_loss=test_loss,
+            step=step, train_loss=losses[0], test_loss=losses[1],
             tokens_per_second=session_steps * tokens_per_step / train_seconds if session_steps else None,
             elapsed_seconds=previous_seconds + time.perf_counter() - start,
-            remaining_seconds=per_step * (config.training_iterations - step) if per_step else None,
+            remaining_seconds=(seconds_per_step * (config.training_iterations - step)
+                               if seconds_per_step else None),
             learning_rate=learning_rate_at(min(step, config.training_iterations - 1), config),
         )
         evaluations.append(evaluation)
-        logger.info("step %d: train loss %.4f, test loss %.4f", step, train_loss, test_loss)
+        logger.info("step %d: train loss %.4f, test loss %.4f", step, *losses)
         if checkpoint_dir is not None:
             training_state = {
                 "step": step, "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-                "evaluations": [asdict(e) for e in evaluations], "elapsed_seconds": evaluation.elapsed_seconds,
-                "dropout_device": device.type,
+                "evaluations": [asdict(e) for e in evaluations], "dropout_device": device.type,
+                "elapsed_seconds": evaluation.elapsed_seconds,
             }
-            save_training_checkpoint(checkpoint_dir / name, model, optimizer,
-                                     {**generators, "dropout": dropout_generator}, training_state)
+            save_training_checkpoint(checkpoint_dir / name, model, optimizer, generators, training_state)
         if on_evaluation is not None:
             on_evaluation(evaluation)
 
@@ -390,10 +370,9 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
         x, y = sample_batch(train_data, config.contexts_per_batch, model_config.context_length,
-                            generators["batch"], train_eligible)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                            generators["batch"], eligible["train"])
         with autocast():
-            loss = model.loss(x, y)  # mean cross-entropy over B * T positions
+            loss = model.loss(x.to(device), y.to(device))  # mean cross-entropy over B * T positions
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip == "value":
@@ -404,10 +383,12 @@ def train(
         step += 1
         session_steps += 1
         if device.type == "cuda" and step % config.evaluation_interval == 0:
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)  # keep the timings honest
         train_seconds += time.perf_counter() - step_start
 
-    if step != resumed_from or not (checkpoint_dir is not None and (checkpoint_dir / FINAL_CHECKPOINT).is_file()):
+    finished_before = resumed_from == step and checkpoint_dir is not None and (
+        checkpoint_dir / FINAL_CHECKPOINT).is_file()
+    if not finished_before:
         evaluate_and_save(FINAL_CHECKPOINT)
     model.eval()
     final = evaluations[-1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.model import GPT, Dropout, GPTConfig
+from gpt_pipeline.model import GPT, Dropout, GPTConfig, dropped_positions
 
 TINY = GPTConfig(vocab_size=11, embedding_size=8, context_length=6, head_count=2, block_count=2,
                  feed_forward_multiplier=2, embedding_dropout=0.1, attention_dropout=0.1,
@@ -114,6 +114,24 @@ def test_dropout_is_inverted_seeded_and_off_in_eval():
     assert dropout(x) is x
 
 
+def test_dropped_positions_are_independent_bernoulli_draws():
+    # every one of the 8 drop patterns of 3 elements has probability p^k (1 - p)^(3 - k)
+    g, p, draws = torch.Generator().manual_seed(0), 0.3, 20_000
+    counts = torch.zeros(8)
+    for _ in range(draws):
+        pattern = sum(1 << int(i) for i in dropped_positions(3, p, g))
+        counts[pattern] += 1
+    for pattern in range(8):
+        k = bin(pattern).count("1")
+        expected = draws * p**k * (1 - p) ** (3 - k)
+        assert abs(counts[pattern] - expected) < 4 * math.sqrt(expected), (pattern, counts[pattern], expected)
+    positions = dropped_positions(100_000, 0.05, g)
+    assert positions.unique().numel() == positions.numel() and 0 <= positions.min() and positions.max() < 100_000
+    assert abs(positions.numel() - 5000) < 4 * math.sqrt(100_000 * 0.05 * 0.95)
+    assert torch.equal(dropped_positions(1000, 0.5, torch.Generator().manual_seed(1)),
+                       dropped_positions(1000, 0.5, torch.Generator().manual_seed(1)))
+
+
 def test_dropout_masks_follow_the_generator():
     model = GPT(TINY).train()
     idx = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(0))
@@ -175,3 +193,24 @@ def test_last_only_equals_the_last_position_of_a_full_forward():
         assert torch.allclose(model.forward_hidden(idx[:, :5], cache, last_only=True), full[:, 4:5], atol=1e-6)
         assert cache.length == 5
         assert torch.allclose(model.forward_hidden(idx[:, 5:], cache, last_only=True), full[:, 5:], atol=1e-5)
+
+
+def test_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients():
+    config = GPTConfig(vocab_size=600, embedding_size=8, context_length=6, head_count=2, block_count=1,
+                       feed_forward_multiplier=2)  # 1,800 positions: chunks of 873, 873 and 54 rows
+    model = GPT(config).eval()
+    with torch.no_grad():
+        model.linear_head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, 600, (300, 6), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 600, (300, 6), generator=torch.Generator().manual_seed(2))
+    expected = F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+    expected.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss = model.loss(idx, targets)
+    loss.backward()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[name], atol=1e-7, rtol=1e-4), name
+    with torch.no_grad():
+        assert torch.allclose(model.loss(idx, targets), expected, atol=1e-5)

@@ -1,10 +1,10 @@
 """Tests for gpt_pipeline.training: configs, data checks, a learning run, determinism, resume."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -207,7 +207,9 @@ def test_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path):
     script = CHILD.replace("{model}", repr(MODEL.to_dict())).replace("{train_config}", repr(config.to_dict()))
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
-        line = child.stdout.readline()  # blocks until the child has checkpointed step 40
+        ready, _, _ = select.select([child.stdout], [], [], 120)  # the child checkpoints step 40
+        assert ready, "the training subprocess did not reach step 40 in 120 s"
+        line = child.stdout.readline()
         assert line.strip() == "reached 40", line
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=30) == -signal.SIGKILL
@@ -220,3 +222,11 @@ def test_run_killed_with_sigkill_resumes_with_the_same_losses(tmp_path):
     resumed = train(MODEL, config, TRAIN, TEST, checkpoint_dir=checkpoints)
     assert resumed.resumed_from == 40
     assert losses(resumed) == losses(train(MODEL, config, TRAIN, TEST))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_bfloat16_needs_cuda_and_falls_back_to_float32(caplog):
+    bf16 = train(MODEL, TrainConfig(**{**FAST, "precision": "bfloat16", "training_iterations": 20}), TRAIN, TEST)
+    fp32 = train(MODEL, TrainConfig(**{**FAST, "training_iterations": 20}), TRAIN, TEST)
+    assert losses(bf16) == losses(fp32)
+    assert "precision='bfloat16' needs CUDA" in caplog.text
