@@ -149,10 +149,22 @@ def _materialize(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             raise FileNotFoundError(f"run config {args.config!r} does not exist")
         run_config = yaml.safe_load(config_path.read_text()) or {}
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    result = defs.resolve_job_def(args.job).execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False
-    )
+    if os.environ.get("DAGSTER_HOME"):
+        from gpt_pipeline.storage import exclusive
+
+        # The first instance in a new DAGSTER_HOME creates its SQLite storage (alembic): two runs
+        # started together race there ("table alembic_version already exists"). Take turns.
+        with exclusive(os.environ["DAGSTER_HOME"]):
+            instance = dg.DagsterInstance.get()
+    else:
+        instance = dg.DagsterInstance.ephemeral()
+    try:
+        result = defs.resolve_job_def(args.job).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False
+        )
+    except dg.DagsterInvalidConfigError as exc:
+        problems = "; ".join(error.message.split(". Expected")[0] for error in exc.errors) or str(exc)
+        raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         reason = failure.step_failure_data.error.message.strip() if failure else "see the Dagster logs"

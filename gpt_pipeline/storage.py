@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DATA_DIR_ENV = "GPT_PIPELINE_DATA_DIR"
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 def project_root() -> Path:
@@ -58,10 +60,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    sweep_stale_temp_files(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": sweepers in other processes leave it alone
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every asset private to its writer
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -69,8 +73,55 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     _fsync_dir(path.parent)
     return path
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that created temporary file ``tmp`` may still be writing it.
+
+    ``atomic_write`` names it ``.<name>.<pid>.<random>.tmp`` and holds an exclusive ``flock`` on it
+    until the rename: a file whose pid is gone and whose lock is free belongs to a killed writer.
+    """
+    try:
+        pid = int(tmp.name.rsplit(".", 3)[-3])
+    except (ValueError, IndexError):
+        return True  # not named by atomic_write: not ours to remove
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return True
+    try:
+        with open(tmp, "rb") as handle:  # a writer in another pid namespace still holds its lock
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        return True  # already gone
+    return False
+
+
+def sweep_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers (SIGKILL, power loss) left in ``directory``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".a.txt.999999999.xyz.tmp").write_text("half")  # pid 999999999 does not run
+        >>> [p.name for p in sweep_stale_temp_files(d)], list(d.iterdir())
+        (['.a.txt.999999999.xyz.tmp'], [])
+    """
+    removed = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        if not _writer_alive(tmp):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -19,6 +19,9 @@ import fcntl
 import json
 import math
 import os
+import signal
+import socket
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,36 @@ def ensure_store(uri: str) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then hand them to their handlers.
+
+    An interrupt that lands inside an MLflow store write (a SQLite transaction) can leave the
+    store unusable for the rest of the process, so that the run can no longer be ended and
+    stays RUNNING. Writes are short: deferring the signal costs milliseconds. Only the main
+    thread can change signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, lambda number, frame: received.append((number, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in received:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text[:_MAX_PARAM_LENGTH]
@@ -105,7 +138,8 @@ class TrackedRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            with signals_deferred():
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log finite numeric metrics at ``step`` (non-finite values are skipped, not stored)."""
@@ -118,10 +152,12 @@ class TrackedRun:
             if v is not None and math.isfinite(float(v))
         ]
         if items:
-            self.client.log_batch(self.run_id, metrics=items)
+            with signals_deferred():
+                self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with signals_deferred():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(local_path)
@@ -148,6 +184,10 @@ class Tracker:
     def __init__(self, tracking_uri: str | None = None, experiment_name: str = EXPERIMENT_NAME):
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.experiment_name = experiment_name
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow's defaults retry an unreachable server for about four minutes; fail in seconds.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         try:
             ensure_store(self.tracking_uri)
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -179,11 +219,13 @@ class Tracker:
     def run(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
         """Start a run; end it FINISHED, or FAILED if the body raises (then re-raise)."""
         try:
-            created = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name,
-                tags={k: str(v) for k, v in (tags or {}).items()},
-            )
+            self.end_dead_runs()
+            with signals_deferred():
+                created = self.client.create_run(
+                    self.experiment_id,
+                    run_name=run_name,
+                    tags={**{k: str(v) for k, v in (tags or {}).items()}, **_process_tags()},
+                )
         except Exception as exc:  # noqa: BLE001
             raise TrackingError(
                 f"MLflow tracking store {self.tracking_uri!r} cannot start a run: {exc}"
@@ -192,7 +234,55 @@ class Tracker:
         try:
             yield run
         except BaseException:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), signals_deferred():
                 self.client.set_terminated(run.run_id, "FAILED")
             raise
-        self.client.set_terminated(run.run_id, "FINISHED")
+        with signals_deferred():
+            self.client.set_terminated(run.run_id, "FINISHED")
+
+    def end_dead_runs(self) -> list[str]:
+        """Mark KILLED every RUNNING run of the experiment whose process is gone (SIGKILL, OOM
+        killer, power loss: nothing in that process could end its run); return their ids.
+        Runs of live processes, here or on other hosts, are left alone."""
+        running = self.client.search_runs(
+            [self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+        )
+        ended = []
+        for found in running:
+            if _process_alive(found.data.tags):
+                continue
+            self.client.set_terminated(found.info.run_id, "KILLED")
+            ended.append(found.info.run_id)
+        return ended
+
+
+HOST_TAG, PID_TAG, START_TAG = "gpt_pipeline.host", "gpt_pipeline.pid", "gpt_pipeline.process_start"
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, Linux), or "" when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _process_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), START_TAG: _process_start(pid)}
+
+
+def _process_alive(tags: Mapping[str, str]) -> bool:
+    """Whether the process that started a run (its ``_process_tags``) may still be running."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return True  # another machine's run, or one that predates these tags: not ours to judge
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = tags.get(START_TAG, "")
+    return not started or _process_start(pid) in ("", started)  # a reused pid is another process

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpt_pipeline.checkpoint import load_checkpoint, save_checkpoint
+from gpt_pipeline.defs.checks import user_errors
 from gpt_pipeline.model import GPT
 from gpt_pipeline.storage import atomic_write, atomic_write_text, data_dir
 from gpt_pipeline.tokenizer import BPETokenizer
@@ -122,7 +123,8 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
         for candidate in candidates:
             path = self.path_for(context.asset_key, candidate.suffix)
             if path.exists():
-                return candidate.read(path)
+                with user_errors():  # a truncated or foreign file fails the step with its own message
+                    return candidate.read(path)
         key = "/".join(context.asset_key.path)
         raise FileNotFoundError(
             f"asset {key!r} has no stored file under {self.base_dir()}: materialize it first"

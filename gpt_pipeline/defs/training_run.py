@@ -89,7 +89,7 @@ def run_training(
                 f"not the configured {model_config.to_dict()}"
             )
     folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint)
-    with exclusive(folder), mlflow.asset_run(context) as run:
+    with mlflow.asset_run(context) as run, exclusive(folder):
         params = {**model_config.to_dict(), **train_config.to_dict()}
         run.log_params(params)
         run.set_tags({"checkpoint_dir": str(folder), **system_facts(train_config.device)})

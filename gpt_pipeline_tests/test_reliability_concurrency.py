@@ -1,0 +1,116 @@
+"""Concurrency with real processes: two whole runs at once, and the MLflow store's first creation.
+
+- Two ``train_gpt_job`` runs (``gpt-pipeline materialize``) started together, sharing the data
+  directory, the Dagster home and a brand-new MLflow SQLite store: both succeed, every stored file
+  is complete and loadable, and MLflow holds both runs' five runs, FINISHED, in one experiment.
+- Four processes that open ``gpt_pipeline.tracking.Tracker`` on a store that does not exist yet,
+  released at the same instant: all four succeed and agree on one experiment.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import polars as pl
+import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
+
+from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline_tests.reliability_support import (
+    child_env,
+    mlflow_runs,
+    temp_files,
+    write_run_config,
+)
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+
+
+def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
+    data, home = tmp_path / "data", tmp_path / "dagster_home"
+    home.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"  # created by the two runs themselves
+    config = write_run_config(tmp_path / "run.yaml", TINY_RUN_CONFIG)
+    env = child_env(GPT_PIPELINE_DATA_DIR=str(data), MLFLOW_TRACKING_URI=uri, DAGSTER_HOME=str(home))
+    logs = [tmp_path / f"run{i}.log" for i in range(2)]
+    processes = []
+    for log in logs:
+        with open(log, "w") as out:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "gpt_pipeline", "materialize", "--config", str(config)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+            ))
+    try:
+        codes = [process.wait(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for code, log in zip(codes, logs):
+        assert code == 0, f"{log.name} exited {code}: {log.read_text()[-3000:]}"
+
+    # Every stored file is complete and loadable; no temporary file is left.
+    assert temp_files(data) == []
+    stories = pl.read_parquet(data / "raw_stories.parquet")
+    assert len(stories) == 200
+    tokenizer = BPETokenizer.load(data / "bpe_tokenizer.json")
+    assert tokenizer.vocab_size == 300
+    table = pq.read_table(data / "tokenized_dataset.parquet")
+    assert table.num_rows == 200
+    model, _ = load_checkpoint(data / "trained_model.safetensors")
+    assert model.config.vocab_size == 300
+    generations = pl.read_parquet(data / "sample_generations.parquet")
+    assert generations["prompt"].to_list() == ["Once", "The dog"]
+    for path in (data / "checkpoints").rglob("*.safetensors"):
+        read_checkpoint(path)
+
+    # MLflow: one experiment, both Dagster runs with one FINISHED run per asset.
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.name for e in client.search_experiments()]
+    assert experiments.count("gpt-pipeline") == 1
+    runs = mlflow_runs(uri)
+    assert Counter(r.info.status for r in runs) == Counter({"FINISHED": 10}), [
+        (r.data.tags.get("dagster.asset_key"), r.info.status) for r in runs
+    ]
+    by_dagster_run = Counter(r.data.tags["dagster.run_id"] for r in runs)
+    assert sorted(by_dagster_run.values()) == [5, 5]
+    for dagster_run in by_dagster_run:
+        keys = sorted(r.data.tags["dagster.asset_key"] for r in runs if r.data.tags["dagster.run_id"] == dagster_run)
+        assert keys == sorted(ASSET_KEYS)
+    training = [r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model"]
+    for run in training:
+        history = client.get_metric_history(run.info.run_id, "test_loss")
+        assert sorted(m.step for m in history) == [0, 20, 40], run.info.run_id
+
+
+def test_four_processes_create_the_mlflow_store_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpt_pipeline_tests.reliability_support", "tracker", uri, str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=child_env(),
+        )
+        for _ in range(4)
+    ]
+    try:
+        for process in processes:  # all imported: release them together
+            assert process.stdout.readline().strip() == "ready"
+        go.touch()
+        outcomes = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (out, err) in zip(processes, outcomes):
+        assert process.returncode == 0, err[-3000:]
+    experiment_ids = {out.strip().splitlines()[-1] for out, _ in outcomes}
+    assert len(experiment_ids) == 1
+    experiments = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()]
+    assert experiments.count("gpt-pipeline") == 1
