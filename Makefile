@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
-	mkdir -p $(DAGSTER_HOME) data mlruns
+run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p data mlruns
 	$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
 	@echo ""
 	@echo "Dagster UI (assets, runs, metadata):  make dagster-ui   -> http://$(HOST):3000"
@@ -31,11 +31,15 @@ run: $(STAMP)
 	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
 	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
 
+# A local instance (runs, materializations) shared by `make run` and `make dagster-ui`.
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
 test: $(STAMP)
 	$(PY) -m pytest gpt_pipeline_tests -q
 
-dagster-ui: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
+dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml
 
 mlflow-ui: $(STAMP)
