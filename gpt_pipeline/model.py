@@ -119,6 +119,8 @@ def dropped_positions(n: int, p: float, generator: torch.Generator | None = None
         >>> round(len(positions) / 1_000_000, 2), bool((positions.diff() > 0).all())
         (0.05, True)
     """
+    if p == 0.0:
+        return torch.empty(0, dtype=torch.long)
     log_keep = math.log1p(-p)
     chunks, last = [], -1
     while last < n:  # once, but for a ~6-sigma shortfall of gaps

@@ -199,6 +199,7 @@ def test_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients():
     config = GPTConfig(vocab_size=600, embedding_size=8, context_length=6, head_count=2, block_count=1,
                        feed_forward_multiplier=2)  # 1,800 positions: chunks of 873, 873 and 54 rows
     model = GPT(config).eval()
+    model.reset_parameters(torch.Generator().manual_seed(3))  # not the global generator's state
     with torch.no_grad():
         model.linear_head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
     idx = torch.randint(0, 600, (300, 6), generator=torch.Generator().manual_seed(1))
@@ -214,3 +215,7 @@ def test_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients():
         assert torch.allclose(p.grad, grads[name], atol=1e-7, rtol=1e-4), name
     with torch.no_grad():
         assert torch.allclose(model.loss(idx, targets), expected, atol=1e-5)
+
+
+def test_no_positions_dropped_at_probability_zero():
+    assert dropped_positions(1000, 0.0, torch.Generator().manual_seed(0)).tolist() == []
