@@ -39,11 +39,13 @@ def test_failing_check_blocks_downstream_and_keeps_last_good_model(tmp_path, iso
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         good = _run(instance, TINY_RUN_CONFIG)
         assert good.success
+        evaluations = [
+            e.event_specific_data for e in good.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
         for asset, check in CHECKS.items():
-            evaluations = [
-                e.event_specific_data for e in good.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
-            ]
-            assert any(ev.check_name == check and ev.passed for ev in evaluations), check
+            assert any(
+                ev.check_name == check and ev.passed and ev.asset_key == dg.AssetKey(asset) for ev in evaluations
+            ), check
         model_digest = _digest(data / "trained_model.safetensors")
         generations_digest = _digest(data / "sample_generations.parquet")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint_metadata
+from gpt_pipeline.checkpoint import load_checkpoint
 from gpt_pipeline.corpus import generate_stories
 from gpt_pipeline.data import dataset_splits
 from gpt_pipeline.interop import gpt_rs_files as files

@@ -24,7 +24,6 @@ regular expression and ``int`` per id instead of the general per-token parser.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
