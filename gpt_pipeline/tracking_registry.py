@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag  # noqa: F401 - used by the examples
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
