@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +41,7 @@ from gpt_pipeline.checkpoint import (
     step_checkpoints,
     training_checkpoints,
 )
+from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model import GPT, GPTConfig
 from gpt_pipeline.tokens import TokenArray, sample_batch
 
@@ -135,28 +135,6 @@ class TrainResult:
     steps: int  # optimizer steps done in total
     resumed_from: int | None = None  # the step this process resumed from, if it did
     checkpoint_path: Path | None = None  # final.safetensors, when checkpoint_dir was given
-
-
-def resolve_device(device: str = "auto", check_available: bool = True) -> torch.device:
-    """``"auto"``: cuda, then mps, then cpu; otherwise the named device, which must exist.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if check_available and device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if check_available and device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return torch.device(device)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
