@@ -132,13 +132,12 @@ def tokenize_stories(
     tokenizer: BPETokenizer, texts: Sequence[str], training_percentage: float
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Encode every story; the first ``training_percentage`` of them form the train split."""
-    split_point(len(texts), training_percentage)  # validates before the expensive encode
+    train_rows = split_point(len(texts), training_percentage)  # validates before the encode
     started = time.perf_counter()
     token_lists = tokenizer.encode_batch(list(texts))
     seconds = time.perf_counter() - started
     table = build_dataset_table(token_lists, tokenizer.vocab_size, training_percentage)
     lengths = [len(ids) for ids in token_lists]
-    train_rows = split_point(len(texts), training_percentage)
     stats = {
         "stories": len(texts),
         "train_stories": train_rows,

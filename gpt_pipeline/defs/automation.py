@@ -70,17 +70,20 @@ def sweep_learning_rates() -> tuple[float, ...]:
 
 def sweep_run_requests(run_key_prefix: str, learning_rates: tuple[float, ...]) -> list[dg.RunRequest]:
     """One ``train_gpt_job`` run per learning rate, each tagged with the sweep and its rate."""
-    requests = []
-    for rate in learning_rates:
-        run_config = _merge(scheduled_run_config(), {"ops": {"trained_model": {"config": {"learning_rate": rate}}}})
-        requests.append(
-            dg.RunRequest(
-                run_key=f"{run_key_prefix}-lr={rate}",
-                run_config=run_config,
-                tags={"gpt_pipeline/sweep": run_key_prefix, "gpt_pipeline/learning_rate": str(rate)},
-            )
+    base = scheduled_run_config()
+    return [
+        dg.RunRequest(
+            run_key=f"{run_key_prefix}-lr={rate}",
+            run_config=_merge(base, {"ops": {"trained_model": {"config": {"learning_rate": rate}}}}),
+            tags={"gpt_pipeline/sweep": run_key_prefix, "gpt_pipeline/learning_rate": str(rate)},
         )
-    return requests
+        for rate in learning_rates
+    ]
+
+
+def _tick(context: dg.ScheduleEvaluationContext) -> str:
+    """The tick's scheduled time, for run keys ("manual" when evaluated by hand)."""
+    return context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
 
 
 @dg.schedule(
@@ -91,8 +94,9 @@ def sweep_run_requests(run_key_prefix: str, learning_rates: tuple[float, ...]) -
     description="Retrain the whole lineage on a schedule (weekly by default).",
 )
 def weekly_retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-    return dg.RunRequest(run_key=f"weekly-{stamp}", run_config=scheduled_run_config(), tags={"gpt_pipeline/schedule": "weekly"})
+    return dg.RunRequest(
+        run_key=f"weekly-{_tick(context)}", run_config=scheduled_run_config(), tags={"gpt_pipeline/schedule": "weekly"}
+    )
 
 
 @dg.schedule(
@@ -103,8 +107,7 @@ def weekly_retrain(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     description="Launch one training per learning rate (each its own MLflow run) to compare them.",
 )
 def learning_rate_sweep(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    stamp = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-    return sweep_run_requests(f"sweep-{stamp}", sweep_learning_rates())
+    return sweep_run_requests(f"sweep-{_tick(context)}", sweep_learning_rates())
 
 
 def watched_source() -> str | None:

@@ -69,6 +69,3 @@ def user_errors() -> Iterator[None]:
     except (ValueError, FileNotFoundError, IsADirectoryError, TrackingError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise dg.Failure(description=message, allow_retries=False) from exc
-
-
-CHECK_SPECS = [ROUND_TRIP, IDS_IN_VOCAB, BEATS_UNIGRAM, GENERATIONS_DECODE]
