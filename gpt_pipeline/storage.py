@@ -13,8 +13,10 @@ raised in this process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,3 +152,53 @@ def exclusive(directory: str | os.PathLike) -> Iterator[Path]:
             yield directory
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move the finished file ``source`` to ``path`` atomically, and return ``path``.
+
+    On the same filesystem this is a rename; across filesystems the file is copied with
+    :func:`atomic_write` and then removed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "new.txt").write_text("v2")
+        >>> publish(d / "new.txt", d / "out" / "a.txt").read_text(), (d / "new.txt").exists()
+        ('v2', False)
+    """
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, path)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        atomic_write(path, lambda tmp: shutil.copyfile(source, tmp))
+        source.unlink()
+        return path
+    _fsync_dir(path.parent)
+    return path
+
+
+SCRATCH = ".scratch"
+
+
+def scratch_dir() -> Path:
+    """A new private folder for files a stage builds before they are published, on the same
+    filesystem as the data directory (so that publishing is a rename).
+
+    Folders of processes that no longer run are removed whenever a new one is made; callers
+    remove their own folder when done (``shutil.rmtree``), or leave it for that sweep.
+    """
+    root = data_dir() / SCRATCH
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        try:
+            pid = int(old.name.split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=root))

@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint, read_checkpoint_metadata
-from gpt_pipeline.defs.io_manager import FORMATS, AssetFileIOManager
+from gpt_pipeline.defs.formats import FORMATS
+from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.model import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokens import TokenArray

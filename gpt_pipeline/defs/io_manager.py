@@ -16,85 +16,14 @@ one is complete. Each stored output gets ``path`` and ``size_bytes`` metadata.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from gpt_pipeline.checkpoint import load_checkpoint, save_checkpoint
 from gpt_pipeline.defs.checks import user_errors
-from gpt_pipeline.model import GPT
-from gpt_pipeline.storage import atomic_write, atomic_write_text, data_dir
-from gpt_pipeline.tokenizer import BPETokenizer
-
-
-def _write_tokenizer(path: Path, tokenizer: BPETokenizer) -> dict[str, Path]:
-    """Companions first, the main file last: its presence means the set is complete.
-
-    The Hugging Face file is skipped (and any stale one removed) when the vocabulary cannot be
-    expressed in it (two tokens with the same text, which gpt-rs's rules allow)."""
-    extras = {"vocabulary_listing": path.with_suffix(".vocab.txt")}
-    atomic_write_text(extras["vocabulary_listing"], tokenizer.vocab_listing())
-    hf_path = path.with_suffix(".hf.json")
-    try:
-        atomic_write_text(hf_path, tokenizer.to_hf_json())
-        extras["hugging_face_tokenizer"] = hf_path
-    except ValueError:
-        hf_path.unlink(missing_ok=True)
-    atomic_write_text(path, tokenizer.to_json())
-    return extras
-
-
-def _write_parquet_frame(path: Path, frame: pl.DataFrame) -> dict[str, Path]:
-    atomic_write(path, frame.write_parquet)
-    return {}
-
-
-def _write_parquet_table(path: Path, table: pa.Table) -> dict[str, Path]:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-    return {}
-
-
-def _write_model(path: Path, model: GPT) -> dict[str, Path]:
-    save_checkpoint(path, model)  # atomic itself
-    return {}
-
-
-@dataclass(frozen=True)
-class StoredFormat:
-    """How one Python type is stored: file suffix, writer (returns companion files by name), reader."""
-
-    type_: type
-    suffix: str
-    write: Callable[[Path, Any], dict[str, Path]]
-    read: Callable[[Path], Any]
-
-
-FORMATS: tuple[StoredFormat, ...] = (
-    StoredFormat(pl.DataFrame, ".parquet", _write_parquet_frame, pl.read_parquet),
-    StoredFormat(pa.Table, ".parquet", _write_parquet_table, pq.read_table),
-    StoredFormat(BPETokenizer, ".json", _write_tokenizer, BPETokenizer.load),
-    StoredFormat(GPT, ".safetensors", _write_model, lambda path: load_checkpoint(path)[0]),
-)
-
-
-def format_for_value(value: Any) -> StoredFormat:
-    for fmt in FORMATS:
-        if isinstance(value, fmt.type_):
-            return fmt
-    raise TypeError(f"no stored format for a value of type {type(value).__name__}")
-
-
-def format_for_type(type_: Any) -> StoredFormat | None:
-    for fmt in FORMATS:
-        if isinstance(type_, type) and issubclass(type_, fmt.type_):
-            return fmt
-    return None
+from gpt_pipeline.defs.formats import FORMATS, format_for_type, format_for_value
+from gpt_pipeline.storage import data_dir
 
 
 class AssetFileIOManager(dg.ConfigurableIOManager):

@@ -1,0 +1,103 @@
+"""How each Python type is stored as files: suffix, writer and reader.
+
+A writer gets a local destination path and writes it atomically (companion files, named
+``<stem>.<name>`` beside it, first; the main file last, so that its presence means the set is
+complete) and returns the companions by name. A reader gets the local path of the main file.
+Where the files live, local or remote, is the IO manager's business (``io_manager.py``).
+
+    polars DataFrame / Arrow table  ->  .parquet
+    TableFile (a finished Parquet)  ->  .parquet (+ its companions), moved into place
+    BPETokenizer                    ->  .json (+ .vocab.txt listing, + .hf.json for Hugging Face)
+    GPT                             ->  .safetensors (config in the safetensors metadata)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpt_pipeline.checkpoint import load_checkpoint, save_checkpoint
+from gpt_pipeline.model import GPT
+from gpt_pipeline.storage import atomic_write, atomic_write_text, publish
+from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.tokenizer import BPETokenizer
+
+
+def _write_tokenizer(path: Path, tokenizer: BPETokenizer) -> dict[str, Path]:
+    """Companions first, the main file last: its presence means the set is complete.
+
+    The Hugging Face file is skipped (and any stale one removed) when the vocabulary cannot be
+    expressed in it (two tokens with the same text, which gpt-rs's rules allow)."""
+    extras = {"vocabulary_listing": path.with_suffix(".vocab.txt")}
+    atomic_write_text(extras["vocabulary_listing"], tokenizer.vocab_listing())
+    hf_path = path.with_suffix(".hf.json")
+    try:
+        atomic_write_text(hf_path, tokenizer.to_hf_json())
+        extras["hugging_face_tokenizer"] = hf_path
+    except ValueError:
+        hf_path.unlink(missing_ok=True)
+    atomic_write_text(path, tokenizer.to_json())
+    return extras
+
+
+def _write_parquet_frame(path: Path, frame: pl.DataFrame) -> dict[str, Path]:
+    atomic_write(path, frame.write_parquet)
+    return {}
+
+
+def _write_parquet_table(path: Path, table: pa.Table) -> dict[str, Path]:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return {}
+
+
+def _publish_table_file(path: Path, value: TableFile) -> dict[str, Path]:
+    """Move a finished Parquet file and its companions into place (companions first)."""
+    extras = {}
+    for name, source in value.companions.items():
+        extras[name] = publish(source, path.with_name(f"{path.stem}.{name}"))
+    publish(value.path, path)
+    return extras
+
+
+def _write_model(path: Path, model: GPT) -> dict[str, Path]:
+    save_checkpoint(path, model)  # atomic itself
+    return {}
+
+
+@dataclass(frozen=True)
+class StoredFormat:
+    """How one Python type is stored: file suffix, writer (returns companion files by name), reader."""
+
+    type_: type
+    suffix: str
+    write: Callable[[Path, Any], dict[str, Path]]
+    read: Callable[[Path], Any]
+
+
+FORMATS: tuple[StoredFormat, ...] = (
+    StoredFormat(TableFile, ".parquet", _publish_table_file, TableFile.stored_at),
+    StoredFormat(pl.DataFrame, ".parquet", _write_parquet_frame, pl.read_parquet),
+    StoredFormat(pa.Table, ".parquet", _write_parquet_table, pq.read_table),
+    StoredFormat(BPETokenizer, ".json", _write_tokenizer, BPETokenizer.load),
+    StoredFormat(GPT, ".safetensors", _write_model, lambda path: load_checkpoint(path)[0]),
+)
+
+
+def format_for_value(value: Any) -> StoredFormat:
+    for fmt in FORMATS:
+        if isinstance(value, fmt.type_):
+            return fmt
+    raise TypeError(f"no stored format for a value of type {type(value).__name__}")
+
+
+def format_for_type(type_: Any) -> StoredFormat | None:
+    for fmt in FORMATS:
+        if isinstance(type_, type) and issubclass(type_, fmt.type_):
+            return fmt
+    return None

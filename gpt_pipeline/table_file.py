@@ -1,0 +1,71 @@
+"""A Parquet file on local disk passed between pipeline stages instead of its contents.
+
+At scale (a gigabyte of stories) no stage holds a whole table in memory: a stage writes its
+Parquet file row group by row group into a scratch folder and hands on a ``TableFile``; the
+next stage reads it back in record batches. ``TableFile`` only names the file and its companion
+files (``<stem>.<name>`` beside it, such as a memory-mappable token array); it does not decide
+where files live (``gpt_pipeline.storage``) and knows nothing of Dagster.
+
+Example:
+    >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
+    >>> path = Path(tempfile.mkdtemp()) / "t.parquet"
+    >>> pq.write_table(pa.table({"text": ["a", "b", "c"]}), path, row_group_size=2)
+    >>> tf = TableFile(path)
+    >>> tf.num_rows, [b.num_rows for b in tf.iter_batches(batch_size=2)]
+    (3, [2, 1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A local Parquet file (``path``) and its companions (name -> path), read lazily."""
+
+    path: Path
+    companions: Mapping[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def stored_at(cls, path: str | Path) -> TableFile:
+        """The file at ``path`` with every companion ``<stem>.<name>`` found beside it."""
+        path = Path(path)
+        prefix = path.stem + "."
+        companions = {
+            p.name[len(prefix):]: p
+            for p in sorted(path.parent.glob(f"{path.stem}.*"))
+            if p != path and not p.name.startswith(".") and p.is_file()
+        }
+        return cls(path, companions)
+
+    @property
+    def num_rows(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.path)
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, batch_size: int = 65536
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of at most ``batch_size`` rows, in file order."""
+        with pq.ParquetFile(self.path) as handle:
+            yield from handle.iter_batches(batch_size=batch_size, columns=columns)
+
+    def read(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The whole table (or some columns) in memory: for small files and tests."""
+        return pq.read_table(self.path, columns=columns)
+
+    def scan(self) -> pl.LazyFrame:
+        return pl.scan_parquet(self.path)
