@@ -38,8 +38,11 @@ class TableFile:
 
     @classmethod
     def stored_at(cls, path: str | Path) -> TableFile:
-        """The file at ``path`` with every companion ``<stem>.<name>`` found beside it."""
+        """The file at ``path`` with every companion ``<stem>.<name>`` found beside it.
+
+        Reads the Parquet footer only, so that a file that is not Parquet fails here."""
         path = Path(path)
+        pq.read_metadata(path)
         prefix = path.stem + "."
         companions = {
             p.name[len(prefix):]: p

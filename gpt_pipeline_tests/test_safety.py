@@ -257,7 +257,7 @@ def test_the_trap_springs_when_unpickled(tmp_path):
 @pytest.mark.parametrize("loader", list(_loaders()))
 def test_loaders_refuse_pickles_without_running_them(tmp_path, loader):
     suffix = {"BPETokenizer.load": ".json", "io_manager_BPETokenizer": ".json", "io_manager_DataFrame": ".parquet",
-              "io_manager_Table": ".parquet"}.get(loader, ".safetensors")
+              "io_manager_Table": ".parquet", "io_manager_TableFile": ".parquet"}.get(loader, ".safetensors")
     for path in _pickle_files(tmp_path, suffix):
         with pytest.raises(Exception):
             _loaders()[loader](path)
