@@ -255,3 +255,18 @@ def dataset_stats(table: pa.Table | pl.DataFrame) -> dict:
         "mean_story_tokens": float(lengths.mean()) if len(lengths) else 0.0,
         "max_story_tokens": int(lengths.max()) if len(lengths) else 0,
     }
+
+
+def load_splits(table_file) -> tuple[TokenArray, TokenArray]:
+    """The train and test ``TokenArray``s of a stored tokenized dataset (a ``TableFile``).
+
+    Example:
+        >>> import tempfile
+        >>> from gpt_pipeline.table_file import TableFile
+        >>> path = Path(tempfile.mkdtemp()) / "d.parquet"
+        >>> pq.write_table(build_dataset_table([[1, 2], [3], [4, 5]], 8, 0.7), path)
+        >>> train, test = load_splits(TableFile(path))
+        >>> train.tokens.tolist(), test.tokens.tolist()
+        ([1, 2, 3], [4, 5])
+    """
+    return dataset_splits(table_file.read())
