@@ -47,3 +47,9 @@ mlflow-ui: $(STAMP)
 
 clean:
 	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints
+
+# The production-deployment tests: Dagster (deploy/dagster.yaml) and MLflow on a throwaway local
+# PostgreSQL server. Needs PostgreSQL's server binaries (`.ci/run` installs them when missing).
+.PHONY: postgres-test
+postgres-test: $(STAMP)
+	$(PY) -m pytest gpt_pipeline_tests/test_deployment_postgres.py -q

@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mat.add_argument("--config", metavar="YAML", help="Dagster run config file (ops: {asset: {config: ...}})")
     mat.add_argument("--job", default="train_gpt_job", help="job to run (default: train_gpt_job)")
+    mat.add_argument("--storage-url", metavar="URL", help="store assets in this folder or fsspec URL, e.g. "
+                     "s3://bucket/prefix (default: $GPT_PIPELINE_STORAGE_URL, else the data directory)")
 
     from gpt_pipeline.interop.commands import add_interop_commands
     from gpt_pipeline.tracking_compare import add_compare_command
@@ -140,8 +142,8 @@ def _materialize(args: argparse.Namespace) -> None:
     import polars as pl
     import yaml
 
-    from gpt_pipeline.definitions import defs
-    from gpt_pipeline.storage import data_dir
+    from gpt_pipeline.definitions import build_defs
+    from gpt_pipeline.defs.io_manager import AssetFileIOManager
 
     run_config = {}
     if args.config:
@@ -158,8 +160,9 @@ def _materialize(args: argparse.Namespace) -> None:
             instance = dg.DagsterInstance.get()
     else:
         instance = dg.DagsterInstance.ephemeral()
+    storage = AssetFileIOManager(base_url=args.storage_url)
     try:
-        result = defs.resolve_job_def(args.job).execute_in_process(
+        result = build_defs(storage).resolve_job_def(args.job).execute_in_process(
             run_config=run_config, instance=instance, raise_on_error=False
         )
     except dg.DagsterInvalidConfigError as exc:
@@ -169,10 +172,11 @@ def _materialize(args: argparse.Namespace) -> None:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         reason = failure.step_failure_data.error.message.strip() if failure else "see the Dagster logs"
         raise RuntimeError(f"job {args.job} failed: {reason.splitlines()[0]}")
-    generations = pl.read_parquet(data_dir() / "sample_generations.parquet")
+    with storage.path_for(dg.AssetKey("sample_generations"), ".parquet").open("rb") as handle:
+        generations = pl.read_parquet(handle)
     for row in generations.iter_rows(named=True):
         print(f"\n=== {row['prompt']!r} (sample {row['sample']}) ===\n{row['text']}")
-    print(f"\nDagster run {result.run_id} succeeded; assets are in {data_dir()}.")
+    print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
 
 
 def _tokenize(args: argparse.Namespace) -> None:
@@ -208,11 +212,10 @@ def _load_dataset_dir(directory: str):
 
 
 def _train(args: argparse.Namespace) -> None:
-    import pyarrow.parquet as pq
-
-    from gpt_pipeline.data import dataset_splits
+    from gpt_pipeline.data import load_splits
     from gpt_pipeline.model import GPTConfig
     from gpt_pipeline.pipeline import progress_line
+    from gpt_pipeline.table_file import TableFile
     from gpt_pipeline.training import TrainConfig, train
 
     path, tokenizer = _load_dataset_dir(args.dataset_dir)
@@ -224,13 +227,18 @@ def _train(args: argparse.Namespace) -> None:
     train_config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig)})
     model_config.validate()
     train_config.validate()
-    train_data, test_data = dataset_splits(pq.read_table(path / "dataset.parquet"))
     out = Path(args.output_dir or f"training/run_{time.strftime('%Y%m%d_%H%M%S')}")
 
     def report(evaluation) -> None:
         print(progress_line(evaluation, train_config.training_iterations), flush=True)
 
-    result = train(model_config, train_config, train_data, test_data, out, report)
+    if train_config.num_processes > 1:  # torchrun workers read the file themselves
+        from gpt_pipeline.distributed import launch
+
+        result = launch(model_config, train_config, path / "dataset.parquet", out, report)
+    else:
+        train_data, test_data = load_splits(TableFile.stored_at(path / "dataset.parquet"))
+        result = train(model_config, train_config, train_data, test_data, out, report)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s -> {out / 'final.safetensors'}")
 
 

@@ -19,6 +19,7 @@ All randomness comes from one ``random.Random(seed)``: the same seed gives the s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -163,8 +164,27 @@ def expand(template: str, slots: dict, rng: random.Random) -> str:
         ...        random.Random(1))
         'Once, she saw an owl.'
     """
-    text = _CHOICE.sub(lambda m: rng.choice(m.group(1).split("|")), template)
-    return text.format_map(slots)
+    literals, options = _compiled(template)
+    if options:
+        choice = rng.choice
+        parts = [literals[0]]
+        for alternatives, literal in zip(options, literals[1:]):
+            parts.append(choice(alternatives))
+            parts.append(literal)
+        template = "".join(parts)
+    return template.format_map(slots)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(template: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """The literal text around each ``[a|b]`` group and each group's alternatives, parsed once.
+
+    Example:
+        >>> _compiled("[Once|One day], {he} [ran|hid].")
+        (('', ', {he} ', '.'), (('Once', 'One day'), ('ran', 'hid')))
+    """
+    parts = _CHOICE.split(template)  # literal, group, literal, ..., literal
+    return tuple(parts[0::2]), tuple(tuple(group.split("|")) for group in parts[1::2])
 
 
 def _parse_templates(text: str) -> tuple[dict[str, list[str]], list[dict[str, list[str]]]]:
@@ -294,6 +314,25 @@ def iter_stories(num_stories: int = DEFAULT_NUM_STORIES, seed: int = 0) -> Itera
     return (_story(rng) for _ in range(num_stories))
 
 
+def iter_story_batches(
+    num_stories: int = DEFAULT_NUM_STORIES, seed: int = 0, batch_size: int | None = None
+) -> Iterator[list[str]]:
+    """The stories of ``iter_stories(num_stories, seed)`` in lists of ``batch_size`` (the last
+    may be shorter; default ``PARQUET_BATCH``), so that a large corpus streams in bounded memory.
+
+    Example:
+        >>> [len(b) for b in iter_story_batches(5, seed=1, batch_size=2)]
+        [2, 2, 1]
+        >>> sum(iter_story_batches(5, seed=1, batch_size=2), []) == generate_stories(5, seed=1)
+        True
+    """
+    stories = iter_stories(num_stories, seed)  # validates num_stories now, not at the first next()
+    size = PARQUET_BATCH if batch_size is None else batch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return iter(lambda: list(itertools.islice(stories, size)), [])
+
+
 def generate_stories(num_stories: int = DEFAULT_NUM_STORIES, seed: int = 0) -> list[str]:
     """The embedded corpus as a list: ``num_stories`` stories generated from ``seed``."""
     return list(iter_stories(num_stories, seed))
@@ -308,11 +347,11 @@ def write_corpus_parquet(
     never has to fit in memory as one list.
     """
     schema = pa.schema([("text", pa.string())])
-    stories = iter_stories(num_stories, seed)  # validates num_stories before any file is made
+    batches = iter_story_batches(num_stories, seed)  # validates num_stories before any file is made
 
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
-            while batch := list(itertools.islice(stories, PARQUET_BATCH)):
+            for batch in batches:
                 writer.write_table(pa.table({"text": pa.array(batch, pa.string())}, schema=schema))
             if num_stories == 0:
                 writer.write_table(schema.empty_table())

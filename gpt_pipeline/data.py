@@ -1,16 +1,15 @@
-"""Reading story Parquet files, gpt-rs's train/test split, and the tokenized dataset table.
+"""gpt-rs's train/test split and the tokenized dataset table.
 
-This module owns the data formats between the pipeline's stages:
+This module owns the data formats after tokenization (story files are ``story_files.py``):
 
-- the **raw stories**: any Parquet file whose text is in one column (by default the first, as
-  gpt-rs), read into a one-column ``text`` DataFrame with null and empty entries dropped;
 - the **tokenized dataset**: an Arrow table with a ``tokens`` column (list<uint16>, or
   list<uint32> when the vocabulary has more than 65,536 tokens) and a ``split`` column ("train" or
   "test"), where the first ``floor(n * training_percentage)`` stories train, as in gpt-rs;
 - the conversion of that table into the flat ``TokenArray`` pairs that training samples from,
-  without a Python loop over tokens.
+  without a Python loop over tokens, and ``load_splits``, which memory-maps them instead from
+  the companion file the pipeline writes beside it (``gpt_pipeline.dataset_files``).
 
-It does not tokenize text (see ``gpt_pipeline.tokenizer``) and does not decide where files live
+It does not read story files (``gpt_pipeline.story_files``), tokenize text (see ``gpt_pipeline.tokenizer``) and does not decide where files live
 (see ``gpt_pipeline.storage``). Every bad input raises ``DataError`` (a ``ValueError``) with a
 one-line message naming the problem and the offending value.
 """
@@ -19,14 +18,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from gpt_pipeline.tokens import TokenArray, token_dtype
 
@@ -38,86 +34,6 @@ TRAIN, TEST = "train", "test"
 
 class DataError(ValueError):
     """A data file or data setting the pipeline cannot use; the message names the value."""
-
-
-# --- raw stories -------------------------------------------------------------------------------
-
-
-def _is_text(dtype: pa.DataType) -> bool:
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or (
-        pa.types.is_string_view(dtype)
-    )
-
-
-def _schema(path: Path) -> pa.Schema:
-    if not path.exists():
-        raise DataError(f"source file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"source path is not a file: {path}")
-    try:
-        return pq.read_schema(path)
-    except (pa.ArrowException, OSError) as error:
-        detail = " ".join(str(error).split())
-        raise DataError(f"not a Parquet file: {path} ({detail})") from None
-
-
-def read_texts(
-    path: str | os.PathLike, text_column: str | None = None
-) -> tuple[pl.DataFrame, dict]:
-    """Read the stories of a Parquet file: one ``text`` column, null and empty entries dropped.
-
-    The text is in ``text_column``, or by default in the file's first column (as gpt-rs). Returns
-    the DataFrame and ``{"rows_read", "null_dropped", "empty_dropped", "rows_kept",
-    "source_column"}``.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "s.parquet"
-        >>> pq.write_table(pa.table({"story": ["Hi.", None, "", "Bye."], "n": [1, 2, 3, 4]}), path)
-        >>> frame, stats = read_texts(path)
-        >>> frame["text"].to_list(), stats["null_dropped"], stats["empty_dropped"]
-        (['Hi.', 'Bye.'], 1, 1)
-    """
-    path = Path(path)
-    schema = _schema(path)
-    if text_column is None:
-        if len(schema) == 0:
-            raise DataError(f"Parquet file has no columns: {path}")
-        column = schema.names[0]
-    elif text_column not in schema.names:
-        raise DataError(
-            f"text column {text_column!r} not found in {path}; columns: {schema.names}"
-        )
-    else:
-        column = text_column
-    dtype = schema.field(column).type
-    if not _is_text(dtype):
-        which = "named" if text_column is not None else "first"
-        raise DataError(f"{which} column {column!r} of {path} is not text but {dtype}")
-    try:
-        table = pq.read_table(path, columns=[column])
-    except (pa.ArrowException, OSError) as error:
-        detail = " ".join(str(error).split())
-        raise DataError(f"cannot read Parquet file {path}: {detail}") from None
-    rows_read = table.num_rows
-    if rows_read == 0:
-        raise DataError(f"Parquet file has no rows: {path}")
-    texts = pl.from_arrow(table.select([column]).rename_columns([TEXT_COLUMN]))
-    texts = texts.with_columns(pl.col(TEXT_COLUMN).cast(pl.String))
-    nulls = texts[TEXT_COLUMN].null_count()
-    kept = texts.filter(pl.col(TEXT_COLUMN).is_not_null() & (pl.col(TEXT_COLUMN) != ""))
-    if kept.height == 0:
-        raise DataError(f"column {column!r} of {path} holds only null or empty text")
-    stats = {
-        "rows_read": rows_read,
-        "null_dropped": nulls,
-        "empty_dropped": rows_read - nulls - kept.height,
-        "rows_kept": kept.height,
-        "source_column": column,
-    }
-    return kept, stats
 
 
 # --- the train/test split ----------------------------------------------------------------------
@@ -189,22 +105,32 @@ def _as_arrow(table: pa.Table | pl.DataFrame) -> pa.Table:
 
 def _token_array(column: pa.ChunkedArray) -> TokenArray:
     # A list column (any slice, any chunking) as one flat token array plus story offsets.
-    lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not (pa.types.is_list(lists.type) or pa.types.is_large_list(lists.type)):
-        raise DataError(f"{TOKENS_COLUMN!r} column must hold lists of token ids, not {lists.type}")
-    value_type = lists.type.value_type
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        raise DataError(f"{TOKENS_COLUMN!r} column must hold lists of token ids, not {column.type}")
+    value_type = column.type.value_type
     if value_type not in (pa.uint16(), pa.uint32()):
         raise DataError(f"{TOKENS_COLUMN!r} column must hold uint16 or uint32, not {value_type}")
-    if lists.null_count:
-        raise DataError(f"{TOKENS_COLUMN!r} column has {lists.null_count} null entries")
+    if column.null_count:
+        raise DataError(f"{TOKENS_COLUMN!r} column has {column.null_count} null entries")
+    parts = [_chunk_tokens(chunk) for chunk in column.chunks] or [
+        (np.zeros(0, value_type.to_pandas_dtype()), np.zeros(1, np.int64))
+    ]
+    if len(parts) == 1:  # one chunk (a Parquet file of one row group): views, no copy
+        return TokenArray(tokens=parts[0][0], offsets=parts[0][1])
+    # One chunk per row group: one copy, chunk by chunk (no 2**31 limit of list<> offsets).
+    starts = np.cumsum([0] + [len(tokens) for tokens, _ in parts[:-1]])
+    offsets = np.concatenate([parts[0][1][:1]] + [o[1:] + s for (_, o), s in zip(parts, starts)])
+    return TokenArray(tokens=np.concatenate([tokens for tokens, _ in parts]), offsets=offsets)
+
+
+def _chunk_tokens(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.asarray(lists.offsets, dtype=np.int64)  # [stories + 1], relative to the slice
     start, end = int(offsets[0]), int(offsets[-1])
     # .values ignores the array's slice; the offsets say which part of it this array covers.
     flat = lists.values.slice(start, end - start)
     if flat.null_count:
         raise DataError(f"{TOKENS_COLUMN!r} column has {flat.null_count} null token ids")
-    tokens = flat.to_numpy(zero_copy_only=False)  # [total_tokens] uint16 or uint32
-    return TokenArray(tokens=tokens, offsets=offsets - start)
+    return flat.to_numpy(zero_copy_only=False), offsets - start  # [tokens] uint16|uint32, [n + 1]
 
 
 def dataset_splits(table: pa.Table | pl.DataFrame) -> tuple[TokenArray, TokenArray]:
@@ -260,8 +186,14 @@ def dataset_stats(table: pa.Table | pl.DataFrame) -> dict:
 def load_splits(table_file) -> tuple[TokenArray, TokenArray]:
     """The train and test ``TokenArray``s of a stored tokenized dataset (a ``TableFile``).
 
+    Memory-mapped read-only from its companion arrays when it has them (as the pipeline's
+    ``tokenized_dataset`` does; see ``gpt_pipeline.dataset_files``): nothing is read until
+    used. Otherwise (older files, files written by users or by interop code) read from the
+    Parquet file into memory.
+
     Example:
-        >>> import tempfile
+        >>> import tempfile, pyarrow.parquet as pq
+        >>> from pathlib import Path
         >>> from gpt_pipeline.table_file import TableFile
         >>> path = Path(tempfile.mkdtemp()) / "d.parquet"
         >>> pq.write_table(build_dataset_table([[1, 2], [3], [4, 5]], 8, 0.7), path)
@@ -269,4 +201,9 @@ def load_splits(table_file) -> tuple[TokenArray, TokenArray]:
         >>> train.tokens.tolist(), test.tokens.tolist()
         ([1, 2, 3], [4, 5])
     """
+    from gpt_pipeline.dataset_files import open_token_arrays  # it imports this module
+
+    mapped = open_token_arrays(table_file)
+    if mapped is not None:
+        return mapped
     return dataset_splits(table_file.read())

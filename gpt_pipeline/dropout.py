@@ -72,9 +72,101 @@ class Dropout(nn.Module):
         u = torch.rand(x.shape, generator=self.generator, device=x.device)  # uniform [0, 1)
         return u.ge_(self.p).mul_(scale).to(x.dtype)  # keep with probability 1 - p
 
+    @property
+    def scale(self) -> float:
+        return 1.0 / (1.0 - self.p)
+
+    def draw(self, x: torch.Tensor) -> torch.Tensor | None:
+        """What to drop in a tensor shaped like ``x``: on CPU the flat indices of the dropped
+        elements (int64, from the same random numbers ``mask`` would use), elsewhere ``mask(x)``;
+        ``None`` when dropout is off."""
+        if not self.training or self.p == 0.0:
+            return None
+        if x.device.type == "cpu":
+            return dropped_positions(x.numel(), self.p, self.generator)
+        return self.mask(x)
+
+    def as_mask(self, drawn: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """``drawn`` (from :meth:`draw`) as a scaled mask shaped like ``like``."""
+        if drawn is None or drawn.dtype != torch.long:
+            return drawn
+        mask = torch.full(like.shape, self.scale, dtype=like.dtype, device=like.device)
+        mask.view(-1).index_fill_(0, drawn, 0.0)
+        return mask
+
+    def apply(self, x: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor:
+        """``x`` with the elements ``drawn`` dropped and the rest scaled by 1 / (1 - p)."""
+        if drawn is None:
+            return x
+        if drawn.dtype == torch.long:
+            return DropPositions.apply(x, drawn, self.scale)
+        return x * drawn
+
+    def add_to(self, branch: torch.Tensor, x: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor:
+        """``branch + dropout(x)`` with ``drawn`` as the dropout, in one pass over memory on CPU."""
+        if drawn is None:
+            return branch + x
+        if drawn.dtype == torch.long:
+            return ResidualDropAdd.apply(branch, x, drawn, self.scale)
+        return branch + x * drawn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.mask(x)
-        return x if mask is None else x * mask
+        return self.apply(x, self.draw(x))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class DropPositions(torch.autograd.Function):
+    """``x * scale`` with the flat ``positions`` set to 0: dropout without a mask tensor.
+
+    Example:
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> y = DropPositions.apply(x, torch.tensor([1, 5]), 2.0)
+        >>> y.tolist()
+        [[2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]
+        >>> y.sum().backward(); x.grad.tolist()
+        [[2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]
+    """
+
+    @staticmethod
+    def forward(ctx, x, positions, scale):
+        out = x * scale
+        out.view(-1).index_fill_(0, positions, 0.0)
+        ctx.save_for_backward(positions)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (positions,) = ctx.saved_tensors
+        grad_x = grad * ctx.scale
+        grad_x.view(-1).index_fill_(0, positions, 0.0)
+        return grad_x, None, None
+
+
+class ResidualDropAdd(torch.autograd.Function):
+    """``branch + dropout(x)``: ``x * scale`` added to ``branch``, except at the flat
+    ``positions``, where the result is ``branch`` alone (x dropped).
+
+    Example:
+        >>> b, x = torch.zeros(4, requires_grad=True), torch.ones(4, requires_grad=True)
+        >>> ResidualDropAdd.apply(b, x, torch.tensor([2]), 2.0).tolist()
+        [2.0, 2.0, 0.0, 2.0]
+    """
+
+    @staticmethod
+    def forward(ctx, branch, x, positions, scale):
+        out = torch.add(branch, x, alpha=scale)
+        flat = out.view(-1)
+        flat.index_copy_(0, positions, branch.reshape(-1).index_select(0, positions))
+        ctx.save_for_backward(positions)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (positions,) = ctx.saved_tensors
+        grad_x = grad * ctx.scale
+        grad_x.view(-1).index_fill_(0, positions, 0.0)
+        return grad, grad_x, None, None

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt_pipeline.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
+from gpt_pipeline.fused import FeedForwardFunction
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -176,6 +177,13 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(config.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+            drawn = self.dropout.draw(x)  # flat positions in the output (same shape as x) or None
+            out = FeedForwardFunction.apply(  # the same math, fewer passes over memory
+                x.reshape(-1, x.size(-1)), self.input.weight, self.input.bias,
+                self.output.weight, self.output.bias, drawn, self.dropout.scale,
+            )
+            return out.view(x.shape)  # [B, T, C]
         return self.dropout(self.output(F.relu(self.input(x))))  # [B, T, C]
 
 
@@ -192,14 +200,17 @@ class Block(nn.Module):
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
     ) -> torch.Tensor:
         # x = dropout_res(x) + attn(ln_1(x)); x = dropout_res(x) + ffn(ln_2(x))
-        mask = self.residual_dropout.mask(x)
+        # what each residual dropout drops is drawn before its branch runs
+        dropout = self.residual_dropout
+        drawn = dropout.draw(x)
         branch = self.attention(self.layer_norm_1(x), cache, layer, last_only)  # [B, T or 1, C]
         if branch.size(1) != x.size(1):  # last_only: only the last position goes on
-            x, mask = x[:, -1:], None if mask is None else mask[:, -1:]
-        x = branch + (x if mask is None else x * mask)
-        mask = self.residual_dropout.mask(x)
+            mask = dropout.as_mask(drawn, x)
+            x, drawn = x[:, -1:], None if mask is None else mask[:, -1:]
+        x = dropout.add_to(branch, x, drawn)
+        drawn = dropout.draw(x)
         branch = self.feed_forward(self.layer_norm_2(x))
-        return branch + (x if mask is None else x * mask)
+        return dropout.add_to(branch, x, drawn)
 
 
 class HeadCrossEntropy(torch.autograd.Function):

@@ -2,8 +2,9 @@
 
 ``TokenArray`` keeps every story's tokens back to back in one NumPy array (uint16 while the
 vocabulary fits, uint32 above 65,535 tokens) and the start offset of each story, so that story
-``i`` is ``tokens[offsets[i]:offsets[i + 1]]``. The flat array can be memory-mapped; nothing here
-reads files or knows about Parquet, Dagster or MLflow.
+``i`` is ``tokens[offsets[i]:offsets[i + 1]]``. Both arrays may be read-only memory maps
+(``gpt_pipeline.dataset_files``): nothing here copies them whole, and ``sample_batch`` reads only
+the windows it draws. Nothing here reads files or knows about Parquet, Dagster or MLflow.
 
 ``sample_batch`` draws a training batch the way gpt-rs does: ``contexts_per_batch`` *distinct*
 stories, chosen at random among those with at least ``context_length + 1`` tokens, and one random
@@ -68,8 +69,34 @@ class TokenArray:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
 
     def eligible(self, context_length: int) -> np.ndarray:
-        """Indices of the stories with at least ``context_length + 1`` tokens."""
-        return np.flatnonzero(self.lengths >= context_length + 1)
+        """Indices of the stories with at least ``context_length + 1`` tokens (int32 while they
+        fit: 4 bytes a story is all that training keeps per story)."""
+        indices = np.flatnonzero(self.lengths >= context_length + 1)
+        return indices.astype(np.int32) if len(self.offsets) < 2**31 else indices
+
+
+def distinct_indices(n: int, k: int, generator: torch.Generator) -> np.ndarray:
+    """``k`` distinct indices drawn uniformly from ``[0, n)`` without replacement, in draw order.
+
+    Memory and time grow with ``k``, not ``n`` (a batch of 64 among two million stories draws
+    about 64 numbers instead of permuting two million), unless ``k`` is more than half of ``n``,
+    where one permutation is cheaper than redrawing repeats.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> picked = distinct_indices(10**9, 64, g)
+        >>> len(set(picked.tolist())), int(picked.min()) >= 0, int(picked.max()) < 10**9
+        (64, True, True)
+    """
+    if k > n // 2:
+        return torch.randperm(n, generator=generator)[:k].numpy()
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    while len(chosen) < k:
+        for value in torch.randint(n, (2 * (k - len(chosen)),), generator=generator).tolist():
+            chosen.setdefault(value)
+            if len(chosen) == k:
+                break
+    return np.fromiter(chosen, dtype=np.int64, count=k)
 
 
 def sample_batch(
@@ -92,8 +119,9 @@ def sample_batch(
             f"with at least context_length + 1 = {context_length + 1} tokens"
         )
     window = context_length + 1
-    chosen = eligible[torch.randperm(len(eligible), generator=generator)[:contexts_per_batch].numpy()]
-    spans = data.lengths[chosen] - window + 1  # [B] number of possible window starts
+    chosen = eligible[distinct_indices(len(eligible), contexts_per_batch, generator)]  # [B]
+    # Only the chosen stories' offsets and windows are read: ``data`` may be memory-mapped.
+    spans = data.offsets[chosen + 1] - data.offsets[chosen] - window + 1  # [B] possible starts
     starts = (torch.rand(len(chosen), generator=generator, dtype=torch.float64).numpy() * spans)
     starts = data.offsets[chosen] + np.minimum(starts.astype(np.int64), spans - 1)  # [B]
     index = starts[:, None] + np.arange(window)[None, :]  # [B, T + 1]

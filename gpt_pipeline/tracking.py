@@ -6,7 +6,12 @@ about Dagster: the Dagster resource in ``gpt_pipeline.defs.resources`` and the C
 
 - Store: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project root>/mlruns/mlflow.db``
   with artifacts under ``<project root>/mlruns/artifacts``. A SQLite store is created once,
-  under a file lock, before any run is written (concurrent first creations race otherwise).
+  under a file lock, before any run is written (concurrent first creations race otherwise); a
+  PostgreSQL store (``postgresql+psycopg2://...``) likewise under a PostgreSQL advisory lock.
+  New experiments in a database store keep their artifacts in
+  ``$GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT`` when set (e.g. ``s3://bucket/mlflow``), else beside a
+  SQLite file, else in ``<project root>/mlruns/artifacts``. Behind an MLflow server
+  (``http(s)://``) the server decides where artifacts go.
 - Runs: :meth:`Tracker.run` is a context manager that yields a :class:`TrackedRun` and always
   ends the run, FINISHED on success and FAILED on any exception (KeyboardInterrupt included),
   so no run is left RUNNING by a failure in this process.
@@ -34,6 +39,9 @@ from gpt_pipeline.storage import project_root
 
 EXPERIMENT_NAME = "gpt-pipeline"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+ARTIFACT_ROOT_ENV = "GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT"
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_STORE_LOCK_KEY = 0x6770745F706970  # any constant: the PostgreSQL advisory lock of store creation
 _MAX_PARAM_LENGTH = 6000
 
 
@@ -72,16 +80,79 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(raw.lstrip("/")).resolve()
 
 
+def database_scheme(uri: str) -> str | None:
+    """The database of a store URI (``sqlite``, ``postgresql``, ...), None for a server or files.
+
+    Example:
+        >>> database_scheme("postgresql+psycopg2://u:p@db:5432/mlflow"), database_scheme("https://m")
+        ('postgresql', None)
+    """
+    scheme = urlparse(uri).scheme.split("+", 1)[0]
+    return scheme if scheme in _DATABASE_SCHEMES else None
+
+
+def redacted(uri: str) -> str:
+    """``uri`` without its password, for messages and logs.
+
+    Example:
+        >>> redacted("postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow")
+        'postgresql+psycopg2://mlflow:***@db:5432/mlflow'
+        >>> redacted("sqlite:////tmp/mlflow.db")
+        'sqlite:////tmp/mlflow.db'
+    """
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    user, _, host = parsed.netloc.rpartition("@")
+    return parsed._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
+
+
 def artifact_root(uri: str) -> str | None:
-    """Artifact location for a new experiment: ``<db dir>/artifacts`` beside a SQLite store."""
+    """Artifact location for a new experiment in the store at ``uri``.
+
+    ``$GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT`` for any database store when set; else
+    ``<db dir>/artifacts`` beside a SQLite store, ``<project root>/mlruns/artifacts`` for another
+    database (MLflow's own default, ``./mlruns`` of whatever the current directory is, would
+    scatter artifacts); None for a tracking server, which decides itself.
+    """
+    if database_scheme(uri) is None:
+        return None
+    configured = os.environ.get(ARTIFACT_ROOT_ENV)
+    if configured:
+        return configured
     db = sqlite_path(uri)
-    return (db.parent / "artifacts").as_uri() if db else None
+    return (db.parent / "artifacts").as_uri() if db else (project_root() / "mlruns" / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def _postgres_lock(uri: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock (one key for all our processes) on the store's database."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _STORE_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _STORE_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def ensure_store(uri: str) -> None:
-    """Create a SQLite store once, under an exclusive file lock (no-op for other stores)."""
+    """Create a SQLite or PostgreSQL store once, under an exclusive lock (no-op for others).
+
+    MLflow creates its tables on the first connection to an empty database; two processes
+    doing so at once fail with duplicate-table errors. The lock makes them take turns: the
+    first creates the tables, the others find them.
+    """
     db = sqlite_path(uri)
     if db is None:
+        if database_scheme(uri) == "postgresql":
+            with _postgres_lock(uri):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         return
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.parent / f".{db.name}.lock", "a+") as lock:
@@ -194,7 +265,7 @@ class Tracker:
             self.experiment_id = self._experiment_id()
         except Exception as exc:  # noqa: BLE001 - any store failure becomes one clear message
             raise TrackingError(
-                f"MLflow tracking store {self.tracking_uri!r} cannot be used: "
+                f"MLflow tracking store {redacted(self.tracking_uri)!r} cannot be used: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from exc
 
@@ -228,7 +299,7 @@ class Tracker:
                 )
         except Exception as exc:  # noqa: BLE001
             raise TrackingError(
-                f"MLflow tracking store {self.tracking_uri!r} cannot start a run: {exc}"
+                f"MLflow tracking store {redacted(self.tracking_uri)!r} cannot start a run: {exc}"
             ) from exc
         run = TrackedRun(self.client, created.info.run_id, self.experiment_id)
         try:

@@ -91,15 +91,15 @@ def compare_runs(
     """
     from mlflow.tracking import MlflowClient
 
-    from gpt_pipeline.tracking import sqlite_path
+    from gpt_pipeline.tracking import redacted, sqlite_path
 
     db = sqlite_path(tracking_uri)
     if db is not None and not db.is_file():
-        raise ValueError(f"no MLflow store at {tracking_uri!r}: train a model first")
+        raise ValueError(f"no MLflow store at {redacted(tracking_uri)!r}: train a model first")
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise ValueError(f"experiment {experiment!r} does not exist in {tracking_uri!r}")
+        raise ValueError(f"experiment {experiment!r} does not exist in {redacted(tracking_uri)!r}")
     runs = [
         r for r in _search_all(client, found.experiment_id)
         if r.data.tags.get(ASSET_KEY_TAG) == TRAINING_ASSET

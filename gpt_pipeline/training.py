@@ -17,8 +17,14 @@ again with the same configs and ``checkpoint_dir`` continues from its latest che
 the same losses as an uninterrupted run. Every random number comes from generators seeded from
 ``TrainConfig.seed``; the global torch generator is never touched.
 
+Data parallel: in each torchrun worker ``gpt_pipeline.distributed`` passes a ``Replica`` that
+gives the process its rows of every (same, global) batch, wraps the model in
+DistributedDataParallel and leaves evaluation and checkpoints to rank 0; the loop is this one.
+
 Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``
-and ``on_evaluation``), the model itself (``model.py``), the file format (``checkpoint.py``).
+and ``on_evaluation``), the model itself (``model.py``), the file format (``checkpoint.py``), the
+config and its validation (``training_config.py``, re-exported here), launching processes
+(``distributed.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,71 +50,20 @@ from gpt_pipeline.checkpoint import (
 from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model import GPT, GPTConfig
 from gpt_pipeline.tokens import TokenArray, sample_batch
+from gpt_pipeline.training_config import (  # noqa: F401 - also part of this module's API
+    TrainConfig,
+    learning_rate_at,
+    validate_training_data,
+)
 
 logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.999)  # gpt-rs (tch's AdamW defaults)
 ADAM_EPS = 1e-8
 # fields that change the numbers a resumed run computes: they must match the checkpoint's
+# (not num_processes: every process count computes the same batches, up to float summation order)
 _RESUME_FIELDS = ("learning_rate", "contexts_per_batch", "seed", "lr_schedule", "warmup_iterations",
                   "min_learning_rate", "grad_clip", "grad_clip_value", "weight_decay")
-
-
-@dataclass
-class TrainConfig:
-    """gpt-rs's ``train_config.ron`` (its example values) plus seed, device and our options."""
-
-    learning_rate: float = 2e-4  # AdamW learning rate (the peak one with a schedule)
-    training_iterations: int = 60000  # optimizer steps
-    evaluation_interval: int = 500  # steps between evaluations + checkpoints (step 0 included)
-    evaluation_iterations: int = 5  # batches of train and of test averaged per evaluation
-    contexts_per_batch: int = 64  # stories (one window each) per batch
-    seed: int = 1234  # seeds initialisation, batches, dropout and evaluation batches
-    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps"
-    resume: bool = True  # continue from the latest checkpoint in checkpoint_dir, if any
-    lr_schedule: str = "constant"  # "constant" (gpt-rs) or "cosine" (decay to min_learning_rate)
-    warmup_iterations: int = 0  # linear warm-up steps from learning_rate / warmup to learning_rate
-    min_learning_rate: float = 2e-5  # where "cosine" ends
-    grad_clip: str = "value"  # "value" (gpt-rs: clamp every element), "norm" (global norm), "none"
-    grad_clip_value: float = 0.5  # the clamp bound, or the maximum norm
-    weight_decay: float = 0.1  # AdamW decay on linear weight matrices only
-    precision: str = "float32"  # "float32" or "bfloat16" (autocast, CUDA only; else float32)
-
-    def validate(self) -> TrainConfig:
-        for name in ("training_iterations", "evaluation_interval", "evaluation_iterations",
-                     "contexts_per_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_iterations", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
-        for name in ("learning_rate", "grad_clip_value"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {value!r}")
-        for name in ("min_learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
-        choices = {"lr_schedule": ("constant", "cosine"), "grad_clip": ("value", "norm", "none"),
-                   "precision": ("float32", "bfloat16")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        resolve_device(self.device, check_available=False)
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}")
-        return cls(**values).validate()
 
 
 @dataclass
@@ -137,50 +92,35 @@ class TrainResult:
     checkpoint_path: Path | None = None  # final.safetensors, when checkpoint_dir was given
 
 
-def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """The learning rate of optimizer step ``step`` (0-based).
+class Replica:
+    """This process's part in a data-parallel run: here the only process (rank 0 of 1).
 
-    Example:
-        >>> c = TrainConfig(learning_rate=1.0, training_iterations=12, warmup_iterations=2,
-        ...                 lr_schedule="cosine", min_learning_rate=0.0)
-        >>> [round(learning_rate_at(s, c), 3) for s in (0, 1, 2, 7, 12)]
-        [0.5, 1.0, 1.0, 0.5, 0.0]
+    ``train`` calls these hooks; ``gpt_pipeline.distributed.DDPReplica`` overrides them so that
+    each torchrun worker takes its share of every batch and rank 0 alone evaluates and saves.
     """
-    if step < config.warmup_iterations:
-        return config.learning_rate * (step + 1) / config.warmup_iterations
-    if config.lr_schedule == "constant":
-        return config.learning_rate
-    decay_steps = max(1, config.training_iterations - config.warmup_iterations)
-    progress = min(1.0, (step - config.warmup_iterations) / decay_steps)
-    low = config.min_learning_rate
-    return low + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - low)
 
+    rank, world_size = 0, 1
 
-def validate_training_data(
-    train_data: TokenArray, test_data: TokenArray, model_config: GPTConfig, contexts_per_batch: int
-) -> None:
-    """``ValueError`` unless both splits hold ``contexts_per_batch`` stories of at least
-    ``context_length + 1`` tokens and every token id is below ``vocab_size``."""
-    window = model_config.context_length + 1
-    for split, data in (("train", train_data), ("test", test_data)):
-        lengths = data.lengths
-        eligible = int((lengths >= window).sum())
-        longest = int(lengths.max()) if len(lengths) else 0
-        if eligible == 0:
-            raise ValueError(
-                f"no {split} story has context_length + 1 = {window} tokens "
-                f"({len(data)} stories, the longest has {longest}): lower context_length"
-            )
-        if eligible < contexts_per_batch:
-            raise ValueError(
-                f"contexts_per_batch={contexts_per_batch} is larger than the {eligible} {split} "
-                f"stories with at least context_length + 1 = {window} tokens"
-            )
-        if len(data.tokens) and int(data.tokens.max()) >= model_config.vocab_size:
-            raise ValueError(
-                f"{split} data holds token id {int(data.tokens.max())} >= vocab_size="
-                f"{model_config.vocab_size}"
-            )
+    def dropout_seed(self, seed: int) -> int:
+        """The seed of this process's dropout generator (its own stream in a multi-process run)."""
+        return seed
+
+    def resume(self, resume_main: Callable[[], tuple[Path, dict] | None], model: GPT,
+               optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator]) -> dict | None:
+        """The checkpoint state to continue from: ``resume_main`` picks it (rank 0 only)."""
+        found = resume_main()
+        return None if found is None else found[1]
+
+    def loss_function(self, model: GPT) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return model.loss
+
+    def share(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This process's rows of the global batch and the factor on its mean loss."""
+        return x, y, 1.0
+
+    def other_generators(self, generators: dict[str, torch.Generator]) -> dict[str, torch.Generator]:
+        """Generators of the other processes to save with rank 0's (called by every process)."""
+        return {}
 
 
 def make_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -213,9 +153,10 @@ def _check_resumable(path: Path, state: dict, model_config: GPTConfig, config: T
 
 def _resume(directory: Path, model_config: GPTConfig, config: TrainConfig, model: GPT,
             optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator],
-            device: torch.device) -> dict | None:
-    """Restore the latest usable checkpoint in ``directory`` in place and return its training
-    state; ``None`` (after deleting stale checkpoints) when there is none or ``resume`` is off."""
+            device: torch.device) -> tuple[Path, dict] | None:
+    """Restore the latest usable checkpoint in ``directory`` in place and return it with its
+    training state; ``None`` (after deleting stale checkpoints) when there is none or ``resume``
+    is off."""
     candidates = training_checkpoints(directory) if config.resume else []
     if candidates:
         _check_resumable(*candidates[0], model_config, config)
@@ -230,7 +171,7 @@ def _resume(directory: Path, model_config: GPTConfig, config: TrainConfig, model
         if "dropout" not in restore:  # saved on another device type: reseed deterministically
             generators["dropout"].manual_seed(config.seed + 3 + state["step"])
         logger.info("resuming from %s at step %d", path, state["step"])
-        return state
+        return path, state
     if candidates:
         raise ValueError(f"no checkpoint in {directory} could be loaded to resume from (see the "
                          "warnings); use another checkpoint_dir or resume=False")
@@ -262,6 +203,7 @@ def train(
     checkpoint_dir: Path | None = None,
     on_evaluation: Callable[[Evaluation], None] | None = None,
     initial_model: GPT | None = None,
+    replica: Replica | None = None,
 ) -> TrainResult:
     """Train a ``GPT`` on ``train_data``, evaluating on both splits (see the module docstring).
 
@@ -269,9 +211,17 @@ def train(
     a checkpoint). ``initial_model`` starts from its weights instead of a fresh initialisation
     (ignored when resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
     (``resume=False``) deletes them first, so that a later resume never mixes two runs.
+    ``replica`` is this process's part in a data-parallel run (``gpt_pipeline.distributed``
+    passes it in each torchrun worker); without one, ``num_processes`` must be 1. In other
+    processes than rank 0 the result has no evaluations and NaN losses.
     """
     model_config.validate()
     config = train_config.validate()
+    if replica is None and config.num_processes > 1:
+        raise ValueError(f"num_processes={config.num_processes} trains in torchrun workers: use "
+                         "gpt_pipeline.distributed.launch (as the trained_model asset does)")
+    replica = replica or Replica()
+    main = replica.rank == 0
     validate_training_data(train_data, test_data, model_config, config.contexts_per_batch)
     device = resolve_device(config.device)
     if initial_model is not None and initial_model.config != model_config:
@@ -288,7 +238,7 @@ def train(
     generators = {  # every random number of the run comes from these
         "batch": torch.Generator().manual_seed(config.seed + 1),
         "evaluation": torch.Generator().manual_seed(config.seed + 2),
-        "dropout": torch.Generator(device=device).manual_seed(config.seed + 3),
+        "dropout": torch.Generator(device=device).manual_seed(replica.dropout_seed(config.seed + 3)),
     }
     model = GPT(model_config)
     model.reset_parameters(torch.Generator().manual_seed(config.seed))
@@ -302,7 +252,9 @@ def train(
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = _resume(checkpoint_dir, model_config, config, model, optimizer, generators, device)
+        state = replica.resume(
+            lambda: _resume(checkpoint_dir, model_config, config, model, optimizer, generators, device),
+            model, optimizer, generators)
     resumed_from = None if state is None else state["step"]
     step = resumed_from or 0
     evaluations = [] if state is None else [Evaluation(**e) for e in state.get("evaluations", [])]
@@ -315,6 +267,9 @@ def train(
     train_seconds, session_steps = 0.0, 0
 
     def evaluate_and_save(name: str) -> None:
+        others = replica.other_generators(generators)  # every process takes part
+        if not main:
+            return
         losses = [estimate_loss(model, data, eligible[split], config.evaluation_iterations,
                                 config.contexts_per_batch, generators["evaluation"], device, autocast)
                   for split, data in (("train", train_data), ("test", test_data))]
@@ -334,13 +289,16 @@ def train(
                 "step": step, "model_config": model_config.to_dict(), "train_config": config.to_dict(),
                 "evaluations": [asdict(e) for e in evaluations], "dropout_device": device.type,
                 "elapsed_seconds": evaluation.elapsed_seconds,
+                **({"dropout_processes": replica.world_size} if others else {}),
             }
-            save_training_checkpoint(checkpoint_dir / name, model, optimizer, generators, training_state)
+            save_training_checkpoint(checkpoint_dir / name, model, optimizer, {**generators, **others},
+                                     training_state)
         if on_evaluation is not None:
             on_evaluation(evaluation)
 
     model.train()
     params = list(model.parameters())
+    loss_function = replica.loss_function(model)
     while step < config.training_iterations:
         if step % config.evaluation_interval == 0 and step != resumed_from:
             evaluate_and_save(f"{step}.safetensors")
@@ -349,8 +307,11 @@ def train(
             group["lr"] = learning_rate_at(step, config)
         x, y = sample_batch(train_data, config.contexts_per_batch, model_config.context_length,
                             generators["batch"], eligible["train"])
+        x, y, scale = replica.share(x, y)  # all of it, or this process's rows
         with autocast():
-            loss = model.loss(x.to(device), y.to(device))  # mean cross-entropy over B * T positions
+            loss = loss_function(x.to(device), y.to(device))  # mean cross-entropy over its positions
+        if scale != 1.0:  # unequal shares: weigh each process's mean by its share of the batch
+            loss = loss * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip == "value":
@@ -369,9 +330,9 @@ def train(
     if not finished_before:
         evaluate_and_save(FINAL_CHECKPOINT)
     model.eval()
-    final = evaluations[-1]
+    final_losses = (evaluations[-1].train_loss, evaluations[-1].test_loss) if main else (math.nan,) * 2
     return TrainResult(
-        model=model, evaluations=evaluations, train_loss=final.train_loss, test_loss=final.test_loss,
+        model=model, evaluations=evaluations, train_loss=final_losses[0], test_loss=final_losses[1],
         seconds=previous_seconds + time.perf_counter() - start,
         tokens_per_second=session_steps * tokens_per_step / train_seconds if session_steps else None,
         steps=step, resumed_from=resumed_from,

@@ -18,9 +18,9 @@ from gpt_pipeline.data import (
     build_dataset_table,
     dataset_splits,
     dataset_stats,
-    read_texts,
     split_point,
 )
+from gpt_pipeline.story_files import read_texts
 from gpt_pipeline.storage import atomic_write
 from gpt_pipeline.tokens import TokenArray
 

@@ -50,6 +50,7 @@ def test_defaults_are_gpt_rs_example_values():
             c.contexts_per_batch) == (2e-4, 60000, 500, 5, 64)
     assert (c.lr_schedule, c.grad_clip, c.grad_clip_value, c.weight_decay, c.resume) == (
         "constant", "value", 0.5, 0.1, True)
+    assert (c.num_processes, c.distributed_backend) == (1, "auto")  # one process: no torchrun
     assert TrainConfig.from_dict(c.to_dict()) == c
 
 
@@ -63,6 +64,10 @@ def test_defaults_are_gpt_rs_example_values():
         ({"device": "tpu"}, "device must be 'auto', 'cpu'"),
         ({"warmup_iterations": -1}, "warmup_iterations must be an integer >= 0"),
         ({"precision": "float16"}, "precision must be one of"),
+        ({"num_processes": 0}, "num_processes must be a positive integer, got 0"),
+        ({"num_processes": 9, "contexts_per_batch": 8}, "num_processes=9 is more than contexts_per_batch=8"),
+        ({"num_processes": 2, "device": "mps"}, "num_processes > 1 needs device 'cpu' or 'cuda', got 'mps'"),
+        ({"distributed_backend": "mpi"}, r"distributed_backend must be one of .*, got 'mpi'"),
     ],
 )
 def test_train_config_validation(change, message):

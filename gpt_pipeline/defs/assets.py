@@ -7,15 +7,15 @@ Each asset reads its config, validates it before any expensive work, calls the c
 the value and only then yields it for the IO manager to store.
 """
 
+import shutil
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pyarrow as pa
 
 from gpt_pipeline import quality
-from gpt_pipeline.data import dataset_splits, dataset_stats
+from gpt_pipeline.data import load_splits
 from gpt_pipeline.defs.checks import (
     BEATS_UNIGRAM,
     GENERATIONS_DECODE,
@@ -37,12 +37,14 @@ from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model import GPT
 from gpt_pipeline.pipeline import (
     generate_samples,
-    load_stories,
     save_tokenizer_bundle,
-    tokenize_stories,
     train_tokenizer,
     unseen_characters,
+    write_stories,
+    write_tokenized_stories,
 )
+from gpt_pipeline.storage import scratch_dir
+from gpt_pipeline.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 
 GROUP = "gpt"
@@ -58,30 +60,36 @@ def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
 
 @dg.asset(
     group_name=GROUP,
-    kinds={"polars", "parquet", "mlflow"},
+    kinds={"pyarrow", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
     description="Stories, one per row in a `text` column: a Parquet file's text column (null and "
-    "empty entries dropped) or, with no path, the embedded corpus the project generates itself.",
+    "empty entries dropped) or, with no path, the embedded corpus the project generates itself. "
+    "Streamed batch by batch into the stored file: no corpus size has to fit in memory.",
 )
 def raw_stories(
     context: dg.AssetExecutionContext, config: RawStoriesConfig, mlflow: MLflowResource
-) -> dg.Output[pl.DataFrame]:
+) -> dg.Output[TableFile]:
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
-        frame, stats = load_stories(config.path, config.text_column, config.num_stories, config.seed)
-        characters = int(frame["text"].str.len_chars().sum())
-        run.log_metrics({"stories": stats["rows_kept"], "characters": characters})
+        scratch = scratch_dir()
+        path = scratch / "raw_stories.parquet"
+        try:
+            stats = write_stories(path, config.path, config.text_column, config.num_stories, config.seed)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        run.log_metrics({"stories": stats["rows_kept"], "characters": stats["characters"]})
     return dg.Output(
-        frame,
+        TableFile(path),
         metadata={
             "source": stats["source"],
             "stories": dg.MetadataValue.int(stats["rows_kept"]),
             "rows_read": dg.MetadataValue.int(stats["rows_read"]),
             "null_dropped": dg.MetadataValue.int(stats["null_dropped"]),
             "empty_dropped": dg.MetadataValue.int(stats["empty_dropped"]),
-            "characters": dg.MetadataValue.int(characters),
-            "preview": dg.MetadataValue.md(_quote(frame["text"][0] if len(frame) else "")),
+            "characters": dg.MetadataValue.int(stats["characters"]),
+            "preview": dg.MetadataValue.md(_quote(stats["first"])),
             **run_link(mlflow, run),
         },
     )
@@ -95,20 +103,20 @@ def raw_stories(
     check_specs=[ROUND_TRIP],
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
     "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as our "
-    "versioned JSON, a vocabulary listing and a Hugging Face tokenizer.json.",
+    "versioned JSON, a vocabulary listing and a Hugging Face tokenizer.json. Reads the stories "
+    "in batches and keeps only piece counts.",
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
     config: TokenizerConfig,
-    raw_stories: pl.DataFrame,
+    raw_stories: TableFile,
     mlflow: MLflowResource,
 ):
-    texts = raw_stories["text"].to_list()
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
-        tokenizer, stats = train_tokenizer(texts, config.vocab_size)
+        tokenizer, stats = train_tokenizer(raw_stories, config.vocab_size)
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
-        outcome = quality.tokenizer_round_trip(tokenizer, texts)
+        outcome = quality.tokenizer_round_trip(tokenizer, raw_stories)
         yield from gate(ROUND_TRIP, outcome)
         with tempfile.TemporaryDirectory() as tmp:
             run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
@@ -134,31 +142,45 @@ def bpe_tokenizer(
     code_version="1",
     check_specs=[IDS_IN_VOCAB],
     description="Every story encoded with the tokenizer: a list<uint16> `tokens` column (uint32 "
-    "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train).",
+    "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train). "
+    "Encoded and written batch by batch (one row group each), with the token arrays that "
+    "training memory-maps beside it (`tokenized_dataset.token_arrays.safetensors`).",
 )
 def tokenized_dataset(
     context: dg.AssetExecutionContext,
     config: TokenizedDatasetConfig,
-    raw_stories: pl.DataFrame,
+    raw_stories: TableFile,
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
-        table, stats = tokenize_stories(bpe_tokenizer, raw_stories["text"].to_list(), config.training_percentage)
-        run.log_metrics(stats)
-        outcome = quality.token_ids_in_vocab(table, bpe_tokenizer.vocab_size)
-        yield from gate(IDS_IN_VOCAB, outcome)
+        scratch = scratch_dir()
+        try:
+            dataset, stats = write_tokenized_stories(
+                bpe_tokenizer, raw_stories, config.training_percentage, scratch / "tokenized_dataset.parquet"
+            )
+            run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+            outcome = quality.token_ids_in_vocab(dataset, bpe_tokenizer.vocab_size)
+            yield from gate(IDS_IN_VOCAB, outcome)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
     yield dg.Output(
-        table,
+        dataset,
         metadata={
             **{k: dg.MetadataValue.int(v) for k, v in stats.items() if isinstance(v, int)},
             "encoding_seconds": dg.MetadataValue.float(stats["encoding_seconds"]),
-            "length_stats": dg.MetadataValue.json(dataset_stats(table)),
+            "length_stats": dg.MetadataValue.json({k: stats[k] for k in LENGTH_STATS}),
+            "content_digest": dg.MetadataValue.text(stats["digest"]),
             **run_link(mlflow, run),
         },
     )
     yield check_result(IDS_IN_VOCAB, outcome)
+
+
+LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stories", "test_tokens",
+                "min_story_tokens", "mean_story_tokens", "max_story_tokens")  # data.dataset_stats's keys
 
 
 @dg.asset(
@@ -175,14 +197,14 @@ def tokenized_dataset(
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainedModelConfig,
-    tokenized_dataset: pa.Table,
+    tokenized_dataset: TableFile,
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
     with user_errors():
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
-        train_data, test_data = dataset_splits(tokenized_dataset)
+        train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
         outcome = yield from run_training(
             context,
             mlflow,
@@ -193,6 +215,7 @@ def trained_model(
             bpe_tokenizer,
             initial_checkpoint=config.initial_checkpoint,
             export_hf=config.export_hf,
+            dataset_file=tokenized_dataset,
         )
     yield outcome.output
     yield check_result(BEATS_UNIGRAM, outcome.gate)

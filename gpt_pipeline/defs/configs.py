@@ -101,6 +101,16 @@ class TrainedModelConfig(dg.Config):
     precision: str = Field(
         default=_T.precision, description="float32, or bfloat16 (autocast on CUDA only)."
     )
+    num_processes: int = Field(
+        default=_T.num_processes,
+        description="Data-parallel training processes: above 1, torchrun starts them (DDP; each "
+        "takes its share of every contexts_per_batch batch; rank 0 evaluates and checkpoints).",
+    )
+    distributed_backend: str = Field(
+        default=_T.distributed_backend,
+        description="Process-group backend with num_processes > 1: auto (nccl on CUDA, else gloo), "
+        "gloo or nccl.",
+    )
     initial_checkpoint: str | None = Field(
         default=None,
         description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "

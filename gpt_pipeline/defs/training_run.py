@@ -3,9 +3,12 @@
 Checkpoints go to ``<data dir>/checkpoints/trained_model/<hash of config and data>/``, so a
 rematerialization of the same configuration on the same data resumes from the last one, and two
 runs of one configuration take turns on that folder (a file lock) instead of mixing their files.
+With ``num_processes`` > 1 the training runs in torchrun workers (``gpt_pipeline.distributed``):
+rank 0's progress comes back here and is logged to MLflow and the Dagster log as in one process.
 """
 
 import hashlib
+import os
 import platform
 import tempfile
 from collections.abc import Generator
@@ -13,21 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import torch
 
 from gpt_pipeline import quality
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.checkpoint import load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.distributed import DistributedTrainingError, launch
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model import GPTConfig
 from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
 from gpt_pipeline.storage import data_dir, exclusive
+from gpt_pipeline.table_file import TableFile
 from gpt_pipeline.tokens import TokenArray
 from gpt_pipeline.tracking_plots import loss_curve_png
 from gpt_pipeline.tracking_pyfunc import log_pyfunc_model
 from gpt_pipeline.tracking_registry import register_training
-from gpt_pipeline.training import Evaluation, TrainConfig, train, validate_training_data
+from gpt_pipeline.training import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,15 @@ def checkpoint_dir(
     initial_checkpoint: str | None = None,
 ) -> Path:
     """Where this configuration's checkpoints live: keyed by every field that changes the
-    training's result (``resume`` does not), the data itself and the starting weights."""
+    training's result (``resume`` does not), the data itself and the starting weights.
+
+    The data is hashed a few MB at a time (the same digest as hashing it whole), so that
+    memory-mapped splits are read, not copied."""
     digest = hashlib.sha256()
     for part in (train.tokens, train.offsets, test.tokens, test.offsets):
-        digest.update(part.tobytes())
+        step = max(1, (1 << 24) // max(1, part.itemsize))
+        for start in range(0, len(part), step):
+            digest.update(np.ascontiguousarray(part[start : start + step]).data)
     if initial_checkpoint:
         digest.update(Path(initial_checkpoint).read_bytes())
     settings = {k: v for k, v in train_config.to_dict().items() if k not in ("resume", "device")}
@@ -64,6 +75,28 @@ def system_facts(device: str) -> dict[str, str]:
     }
 
 
+def train_in_workers(
+    context: dg.AssetExecutionContext,
+    model_config: GPTConfig,
+    train_config: TrainConfig,
+    dataset_file: TableFile | str | os.PathLike | None,
+    folder: Path,
+    report,
+    initial_checkpoint: str | None,
+) -> TrainResult:
+    """``num_processes`` > 1: ``gpt_pipeline.distributed.launch`` on the stored dataset file; a
+    worker's failure fails the step with torchrun's one-line error and logs its output's end."""
+    if dataset_file is None:
+        raise ValueError(f"num_processes={train_config.num_processes} needs the tokenized dataset as a "
+                         "stored file (dataset_file), got none")
+    path = dataset_file.path if isinstance(dataset_file, TableFile) else Path(dataset_file)
+    try:
+        return launch(model_config, train_config, path, folder, report, initial_checkpoint)
+    except DistributedTrainingError as error:
+        context.log.error(f"{error}\ntorchrun's output ends with:\n{error.log_tail}")
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+
+
 def run_training(
     context: dg.AssetExecutionContext,
     mlflow: MLflowResource,
@@ -74,11 +107,13 @@ def run_training(
     tokenizer,
     initial_checkpoint: str | None = None,
     export_hf: bool = False,
+    dataset_file: TableFile | str | os.PathLike | None = None,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
     A generator: it yields the failed check result (then raises) when the model does not beat
-    the unigram baseline, so that nothing is stored."""
+    the unigram baseline, so that nothing is stored. With ``num_processes`` > 1 the training runs
+    in torchrun workers (``train_in_workers``) that read ``dataset_file``, the stored dataset."""
     validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
     initial_model = None
     if initial_checkpoint:
@@ -108,7 +143,11 @@ def run_training(
                 step=evaluation.step,
             )
 
-        result = train(model_config, train_config, train_data, test_data, folder, report, initial_model)
+        if train_config.num_processes > 1:  # torchrun workers that read the dataset file themselves
+            result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
+                                      initial_checkpoint)
+        else:
+            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model)
         for evaluation in result.evaluations:  # restored from a checkpoint when resuming
             if evaluation.step not in reported:
                 run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)

@@ -14,14 +14,14 @@ It does not know about Dagster, MLflow or Parquet.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from gpt_pipeline.storage import atomic_write_text
 from gpt_pipeline.tokenizer import fileformat
 from gpt_pipeline.tokenizer.encoding import MergeEncoder, UnseenCharacters
-from gpt_pipeline.tokenizer.pieces import as_string_series, count_pieces
+from gpt_pipeline.tokenizer.pieces import PieceCounter, as_string_series
 from gpt_pipeline.tokenizer.training import learn_merges
 
 UNKNOWN_MODES = ("error", "skip")
@@ -52,7 +52,27 @@ class BPETokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         """Learn gpt-rs's merges on ``texts`` (each its own sequence) up to ``vocab_size`` tokens."""
-        return cls(*learn_merges(count_pieces(texts), vocab_size))
+        return cls.train_from_batches([texts], vocab_size)
+
+    @classmethod
+    def train_from_batches(cls, batches: Iterable, vocab_size: int) -> BPETokenizer:
+        """``train`` on a corpus that arrives in batches of texts (lists of str, polars or Arrow
+        string arrays): only the piece counts are kept, and any split into batches gives the
+        same merges as ``train`` on all texts at once.
+
+        Example:
+            >>> BPETokenizer.train_from_batches([["the cat"], ["the hat"]], 9).merges
+            [(5, 4), (6, 3), (1, 5)]
+        """
+        counter = PieceCounter()
+        for batch in batches:
+            counter.add(batch)
+        return cls.train_from_counts(counter.counts(), vocab_size)
+
+    @classmethod
+    def train_from_counts(cls, piece_counts: Mapping[str, int], vocab_size: int) -> BPETokenizer:
+        """``train`` from the piece counts of a corpus (``pieces.PieceCounter.counts()``)."""
+        return cls(*learn_merges(piece_counts, vocab_size))
 
     @property
     def vocab_size(self) -> int:

@@ -1,0 +1,288 @@
+"""The production deployment on a real PostgreSQL server (127.0.0.1, started by the test).
+
+- ``deploy/dagster.yaml``, copied unchanged into a fresh ``DAGSTER_HOME``, with its environment
+  variables pointing at the test's server: the whole lineage runs, and its run and
+  materializations are in PostgreSQL (asked through a second instance loaded from the same file
+  and read straight from the database's tables), with MLflow writing to a second PostgreSQL
+  database through ``MLFLOW_TRACKING_URI=postgresql+psycopg2://...``.
+- ``deploy/mlflow.env``'s variables start ``mlflow server`` on a PostgreSQL backend store with
+  proxied artifacts; a run logged through its HTTP API lands in the database and the artifact
+  destination.
+- Several processes opening an empty PostgreSQL MLflow store at once all succeed (without the
+  advisory lock in ``gpt_pipeline.tracking``, one of two such processes failed here, 3 times in 3, with
+  duplicate-key errors while creating MLflow's tables).
+
+Missing PostgreSQL binaries FAIL these tests (``.ci/run`` installs them): a skip would hide a CI
+machine without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gpt_pipeline.definitions import defs
+from gpt_pipeline.tracking import Tracker, TrackingError, artifact_root
+from gpt_pipeline_tests.postgres_support import (
+    BIN_DIR_ENV,
+    PostgresMissing,
+    free_port,
+    postgres_bin_dir,
+    postgres_server,
+)
+from gpt_pipeline_tests.reliability_support import child_env
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = REPO_ROOT / "deploy"
+ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """One throwaway server for this module, with a database per test that needs one."""
+    with postgres_server(["dagster", "mlflow", "mlflow_server", "mlflow_race"]) as server:
+        yield server
+
+
+def _dagster_env(monkeypatch, server, database: str) -> None:
+    """The variables deploy/dagster.yaml reads, pointing at ``server``."""
+    for name, value in {
+        "DAGSTER_PG_HOST": server.host,
+        "DAGSTER_PG_PORT": str(server.port),
+        "DAGSTER_PG_USER": server.user,
+        "DAGSTER_PG_PASSWORD": server.password,
+        "DAGSTER_PG_DB": database,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def _query(server, database: str, sql: str, *args) -> list[tuple]:
+    with contextlib.closing(server.connect(database)) as connection, connection.cursor() as cursor:
+        cursor.execute(sql, args)
+        return cursor.fetchall()
+
+
+def test_lineage_runs_on_the_documented_postgres_deployment(tmp_path, monkeypatch, postgres):
+    data = tmp_path / "data"
+    artifacts = tmp_path / "mlflow-artifacts"
+    tracking_uri = postgres.url("mlflow")
+    monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(data))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT", artifacts.as_uri())
+    _dagster_env(monkeypatch, postgres, "dagster")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue.max_concurrent_runs == 4
+        assert [dict(limit) for limit in queue.tag_concurrency_limits] == [
+            {"key": "gpt_pipeline/training", "value": "gpu", "limit": 1}
+        ]
+        result = defs.resolve_job_def("train_gpt_job").execute_in_process(
+            run_config=TINY_RUN_CONFIG, instance=instance
+        )
+        assert result.success
+        run_id = result.run_id
+
+    # A second instance from the same file (another process would do the same) sees it all.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        for key in ASSET_KEYS:
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            assert event is not None and event.run_id == run_id, key
+            assert "mlflow_run" in event.asset_materialization.metadata
+
+    # ... because it is in PostgreSQL, not in a SQLite file that Dagster fell back to.
+    assert {"runs", "event_logs", "jobs", "instigators"} <= postgres.tables("dagster")
+    assert _query(postgres, "dagster", "SELECT status FROM runs WHERE run_id = %s", run_id) == [("SUCCESS",)]
+    materialized = _query(
+        postgres, "dagster",
+        "SELECT DISTINCT asset_key FROM event_logs WHERE run_id = %s AND dagster_event_type = %s",
+        run_id, "ASSET_MATERIALIZATION",
+    )
+    assert sorted(json.loads(key)[0] for (key,) in materialized) == sorted(ASSET_KEYS)
+    assert not list(home.rglob("*.db")) and not list(tmp_path.rglob("mlflow.db"))
+
+    # MLflow: one FINISHED run per asset in the PostgreSQL store, artifacts under the root we set.
+    assert {"experiments", "runs", "metrics", "params", "alembic_version"} <= postgres.tables("mlflow")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("gpt-pipeline")
+    assert experiment.artifact_location == artifacts.as_uri()
+    runs = client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{run_id}'")
+    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(ASSET_KEYS)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    training = next(r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model")
+    assert training.data.params["vocab_size"] == "300"
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "test_loss")] == [0, 20, 40]
+    train_loss = client.get_metric_history(training.info.run_id, "train_loss")
+    assert train_loss[-1].value < train_loss[0].value
+    stored = _query(
+        postgres, "mlflow",
+        "SELECT status, artifact_uri FROM runs WHERE run_uuid = %s", training.info.run_id,
+    )
+    assert stored == [("FINISHED", training.info.artifact_uri)]
+    assert {"checkpoint", "tokenizer", "config.json"} <= {a.path for a in client.list_artifacts(training.info.run_id)}
+    run_artifacts = artifacts / training.info.run_id / "artifacts"
+    assert (run_artifacts / "config.json").is_file()
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a shell env file (comments and blank lines skipped)."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if process.poll() is not None:
+            raise AssertionError(f"mlflow server exited {process.returncode}: {log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.25)
+    raise AssertionError(f"mlflow server not up after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after 15 s; wait until empty."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    give_up = time.monotonic() + 15
+    while time.monotonic() < give_up:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def test_mlflow_server_from_the_documented_env_file(tmp_path, postgres):
+    documented = _env_file(DEPLOY / "mlflow.env")
+    assert documented["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    assert documented["MLFLOW_TRACKING_URI"].startswith("http://")
+    destination = tmp_path / "artifact-store"
+    port = free_port()
+    env = child_env(**{
+        **{k: v for k, v in documented.items() if not k.startswith("AWS_")},
+        "MLFLOW_BACKEND_STORE_URI": postgres.url("mlflow_server"),
+        "MLFLOW_ARTIFACTS_DESTINATION": destination.as_uri(),
+    })
+    env.pop("MLFLOW_TRACKING_URI")  # the server's own client settings are not the pipeline's
+    log = tmp_path / "mlflow-server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            env=env, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_server(url, server, log)
+        tracker = Tracker(url, "deployment-check")
+        (tmp_path / "note.txt").write_text("through the server")
+        with tracker.run("server-run") as run:
+            run.log_params({"backend": "postgresql"})
+            run.log_metrics({"loss": 1.25}, step=7)
+            run.log_artifact(tmp_path / "note.txt", "notes")
+        files = [a.path for a in MlflowClient(url).list_artifacts(run.run_id, "notes")]
+        assert files == ["notes/note.txt"]
+    finally:
+        _stop_group(server)
+
+    assert _query(postgres, "mlflow_server", "SELECT status FROM runs WHERE run_uuid = %s", run.run_id) == [
+        ("FINISHED",)
+    ]
+    assert _query(
+        postgres, "mlflow_server", "SELECT value, step FROM metrics WHERE run_uuid = %s AND key = 'loss'",
+        run.run_id,
+    ) == [(1.25, 7)]
+    stored = list(destination.rglob("note.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "through the server"
+    assert run.run_id in stored[0].parts
+
+
+def test_concurrent_first_use_of_an_empty_postgres_store(tmp_path, postgres):
+    uri = postgres.url("mlflow_race")
+    assert postgres.tables("mlflow_race") == set()
+    go = tmp_path / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpt_pipeline_tests.reliability_support", "tracker", uri, str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=child_env(),
+        )
+        for _ in range(2)
+    ]
+    try:
+        for process in processes:  # all imported: release them together
+            assert process.stdout.readline().strip() == "ready"
+        go.touch()
+        outcomes = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (_, err) in zip(processes, outcomes):
+        assert process.returncode == 0, err[-3000:]
+    assert len({out.strip().splitlines()[-1] for out, _ in outcomes}) == 1
+    assert [e.name for e in MlflowClient(uri).search_experiments()].count("gpt-pipeline") == 1
+
+
+def test_a_wrong_password_is_one_error_without_the_password(postgres):
+    uri = postgres.url("mlflow").replace(postgres.password, "not-the-password-42")
+    with pytest.raises(TrackingError) as caught:
+        Tracker(uri)
+    message = str(caught.value)
+    assert "not-the-password-42" not in message and postgres.password not in message
+    assert f"{postgres.user}:***@127.0.0.1:{postgres.port}/mlflow" in message
+    assert "password authentication failed" in message
+
+
+def test_artifact_root_of_a_postgres_store(monkeypatch):
+    uri = "postgresql+psycopg2://mlflow:secret@db.internal:5432/mlflow"
+    monkeypatch.delenv("GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT", raising=False)
+    # Not MLflow's default "./mlruns" of whatever the current directory is.
+    assert artifact_root(uri) == (REPO_ROOT / "mlruns" / "artifacts").as_uri()
+    monkeypatch.setenv("GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT", "s3://bucket/mlflow")
+    assert artifact_root(uri) == "s3://bucket/mlflow"
+    assert artifact_root("http://mlflow.internal:5000") is None  # the server decides
+
+
+def test_missing_postgres_binaries_fail_and_name_the_installer(tmp_path, monkeypatch):
+    monkeypatch.setenv(BIN_DIR_ENV, str(tmp_path))
+    with pytest.raises(PostgresMissing, match=r"not found in .*: run \.ci/run"):
+        postgres_bin_dir()
+    monkeypatch.delenv(BIN_DIR_ENV)
+    assert (postgres_bin_dir() / "initdb").is_file()  # this machine has them (.ci/run made sure)
