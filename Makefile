@@ -46,7 +46,7 @@ mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
 
 clean:
-	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints
+	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch
 
 # The production-deployment tests: Dagster (deploy/dagster.yaml) and MLflow on a throwaway local
 # PostgreSQL server. Needs PostgreSQL's server binaries (`.ci/run` installs them when missing).

@@ -3,8 +3,11 @@
 ``nn.Dropout`` draws one random number per element from the single-threaded Mersenne Twister,
 which cost about a seventh of a training step on a 2-core CPU. ``dropped_positions`` draws the
 gaps between dropped positions instead (geometric gaps: the same distribution from about p as
-many random numbers), and ``Dropout`` builds its scaled mask from them. Same semantics as
-``nn.Dropout``: kept elements are scaled by 1 / (1 - p). Nothing else lives here.
+many random numbers). On CPU the dropped positions are applied directly, with no mask tensor:
+``DropPositions`` (dropout of a tensor) and ``ResidualDropAdd`` (``branch + dropout(x)``, gpt-rs's
+residual) scale and zero in one pass, forward and backward. Elsewhere ``Dropout`` builds a scaled
+mask. Same semantics as ``nn.Dropout`` either way: kept elements are scaled by 1 / (1 - p).
+Nothing else lives here.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def dropped_positions(n: int, p: float, generator: torch.Generator | None = None
         chunks.append(positions)
         last = int(positions[-1])
     positions = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
-    return positions[positions < n]
+    return positions[: int(torch.searchsorted(positions, n))]  # sorted: the ones below n, a view
 
 
 class Dropout(nn.Module):
