@@ -120,6 +120,13 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def _scaled_except(x: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """A new tensor: ``x * scale`` with the flat ``positions`` set to 0."""
+    out = x * scale
+    out.view(-1).index_fill_(0, positions, 0.0)
+    return out
+
+
 class DropPositions(torch.autograd.Function):
     """``x * scale`` with the flat ``positions`` set to 0: dropout without a mask tensor.
 
@@ -134,18 +141,14 @@ class DropPositions(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, positions, scale):
-        out = x * scale
-        out.view(-1).index_fill_(0, positions, 0.0)
         ctx.save_for_backward(positions)
         ctx.scale = scale
-        return out
+        return _scaled_except(x, positions, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
-        grad_x = grad * ctx.scale
-        grad_x.view(-1).index_fill_(0, positions, 0.0)
-        return grad_x, None, None
+        return _scaled_except(grad, positions, ctx.scale), None, None
 
 
 class ResidualDropAdd(torch.autograd.Function):
@@ -170,6 +173,4 @@ class ResidualDropAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
-        grad_x = grad * ctx.scale
-        grad_x.view(-1).index_fill_(0, positions, 0.0)
-        return grad, grad_x, None, None
+        return grad, _scaled_except(grad, positions, ctx.scale), None, None

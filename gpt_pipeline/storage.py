@@ -69,6 +69,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": sweepers in other processes leave it alone
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every asset private to its writer
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # again: some writers (safetensors) replace the file
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -127,6 +127,32 @@ def run_statuses(uri: str) -> dict[str, str]:
 # --- processes ----------------------------------------------------------------------------------
 
 
+def race_trackers(uri: str, count: int, folder: Path) -> list[tuple[int, str, str]]:
+    """Start ``count`` processes that open the MLflow store at ``uri`` at the same moment (each
+    waits, imported, for a go file); return each one's exit status, stdout and stderr."""
+    import subprocess
+
+    go = folder / "go"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gpt_pipeline_tests.reliability_support", "tracker", uri, str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder, env=child_env(),
+        )
+        for _ in range(count)
+    ]
+    try:
+        for process in processes:  # all imported: release them together
+            assert process.stdout.readline().strip() == "ready"
+        go.touch()
+        outcomes = [process.communicate(timeout=180) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [(process.returncode, out, err) for process, (out, err) in zip(processes, outcomes)]
+
+
 def child_env(**overrides: str) -> dict[str, str]:
     """The current environment with ``overrides``, the repository on ``PYTHONPATH`` and one
     torch thread per process (the test machine has two cores, shared)."""

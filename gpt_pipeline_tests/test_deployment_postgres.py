@@ -42,7 +42,7 @@ from gpt_pipeline_tests.postgres_support import (
     postgres_bin_dir,
     postgres_server,
 )
-from gpt_pipeline_tests.reliability_support import child_env
+from gpt_pipeline_tests.reliability_support import child_env, race_trackers
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -236,27 +236,10 @@ def test_mlflow_server_from_the_documented_env_file(tmp_path, postgres):
 def test_concurrent_first_use_of_an_empty_postgres_store(tmp_path, postgres):
     uri = postgres.url("mlflow_race")
     assert postgres.tables("mlflow_race") == set()
-    go = tmp_path / "go"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gpt_pipeline_tests.reliability_support", "tracker", uri, str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=child_env(),
-        )
-        for _ in range(2)
-    ]
-    try:
-        for process in processes:  # all imported: release them together
-            assert process.stdout.readline().strip() == "ready"
-        go.touch()
-        outcomes = [process.communicate(timeout=180) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (_, err) in zip(processes, outcomes):
-        assert process.returncode == 0, err[-3000:]
-    assert len({out.strip().splitlines()[-1] for out, _ in outcomes}) == 1
+    outcomes = race_trackers(uri, 2, tmp_path)
+    for code, _, err in outcomes:
+        assert code == 0, err[-3000:]
+    assert len({out.strip().splitlines()[-1] for _, out, _ in outcomes}) == 1
     assert [e.name for e in MlflowClient(uri).search_experiments()].count("gpt-pipeline") == 1
 
 

@@ -21,6 +21,7 @@ from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import (
     child_env,
+    race_trackers,
     mlflow_runs,
     temp_files,
     write_run_config,
@@ -90,27 +91,10 @@ def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
 
 def test_four_processes_create_the_mlflow_store_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    go = tmp_path / "go"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "gpt_pipeline_tests.reliability_support", "tracker", uri, str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=child_env(),
-        )
-        for _ in range(4)
-    ]
-    try:
-        for process in processes:  # all imported: release them together
-            assert process.stdout.readline().strip() == "ready"
-        go.touch()
-        outcomes = [process.communicate(timeout=180) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for process, (out, err) in zip(processes, outcomes):
-        assert process.returncode == 0, err[-3000:]
-    experiment_ids = {out.strip().splitlines()[-1] for out, _ in outcomes}
+    outcomes = race_trackers(uri, 4, tmp_path)
+    for code, _, err in outcomes:
+        assert code == 0, err[-3000:]
+    experiment_ids = {out.strip().splitlines()[-1] for _, out, _ in outcomes}
     assert len(experiment_ids) == 1
     experiments = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()]
     assert experiments.count("gpt-pipeline") == 1

@@ -34,3 +34,15 @@ def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
     assert data_dir() == project_root() / "data"
     monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "elsewhere"))
     assert data_dir() == tmp_path / "elsewhere"
+
+
+def test_checkpoints_get_the_same_permissions_as_every_other_file(tmp_path):
+    import os
+
+    from gpt_pipeline.checkpoint import save_checkpoint
+    from gpt_pipeline.model import GPT, GPTConfig
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = save_checkpoint(tmp_path / "m.safetensors", GPT(GPTConfig(vocab_size=8, embedding_size=8, block_count=1)))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors' own 0600 is replaced

@@ -209,8 +209,8 @@ def test_trained_model_materializes_from_the_memory_mapped_dataset(isolated_stor
     assert event.metadata["length_stats"].value == dataset_stats(table)
     assert event.metadata[ARRAYS].value == str(stored.companions[ARRAYS])
     assert len(event.metadata["content_digest"].value) == 64
-    leftovers = [p for p in (data / ".scratch").rglob("*") if p.is_file()]
-    assert leftovers == []
+    leftovers = list((data / ".scratch").rglob("*"))
+    assert leftovers == []  # files moved into place, the stages' scratch folders removed
 
     # trained_model reads the companion: damaged, it fails naming it (the Parquet file is intact)
     companion = stored.companions[ARRAYS]

@@ -13,6 +13,7 @@ Where the files live, local or remote, is the IO manager's business (``io_manage
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from gpt_pipeline.checkpoint import load_checkpoint, save_checkpoint
 from gpt_pipeline.model import GPT
-from gpt_pipeline.storage import atomic_write, atomic_write_text, publish
+from gpt_pipeline.storage import SCRATCH, atomic_write, atomic_write_text, publish
 from gpt_pipeline.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 
@@ -62,6 +63,8 @@ def _publish_table_file(path: Path, value: TableFile) -> dict[str, Path]:
     for name, source in value.companions.items():
         extras[name] = publish(source, path.with_name(f"{path.stem}.{name}"))
     publish(value.path, path)
+    if value.path.parent.parent.name == SCRATCH:  # the stage's own scratch folder, now empty
+        shutil.rmtree(value.path.parent, ignore_errors=True)
     return extras
 
 
