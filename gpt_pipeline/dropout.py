@@ -22,8 +22,9 @@ def dropped_positions(n: int, p: float, generator: torch.Generator | None = None
     """Sorted indices in ``[0, n)``, each present independently with probability ``p`` (CPU).
 
     The gaps between successive Bernoulli(p) successes are i.i.d. Geometric(p), drawn by
-    inversion (``floor(log(1 - u) / log(1 - p)) + 1``, ``u`` uniform in float64): the same
-    distribution as ``n`` independent draws, from about ``n * p`` random numbers instead of ``n``.
+    inversion (``floor(log(1 - u) / log(1 - p)) + 1``, ``u`` uniform in float32, like the
+    uniforms ``nn.Dropout`` compares with ``p``): the same distribution as ``n`` independent draws,
+    from about ``n * p`` random numbers instead of ``n``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -38,7 +39,7 @@ def dropped_positions(n: int, p: float, generator: torch.Generator | None = None
     while last < n:  # once, but for a ~6-sigma shortfall of gaps
         expected = (n - last) * p
         count = int(expected + 6.0 * math.sqrt(expected) + 16)
-        u = torch.rand(count, generator=generator, dtype=torch.float64)  # [count] in [0, 1)
+        u = torch.rand(count, generator=generator)  # [count] in [0, 1), multiples of 2**-24
         gaps = torch.floor(torch.log1p(-u).div_(log_keep)).add_(1).long()  # [count] >= 1
         positions = torch.cumsum(gaps, 0).add_(last)  # [count]
         chunks.append(positions)

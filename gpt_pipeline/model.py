@@ -16,8 +16,9 @@ names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to 
 - initialisation: linear weights and embeddings normal(0, 0.02), biases zero, LayerNorms 1 and 0.
 
 Speed, same math: ``GPT.loss`` fuses the head with the cross-entropy (``HeadCrossEntropy``);
-dropout masks are drawn from a ``torch.Generator`` that the training loop owns
-(``set_dropout_generator``), cheaply on CPU (``dropped_positions``); generation uses a key/value
+in CPU training each block runs its halves through ``gpt_pipeline.fused`` (residual, bias and
+dropouts written once); dropout masks are drawn from a ``torch.Generator`` that the training loop
+owns (``set_dropout_generator``), cheaply on CPU (``dropped_positions``); generation uses a key/value
 cache (``KVCache``) and ``last_only``. Not here: training (``training.py``), files
 (``checkpoint.py``, ``interop/gpt_rs.py``), sampling loops (``generation.py``).
 """
@@ -33,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt_pipeline.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.fused import FeedForwardFunction
+from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -134,10 +135,21 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """``[B, T, C]`` -> ``[B, T, C]``, or ``[B, 1, C]`` for the last position when ``last_only``
         (keys and values are still computed, and cached, for every position)."""
+        return self.projection(self.heads(x, cache, layer, last_only))
+
+    def heads(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False,
+        fused: bool = False,
+    ) -> torch.Tensor:
+        """The heads' outputs concatenated, before the projection: ``[B, T or 1, C]``; ``fused``
+        computes q/k/v with ``LinearFunction`` (CPU training)."""
         B, T, C = x.shape
         if last_only and T > 1:
             q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])  # [B, 1, C]
             k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
+        elif fused:
+            qkv = LinearFunction.apply(x.reshape(B * T, C), self.qkv.weight, self.qkv.bias)  # [B * T, 3C]
+            q, k, v = qkv.view(B, T, 3 * C).split(C, dim=2)  # 3 x [B, T, C]
         else:
             q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
         Tq = q.size(1)
@@ -164,8 +176,7 @@ class CausalSelfAttention(nn.Module):
             y = (weights @ v.reshape(B * self.head_count, T, self.head_size)).view(B, self.head_count, T, -1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, Tq, hs]
-        y = y.transpose(1, 2).reshape(B, Tq, C)  # [B, Tq, C], heads concatenated
-        return self.projection(y)
+        return y.transpose(1, 2).reshape(B, Tq, C)  # [B, Tq, C], heads concatenated
 
 
 class FeedForward(nn.Module):
@@ -177,13 +188,6 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(config.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
-            drawn = self.dropout.draw(x)  # flat positions in the output (same shape as x) or None
-            out = FeedForwardFunction.apply(  # the same math, fewer passes over memory
-                x.reshape(-1, x.size(-1)), self.input.weight, self.input.bias,
-                self.output.weight, self.output.bias, drawn, self.dropout.scale,
-            )
-            return out.view(x.shape)  # [B, T, C]
         return self.dropout(self.output(F.relu(self.input(x))))  # [B, T, C]
 
 
@@ -201,6 +205,9 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         # x = dropout_res(x) + attn(ln_1(x)); x = dropout_res(x) + ffn(ln_2(x))
         # what each residual dropout drops is drawn before its branch runs
+        if cache is None and not last_only and x.device.type == "cpu" and x.dtype == torch.float32 \
+                and torch.is_grad_enabled():
+            return self._fused_forward(x)
         dropout = self.residual_dropout
         drawn = dropout.draw(x)
         branch = self.attention(self.layer_norm_1(x), cache, layer, last_only)  # [B, T or 1, C]
@@ -211,6 +218,27 @@ class Block(nn.Module):
         drawn = dropout.draw(x)
         branch = self.feed_forward(self.layer_norm_2(x))
         return dropout.add_to(branch, x, drawn)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for CPU training: the same math and random draws, in the passes of
+        ``gpt_pipeline.fused`` (residual, bias and dropout written once per half-block)."""
+        B, T, C = x.shape
+        residual, attention, ff = self.residual_dropout, self.attention, self.feed_forward
+        drawn = residual.draw(x)  # flat positions of x [B, T, C], or None
+        y = attention.heads(self.layer_norm_1(x), fused=True)  # [B, T, C]
+        x = ProjectionResidual.apply(
+            y.view(B * T, C), x.view(B * T, C), attention.projection.weight, attention.projection.bias,
+            drawn, residual.scale if drawn is not None else 1.0,
+        ).view(B, T, C)
+        drawn = residual.draw(x)
+        h = self.layer_norm_2(x)  # [B, T, C]
+        ff_drawn = ff.dropout.draw(h)  # after the residual's, as in the plain order
+        out = FeedForwardResidual.apply(
+            h.view(B * T, C), x.view(B * T, C), ff.input.weight, ff.input.bias, ff.output.weight,
+            ff.output.bias, ff_drawn, ff.dropout.scale if ff_drawn is not None else 1.0,
+            drawn, residual.scale if drawn is not None else 1.0,
+        )
+        return out.view(B, T, C)
 
 
 class HeadCrossEntropy(torch.autograd.Function):

@@ -47,7 +47,9 @@ def test_predict_matches_generate_text(tracking_env):
     assert all(text.startswith(prompt) and len(text) > len(prompt) for text, prompt in zip(got, prompts))
     assert model.predict(prompts, params={"token_count": 12, "seed": 3}) == expected  # a list works too
     longer = model.predict(["Once"], params={"token_count": 40, "seed": 3})[0]
-    assert len(data.tokenizer.encode(longer)) >= len(data.tokenizer.encode("Once")) + 40 - 1
+    assert longer == generate_text(original, data.tokenizer, "Once", 40, temperature=0.7, seed=3)[0]
+    # the same draws, 28 tokens further (re-encoding the text may merge tokens, so compare texts)
+    assert longer.startswith(got[0]) and len(longer) > len(got[0])
 
 
 def test_signature_and_defaults(tracking_env):
