@@ -121,8 +121,15 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-def _scaled_except(x: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
-    """A new tensor: ``x * scale`` with the flat ``positions`` set to 0."""
+def scaled_except(x: torch.Tensor, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """``x * scale`` with the flat ``positions`` set to 0 (``x`` itself when there is nothing to do).
+
+    Example:
+        >>> scaled_except(torch.ones(2, 2), torch.tensor([1]), 2.0).tolist()
+        [[2.0, 0.0], [2.0, 2.0]]
+    """
+    if positions is None:
+        return x if scale == 1.0 else x * scale
     out = x * scale
     out.view(-1).index_fill_(0, positions, 0.0)
     return out
@@ -144,12 +151,12 @@ class DropPositions(torch.autograd.Function):
     def forward(ctx, x, positions, scale):
         ctx.save_for_backward(positions)
         ctx.scale = scale
-        return _scaled_except(x, positions, scale)
+        return scaled_except(x, positions, scale)
 
     @staticmethod
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
-        return _scaled_except(grad, positions, ctx.scale), None, None
+        return scaled_except(grad, positions, ctx.scale), None, None
 
 
 class ResidualDropAdd(torch.autograd.Function):
@@ -174,4 +181,4 @@ class ResidualDropAdd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
-        return grad, _scaled_except(grad, positions, ctx.scale), None, None
+        return grad, scaled_except(grad, positions, ctx.scale), None, None

@@ -23,19 +23,7 @@ from __future__ import annotations
 
 import torch
 
-
-def scaled_except(x: torch.Tensor, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """``x * scale`` with the flat ``positions`` set to 0 (``x`` itself when there is nothing to do).
-
-    Example:
-        >>> scaled_except(torch.ones(2, 2), torch.tensor([1]), 2.0).tolist()
-        [[2.0, 0.0], [2.0, 2.0]]
-    """
-    if positions is None:
-        return x if scale == 1.0 else x * scale
-    out = x * scale
-    out.view(-1).index_fill_(0, positions, 0.0)
-    return out
+from gpt_pipeline.dropout import scaled_except
 
 
 def _residual_plus(x: torch.Tensor, positions: torch.Tensor | None, scale: float, bias: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.dropout import Dropout, DropPositions, ResidualDropAdd, dropped_positions
-from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, scaled_except
+from gpt_pipeline.dropout import Dropout, DropPositions, ResidualDropAdd, dropped_positions, scaled_except
+from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual
 from gpt_pipeline.model import GPT, GPTConfig
 
 
