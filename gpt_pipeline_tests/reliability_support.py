@@ -127,6 +127,14 @@ def run_statuses(uri: str) -> dict[str, str]:
 # --- processes ----------------------------------------------------------------------------------
 
 
+def kill_running(*processes) -> None:
+    """SIGKILL and reap each ``subprocess.Popen`` that has not ended (a test's ``finally``)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def race_trackers(uri: str, count: int, folder: Path) -> list[tuple[int, str, str]]:
     """Start ``count`` processes that open the MLflow store at ``uri`` at the same moment (each
     waits, imported, for a go file); return each one's exit status, stdout and stderr."""
@@ -146,10 +154,7 @@ def race_trackers(uri: str, count: int, folder: Path) -> list[tuple[int, str, st
         go.touch()
         outcomes = [process.communicate(timeout=180) for process in processes]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        kill_running(*processes)
     return [(process.returncode, out, err) for process, (out, err) in zip(processes, outcomes)]
 
 

@@ -43,6 +43,7 @@ from gpt_pipeline.model import GPTConfig
 from gpt_pipeline.table_file import TableFile
 from gpt_pipeline.training import TrainConfig, train
 from gpt_pipeline_tests.reliability_support import (
+    kill_running,
     child_env,
     fresh_mlflow_store,
     run_statuses,
@@ -231,9 +232,7 @@ def test_stopping_the_materialization_leaves_no_worker_behind(tmp_path, sig):
         process.send_signal(sig)
         process.wait(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_running(process)
     _, alive = psutil.wait_procs(descendants, timeout=30)
     left = [" ".join(p.cmdline()[:8]) for p in alive]
     for leftover in alive:  # do not leave them training on the test machine

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import (
+    kill_running,
     child_env,
     race_trackers,
     mlflow_runs,
@@ -48,10 +49,7 @@ def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
     try:
         codes = [process.wait(timeout=300) for process in processes]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        kill_running(*processes)
     for code, log in zip(codes, logs):
         assert code == 0, f"{log.name} exited {code}: {log.read_text()[-3000:]}"
 

@@ -30,6 +30,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.definitions import defs
 from gpt_pipeline_tests.reliability_support import (
+    kill_running,
     BIG_ASSET,
     big_frame,
     child_env,
@@ -153,9 +154,7 @@ def _stop_at_checkpoint(process: subprocess.Popen, log: Path, data: Path, step: 
         process.send_signal(sig)
         process.wait(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_running(process)
 
 
 def test_sigkill_during_training_then_rematerialization_resumes(tmp_path, monkeypatch):
