@@ -3,9 +3,9 @@
 A step is what gpt-rs does per iteration: forward, cross-entropy over all positions, backward,
 every gradient element clamped to [-0.5, 0.5], AdamW (weight decay 0.1 on linear weights). Both
 models use gpt-rs's example config (2,118,912 parameters) with its dropouts on, batch 64 x 64.
-Steps alternate between the two models so that both see the same machine load; the script
-prints medians, tokens/s, the ratio, and model FLOPs utilisation against a matmul peak measured
-in the same run.
+Steps alternate between the two models (which one goes first alternates too) so that both see
+the same machine load; the script prints medians, tokens/s, the ratio, and model FLOPs
+utilisation against a matmul peak measured in the same run.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 10] [--threads N]
 
@@ -164,8 +164,9 @@ def main() -> None:
         "gpt_pipeline GPT": make_step(ours, make_optimizer(ours, TrainConfig(), torch.device("cpu")), x, y),
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
     for round_ in range(args.steps + 2):
-        for name, step in steps.items():
+        for name, step in order if round_ % 2 == 0 else order[::-1]:  # each model first every other round
             start = time.perf_counter()
             step()
             if round_ >= 2:

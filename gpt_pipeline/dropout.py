@@ -84,11 +84,16 @@ class Dropout(nn.Module):
         """What to drop in a tensor shaped like ``x``: on CPU the flat indices of the dropped
         elements (int64, from the same random numbers ``mask`` would use), elsewhere ``mask(x)``;
         ``None`` when dropout is off."""
+        if x.device.type == "cpu":
+            return self.positions(x.numel())
+        return self.mask(x)
+
+    def positions(self, n: int) -> torch.Tensor | None:
+        """The flat indices (CPU, int64, sorted) dropped among ``n`` elements, or ``None`` when
+        dropout is off."""
         if not self.training or self.p == 0.0:
             return None
-        if x.device.type == "cpu":
-            return dropped_positions(x.numel(), self.p, self.generator)
-        return self.mask(x)
+        return dropped_positions(n, self.p, self.generator)
 
     def as_mask(self, drawn: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         """``drawn`` (from :meth:`draw`) as a scaled mask shaped like ``like``."""

@@ -3,20 +3,23 @@
 What this module does: gpt-rs's block, ``x = dropout_res(x) + attn(ln_1(x))`` then
 ``x = dropout_res(x) + ffn(ln_2(x))``, with fewer passes over memory than the plain composition.
 On a 2-core CPU every pass over a ``[B * T, 4 * C]`` tensor that is not in cache costs about as
-much as a small matrix product, and ``addmm``'s first pass (the bias broadcast into fresh memory)
-was the slowest of them all. So:
+much as a small matrix product. So:
 
-- ``LinearFunction``: ``x @ W.T + b`` with the bias added in place after the product;
-- ``ProjectionResidual``: ``dropout_res(x) + (y @ W.T + b)``: the residual and the bias are
-  written once into the output buffer, and the product is accumulated into it;
-- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)`` the
-  same way, with the ReLU in place and its gradient masked in place.
+- ``linear`` / ``linear_add``: ``x @ W.T + b`` (then ReLU, or ``+ other``) through oneDNN's fused
+  linear kernel where this torch has it (bias, ReLU and residual in the product's own pass; on the
+  2-core AMD EPYC here its kernels are 10-40% faster than MKL's for these shapes), else
+  ``torch.mm`` with the bias, ReLU and residual applied in place;
+- ``LinearFunction``: ``x @ W.T + b`` (q/k/v);
+- ``ProjectionResidual``: ``dropout_res(x) + (y @ W.T + b)``;
+- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)``, the
+  ReLU's gradient masked in place, the branch's dropout scale folded into ``W2`` and ``b2``.
 
 Dropout is given as the flat ``positions`` dropped (int64, sorted, or ``None``) and the ``scale``
 of the kept elements (1 / (1 - p)), as ``dropout.Dropout.draw`` gives them. The math and the
 gradients are those of the plain PyTorch composition, up to the order of float additions (the
-tests compare both). What it does not do: decide when to use them (``model.py`` does, on CPU in
-float32) or draw the positions (``dropout.py``).
+tests compare both, with and without oneDNN). What it does not do: attention
+(``fused_attention.py``), decide when to use them (``model.py`` does, on CPU in float32) or draw
+the positions (``dropout.py``).
 """
 
 from __future__ import annotations
@@ -26,22 +29,60 @@ import torch
 from gpt_pipeline.dropout import scaled_except
 
 
-def _residual_plus(x: torch.Tensor, positions: torch.Tensor | None, scale: float, bias: torch.Tensor) -> torch.Tensor:
-    """A new ``[N, C]`` buffer: ``bias + dropout(x)``, dropout given by ``positions`` and ``scale``."""
-    out = torch.add(bias, x, alpha=scale)  # [N, C], one pass: bias broadcast over the rows
-    if positions is not None:  # x dropped there: the bias alone
-        out.view(-1).index_copy_(0, positions, bias.index_select(0, positions % x.size(1)))
-    return out
+def _onednn_linear_works() -> bool:
+    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, the kernel
+    torch.compile uses on CPU) is in this torch build and gives a known answer."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)
+        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+        summed = torch.ops.mkldnn._linear_pointwise.binary(x, out, w, b, "add")
+        return out.tolist() == [[3.0, 4.0, 5.0, 6.0]] * 2 and summed.tolist() == [[6.0, 8.0, 10.0, 12.0]] * 2
+    except (AttributeError, RuntimeError):
+        return False
 
 
-def _dropped_residual_at(x: torch.Tensor, at: torch.Tensor, positions: torch.Tensor | None,
-                         scale: float) -> torch.Tensor:
-    """``dropout(x)`` (``positions``, ``scale``) at the flat indices ``at`` only: ``[len(at)]``."""
-    values = x.reshape(-1).index_select(0, at).mul_(scale)
-    if positions is not None and len(positions):  # both sorted: which of ``at`` are dropped too
-        where = torch.searchsorted(positions, at).clamp_(max=len(positions) - 1)
-        values.masked_fill_(positions.index_select(0, where) == at, 0.0)
-    return values
+ONEDNN = _onednn_linear_works()  # False: every product goes through torch.mm (MKL or OpenBLAS)
+
+
+def _cpu_float32(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
+    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[N, in]``, ``w`` ``[out, in]``: ``[N, out]``.
+
+    With oneDNN (float32 on CPU) the bias and ReLU are applied in the product's own pass; without
+    it, in place after ``torch.mm``. Same float32 math either way. ``w`` may be a transposed view:
+    ``linear(g, w.t())`` is ``g @ w``.
+
+    Example:
+        >>> linear(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]), torch.ones(2), relu=True).tolist()
+        [[4.0, 0.0]]
+    """
+    if ONEDNN and _cpu_float32(x):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
+    out = torch.mm(x, w.t())  # [N, out]
+    if b is not None:
+        out.add_(b)
+    return out.relu_() if relu else out
+
+
+def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.Tensor,
+               alpha: float = 1.0) -> torch.Tensor:
+    """``alpha * (x @ w.T + b) + other`` for ``x`` ``[N, in]``, ``w`` ``[out, in]``, ``other``
+    ``[N, out]``: a new tensor (with oneDNN, ``other`` is added in the product's own pass).
+
+    Example:
+        >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
+        [[2.0, 7.0]]
+    """
+    if ONEDNN and _cpu_float32(x):
+        if alpha != 1.0:
+            w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
+    return torch.add(other, b, alpha=alpha).addmm_(x, w.t(), alpha=alpha)
 
 
 class LinearFunction(torch.autograd.Function):
@@ -56,12 +97,12 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
-        return torch.mm(x, w.t()).add_(b)  # [N, out]
+        return linear(x, w, b)  # [N, out]
 
     @staticmethod
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
-        grad_x = grad.mm(w) if ctx.needs_input_grad[0] else None  # [N, C]
+        grad_x = linear(grad, w.t()) if ctx.needs_input_grad[0] else None  # [N, C]
         return grad_x, grad.t().mm(x), grad.sum(0)
 
 
@@ -77,8 +118,7 @@ class ProjectionResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, x, w, b, positions, scale):
-        out = _residual_plus(x, positions, scale, b)  # [N, C]
-        out.addmm_(y, w.t())  # [N, C] += [N, C] @ [C, C]
+        out = linear_add(y, w, b, scaled_except(x, positions, scale))  # [N, C]
         ctx.save_for_backward(y, w, positions)
         ctx.scale = scale
         return out
@@ -87,7 +127,7 @@ class ProjectionResidual(torch.autograd.Function):
     def backward(ctx, grad):
         y, w, positions = ctx.saved_tensors
         grad_x = scaled_except(grad, positions, ctx.scale)  # [N, C]
-        return grad.mm(w), grad_x, grad.t().mm(y), grad.sum(0), None, None
+        return linear(grad, w.t()), grad_x, grad.t().mm(y), grad.sum(0), None, None
 
 
 class FeedForwardResidual(torch.autograd.Function):
@@ -106,13 +146,11 @@ class FeedForwardResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, x, w1, b1, w2, b2, ff_positions, ff_scale, res_positions, res_scale):
-        hidden = torch.mm(h, w1.t()).add_(b1).relu_()  # [N, F], bias and ReLU in place
-        out = _residual_plus(x, res_positions, res_scale, b2 * ff_scale)  # [N, C]
+        hidden = linear(h, w1, b1, relu=True)  # [N, F]
+        residual = scaled_except(x, res_positions, res_scale)  # [N, C]: dropout_res(x)
+        out = linear_add(hidden, w2, b2, residual, alpha=ff_scale)  # [N, C]
         if ff_positions is not None:  # where the branch is dropped: the residual alone
-            kept = _dropped_residual_at(x, ff_positions, res_positions, res_scale)
-        out.addmm_(hidden, w2.t(), alpha=ff_scale)  # [N, C] += scale * [N, F] @ [F, C]
-        if ff_positions is not None:
-            out.view(-1).index_copy_(0, ff_positions, kept)
+            out.view(-1).index_copy_(0, ff_positions, residual.view(-1).index_select(0, ff_positions))
         ctx.save_for_backward(h, w1, w2, hidden, ff_positions, res_positions)
         ctx.scales = ff_scale, res_scale
         return out
@@ -125,10 +163,10 @@ class FeedForwardResidual(torch.autograd.Function):
         grad = scaled_except(grad, ff_positions, ff_scale)  # [N, C], the branch's output
         grad_w2 = grad.t().mm(hidden)  # [C, F]
         grad_b2 = grad.sum(0)  # [C]
-        grad_hidden = grad.mm(w2)  # [N, F]
+        grad_hidden = linear(grad, w2.t())  # [N, F]: grad @ w2
         # ReLU's gradient, in place: zero where the unit was off (hidden == 0 after relu_)
         torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0.0, grad_input=grad_hidden)
         grad_w1 = grad_hidden.t().mm(h)  # [F, C]
         grad_b1 = grad_hidden.sum(0)  # [F]
-        grad_h = grad_hidden.mm(w1)  # [N, C]
+        grad_h = linear(grad_hidden, w1.t())  # [N, C]: grad_hidden @ w1
         return grad_h, grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None, None

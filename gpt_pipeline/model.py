@@ -17,9 +17,10 @@ names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to 
 
 Speed, same math: ``GPT.loss`` fuses the head with the cross-entropy (``HeadCrossEntropy``);
 in CPU training each block runs its halves through ``gpt_pipeline.fused`` (residual, bias and
-dropouts written once); dropout masks are drawn from a ``torch.Generator`` that the training loop
-owns (``set_dropout_generator``), cheaply on CPU (``dropped_positions``); generation uses a key/value
-cache (``KVCache``) and ``last_only``. Not here: training (``training.py``), files
+dropouts written once, oneDNN products) and its heads through ``gpt_pipeline.fused_attention``
+(no layout copies, no scores above the causal blocks); dropout masks are drawn from a
+``torch.Generator`` that the training loop owns (``set_dropout_generator``), cheaply on CPU
+(``dropped_positions``); generation uses a key/value cache (``KVCache``) and ``last_only``. Not here: training (``training.py``), files
 (``checkpoint.py``, ``interop/gpt_rs.py``), sampling loops (``generation.py``).
 """
 
@@ -34,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt_pipeline.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual
+from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear
+from gpt_pipeline.fused_attention import AttentionHeads, query_blocks
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -142,13 +144,19 @@ class CausalSelfAttention(nn.Module):
         fused: bool = False,
     ) -> torch.Tensor:
         """The heads' outputs concatenated, before the projection: ``[B, T or 1, C]``; ``fused``
-        computes q/k/v with ``LinearFunction`` (CPU training)."""
+        (CPU training) computes q/k/v with ``LinearFunction`` and, with attention dropout on, the
+        heads with ``AttentionHeads`` (weights dropped in ``query_blocks``)."""
         B, T, C = x.shape
         if last_only and T > 1:
             q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])  # [B, 1, C]
             k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
         elif fused:
             qkv = LinearFunction.apply(x.reshape(B * T, C), self.qkv.weight, self.qkv.bias)  # [B * T, 3C]
+            if self.training and self.attention_dropout.p > 0:
+                dropout = self.attention_dropout
+                positions = [dropout.positions(self.head_count * B * (r1 - r0) * r1)  # [H, B, r1 - r0, r1]
+                             for r0, r1 in query_blocks(T)]
+                return AttentionHeads.apply(qkv.view(B, T, 3 * C), self.head_count, positions, dropout.scale)
             q, k, v = qkv.view(B, T, 3 * C).split(C, dim=2)  # 3 x [B, T, C]
         else:
             q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
@@ -261,7 +269,7 @@ class HeadCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight) if want_grad else None  # [V, C]
         for i in range(0, N, rows):
             h, t = hidden[i : i + rows], targets[i : i + rows]  # [n, C], [n]
-            logits = h @ weight.t()  # [n, V]
+            logits = linear(h, weight)  # [n, V]
             rows_n = torch.arange(len(t), device=t.device)  # [n]
             target_logit = logits[rows_n, t]  # [n]
             high = logits.amax(dim=1, keepdim=True)  # [n, 1]

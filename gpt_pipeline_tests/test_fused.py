@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt_pipeline import fused
 from gpt_pipeline.dropout import Dropout, DropPositions, ResidualDropAdd, dropped_positions, scaled_except
-from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual
+from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear, linear_add
+from gpt_pipeline.fused_attention import query_blocks
 from gpt_pipeline.model import GPT, GPTConfig
+
+
+@pytest.fixture(params=["onednn", "torch.mm"])
+def products(request, monkeypatch):
+    """Run a test with oneDNN's fused linear and again with the ``torch.mm`` fallback."""
+    if request.param == "onednn" and not fused.ONEDNN:
+        pytest.skip("this torch build has no oneDNN fused linear")
+    monkeypatch.setattr(fused, "ONEDNN", request.param == "onednn")
+    return request.param
+
+
+def test_onednn_is_used_wherever_torch_has_it():
+    assert fused.ONEDNN == torch.backends.mkldnn.is_available()
+
+
+def test_linear_and_linear_add_known_answers(products):
+    x = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    w = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])  # [out 3, in 2]
+    b = torch.tensor([0.5, -10.0, 1.0])
+    assert linear(x, w).tolist() == [[1.0, 3.0, -2.0], [3.0, -1.0, 4.0]]
+    assert linear(x, w, b).tolist() == [[1.5, -7.0, -1.0], [3.5, -11.0, 5.0]]
+    assert linear(x, w, b, relu=True).tolist() == [[1.5, 0.0, 0.0], [3.5, 0.0, 5.0]]
+    g = torch.tensor([[1.0, 1.0, 1.0]])
+    assert linear(g, w.t()).tolist() == [[2.0, 0.0]]  # a transposed view: g @ w
+    other = torch.tensor([[100.0, 200.0, 300.0], [0.0, 0.0, 0.0]])
+    assert linear_add(x, w, b, other).tolist() == [[101.5, 193.0, 299.0], [3.5, -11.0, 5.0]]
+    assert linear_add(x, w, b, other, alpha=2.0).tolist() == [[103.0, 186.0, 298.0], [7.0, -22.0, 10.0]]
+    assert other.tolist() == [[100.0, 200.0, 300.0], [0.0, 0.0, 0.0]]  # not written
 
 
 def _mask(shape, positions, scale):
@@ -29,7 +60,7 @@ def _assert_same(fused, plain, tol=1e-5):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-def test_feed_forward_residual_equals_the_plain_layers_with_both_dropouts():
+def test_feed_forward_residual_equals_the_plain_layers_with_both_dropouts(products):
     g = torch.Generator().manual_seed(0)
     h, x = torch.randn(12, 8, generator=g), torch.randn(12, 8, generator=g)
     w1, b1 = torch.randn(32, 8, generator=g), torch.randn(32, generator=g)
@@ -50,7 +81,7 @@ def test_feed_forward_residual_equals_the_plain_layers_with_both_dropouts():
                                     h, x, w1, b1, w2, b2))
 
 
-def test_projection_residual_and_linear_equal_the_plain_layers():
+def test_projection_residual_and_linear_equal_the_plain_layers(products):
     g = torch.Generator().manual_seed(3)
     y, x, w, b = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g), torch.randn(6, 6, generator=g), \
         torch.randn(6, generator=g)
@@ -94,16 +125,27 @@ def _plain_forward(model: GPT):
         mask = self.residual_dropout.mask(x)
         return self.feed_forward(self.layer_norm_2(x)) + (x if mask is None else x * mask)
 
+    def attention_dropout(self, weights, heads):  # [B * H, T, T]
+        BH, T, _ = weights.shape
+        if not self.training or self.p == 0.0:
+            return weights
+        mask = torch.zeros(heads, BH // heads, T, T)  # [H, B, T, T]; weights above the blocks are 0
+        for r0, r1 in query_blocks(T):  # drawn block by block, as AttentionHeads does
+            mask[:, :, r0:r1, :r1] = self.mask(torch.empty(heads, BH // heads, r1 - r0, r1))
+        return weights * mask.transpose(0, 1).reshape(BH, T, T)
+
     for module in model.modules():
         if isinstance(module, Dropout):
             module.forward = dropout.__get__(module)
     for b in model.blocks:
+        drop = b.attention.attention_dropout
+        drop.forward = lambda w, drop=drop, heads=b.attention.head_count: attention_dropout(drop, w, heads)
         b.forward = block.__get__(b)
         b.feed_forward.forward = feed_forward.__get__(b.feed_forward)
     return model
 
 
-def test_a_training_step_equals_the_plain_composition_mask_for_mask():
+def test_a_training_step_equals_the_plain_composition_mask_for_mask(products):
     config = GPTConfig(vocab_size=50, embedding_size=32, context_length=16, head_count=4, block_count=2,
                        embedding_dropout=0.1, attention_dropout=0.1, feed_forward_dropout=0.1, residual_dropout=0.1)
     torch.manual_seed(0)

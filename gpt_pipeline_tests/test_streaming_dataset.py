@@ -237,11 +237,12 @@ def _bench():
 
 def test_training_memory_does_not_grow_with_the_token_data(tmp_path) -> None:
     bench = _bench()
-    small, large = (bench.run_size(mb, 4, tmp_path, fingerprint=False) for mb in (2, 40))
+    small, large = (bench.run_size(mb, 4, tmp_path, fingerprint=False) for mb in (2, 80))
     assert small["memory_mapped"] and large["memory_mapped"]
-    data_growth = large["data_bytes"] - small["data_bytes"]  # about 38 MB of tokens
+    data_growth = large["data_bytes"] - small["data_bytes"]  # about 78 MB of tokens
     anon_growth = large["anon_growth"] - small["anon_growth"]
     # Loaded, the tokens alone would add data_growth (a copy more for the Parquet file); mapped,
     # only per-story indices remain (about 25 bytes per story: 0.1 MB per 2 MB of tokens here)
-    # and torch's own allocations, which vary by a few MB from run to run.
+    # and torch's own allocations, which differ by up to about 11 MB between two runs (measured),
+    # so the data must grow well beyond that for the comparison to mean anything.
     assert anon_growth < 0.25 * data_growth, (small, large)
