@@ -51,7 +51,7 @@ def _cpu_float32(x: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[N, in]``, ``w`` ``[out, in]``: ``[N, out]``.
+    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[..., in]``, ``w`` ``[out, in]``: ``[..., out]``.
 
     With oneDNN (float32 on CPU) the bias and ReLU are applied in the product's own pass; without
     it, in place after ``torch.mm``. Same float32 math either way. ``w`` may be a transposed view:
@@ -63,16 +63,16 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu
     """
     if ONEDNN and _cpu_float32(x):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
-    out = torch.mm(x, w.t())  # [N, out]
+    out = torch.mm(x.reshape(-1, x.size(-1)), w.t())  # [N, out]
     if b is not None:
         out.add_(b)
-    return out.relu_() if relu else out
+    return (out.relu_() if relu else out).view(*x.shape[:-1], w.size(0))
 
 
 def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.Tensor,
                alpha: float = 1.0) -> torch.Tensor:
-    """``alpha * (x @ w.T + b) + other`` for ``x`` ``[N, in]``, ``w`` ``[out, in]``, ``other``
-    ``[N, out]``: a new tensor (with oneDNN, ``other`` is added in the product's own pass).
+    """``alpha * (x @ w.T + b) + other`` for ``x`` ``[..., in]``, ``w`` ``[out, in]``, ``other``
+    ``[..., out]``: a new tensor (with oneDNN, ``other`` is added in the product's own pass).
 
     Example:
         >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
@@ -82,7 +82,9 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.T
         if alpha != 1.0:
             w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
-    return torch.add(other, b, alpha=alpha).addmm_(x, w.t(), alpha=alpha)
+    out = torch.add(other, b, alpha=alpha)  # [..., out]
+    out.view(-1, w.size(0)).addmm_(x.reshape(-1, x.size(-1)), w.t(), alpha=alpha)
+    return out
 
 
 class LinearFunction(torch.autograd.Function):
@@ -107,8 +109,10 @@ class LinearFunction(torch.autograd.Function):
 
 
 class ProjectionResidual(torch.autograd.Function):
-    """``dropout(x) + y @ w.T + b`` for ``y``, ``x`` ``[N, C]``: gpt-rs's attention residual, the
-    residual dropout given by ``positions`` and ``scale``.
+    """``dropout(x) + y @ w.T + b`` for ``y``, ``x`` ``[..., C]``: gpt-rs's attention residual, the
+    residual dropout given by ``positions`` and ``scale``. Give ``x`` as the model holds it, not
+    a view: its gradient is then a tensor of its own, which autograd adds to the LayerNorm's in
+    place (a view's gradient is added out of place, a new ``[B, T, C]`` each time).
 
     Example:
         >>> y, x, w, b = torch.ones(1, 2), torch.ones(1, 2), torch.eye(2), torch.zeros(2)
@@ -118,7 +122,7 @@ class ProjectionResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, x, w, b, positions, scale):
-        out = linear_add(y, w, b, scaled_except(x, positions, scale))  # [N, C]
+        out = linear_add(y, w, b, scaled_except(x, positions, scale))  # [..., C]
         ctx.save_for_backward(y, w, positions)
         ctx.scale = scale
         return out
@@ -126,13 +130,15 @@ class ProjectionResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         y, w, positions = ctx.saved_tensors
-        grad_x = scaled_except(grad, positions, ctx.scale)  # [N, C]
-        return linear(grad, w.t()), grad_x, grad.t().mm(y), grad.sum(0), None, None
+        grad_x = scaled_except(grad, positions, ctx.scale)  # [..., C], a new tensor: autograd adds in place
+        flat, y = grad.reshape(-1, grad.size(-1)), y.reshape(-1, y.size(-1))  # [N, C]
+        return linear(grad, w.t()), grad_x, flat.t().mm(y), flat.sum(0), None, None
 
 
 class FeedForwardResidual(torch.autograd.Function):
-    """``dropout_res(x) + dropout_ff(relu(h @ w1.T + b1) @ w2.T + b2)`` for ``h``, ``x`` ``[N, C]``:
-    gpt-rs's feed-forward half of a block, each dropout given as positions and scale.
+    """``dropout_res(x) + dropout_ff(relu(h @ w1.T + b1) @ w2.T + b2)`` for ``h``, ``x`` ``[..., C]``:
+    gpt-rs's feed-forward half of a block, each dropout given as positions and scale (``x`` as
+    for ``ProjectionResidual``).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -146,9 +152,9 @@ class FeedForwardResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, x, w1, b1, w2, b2, ff_positions, ff_scale, res_positions, res_scale):
-        hidden = linear(h, w1, b1, relu=True)  # [N, F]
-        residual = scaled_except(x, res_positions, res_scale)  # [N, C]: dropout_res(x)
-        out = linear_add(hidden, w2, b2, residual, alpha=ff_scale)  # [N, C]
+        hidden = linear(h, w1, b1, relu=True)  # [..., F]
+        residual = scaled_except(x, res_positions, res_scale)  # [..., C]: dropout_res(x)
+        out = linear_add(hidden, w2, b2, residual, alpha=ff_scale)  # [..., C]
         if ff_positions is not None:  # where the branch is dropped: the residual alone
             out.view(-1).index_copy_(0, ff_positions, residual.view(-1).index_select(0, ff_positions))
         ctx.save_for_backward(h, w1, w2, hidden, ff_positions, res_positions)
@@ -159,14 +165,16 @@ class FeedForwardResidual(torch.autograd.Function):
     def backward(ctx, grad):
         h, w1, w2, hidden, ff_positions, res_positions = ctx.saved_tensors
         ff_scale, res_scale = ctx.scales
-        grad_x = scaled_except(grad, res_positions, res_scale)  # [N, C]
-        grad = scaled_except(grad, ff_positions, ff_scale)  # [N, C], the branch's output
+        grad_x = scaled_except(grad, res_positions, res_scale)  # [..., C], a new tensor
+        C, F = w2.shape
+        grad = scaled_except(grad, ff_positions, ff_scale).reshape(-1, C)  # [N, C], the branch's output
+        hidden, h_flat = hidden.reshape(-1, F), h.reshape(-1, C)  # [N, F], [N, C]
         grad_w2 = grad.t().mm(hidden)  # [C, F]
         grad_b2 = grad.sum(0)  # [C]
         grad_hidden = linear(grad, w2.t())  # [N, F]: grad @ w2
         # ReLU's gradient, in place: zero where the unit was off (hidden == 0 after relu_)
         torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0.0, grad_input=grad_hidden)
-        grad_w1 = grad_hidden.t().mm(h)  # [F, C]
+        grad_w1 = grad_hidden.t().mm(h_flat)  # [F, C]
         grad_b1 = grad_hidden.sum(0)  # [F]
-        grad_h = linear(grad_hidden, w1.t())  # [N, C]: grad_hidden @ w1
+        grad_h = linear(grad_hidden, w1.t()).view(h.shape)  # [..., C]: grad_hidden @ w1
         return grad_h, grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None, None, None

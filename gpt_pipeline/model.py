@@ -230,23 +230,21 @@ class Block(nn.Module):
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` for CPU training: the same math and random draws, in the passes of
         ``gpt_pipeline.fused`` (residual, bias and dropout written once per half-block)."""
-        B, T, C = x.shape
         residual, attention, ff = self.residual_dropout, self.attention, self.feed_forward
         drawn = residual.draw(x)  # flat positions of x [B, T, C], or None
         y = attention.heads(self.layer_norm_1(x), fused=True)  # [B, T, C]
-        x = ProjectionResidual.apply(
-            y.view(B * T, C), x.view(B * T, C), attention.projection.weight, attention.projection.bias,
+        x = ProjectionResidual.apply(  # x itself, not a view: its gradient is added in place
+            y, x, attention.projection.weight, attention.projection.bias,
             drawn, residual.scale if drawn is not None else 1.0,
-        ).view(B, T, C)
+        )  # [B, T, C]
         drawn = residual.draw(x)
         h = self.layer_norm_2(x)  # [B, T, C]
         ff_drawn = ff.dropout.draw(h)  # after the residual's, as in the plain order
-        out = FeedForwardResidual.apply(
-            h.view(B * T, C), x.view(B * T, C), ff.input.weight, ff.input.bias, ff.output.weight,
+        return FeedForwardResidual.apply(
+            h, x, ff.input.weight, ff.input.bias, ff.output.weight,
             ff.output.bias, ff_drawn, ff.dropout.scale if ff_drawn is not None else 1.0,
             drawn, residual.scale if drawn is not None else 1.0,
-        )
-        return out.view(B, T, C)
+        )  # [B, T, C]
 
 
 class HeadCrossEntropy(torch.autograd.Function):
