@@ -20,8 +20,9 @@ in CPU training each block runs its halves through ``gpt_pipeline.fused`` (resid
 dropouts written once, oneDNN products) and its heads through ``gpt_pipeline.fused_attention``
 (no layout copies, no scores above the causal blocks); dropout masks are drawn from a
 ``torch.Generator`` that the training loop owns (``set_dropout_generator``), cheaply on CPU
-(``dropped_positions``); generation uses a key/value cache (``KVCache``) and ``last_only``. Not here: training (``training.py``), files
-(``checkpoint.py``, ``interop/gpt_rs.py``), sampling loops (``generation.py``).
+(``dropped_positions``); generation uses a key/value cache (``KVCache``) and ``last_only``.
+Not here: training (``training.py``), files (``checkpoint.py``, ``interop/gpt_rs.py``), sampling
+loops (``generation.py``).
 """
 
 from __future__ import annotations
