@@ -40,8 +40,8 @@ def dropped_positions(n: int, p: float, generator: torch.Generator | None = None
         expected = (n - last) * p
         count = int(expected + 6.0 * math.sqrt(expected) + 16)
         u = torch.rand(count, generator=generator)  # [count] in [0, 1), multiples of 2**-24
-        gaps = torch.floor(torch.log1p(-u).div_(log_keep)).add_(1).long()  # [count] >= 1
-        positions = torch.cumsum(gaps, 0).add_(last)  # [count]
+        gaps = u.neg_().log1p_().div_(log_keep).floor_().add_(1)  # [count] >= 1, whole floats, in place
+        positions = torch.cumsum(gaps, 0, dtype=torch.long).add_(last)  # [count]
         chunks.append(positions)
         last = int(positions[-1])
     positions = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
