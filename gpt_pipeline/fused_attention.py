@@ -20,8 +20,9 @@ above the causal diagonal is 0 whether dropped or not, so drawing only inside th
 same dropout. The backward restores the weights in place, so it runs once per forward: a second
 backward through the same graph (``retain_graph``) raises PyTorch's in-place error instead of
 returning wrong gradients. What it does not do: the q/k/v projection (``fused.LinearFunction``),
-decide when to run (``model.py``: CPU float32 training with attention dropout), inference
-(``F.scaled_dot_product_attention`` and the key/value cache).
+decide when to run (``model.py``: CPU float32 training with attention dropout, where the compiled
+kernel of ``native_attention`` is not available), inference (``F.scaled_dot_product_attention``
+and the key/value cache).
 """
 
 from __future__ import annotations

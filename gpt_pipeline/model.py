@@ -17,7 +17,8 @@ names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to 
 
 Speed, same math: ``GPT.loss`` fuses the head with the cross-entropy (``HeadCrossEntropy``);
 in CPU training each block runs its halves through ``gpt_pipeline.fused`` (residual, bias and
-dropouts written once, oneDNN products) and its heads through ``gpt_pipeline.fused_attention``
+dropouts written once, oneDNN products) and its heads through the C kernel of
+``gpt_pipeline.native_attention`` (compiled on first use), else ``gpt_pipeline.fused_attention``
 (no layout copies, no scores above the causal blocks); dropout masks are drawn from a
 ``torch.Generator`` that the training loop owns (``set_dropout_generator``), cheaply on CPU
 (``dropped_positions``); generation uses a key/value cache (``KVCache``) and ``last_only``.
@@ -35,9 +36,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt_pipeline import native_attention
 from gpt_pipeline.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
 from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear
 from gpt_pipeline.fused_attention import AttentionHeads, query_blocks
+from gpt_pipeline.native_attention import NativeAttention, causal_weights
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -145,20 +148,25 @@ class CausalSelfAttention(nn.Module):
         fused: bool = False,
     ) -> torch.Tensor:
         """The heads' outputs concatenated, before the projection: ``[B, T or 1, C]``; ``fused``
-        (CPU training) computes q/k/v with ``LinearFunction`` and, with attention dropout on, the
-        heads with ``AttentionHeads`` (weights dropped in ``query_blocks``)."""
+        (CPU training) computes q/k/v with ``LinearFunction`` and the heads with ``NativeAttention``
+        (weights dropped among the ``causal_weights``) or, without a compiled kernel and with
+        attention dropout on, ``AttentionHeads`` (weights dropped in ``query_blocks``)."""
         B, T, C = x.shape
         if last_only and T > 1:
             q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])  # [B, 1, C]
             k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
         elif fused:
-            qkv = LinearFunction.apply(x.reshape(B * T, C), self.qkv.weight, self.qkv.bias)  # [B * T, 3C]
-            if self.training and self.attention_dropout.p > 0:
-                dropout = self.attention_dropout
+            qkv = LinearFunction.apply(x.reshape(B * T, C), self.qkv.weight, self.qkv.bias).view(B, T, 3 * C)
+            dropout = self.attention_dropout
+            if native_attention.supports(qkv, self.head_count):  # the compiled kernel, dropout or not
+                positions = dropout.positions(B * self.head_count * causal_weights(T))  # of [B, H, T(T+1)/2]
+                return NativeAttention.apply(qkv, self.head_count, positions,
+                                             dropout.scale if positions is not None else 1.0)
+            if self.training and dropout.p > 0:
                 positions = [dropout.positions(self.head_count * B * (r1 - r0) * r1)  # [H, B, r1 - r0, r1]
                              for r0, r1 in query_blocks(T)]
-                return AttentionHeads.apply(qkv.view(B, T, 3 * C), self.head_count, positions, dropout.scale)
-            q, k, v = qkv.view(B, T, 3 * C).split(C, dim=2)  # 3 x [B, T, C]
+                return AttentionHeads.apply(qkv, self.head_count, positions, dropout.scale)
+            q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
         else:
             q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
         Tq = q.size(1)

@@ -1,4 +1,5 @@
-"""The hand-written CPU passes (fused.py, dropout.py) against plain PyTorch compositions."""
+"""The hand-written CPU passes (fused.py, dropout.py, the attention paths) against plain PyTorch
+compositions."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline import fused
+from gpt_pipeline import fused, native_attention
 from gpt_pipeline.dropout import Dropout, DropPositions, ResidualDropAdd, dropped_positions, scaled_except
 from gpt_pipeline.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear, linear_add
 from gpt_pipeline.fused_attention import query_blocks
 from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.native_attention import causal_weights
 
 
 @pytest.fixture(params=["onednn", "torch.mm"])
@@ -19,6 +21,18 @@ def products(request, monkeypatch):
     if request.param == "onednn" and not fused.ONEDNN:
         pytest.skip("this torch build has no oneDNN fused linear")
     monkeypatch.setattr(fused, "ONEDNN", request.param == "onednn")
+    return request.param
+
+
+@pytest.fixture(params=["native", "query blocks"])
+def attention(request, monkeypatch):
+    """Run a test with the compiled attention kernel and again with ``AttentionHeads``."""
+    if request.param == "native":
+        if native_attention.kernel(8) is None:
+            pytest.skip(f"no native attention kernel here: {native_attention.unavailable(8)}")
+    else:
+        monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")
+        assert native_attention.kernel(8) is None
     return request.param
 
 
@@ -109,8 +123,9 @@ def test_drop_positions_and_residual_add_equal_a_mask():
     assert torch.equal(out.view(-1)[positions], branch.view(-1)[positions])  # dropped: branch alone
 
 
-def _plain_forward(model: GPT):
-    """Patch a model back to the plain PyTorch composition with mask tensors."""
+def _plain_forward(model: GPT, native: bool):
+    """Patch a model back to the plain PyTorch composition with mask tensors, its attention
+    dropout drawn in the order of the native kernel's weights or of ``AttentionHeads``' blocks."""
 
     def dropout(self, x):
         mask = self.mask(x)
@@ -129,6 +144,11 @@ def _plain_forward(model: GPT):
         BH, T, _ = weights.shape
         if not self.training or self.p == 0.0:
             return weights
+        if native:  # drawn for the weights on and below the diagonal, [B, H, T(T+1)/2]
+            rows, cols = torch.tril_indices(T, T)
+            mask = torch.zeros(BH // heads, heads, T, T)
+            mask[:, :, rows, cols] = self.mask(torch.empty(BH // heads, heads, causal_weights(T)))
+            return weights * mask.reshape(BH, T, T)
         mask = torch.zeros(heads, BH // heads, T, T)  # [H, B, T, T]; weights above the blocks are 0
         for r0, r1 in query_blocks(T):  # drawn block by block, as AttentionHeads does
             mask[:, :, r0:r1, :r1] = self.mask(torch.empty(heads, BH // heads, r1 - r0, r1))
@@ -145,13 +165,13 @@ def _plain_forward(model: GPT):
     return model
 
 
-def test_a_training_step_equals_the_plain_composition_mask_for_mask(products):
+def test_a_training_step_equals_the_plain_composition_mask_for_mask(products, attention):
     config = GPTConfig(vocab_size=50, embedding_size=32, context_length=16, head_count=4, block_count=2,
                        embedding_dropout=0.1, attention_dropout=0.1, feed_forward_dropout=0.1, residual_dropout=0.1)
     torch.manual_seed(0)
     x, y = torch.randint(0, 50, (6, 16)), torch.randint(0, 50, (6, 16))
     fused = GPT(config).train()
-    plain = _plain_forward(GPT(config).train())
+    plain = _plain_forward(GPT(config).train(), native=attention == "native")
     plain.load_state_dict(fused.state_dict())
     results = []
     for model in (fused, plain):

@@ -1,0 +1,80 @@
+"""Attention heads in CPU training: the compiled kernel (``NativeAttention``) against the PyTorch
+path it replaces (``AttentionHeads``), same run.
+
+One call is what a block's attention costs in a training step: draw the dropout positions,
+forward, backward, for gpt-rs's example config (batch 64 x 64, 4 heads of 32, attention dropout
+0.05). Calls alternate between the two (which goes first alternates too) so that both see the
+same machine load; the script prints medians, the ratio, and the attention's FLOP rate (the
+products' FLOPs on and below the diagonal, forward and backward).
+
+    .venv/bin/python benchmarks/bench_attention.py [--calls 40] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gpt_pipeline import native_attention
+from gpt_pipeline.dropout import Dropout
+from gpt_pipeline.fused_attention import AttentionHeads, query_blocks
+from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.native_attention import NativeAttention, causal_weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=40, help="timed calls per path (after 3 warm-up)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    c = GPTConfig()
+    B, T, H, C = args.batch, c.context_length, c.head_count, c.embedding_size
+    if native_attention.kernel(C // H) is None:
+        raise SystemExit(f"no native attention kernel: {native_attention.unavailable(C // H)}")
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, T, 3 * C, generator=g).requires_grad_(True)  # [B, T, 3C]
+    grad = torch.randn(B, T, C, generator=g)  # [B, T, C]
+    dropout = Dropout(c.attention_dropout)
+    dropout.generator = torch.Generator().manual_seed(1)
+
+    def native():
+        positions = dropout.positions(B * H * causal_weights(T))  # [B, H, T(T+1)/2]
+        NativeAttention.apply(qkv, H, positions, dropout.scale).backward(grad)
+
+    def blocks():
+        positions = [dropout.positions(H * B * (r1 - r0) * r1) for r0, r1 in query_blocks(T)]
+        AttentionHeads.apply(qkv, H, positions, dropout.scale).backward(grad)
+
+    paths = {"AttentionHeads (PyTorch)": blocks, "NativeAttention (C)": native}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    order = list(paths.items())
+    for round_ in range(args.calls + 3):
+        for name, call in order if round_ % 2 == 0 else order[::-1]:
+            qkv.grad = None
+            start = time.perf_counter()
+            call()
+            if round_ >= 3:
+                times[name].append(time.perf_counter() - start)
+    hs = C // H
+    flops = 6 * 2 * B * H * causal_weights(T) * hs  # 2 products forward, 4 backward, causal part
+    print(f"threads={torch.get_num_threads()} batch={B} T={T} heads={H}x{hs} calls={args.calls} "
+          f"attention={flops / 1e6:.0f} MFLOP per call")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, median in medians.items():
+        print(f"{name:26s} median {median * 1e3:6.2f} ms (min {min(times[name]) * 1e3:6.2f})  "
+              f"{flops / median / 1e9:5.1f} GFLOP/s")
+    ratio = medians["AttentionHeads (PyTorch)"] / medians["NativeAttention (C)"]
+    paired = statistics.median(a / b for a, b in zip(*times.values()))
+    saved = (medians["AttentionHeads (PyTorch)"] - medians["NativeAttention (C)"]) * c.block_count
+    print(f"speed-up, AttentionHeads / native: {ratio:.2f}x on medians, {paired:.2f}x median of pairs "
+          f"({saved * 1e3:.0f} ms a training step over {c.block_count} blocks)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+/* gpt-rs's causal attention heads, forward and backward, for CPU training (float32).
+ *
+ * What it does: for every (batch row b, head h) pair, with q, k, v the head's [T, HS] slices of
+ * the fused projection qkv [B, T, 3C] (C = H * HS, rows q_0 .. q_H-1, k_0 .., v_0 ..):
+ *   P = softmax(alpha * q k^T) over keys j <= i      (alpha = 1 / sqrt(HS))
+ *   W = P with the dropped weights set to 0 and the rest times keep_scale
+ *   out[b, i, h * HS ..] = (W v)[i]
+ * and the gradient of qkv from the gradient of out. Each pair runs start to end on one thread
+ * (OpenMP over pairs), in L1/L2, reading q, k, v and writing their gradients where the projection
+ * keeps them: no layout copies, no scores above the diagonal, one pass for softmax and dropout.
+ * The result does not depend on the thread count.
+ *
+ * Dropout: `dropped` holds the sorted flat indices of the dropped weights in [B, H, T(T+1)/2]
+ * (row i's keys 0..i at i(i+1)/2 .. i(i+1)/2 + i): the weights on and below the diagonal, the only
+ * ones that are not 0 anyway. `probs` [B, H, T(T+1)/2] keeps P (before dropout) for the backward.
+ *
+ * Backward, per row i, with g the output's gradient: dW_ij = g_i . v_j, D_i = g_i . out_i
+ * (= sum_j W_ij dW_ij), dS_ij = alpha * P_ij * (keep_ij * keep_scale * dW_ij - D_i); then
+ * dq = dS k, dk = dS^T q, dv = W^T g.
+ *
+ * What it does not do: anything but float32 on CPU, head sizes that are not a multiple of VL,
+ * inference (PyTorch's scaled_dot_product_attention does that). Built by native_build.py with
+ * -DHS=<head size> -DVL=<floats per vector>; plain C with GCC/Clang vector extensions.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef HS
+#error "compile with -DHS=<head size>"
+#endif
+#ifndef VL
+#define VL 16
+#endif
+#if HS % VL != 0
+#error "HS must be a multiple of VL"
+#endif
+#define NV (HS / VL) /* vectors per head row */
+#define R 4          /* rows (or columns) per register tile */
+#define LINE 16      /* floats per cache line */
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+
+static inline vf load(const float *p) { return *(const vfu *)p; }
+static inline void store(float *p, vf v) { *(vfu *)p = v; }
+static inline vf splat(float x) { return (vf){0} + x; }
+static inline vf choose(vi mask, vf yes, vf no) { return (vf)(((vi)yes & mask) | ((vi)no & ~mask)); }
+
+/* exp(x) for x <= 0, Cephes' polynomial (about 1 ulp); below -87 it returns exp(-87). */
+static inline vf vexp(vf x) {
+    x = choose(x < -87.0f, splat(-87.0f), x);
+    vf t = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(t, vi);      /* truncates ... */
+    n = n + (__builtin_convertvector(n, vf) > t); /* ... so floor: -1 where it rounded up */
+    vf nf = __builtin_convertvector(n, vf);
+    vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vf p = splat(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    vf y = p * r * r + r + 1.0f;
+    return y * (vf)((n + 127) << 23); /* times 2^n */
+}
+
+static inline float hsum(vf v) { float s = 0; for (int l = 0; l < VL; l++) s += v[l]; return s; }
+static inline float hmax(vf v) { float m = v[0]; for (int l = 1; l < VL; l++) m = v[l] > m ? v[l] : m; return m; }
+static inline vi lanes_below(int j0, int n) { vi m; for (int l = 0; l < VL; l++) m[l] = j0 + l < n ? -1 : 0; return m; }
+static inline int64_t tri(int64_t i) { return i * (i + 1) / 2; }
+
+static int64_t lower_bound(const int64_t *a, int64_t n, int64_t v) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) { int64_t mid = lo + (hi - lo) / 2; if (a[mid] < v) lo = mid + 1; else hi = mid; }
+    return lo;
+}
+
+/* out[r][(c0 + c) * VL ..] = sum_d a[r][d] * bt[d][(c0 + c) * VL ..], r < R, c < NC: a register tile. */
+#define DEFINE_TILE(NC)                                                                                   \
+    static inline void tile_##NC(const float *a, int64_t as, const float *bt, int tp, int c0, float *out) { \
+        vf acc[R][NC];                                                                                    \
+        for (int r = 0; r < R; r++) for (int c = 0; c < NC; c++) acc[r][c] = splat(0.0f);                \
+        for (int d = 0; d < HS; d++) {                                                                    \
+            vf b[NC];                                                                                     \
+            for (int c = 0; c < NC; c++) b[c] = load(bt + (int64_t)d * tp + (c0 + c) * VL);               \
+            for (int r = 0; r < R; r++) {                                                                 \
+                vf ad = splat(a[r * as + d]);                                                             \
+                for (int c = 0; c < NC; c++) acc[r][c] += ad * b[c];                                      \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int r = 0; r < R; r++) for (int c = 0; c < NC; c++) store(out + r * tp + (c0 + c) * VL, acc[r][c]); \
+    }
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+DEFINE_TILE(3)
+DEFINE_TILE(4)
+
+/* R rows of a [*, HS] (row stride as) times bt [HS, tp]: out [R, tp], the first `chunks` vectors. */
+static void rows_times_t(const float *a, int64_t as, const float *bt, int tp, int chunks, float *out) {
+    int c0 = 0;
+    for (; c0 + 4 <= chunks; c0 += 4) tile_4(a, as, bt, tp, c0, out);
+    switch (chunks - c0) {
+        case 3: tile_3(a, as, bt, tp, c0, out); break;
+        case 2: tile_2(a, as, bt, tp, c0, out); break;
+        case 1: tile_1(a, as, bt, tp, c0, out); break;
+        default: break;
+    }
+}
+
+/* out[r] = sum_{j < n} w[r][j] * b[j] for R rows of w [*, tp]; b rows [HS] at stride bs; the
+ * first `rows` results are written at stride os. */
+static inline void rows_times(const float *w, int tp, int n, const float *b, int64_t bs, float *out, int64_t os,
+                              int rows) {
+    vf acc[R][NV];
+    for (int r = 0; r < R; r++) for (int v = 0; v < NV; v++) acc[r][v] = splat(0.0f);
+    for (int j = 0; j < n; j++) {
+        vf bj[NV];
+        for (int v = 0; v < NV; v++) bj[v] = load(b + j * bs + v * VL);
+        for (int r = 0; r < R; r++) {
+            vf wj = splat(w[r * tp + j]);
+            for (int v = 0; v < NV; v++) acc[r][v] += wj * bj[v];
+        }
+    }
+    for (int r = 0; r < rows; r++) for (int v = 0; v < NV; v++) store(out + r * os + v * VL, acc[r][v]);
+}
+
+/* Columns j0 .. j0 + R - 1 of two lower-triangular [T, tp] matrices (zero above the diagonal)
+ * times rows: out[c] = sum_{i >= j0} w[i][j0 + c] * b[i], out2[c] likewise with w2, b2. */
+static inline void cols_times(const float *w, const float *b, int64_t bs, float *out, const float *w2, const float *b2,
+                              int64_t b2s, float *out2, int64_t os, int tp, int j0, int T, int cols) {
+    vf acc[R][NV], acc2[R][NV];
+    for (int c = 0; c < R; c++) for (int v = 0; v < NV; v++) { acc[c][v] = splat(0.0f); acc2[c][v] = splat(0.0f); }
+    for (int i = j0; i < T; i++) {
+        vf bi[NV], b2i[NV];
+        for (int v = 0; v < NV; v++) { bi[v] = load(b + i * bs + v * VL); b2i[v] = load(b2 + i * b2s + v * VL); }
+        for (int c = 0; c < R; c++) {
+            vf wc = splat(w[i * tp + j0 + c]), w2c = splat(w2[i * tp + j0 + c]);
+            for (int v = 0; v < NV; v++) { acc[c][v] += wc * bi[v]; acc2[c][v] += w2c * b2i[v]; }
+        }
+    }
+    for (int c = 0; c < cols; c++) for (int v = 0; v < NV; v++) {
+        store(out + c * os + v * VL, acc[c][v]);
+        store(out2 + c * os + v * VL, acc2[c][v]);
+    }
+}
+
+/* xt [HS, tp] = x [T, HS] (row stride xs) transposed, VL x VL blocks through registers. */
+static void transpose(const float *x, int64_t xs, int T, float *xt, int tp) {
+    int j = 0;
+    for (; j + VL <= T; j += VL)
+        for (int c = 0; c < NV; c++) {
+            vf rows[VL];
+            for (int r = 0; r < VL; r++) rows[r] = load(x + (j + r) * xs + c * VL);
+            for (int d = 0; d < VL; d++) {
+                vf col;
+                for (int r = 0; r < VL; r++) col[r] = rows[r][d];
+                store(xt + (int64_t)(c * VL + d) * tp + j, col);
+            }
+        }
+    for (; j < T; j++)
+        for (int d = 0; d < HS; d++) xt[(int64_t)d * tp + j] = x[j * xs + d];
+}
+
+/* Ask for rows [T, HS] (stride xs) to be in cache: the next pair's, while this one computes. */
+static inline void prefetch(const float *x, int64_t xs, int T, int write) {
+    for (int j = 0; j < T; j++)
+        for (int c = 0; c < HS; c += LINE) {
+            if (write) __builtin_prefetch(x + j * xs + c, 1, 3);
+            else __builtin_prefetch(x + j * xs + c, 0, 3);
+        }
+}
+
+/* Copy rows [rows, HS] (stride xs) into pad [R, HS], zero below: the last tile's rows. */
+static const float *padded(const float *x, int64_t xs, int rows, float *pad) {
+    memset(pad, 0, sizeof(float) * R * HS);
+    for (int r = 0; r < rows; r++) memcpy(pad + r * HS, x + r * xs, sizeof(float) * HS);
+    return pad;
+}
+
+int attention_head_size(void) { return HS; }
+
+int attention_forward(const float *qkv, float *out, float *probs, const int64_t *dropped, int64_t n_dropped,
+                      int64_t B, int64_t T, int64_t H, float alpha, float keep_scale, int threads) {
+    const int64_t C = H * HS, row = 3 * C, tt = tri(T);
+    const int tp = (int)((T + VL - 1) / VL * VL);
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        /* kt [HS, tp] (k transposed), s and w [R, tp] (scores, weights), pad [R, HS] */
+        float *kt = malloc(sizeof(float) * ((int64_t)HS * tp + 2 * R * tp + R * HS));
+        if (!kt) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        float *s = kt + (int64_t)HS * tp, *w = s + R * tp, *pad = w + R * tp;
+        if (kt) memset(kt, 0, sizeof(float) * HS * tp);
+#pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < B * H; pair++) {
+            if (!kt) continue;
+            const int64_t b = pair / H, h = pair % H, base = pair * tt;
+            const float *q = qkv + b * T * row + h * HS, *k = q + C, *v = q + 2 * C;
+            float *o = out + b * T * C + h * HS;
+            if (pair + 1 < B * H) {
+                const int64_t b1 = (pair + 1) / H, h1 = (pair + 1) % H;
+                const float *q1 = qkv + b1 * T * row + h1 * HS;
+                prefetch(q1, row, (int)T, 0); prefetch(q1 + C, row, (int)T, 0); prefetch(q1 + 2 * C, row, (int)T, 0);
+                prefetch(out + b1 * T * C + h1 * HS, C, (int)T, 1);
+            }
+            transpose(k, row, (int)T, kt, tp);
+            int64_t next = lower_bound(dropped, n_dropped, base);
+            for (int i0 = 0; i0 < T; i0 += R) {
+                const int rows = T - i0 < R ? (int)(T - i0) : R, n_max = i0 + rows;
+                const int chunks = (n_max + VL - 1) / VL;
+                rows_times_t(rows < R ? padded(q + i0 * row, row, rows, pad) : q + i0 * row, rows < R ? HS : row,
+                             kt, tp, chunks, s);
+                for (int r = 0; r < rows; r++) {
+                    const int i = i0 + r, n = i + 1;
+                    float *sr = s + r * tp, *wr = w + r * tp, *p = probs + base + tri(i);
+                    vf m = splat(-3.0e38f);
+                    for (int j0 = 0; j0 < n; j0 += VL) {
+                        vf x = choose(lanes_below(j0, n), load(sr + j0) * alpha, splat(-3.0e38f));
+                        store(sr + j0, x);
+                        m = choose(x > m, x, m);
+                    }
+                    const vf top = splat(hmax(m));
+                    vf sum = splat(0.0f);
+                    for (int j0 = 0; j0 < n; j0 += VL) {
+                        vf e = choose(lanes_below(j0, n), vexp(load(sr + j0) - top), splat(0.0f));
+                        store(sr + j0, e);
+                        sum += e;
+                    }
+                    const float inv = 1.0f / hsum(sum), kept = inv * keep_scale;
+                    for (int j = 0; j < n; j++) p[j] = sr[j] * inv;
+                    for (int j0 = 0; j0 < chunks * VL; j0 += VL) store(wr + j0, load(sr + j0) * kept);
+                    const int64_t start = base + tri(i), end = start + n;
+                    for (; next < n_dropped && dropped[next] < end; next++)
+                        if (dropped[next] >= start) wr[dropped[next] - start] = 0.0f;
+                }
+                rows_times(w, tp, n_max, v, row, o + i0 * C, C, rows);
+            }
+        }
+        free(kt);
+    }
+    return failed ? -1 : 0;
+}
+
+int attention_backward(const float *qkv, const float *out, const float *probs, const float *grad, float *grad_qkv,
+                       const int64_t *dropped, int64_t n_dropped, int64_t B, int64_t T, int64_t H, float alpha,
+                       float keep_scale, int threads) {
+    const int64_t C = H * HS, row = 3 * C, tt = tri(T);
+    const int tp = (int)((T + VL - 1) / VL * VL), Tr = (int)((T + R - 1) / R * R);
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        /* vt [HS, tp] (v transposed), ds and w [Tr, tp] (dS and W, zero above the diagonal), pad [R, HS] */
+        const int64_t square = (int64_t)Tr * tp;
+        float *vt = malloc(sizeof(float) * ((int64_t)HS * tp + 2 * square + R * HS));
+        if (!vt) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        float *ds = vt + (int64_t)HS * tp, *w = ds + square, *pad = w + square;
+        if (vt) memset(vt, 0, sizeof(float) * ((int64_t)HS * tp + 2 * square));
+#pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < B * H; pair++) {
+            if (!vt) continue;
+            const int64_t b = pair / H, h = pair % H, base = pair * tt;
+            const float *q = qkv + b * T * row + h * HS, *k = q + C, *v = q + 2 * C;
+            const float *o = out + b * T * C + h * HS, *g = grad + b * T * C + h * HS;
+            float *gq = grad_qkv + b * T * row + h * HS, *gk = gq + C, *gv = gq + 2 * C;
+            if (pair + 1 < B * H) {
+                const int64_t b1 = (pair + 1) / H, h1 = (pair + 1) % H;
+                const float *q1 = qkv + b1 * T * row + h1 * HS;
+                float *gq1 = grad_qkv + b1 * T * row + h1 * HS;
+                prefetch(q1, row, (int)T, 0); prefetch(q1 + C, row, (int)T, 0); prefetch(q1 + 2 * C, row, (int)T, 0);
+                prefetch(out + b1 * T * C + h1 * HS, C, (int)T, 0); prefetch(grad + b1 * T * C + h1 * HS, C, (int)T, 0);
+                prefetch(gq1, row, (int)T, 1); prefetch(gq1 + C, row, (int)T, 1); prefetch(gq1 + 2 * C, row, (int)T, 1);
+            }
+            transpose(v, row, (int)T, vt, tp);
+            int64_t next = lower_bound(dropped, n_dropped, base);
+            for (int i0 = 0; i0 < T; i0 += R) {
+                const int rows = T - i0 < R ? (int)(T - i0) : R, n_max = i0 + rows;
+                const int chunks = (n_max + VL - 1) / VL;
+                float *dsr0 = ds + (int64_t)i0 * tp; /* g v^T first, then dS in place */
+                rows_times_t(rows < R ? padded(g + i0 * C, C, rows, pad) : g + i0 * C, rows < R ? HS : C, vt, tp,
+                             chunks, dsr0);
+                for (int r = 0; r < rows; r++) {
+                    const int i = i0 + r, n = i + 1;
+                    const float *gi = g + i * C, *oi = o + i * C, *p = probs + base + tri(i);
+                    vf dot = splat(0.0f);
+                    for (int c = 0; c < NV; c++) dot += load(gi + c * VL) * load(oi + c * VL);
+                    const float d = hsum(dot);
+                    float *dsr = ds + (int64_t)i * tp, *wr = w + (int64_t)i * tp;
+                    for (int j = 0; j < n; j++) {
+                        dsr[j] = p[j] * (dsr[j] * keep_scale - d) * alpha;
+                        wr[j] = p[j] * keep_scale;
+                    }
+                    for (int j = n; j < chunks * VL; j++) dsr[j] = wr[j] = 0.0f;
+                    const int64_t start = base + tri(i), end = start + n;
+                    for (; next < n_dropped && dropped[next] < end; next++) {
+                        if (dropped[next] < start) continue;
+                        const int64_t j = dropped[next] - start;
+                        dsr[j] = -p[j] * d * alpha;
+                        wr[j] = 0.0f;
+                    }
+                }
+                rows_times(dsr0, tp, n_max, k, row, gq + i0 * row, row, rows); /* dq = dS k */
+            }
+            for (int j0 = 0; j0 < T; j0 += R) /* dk = dS^T q, dv = W^T g */
+                cols_times(ds, q, row, gk + j0 * row, w, g, C, gv + j0 * row, row, tp, j0, (int)T,
+                           T - j0 < R ? (int)(T - j0) : R);
+        }
+        free(vt);
+    }
+    return failed ? -1 : 0;
+}
