@@ -52,6 +52,7 @@ def test_causal_weights_are_laid_out_row_by_row():
     (2, 1, 2, 16),  # one position
     (2, 19, 3, 12),  # 3 chunks of 4 per head, T past one 16-wide chunk
     (1, 70, 1, 16),  # more keys than one 4-chunk tile (5 chunks)
+    (2, 33, 2, 64),  # 4 vectors a head row
 ])
 def test_native_attention_equals_the_per_head_attention_with_dropout(B, T, heads, hs):
     _kernel_or_skip(hs)
