@@ -84,9 +84,15 @@ class NativeAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, head_count, positions, scale):
+        if qkv.dim() != 3 or qkv.size(2) % (3 * head_count) or qkv.device.type != "cpu" \
+                or qkv.dtype != torch.float32:
+            raise ValueError(f"NativeAttention takes a CPU float32 [B, T, 3 x {head_count} heads x head size] "
+                             f"tensor, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
         B, T, C3 = qkv.shape
         C = C3 // 3
         lib = kernel(C // head_count)
+        if lib is None:
+            raise RuntimeError(f"no native attention kernel: {unavailable(C // head_count)}")
         qkv = qkv.contiguous()
         out = torch.empty(B, T, C, dtype=qkv.dtype)
         probs = torch.empty(B, head_count, causal_weights(T), dtype=qkv.dtype)  # softmax, before dropout

@@ -121,10 +121,15 @@ def test_the_result_does_not_depend_on_the_thread_count():
         assert torch.equal(out, results[0][0]) and torch.equal(grad_in, results[0][1])
 
 
-def test_positions_must_be_a_flat_int64_tensor():
+def test_bad_inputs_are_refused_before_the_kernel_reads_them():
     _kernel_or_skip(16)
     with pytest.raises(ValueError, match="flat contiguous int64 tensor, got torch.int32"):
         NativeAttention.apply(torch.zeros(1, 2, 48), 1, torch.tensor([0], dtype=torch.int32), 2.0)
+    with pytest.raises(ValueError, match=r"CPU float32 \[B, T, 3 x 2 heads x head size\] tensor, got "
+                                         r"torch.float32 \(1, 2, 45\) on cpu"):
+        NativeAttention.apply(torch.zeros(1, 2, 45), 2, None, 1.0)
+    with pytest.raises(ValueError, match=r"got torch.float64 \(1, 2, 48\)"):
+        NativeAttention.apply(torch.zeros(1, 2, 48, dtype=torch.float64), 1, None, 1.0)
 
 
 def test_a_build_is_cached_on_disk_and_keyed_by_its_source(tmp_path, monkeypatch):
