@@ -68,7 +68,8 @@ static inline vf vexp(vf x) {
 
 static inline float hsum(vf v) { float s = 0; for (int l = 0; l < VL; l++) s += v[l]; return s; }
 static inline float hmax(vf v) { float m = v[0]; for (int l = 1; l < VL; l++) m = v[l] > m ? v[l] : m; return m; }
-static inline vi lanes_below(int j0, int n) { vi m; for (int l = 0; l < VL; l++) m[l] = j0 + l < n ? -1 : 0; return m; }
+static inline vi lane_index(void) { vi v; for (int l = 0; l < VL; l++) v[l] = l; return v; } /* 0, 1, .. VL-1 */
+static inline vi lanes_below(int j0, int n) { return lane_index() + j0 < n; }  /* -1 where j0 + lane < n */
 static inline int64_t tri(int64_t i) { return i * (i + 1) / 2; }
 
 static int64_t lower_bound(const int64_t *a, int64_t n, int64_t v) {
@@ -232,8 +233,13 @@ int attention_forward(const float *qkv, float *out, float *probs, const int64_t 
                         sum += e;
                     }
                     const float inv = 1.0f / hsum(sum), kept = inv * keep_scale;
-                    for (int j = 0; j < n; j++) p[j] = sr[j] * inv;
-                    for (int j0 = 0; j0 < chunks * VL; j0 += VL) store(wr + j0, load(sr + j0) * kept);
+                    int j0 = 0;
+                    for (; j0 < chunks * VL; j0 += VL) {
+                        const vf e = load(sr + j0);
+                        store(wr + j0, e * kept);
+                        if (j0 + VL <= n) store(p + j0, e * inv); /* whole vectors inside row i only */
+                    }
+                    for (j0 = n / VL * VL; j0 < n; j0++) p[j0] = sr[j0] * inv;
                     const int64_t start = base + tri(i), end = start + n;
                     for (; next < n_dropped && dropped[next] < end; next++)
                         if (dropped[next] >= start) wr[dropped[next] - start] = 0.0f;
