@@ -4,6 +4,7 @@ head by head, and the kernel build (native_build.py)."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 
@@ -71,6 +72,31 @@ def test_native_attention_equals_the_per_head_attention_with_dropout(B, T, heads
     if T > 1:  # the positions matter: one fewer dropped moves the output
         other = _per_head(qkv.double(), heads, _mask(heads, B, T, positions[1:], scale).double())
         assert (other - plain).abs().max() > 1e-3
+
+
+def test_native_attention_on_random_shapes_and_thread_counts():
+    """Every tiling edge at once: 40 random (B, T, heads, head size, dropout, threads)."""
+    if native_build.compiler() is None:
+        pytest.skip("no C compiler here")
+    rng, threads = random.Random(0), torch.get_num_threads()
+    try:
+        for trial in range(40):
+            hs = rng.choice([4, 8, 12, 16, 20, 24, 32, 48, 64])
+            B, T, heads, p = rng.randint(1, 3), rng.randint(1, 80), rng.randint(1, 3), rng.choice([0.0, 0.1, 0.5])
+            g = torch.Generator().manual_seed(trial)
+            qkv, grad = torch.randn(B, T, 3 * heads * hs, generator=g), torch.randn(B, T, heads * hs, generator=g)
+            positions = dropped_positions(B * heads * causal_weights(T), p, g) if p else None
+            torch.set_num_threads(rng.randint(1, 3))
+            native_in, plain_in = qkv.clone().requires_grad_(True), qkv.double().requires_grad_(True)
+            native = NativeAttention.apply(native_in, heads, positions, 1 / (1 - p))
+            plain = _per_head(plain_in, heads, _mask(heads, B, T, positions, 1 / (1 - p)).double())
+            native.backward(grad)
+            plain.backward(grad.double())
+            shape = f"trial {trial}: B={B} T={T} heads={heads} hs={hs} p={p}"
+            torch.testing.assert_close(native, plain.float(), rtol=1e-5, atol=1e-5, msg=shape)
+            torch.testing.assert_close(native_in.grad, plain_in.grad.float(), rtol=1e-5, atol=1e-5, msg=shape)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_native_attention_without_dropout_and_with_every_weight_dropped():
