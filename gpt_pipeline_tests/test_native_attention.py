@@ -99,6 +99,26 @@ def test_native_attention_on_random_shapes_and_thread_counts():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("widest", [8, 4])
+def test_machines_with_narrower_vectors_get_a_kernel_of_their_width(widest, monkeypatch):
+    """An AVX2 (8 floats) or SSE/NEON (4) machine builds gpt-rs's head size 32 with its own
+    vector width (16-float vectors there would spill to memory): same results."""
+    if native_build.compiler() is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setattr(native_build, "vector_floats", lambda: widest)
+    assert native_attention.vector_length(32) == widest
+    g = torch.Generator().manual_seed(widest)
+    qkv, grad = torch.randn(2, 21, 3 * 64, generator=g), torch.randn(2, 21, 64, generator=g)
+    positions = dropped_positions(2 * 2 * causal_weights(21), 0.2, g)
+    native_in, plain_in = qkv.clone().requires_grad_(True), qkv.double().requires_grad_(True)
+    native = NativeAttention.apply(native_in, 2, positions, 1 / 0.8)
+    plain = _per_head(plain_in, 2, _mask(2, 2, 21, positions, 1 / 0.8).double())
+    native.backward(grad)
+    plain.backward(grad.double())
+    torch.testing.assert_close(native, plain.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(native_in.grad, plain_in.grad.float(), rtol=1e-5, atol=1e-5)
+
+
 def test_native_attention_without_dropout_and_with_every_weight_dropped():
     _kernel_or_skip(8)
     g = torch.Generator().manual_seed(5)
