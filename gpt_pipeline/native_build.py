@@ -1,12 +1,14 @@
 """Compile and load gpt_pipeline's C kernels (``gpt_pipeline/native/*.c``) with the system's C compiler.
 
 What this module does: ``load(name, defines)`` compiles ``native/<name>.c`` once per machine,
-source and defines into a shared library under the kernel cache (``GPT_PIPELINE_KERNEL_CACHE``,
-else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``, else ``~/.cache/gpt_pipeline/kernels``) and opens
-it with ``ctypes``. The file name carries a hash of everything that shapes the binary (source,
-defines, flags, compiler version, CPU flags), so a changed source or another machine never loads
-a stale library; it is written to a temporary name and renamed, so concurrent builders are safe.
-Compiling takes about half a second and happens on first use.
+source and defines into a shared library under the kernel cache and opens it with ``ctypes``.
+The cache is ``GPT_PIPELINE_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``
+(``~/.cache/...``) or, where that cannot be written, ``<tmp>/gpt_pipeline_kernels_<uid>``; a
+folder that is not the user's own, or that others may write to, is refused (a library planted
+there would run as the user). The file name carries a hash of everything that shapes the binary
+(source, defines, flags, compiler version, CPU flags), so a changed source or another machine
+never loads a stale library; it is written to a temporary name and renamed, so concurrent
+builders are safe. Compiling takes about half a second and happens on first use.
 
 What it does not do: decide when a kernel is worth using, or fall back: ``load`` returns ``None``
 and ``unavailable(name, defines)`` says why (no compiler, a failed build, ``GPT_PIPELINE_NATIVE=0``);
@@ -42,12 +44,13 @@ def enabled() -> bool:
     return os.environ.get("GPT_PIPELINE_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def cache_dir() -> Path:
-    """Where built libraries go (see the module docstring)."""
+def cache_dirs() -> list[Path]:
+    """Where built libraries may go, in order (see the module docstring)."""
     if os.environ.get("GPT_PIPELINE_KERNEL_CACHE"):
-        return Path(os.environ["GPT_PIPELINE_KERNEL_CACHE"])
+        return [Path(os.environ["GPT_PIPELINE_KERNEL_CACHE"])]
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpt_pipeline" / "kernels"
+    user = getattr(os, "getuid", lambda: "user")()
+    return [Path(base) / "gpt_pipeline" / "kernels", Path(tempfile.gettempdir()) / f"gpt_pipeline_kernels_{user}"]
 
 
 def compiler() -> str | None:
@@ -68,7 +71,7 @@ def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
         >>> lib is None or lib.attention_head_size() == 32
         True
     """
-    key = (name, tuple(sorted(defines.items())), cache_dir(), enabled())
+    key = (name, tuple(sorted(defines.items())), tuple(cache_dirs()), enabled())
     with _lock:
         if key not in _loaded:
             try:
@@ -81,7 +84,7 @@ def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
 
 def unavailable(name: str, defines: dict[str, int]) -> str | None:
     """Why ``load(name, defines)`` gave ``None`` (one line), or ``None`` when it loaded."""
-    key = (name, tuple(sorted(defines.items())), cache_dir(), enabled())
+    key = (name, tuple(sorted(defines.items())), tuple(cache_dirs()), enabled())
     return None if load(name, defines) is not None else _why[key]
 
 
@@ -103,25 +106,48 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
         digest.update(part)
         digest.update(b"\0")
     tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items()))
-    target = cache_dir() / f"{name}_{tag}_{digest.hexdigest()[:16]}.so"
-    if not target.exists():
+    file_name = f"{name}_{tag}_{digest.hexdigest()[:16]}.so"
+    reasons = []
+    for folder in cache_dirs():
         try:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                result = subprocess.run([cc, *flags, str(source), "-o", str(built)], capture_output=True, text=True)
-                if result.returncode != 0:
-                    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()] or ["no message"]
-                    first = next((line for line in lines if "error" in line), lines[0])
-                    raise _Unavailable(f"{Path(cc).name} failed on {source.name}: {first}")
-                os.replace(built, target)  # atomic: readers see the whole library or none
+            _private_folder(folder)
+        except _Unavailable as why:
+            reasons.append(str(why))
+            continue
+        target = folder / file_name
+        if not target.exists():
+            _compile(cc, flags, source, target)
+        try:
+            return ctypes.CDLL(str(target))
         except OSError as error:
-            raise _Unavailable(f"cannot build into {target.parent}: {error}") from None
-        _log.info("compiled %s", target)
+            raise _Unavailable(f"cannot open {target}: {error}") from None
+    raise _Unavailable("; ".join(reasons))
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (mode 700) if needed; raise unless the user owns it and only they may write."""
     try:
-        return ctypes.CDLL(str(target))
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        status = folder.stat()
     except OSError as error:
-        raise _Unavailable(f"cannot open {target}: {error}") from None
+        raise _Unavailable(f"cannot build into {folder}: {error}") from None
+    if hasattr(os, "getuid") and (status.st_uid != os.getuid() or status.st_mode & 0o022):
+        raise _Unavailable(f"refusing kernel folder {folder}: owned by another user or writable by others")
+
+
+def _compile(cc: str, flags: list[str], source: Path, target: Path) -> None:
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            result = subprocess.run([cc, *flags, str(source), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = [line.strip() for line in result.stderr.splitlines() if line.strip()] or ["no message"]
+                first = next((line for line in lines if "error" in line), lines[0])
+                raise _Unavailable(f"{Path(cc).name} failed on {source.name}: {first}")
+            os.replace(built, target)  # atomic: readers see the whole library or none
+    except OSError as error:
+        raise _Unavailable(f"cannot build into {target.parent}: {error}") from None
+    _log.info("compiled %s", target)
 
 
 @functools.cache

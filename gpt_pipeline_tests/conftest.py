@@ -1,8 +1,17 @@
-"""Shared fixtures: an isolated data directory and MLflow store for every test that asks."""
+"""Shared fixtures: an isolated data directory and MLflow store for every test that asks, and a
+kernel cache of the session's own (no test reads or writes ``~/.cache``)."""
 
 from __future__ import annotations
 
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def session_kernel_cache(tmp_path_factory):
+    """``GPT_PIPELINE_KERNEL_CACHE`` in a temporary folder for the whole session (subprocesses too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
+        yield
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -224,3 +225,28 @@ def test_an_unwritable_kernel_cache_means_the_pytorch_path_not_a_crash(tmp_path,
     monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path / "a_file" / "kernels"))
     assert native_attention.kernel(8) is None
     assert native_attention.unavailable(8).startswith(f"cannot build into {tmp_path / 'a_file' / 'kernels'}: ")
+
+
+def test_a_kernel_folder_that_others_may_write_to_is_refused(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone could plant a library here
+    monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(shared))
+    assert native_attention.kernel(8) is None
+    assert native_attention.unavailable(8) == (
+        f"refusing kernel folder {shared}: owned by another user or writable by others")
+    assert list(shared.iterdir()) == []  # nothing built or loaded there
+
+
+def test_without_a_writable_home_cache_the_kernel_goes_to_a_private_temporary_folder(tmp_path, monkeypatch):
+    if native_build.compiler() is None:
+        pytest.skip("no C compiler here")
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.delenv("GPT_PIPELINE_KERNEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert native_attention.kernel(8) is not None
+    folder = tmp_path / "tmp" / f"gpt_pipeline_kernels_{os.getuid()}"
+    assert len(list(folder.glob("attention_HS8_VL*.so"))) == 1
+    assert folder.stat().st_mode & 0o777 == 0o700
