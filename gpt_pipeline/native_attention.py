@@ -107,7 +107,7 @@ class NativeAttention(torch.autograd.Function):
         if status != 0:
             raise MemoryError("native attention: could not allocate its scratch memory")
         ctx.save_for_backward(qkv, out, probs, positions)
-        ctx.head_count, ctx.scale = head_count, scale
+        ctx.head_count, ctx.scale, ctx.lib = head_count, scale, lib
         return out
 
     @staticmethod
@@ -119,7 +119,7 @@ class NativeAttention(torch.autograd.Function):
         grad = grad.contiguous()
         grad_qkv = torch.empty_like(qkv)  # every element written by the kernel
         dropped, count = _positions(positions)
-        status = kernel(hs).attention_backward(
+        status = ctx.lib.attention_backward(
             qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), grad.data_ptr(), grad_qkv.data_ptr(), dropped, count,
             B, T, H, 1.0 / math.sqrt(hs), ctx.scale, torch.get_num_threads())
         if status != 0:

@@ -44,13 +44,20 @@ def enabled() -> bool:
     return os.environ.get("GPT_PIPELINE_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def cache_dirs() -> list[Path]:
+def cache_dirs() -> tuple[Path, ...]:
     """Where built libraries may go, in order (see the module docstring)."""
-    if os.environ.get("GPT_PIPELINE_KERNEL_CACHE"):
-        return [Path(os.environ["GPT_PIPELINE_KERNEL_CACHE"])]
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    env = os.environ
+    return _cache_dirs(env.get("GPT_PIPELINE_KERNEL_CACHE"), env.get("XDG_CACHE_HOME"), env.get("HOME"),
+                       tempfile.gettempdir())
+
+
+@functools.lru_cache(maxsize=16)  # called on every training forward: build the paths once per setting
+def _cache_dirs(override: str | None, xdg: str | None, home: str | None, tmp: str) -> tuple[Path, ...]:
+    if override:
+        return (Path(override),)
+    base = xdg or str(Path.home() / ".cache")
     user = getattr(os, "getuid", lambda: "user")()
-    return [Path(base) / "gpt_pipeline" / "kernels", Path(tempfile.gettempdir()) / f"gpt_pipeline_kernels_{user}"]
+    return (Path(base) / "gpt_pipeline" / "kernels", Path(tmp) / f"gpt_pipeline_kernels_{user}")
 
 
 def compiler() -> str | None:
@@ -71,7 +78,7 @@ def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
         >>> lib is None or lib.attention_head_size() == 32
         True
     """
-    key = (name, tuple(sorted(defines.items())), tuple(cache_dirs()), enabled())
+    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
     with _lock:
         if key not in _loaded:
             try:
@@ -84,7 +91,7 @@ def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
 
 def unavailable(name: str, defines: dict[str, int]) -> str | None:
     """Why ``load(name, defines)`` gave ``None`` (one line), or ``None`` when it loaded."""
-    key = (name, tuple(sorted(defines.items())), tuple(cache_dirs()), enabled())
+    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
     return None if load(name, defines) is not None else _why[key]
 
 
