@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from gpt_pipeline import native_attention
-from gpt_pipeline.dropout import Dropout
-from gpt_pipeline.fused_attention import AttentionHeads, query_blocks
-from gpt_pipeline.model import GPTConfig
-from gpt_pipeline.native_attention import NativeAttention, causal_weights
+from gpt_pipeline.model import native_attention
+from gpt_pipeline.model.dropout import Dropout
+from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
+from gpt_pipeline.model.gpt import GPTConfig
+from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
 
 
 def main() -> None:

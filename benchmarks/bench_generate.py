@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import FaithfulGPT, load_gpt_rs_tensors, matmul_peak  # noqa: E402
 
 from gpt_pipeline.interop.gpt_rs import save_gpt_rs_checkpoint  # noqa: E402
-from gpt_pipeline.model import GPT, GPTConfig  # noqa: E402
+from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 
 
 @torch.no_grad()

@@ -56,7 +56,7 @@ def corpus_path(cache_dir: Path, megabytes: float, seed: int) -> Path:
 
 def make_corpus(path: Path, megabytes: float, seed: int) -> None:
     """The generator's first stories of ``seed`` whose text reaches ``megabytes`` MB."""
-    from gpt_pipeline.corpus import iter_story_batches
+    from gpt_pipeline.data.corpus import iter_story_batches
     from gpt_pipeline.storage import atomic_write
 
     target = int(megabytes * 1e6)

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_tokenizer.py [PARQUET] [--column text] [--vocab-size 2048] [--runs 5]
 
-Without PARQUET it uses the embedded corpus (``gpt_pipeline.corpus.generate_stories()``).
+Without PARQUET it uses the embedded corpus (``gpt_pipeline.data.corpus.generate_stories()``).
 Training: ``BPETokenizer.train(texts, vocab_size)`` against a ``tokenizers`` BPE model with
 ``BpeTrainer(vocab_size, initial_alphabet=<the corpus characters>)`` and the pre-tokenizer
 ``Split(Regex(PIECE_PATTERN), behavior="isolated")`` (gpt-rs's merge boundaries).
@@ -30,10 +30,10 @@ from gpt_pipeline.tokenizer import PIECE_PATTERN, BPETokenizer
 def load_texts(parquet: str | None, column: str | None) -> tuple[list[str], str]:
     if parquet is None:
         try:
-            from gpt_pipeline.corpus import generate_stories
+            from gpt_pipeline.data.corpus import generate_stories
         except ImportError:
-            sys.exit("no PARQUET given and gpt_pipeline.corpus is missing; pass a Parquet file")
-        return generate_stories(), "the embedded corpus (gpt_pipeline.corpus.generate_stories())"
+            sys.exit("no PARQUET given and gpt_pipeline.data.corpus is missing; pass a Parquet file")
+        return generate_stories(), "the embedded corpus (gpt_pipeline.data.corpus.generate_stories())"
     frame = pl.read_parquet(parquet)
     series = frame[column] if column else frame.to_series(0)
     return series.drop_nulls().filter(series.drop_nulls() != "").to_list(), str(Path(parquet).name)

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt_pipeline.model import GPT, GPTConfig
-from gpt_pipeline.training import TrainConfig, make_optimizer
+from gpt_pipeline.model.gpt import GPT, GPTConfig
+from gpt_pipeline.training.loop import TrainConfig, make_optimizer
 
 
 class FaithfulHead(nn.Module):

@@ -1,7 +1,7 @@
 """Training memory against corpus size: the token arrays are memory-mapped, not loaded.
 
 For each size, a tokenized dataset of random stories (uniform 200-800 tokens, vocabulary 2048)
-is written with ``gpt_pipeline.dataset_files.DatasetWriter`` (no text, no tokenizer), then a
+is written with ``gpt_pipeline.data.dataset_files.DatasetWriter`` (no text, no tokenizer), then a
 fresh process does what the ``trained_model`` asset does with the data: ``load_splits`` (memory
 maps), ``checkpoint_dir``'s hash of the data, ``train`` (which validates the data: one pass over
 every token), ``unigram_loss``, with a small model on CPU for a few steps. A thread samples
@@ -72,7 +72,7 @@ class PeakSampler(threading.Thread):
 
 def write_dataset(path: Path, megabytes: float, seed: int = 0) -> Path:
     """A tokenized dataset of about ``megabytes`` MB of uint16 tokens, written in batches."""
-    from gpt_pipeline.dataset_files import DatasetWriter
+    from gpt_pipeline.data.dataset_files import DatasetWriter
 
     rng = np.random.default_rng(seed)
     total = int(megabytes * 1e6 / 2)  # tokens
@@ -93,10 +93,10 @@ def measure(path: Path, steps: int, fingerprint: bool = True) -> dict:
     import torch
 
     from gpt_pipeline import quality
-    from gpt_pipeline.data import load_splits
-    from gpt_pipeline.model import GPTConfig
-    from gpt_pipeline.table_file import TableFile
-    from gpt_pipeline.training import TrainConfig, train
+    from gpt_pipeline.data.dataset_files import load_splits
+    from gpt_pipeline.model.gpt import GPTConfig
+    from gpt_pipeline.data.table_file import TableFile
+    from gpt_pipeline.training.loop import TrainConfig, train
 
     torch.set_num_threads(1)
     model = GPTConfig(vocab_size=VOCAB, embedding_size=32, context_length=64, head_count=2, block_count=1)

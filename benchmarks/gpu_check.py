@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_generate import gpt_rs_loop  # noqa: E402
 from bench_train import FaithfulGPT, faithful_optimizer, make_step  # noqa: E402
 
-from gpt_pipeline.model import GPT, GPTConfig  # noqa: E402
-from gpt_pipeline.tokens import TokenArray  # noqa: E402
-from gpt_pipeline.training import TrainConfig, make_optimizer, train  # noqa: E402
+from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
+from gpt_pipeline.data.tokens import TokenArray  # noqa: E402
+from gpt_pipeline.training.loop import TrainConfig, make_optimizer, train  # noqa: E402
 
 
 def markov_stories(count: int, vocab: int, seed: int) -> list[list[int]]:
@@ -131,7 +131,7 @@ def main() -> None:
     def ddp_nccl():
         import torch.distributed as dist
 
-        from gpt_pipeline.distributed import DDPReplica
+        from gpt_pipeline.training.distributed import DDPReplica
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")

@@ -44,15 +44,15 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str],
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpt_pipeline.corpus import DEFAULT_NUM_STORIES
-    from gpt_pipeline.model import GPTConfig
+    from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
+    from gpt_pipeline.model.gpt import GPTConfig
     from gpt_pipeline.pipeline import (
         DEFAULT_CORPUS_SEED,
         DEFAULT_TRAINING_PERCENTAGE,
         DEFAULT_VOCAB_SIZE,
         GenerationConfig,
     )
-    from gpt_pipeline.training import TrainConfig
+    from gpt_pipeline.training.loop import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "s3://bucket/prefix (default: $GPT_PIPELINE_STORAGE_URL, else the data directory)")
 
     from gpt_pipeline.interop.commands import add_interop_commands
-    from gpt_pipeline.tracking_compare import add_compare_command
+    from gpt_pipeline.tracking.compare import add_compare_command
 
     add_interop_commands(commands)
     add_compare_command(commands)
@@ -212,11 +212,11 @@ def _load_dataset_dir(directory: str):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from gpt_pipeline.data import load_splits
-    from gpt_pipeline.model import GPTConfig
+    from gpt_pipeline.data.dataset_files import load_splits
+    from gpt_pipeline.model.gpt import GPTConfig
     from gpt_pipeline.pipeline import progress_line
-    from gpt_pipeline.table_file import TableFile
-    from gpt_pipeline.training import TrainConfig, train
+    from gpt_pipeline.data.table_file import TableFile
+    from gpt_pipeline.training.loop import TrainConfig, train
 
     path, tokenizer = _load_dataset_dir(args.dataset_dir)
     options = vars(args)
@@ -233,7 +233,7 @@ def _train(args: argparse.Namespace) -> None:
         print(progress_line(evaluation, train_config.training_iterations), flush=True)
 
     if train_config.num_processes > 1:  # torchrun workers read the file themselves
-        from gpt_pipeline.distributed import launch
+        from gpt_pipeline.training.distributed import launch
 
         result = launch(model_config, train_config, path / "dataset.parquet", out, report)
     else:
@@ -243,7 +243,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from gpt_pipeline.checkpoint import load_checkpoint
+    from gpt_pipeline.training.checkpoint import load_checkpoint
     from gpt_pipeline.pipeline import GenerationConfig, generate_samples
 
     _, tokenizer = _load_dataset_dir(args.dataset_dir)

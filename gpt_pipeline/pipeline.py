@@ -30,11 +30,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from gpt_pipeline.corpus import DEFAULT_NUM_STORIES, iter_story_batches
-from gpt_pipeline.data import TEXT_COLUMN, build_dataset_table, split_point
-from gpt_pipeline.story_files import TextStats, iter_texts, write_texts
-from gpt_pipeline.dataset_files import DatasetWriter
-from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES, iter_story_batches
+from gpt_pipeline.data.splits import TEXT_COLUMN, build_dataset_table, split_point
+from gpt_pipeline.data.story_files import TextStats, iter_texts, write_texts
+from gpt_pipeline.data.dataset_files import DatasetWriter
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.pieces import PieceCounter, as_string_series
 
@@ -246,7 +246,7 @@ def write_tokenized_stories(
     batch_rows: int = ENCODE_BATCH_ROWS,
 ) -> tuple[TableFile, dict[str, Any]]:
     """``tokenize_stories`` streamed: encode ``batch_rows`` stories at a time into the Parquet
-    file ``path`` and its memory-mappable token arrays (``gpt_pipeline.dataset_files``).
+    file ``path`` and its memory-mappable token arrays (``gpt_pipeline.data.dataset_files``).
 
     ``stories`` is a list of texts or a stored story file (``TableFile``, its row count read
     from the footer). Returns the ``TableFile`` and facts: stories and tokens per split,
@@ -272,7 +272,7 @@ def progress_line(evaluation, total_steps: int) -> str:
     """One line of training progress for logs and the terminal.
 
     Example:
-        >>> from gpt_pipeline.training import Evaluation
+        >>> from gpt_pipeline.training.loop import Evaluation
         >>> progress_line(Evaluation(250, 3.21, 3.3, 5000.0, 60.0, 180.0), 1000)
         'step 250/1000: train loss 3.2100, test loss 3.3000, 5,000 tokens/s, elapsed 60 s, remaining 180 s'
     """
@@ -288,7 +288,7 @@ def progress_line(evaluation, total_steps: int) -> str:
 def generate_samples(model, tokenizer: BPETokenizer, config: GenerationConfig) -> pl.DataFrame:
     """Continue every prompt ``num_samples`` times; one row per generation:
     prompt, sample (0-based), text (prompt + continuation), token_count (new tokens)."""
-    from gpt_pipeline.generation import generate_text
+    from gpt_pipeline.model.generation import generate_text
 
     config.validate()
     if model.config.vocab_size != tokenizer.vocab_size:

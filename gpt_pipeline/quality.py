@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpt_pipeline.table_file import TableFile
-from gpt_pipeline.tokens import TokenArray
+from gpt_pipeline.data.table_file import TableFile
+from gpt_pipeline.data.tokens import TokenArray
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Run as a script, it is one of the workers the tests start in a separate process:
         after each complete write. The test kills it in the middle of a write.
     python -m gpt_pipeline_tests.reliability_support tracker URI GO_FILE
         Print ``ready`` once imported, wait until GO_FILE exists, then open
-        ``gpt_pipeline.tracking.Tracker(URI)`` and print its experiment id: several of these
+        ``gpt_pipeline.tracking.tracker.Tracker(URI)`` and print its experiment id: several of these
         released together race to create the same MLflow store.
 """
 
@@ -107,7 +107,7 @@ def fresh_mlflow_store(directory: str | os.PathLike) -> str:
     import shutil
     import tempfile
 
-    from gpt_pipeline.tracking import ensure_store
+    from gpt_pipeline.tracking.tracker import ensure_store
 
     if not _TEMPLATE_STORE:
         template = Path(tempfile.mkdtemp(prefix="mlflow_template_")) / "mlflow.db"
@@ -208,7 +208,7 @@ def _write_loop(rows: int) -> None:
 
 
 def _tracker(uri: str, go_file: str) -> None:
-    from gpt_pipeline.tracking import Tracker
+    from gpt_pipeline.tracking.tracker import Tracker
 
     print("ready", flush=True)
     wait_for(lambda: os.path.exists(go_file), timeout=120, interval=0.002, what=go_file)

@@ -42,8 +42,8 @@ def test_command_help_documents_options(capsys, command, options):
 
 
 def test_defaults_come_from_the_config_classes():
-    from gpt_pipeline.model import GPTConfig
-    from gpt_pipeline.training import TrainConfig
+    from gpt_pipeline.model.gpt import GPTConfig
+    from gpt_pipeline.training.loop import TrainConfig
 
     args = build_parser().parse_args(["train", "--dataset-dir", "x"])
     assert args.embedding_size == GPTConfig().embedding_size

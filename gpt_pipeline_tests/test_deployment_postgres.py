@@ -9,7 +9,7 @@
   proxied artifacts; a run logged through its HTTP API lands in the database and the artifact
   destination.
 - Several processes opening an empty PostgreSQL MLflow store at once all succeed (without the
-  advisory lock in ``gpt_pipeline.tracking``, one of two such processes failed here, 3 times in 3, with
+  advisory lock in ``gpt_pipeline.tracking.tracker``, one of two such processes failed here, 3 times in 3, with
   duplicate-key errors while creating MLflow's tables).
 
 Missing PostgreSQL binaries FAIL these tests (``.ci/run`` installs them): a skip would hide a CI
@@ -34,7 +34,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gpt_pipeline.definitions import defs
-from gpt_pipeline.tracking import Tracker, TrackingError, artifact_root
+from gpt_pipeline.tracking.tracker import Tracker, TrackingError, artifact_root
 from gpt_pipeline_tests.postgres_support import (
     BIN_DIR_ENV,
     PostgresMissing,

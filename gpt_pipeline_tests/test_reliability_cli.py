@@ -19,9 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gpt_pipeline.checkpoint import save_checkpoint
+from gpt_pipeline.training.checkpoint import save_checkpoint
 from gpt_pipeline.cli import main
-from gpt_pipeline.data import build_dataset_table
+from gpt_pipeline.data.splits import build_dataset_table
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import child_env, tree_digest, write_run_config
 from gpt_pipeline_tests.test_reliability_inputs import (  # noqa: F401 - baseline and ws are fixtures

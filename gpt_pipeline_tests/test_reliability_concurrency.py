@@ -3,7 +3,7 @@
 - Two ``train_gpt_job`` runs (``gpt-pipeline materialize``) started together, sharing the data
   directory, the Dagster home and a brand-new MLflow SQLite store: both succeed, every stored file
   is complete and loadable, and MLflow holds both runs' five runs, FINISHED, in one experiment.
-- Four processes that open ``gpt_pipeline.tracking.Tracker`` on a store that does not exist yet,
+- Four processes that open ``gpt_pipeline.tracking.tracker.Tracker`` on a store that does not exist yet,
   released at the same instant: all four succeed and agree on one experiment.
 """
 
@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
-from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint
+from gpt_pipeline.training.checkpoint import load_checkpoint, read_checkpoint
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import (
     kill_running,

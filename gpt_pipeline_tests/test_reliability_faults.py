@@ -24,7 +24,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from gpt_pipeline.checkpoint import read_checkpoint
+from gpt_pipeline.training.checkpoint import read_checkpoint
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt_pipeline.checkpoint import save_checkpoint
+from gpt_pipeline.training.checkpoint import save_checkpoint
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.definitions import defs
-from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import (
     error_chain,

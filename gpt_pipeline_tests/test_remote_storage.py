@@ -24,13 +24,13 @@ import pytest
 import s3fs
 import torch
 
-from gpt_pipeline.checkpoint import load_checkpoint
+from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.remote import STORAGE_URL_ENV, StorageError
-from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 

@@ -28,13 +28,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from gpt_pipeline.checkpoint import load_checkpoint, read_checkpoint, read_checkpoint_metadata
+from gpt_pipeline.training.checkpoint import load_checkpoint, read_checkpoint, read_checkpoint_metadata
 from gpt_pipeline.defs.formats import FORMATS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
-from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.tokens import TokenArray
-from gpt_pipeline.training import TrainConfig, train
+from gpt_pipeline.data.tokens import TokenArray
+from gpt_pipeline.training.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "gpt_pipeline"

@@ -39,8 +39,8 @@ def test_data_dir_follows_the_environment(tmp_path, monkeypatch):
 def test_checkpoints_get_the_same_permissions_as_every_other_file(tmp_path):
     import os
 
-    from gpt_pipeline.checkpoint import save_checkpoint
-    from gpt_pipeline.model import GPT, GPTConfig
+    from gpt_pipeline.training.checkpoint import save_checkpoint
+    from gpt_pipeline.model.gpt import GPT, GPTConfig
 
     umask = os.umask(0o022)
     os.umask(umask)

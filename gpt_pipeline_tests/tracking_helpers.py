@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt_pipeline.corpus import generate_stories
-from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.data.corpus import generate_stories
+from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.tokens import TokenArray
-from gpt_pipeline.tracking import TrackedRun, Tracker
-from gpt_pipeline.tracking_pyfunc import log_pyfunc_model
-from gpt_pipeline.training import TrainConfig, TrainResult, train
+from gpt_pipeline.data.tokens import TokenArray
+from gpt_pipeline.tracking.tracker import TrackedRun, Tracker
+from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
+from gpt_pipeline.training.loop import TrainConfig, TrainResult, train
 
 # lr 1e-2 ends near 4.40 test loss, lr 1e-4 near 4.80: the faster one is clearly better here.
 GOOD_LR, BAD_LR = 1e-2, 1e-4

@@ -15,7 +15,7 @@ import dagster as dg
 import polars as pl
 
 from gpt_pipeline import quality
-from gpt_pipeline.data import load_splits
+from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.defs.checks import (
     BEATS_UNIGRAM,
     GENERATIONS_DECODE,
@@ -34,7 +34,7 @@ from gpt_pipeline.defs.configs import (
 )
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import run_training
-from gpt_pipeline.model import GPT
+from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.pipeline import (
     generate_samples,
     save_tokenizer_bundle,
@@ -44,7 +44,7 @@ from gpt_pipeline.pipeline import (
     write_tokenized_stories,
 )
 from gpt_pipeline.storage import scratch_dir
-from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 
 GROUP = "gpt"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from gpt_pipeline.quality import Gate
-from gpt_pipeline.tracking import TrackingError
+from gpt_pipeline.tracking.tracker import TrackingError
 
 
 def blocking_check(asset: str, name: str, description: str) -> dg.AssetCheckSpec:

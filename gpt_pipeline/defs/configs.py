@@ -10,15 +10,15 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from gpt_pipeline.corpus import DEFAULT_NUM_STORIES
-from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
+from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.pipeline import (
     DEFAULT_CORPUS_SEED,
     DEFAULT_TRAINING_PERCENTAGE,
     DEFAULT_VOCAB_SIZE,
     GenerationConfig,
 )
-from gpt_pipeline.training import TrainConfig
+from gpt_pipeline.training.loop import TrainConfig
 
 _M = GPTConfig()
 _T = TrainConfig()

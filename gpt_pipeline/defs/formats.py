@@ -23,10 +23,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt_pipeline.checkpoint import load_checkpoint, save_checkpoint
-from gpt_pipeline.model import GPT
+from gpt_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.storage import SCRATCH, atomic_write, atomic_write_text, publish
-from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 
 

@@ -45,7 +45,7 @@ from gpt_pipeline import remote
 from gpt_pipeline.defs.checks import user_errors
 from gpt_pipeline.defs.formats import FORMATS, StoredFormat, format_for_type, format_for_value
 from gpt_pipeline.storage import data_dir, scratch_dir
-from gpt_pipeline.table_file import TableFile
+from gpt_pipeline.data.table_file import TableFile
 
 
 @contextlib.contextmanager

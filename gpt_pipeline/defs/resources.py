@@ -1,6 +1,6 @@
 """The MLflow resource: one MLflow run per asset materialization, tagged with its Dagster run.
 
-A thin Dagster wrapper around ``gpt_pipeline.tracking.Tracker``. The store defaults to
+A thin Dagster wrapper around ``gpt_pipeline.tracking.tracker.Tracker``. The store defaults to
 ``$MLFLOW_TRACKING_URI`` or the project's SQLite database under ``mlruns/``; runs always end
 FINISHED or FAILED.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from gpt_pipeline.tracking import EXPERIMENT_NAME, TrackedRun, Tracker
+from gpt_pipeline.tracking.tracker import EXPERIMENT_NAME, TrackedRun, Tracker
 
 
 class MLflowResource(dg.ConfigurableResource):

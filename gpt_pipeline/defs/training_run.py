@@ -1,9 +1,9 @@
-"""The ``trained_model`` asset's work: one MLflow run around ``gpt_pipeline.training.train``.
+"""The ``trained_model`` asset's work: one MLflow run around ``gpt_pipeline.training.loop.train``.
 
 Checkpoints go to ``<data dir>/checkpoints/trained_model/<hash of config and data>/``, so a
 rematerialization of the same configuration on the same data resumes from the last one, and two
 runs of one configuration take turns on that folder (a file lock) instead of mixing their files.
-With ``num_processes`` > 1 the training runs in torchrun workers (``gpt_pipeline.distributed``):
+With ``num_processes`` > 1 the training runs in torchrun workers (``gpt_pipeline.training.distributed``):
 rank 0's progress comes back here and is logged to MLflow and the Dagster log as in one process.
 """
 
@@ -21,19 +21,19 @@ import torch
 
 from gpt_pipeline import quality
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
-from gpt_pipeline.checkpoint import load_checkpoint
+from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.distributed import DistributedTrainingError, launch
+from gpt_pipeline.training.distributed import DistributedTrainingError, launch
 from gpt_pipeline.interop import hf
-from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
 from gpt_pipeline.storage import data_dir, exclusive
-from gpt_pipeline.table_file import TableFile
-from gpt_pipeline.tokens import TokenArray
-from gpt_pipeline.tracking_plots import loss_curve_png
-from gpt_pipeline.tracking_pyfunc import log_pyfunc_model
-from gpt_pipeline.tracking_registry import register_training
-from gpt_pipeline.training import Evaluation, TrainConfig, TrainResult, train, validate_training_data
+from gpt_pipeline.data.table_file import TableFile
+from gpt_pipeline.data.tokens import TokenArray
+from gpt_pipeline.tracking.plots import loss_curve_png
+from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
+from gpt_pipeline.tracking.registry import register_training
+from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def train_in_workers(
     report,
     initial_checkpoint: str | None,
 ) -> TrainResult:
-    """``num_processes`` > 1: ``gpt_pipeline.distributed.launch`` on the stored dataset file; a
+    """``num_processes`` > 1: ``gpt_pipeline.training.distributed.launch`` on the stored dataset file; a
     worker's failure fails the step with torchrun's one-line error and logs its output's end."""
     if dataset_file is None:
         raise ValueError(f"num_processes={train_config.num_processes} needs the tokenized dataset as a "

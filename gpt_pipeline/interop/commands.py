@@ -76,7 +76,7 @@ def import_gpt_rs(args: argparse.Namespace) -> None:
 
 def export_hf(args: argparse.Namespace) -> None:
     """Handler of ``export-hf``: export, then print one summary line."""
-    from gpt_pipeline.checkpoint import load_checkpoint
+    from gpt_pipeline.training.checkpoint import load_checkpoint
     from gpt_pipeline.interop.hf import export
     from gpt_pipeline.tokenizer import BPETokenizer
 

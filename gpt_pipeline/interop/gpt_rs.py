@@ -7,7 +7,7 @@ gpt-rs stores every attention head's query, key and value as separate linear lay
 a split; every other tensor maps one to one. gpt-rs's files carry no config (it lives in
 ``transformer_config.ron``), so the caller passes the ``GPTConfig``.
 
-Not here: our own checkpoint format (``gpt_pipeline.checkpoint``) or reading gpt-rs's ``.ron`` files.
+Not here: our own checkpoint format (``gpt_pipeline.training.checkpoint``) or reading gpt-rs's ``.ron`` files.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from gpt_pipeline.checkpoint import read_checkpoint
-from gpt_pipeline.model import GPT, GPTConfig
+from gpt_pipeline.training.checkpoint import read_checkpoint
+from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.storage import atomic_write
 
 PREFIX = "transformer."

@@ -24,12 +24,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt_pipeline.interop import ron
+from gpt_pipeline.interop import ron, ron_write
 from gpt_pipeline.interop.ron import Char, RonStruct
-from gpt_pipeline.model import GPTConfig
+from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import atomic_write_text
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.training import TrainConfig
+from gpt_pipeline.training.loop import TrainConfig
 
 DATASET_FIELDS = ("char_to_id", "id_to_char", "mergings", "encoded_data")
 TRAIN_CONFIG_FIELDS = ("learning_rate", "training_iterations", "evaluation_interval",
@@ -191,7 +191,7 @@ def dataset_to_ron(tokenizer: BPETokenizer, encoded_data: list[list[int]]) -> st
         "mergings": [RonStruct({"from": pair, "to": n + k}) for k, pair in enumerate(tokenizer.merges)],
         "encoded_data": [[int(i) for i in ids] for ids in encoded_data],
     })
-    return ron.dumps(value) + "\n"
+    return ron_write.dumps(value) + "\n"
 
 
 def write_dataset(path: str | os.PathLike, tokenizer: BPETokenizer, encoded_data: list[list[int]]) -> Path:
@@ -261,7 +261,7 @@ def transformer_config_to_ron(config: GPTConfig) -> str:
     """``transformer_config.ron`` text for ``config`` (floats always with a point or exponent)."""
     values = config.validate().to_dict()
     floats = _float_fields(GPTConfig)
-    return ron.dumps(RonStruct({k: float(v) if k in floats else v for k, v in values.items()})) + "\n"
+    return ron_write.dumps(RonStruct({k: float(v) if k in floats else v for k, v in values.items()})) + "\n"
 
 
 def train_config_to_ron(config: TrainConfig) -> str:
@@ -269,7 +269,7 @@ def train_config_to_ron(config: TrainConfig) -> str:
     config.validate()
     values = {name: getattr(config, name) for name in TRAIN_CONFIG_FIELDS}
     values["learning_rate"] = float(values["learning_rate"])
-    return ron.dumps(RonStruct(values)) + "\n"
+    return ron_write.dumps(RonStruct(values)) + "\n"
 
 
 def write_transformer_config(path: str | os.PathLike, config: GPTConfig) -> Path:
@@ -347,8 +347,8 @@ def import_gpt_rs_run(
     import pyarrow.parquet as pq
     import yaml
 
-    from gpt_pipeline.checkpoint import save_checkpoint
-    from gpt_pipeline.data import build_dataset_table
+    from gpt_pipeline.training.checkpoint import save_checkpoint
+    from gpt_pipeline.data.splits import build_dataset_table
     from gpt_pipeline.interop.gpt_rs import load_checkpoint
     from gpt_pipeline.storage import atomic_write
 

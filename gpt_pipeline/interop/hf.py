@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from gpt_pipeline.model import GPT, LAYER_NORM_EPS
+from gpt_pipeline.model.gpt import GPT, LAYER_NORM_EPS
 from gpt_pipeline.storage import atomic_write, atomic_write_text
 from gpt_pipeline.tokenizer import BPETokenizer
 
@@ -45,7 +45,7 @@ def gpt2_config(model: GPT) -> dict:
     """``config.json`` of the GPT-2 model equal to ``model`` (in eval mode).
 
     Example:
-        >>> from gpt_pipeline.model import GPTConfig
+        >>> from gpt_pipeline.model.gpt import GPTConfig
         >>> c = gpt2_config(GPT(GPTConfig(vocab_size=10, embedding_size=8, context_length=4,
         ...     head_count=2, block_count=1, feed_forward_multiplier=3)))
         >>> c["n_embd"], c["n_inner"], c["n_positions"], c["activation_function"]

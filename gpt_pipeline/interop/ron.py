@@ -16,7 +16,7 @@ What ``loads`` reads, with what it returns:
 
 Bad input raises ``RonError`` (a ``ValueError``) whose message starts with ``line L, column C``
 (both 1-based, columns in characters). Not read: unit enum variants (``Foo`` alone), byte strings,
-number type suffixes (``1u8``). ``dumps`` writes the same subset back (what gpt-rs's serde would).
+number type suffixes (``1u8``). ``ron_write.dumps`` writes the same subset back (what gpt-rs's serde would).
 
 Speed: a list of plain integers (gpt-rs's encoded dataset: millions of ids) is read with one
 regular expression and ``int`` per id instead of the general per-token parser.
@@ -386,10 +386,3 @@ def load(path) -> Any:
         return loads(text)
     except RonError as error:
         raise RonError(f"{path}: {error}") from None
-
-
-def dumps(value: Any, indent: str = "    ") -> str:
-    """RON text for ``value`` (see ``gpt_pipeline.interop.ron_write``)."""
-    from gpt_pipeline.interop.ron_write import dumps as write
-
-    return write(value, indent)

@@ -105,7 +105,7 @@ class BPETokenizer:
         """Every text's ids back to back and the start offset of each (one more than texts).
 
         Text i is ``ids[offsets[i]:offsets[i + 1]]``; ids are uint16 for vocabularies up to
-        65,536 tokens, else uint32 (``gpt_pipeline.tokens.TokenArray`` takes both arrays as is).
+        65,536 tokens, else uint32 (``gpt_pipeline.data.tokens.TokenArray`` takes both arrays as is).
         """
         _check_mode(unknown)
         series = as_string_series(texts)

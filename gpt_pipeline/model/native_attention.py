@@ -1,0 +1,142 @@
+"""gpt-rs's attention heads for CPU training through the C kernel ``native/attention.c``.
+
+What this module does: ``NativeAttention`` maps the fused q/k/v projection ``[B, T, 3C]`` to the
+heads' outputs side by side, ``[B, T, C]``, with the math of ``fused_attention.AttentionHeads``
+(scores ``q @ k.T / sqrt(head_size)``, causal mask, softmax, dropout on the weights, weights
+``@ v``), forward and backward in one compiled pass per (batch row, head) that stays in the
+core's cache: no score tensors in memory, no scores above the diagonal, no layout copies. On
+gpt-rs's example config it takes about half the time of ``AttentionHeads``
+(``benchmarks/bench_attention.py``). ``kernel(head_size)`` is the compiled library or ``None``
+(``native_build.unavailable`` says why); the model then uses ``AttentionHeads``.
+
+Dropout: ``causal_weights(T)`` weights per (batch row, head) can be dropped, those on and below
+the diagonal (the rest are 0 anyway); ``positions`` are sorted flat indices into
+``[B, H, causal_weights(T)]``, row ``i``'s keys ``0 .. i`` at ``i(i+1)/2 .. i(i+1)/2 + i``.
+What it does not do: other dtypes or devices, inference (``F.scaled_dot_product_attention``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from gpt_pipeline.model import native_build
+
+_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+
+
+def vector_length(head_size: int, widest: int | None = None) -> int | None:
+    """Floats per vector the kernel uses for ``head_size``: the largest of 16, 8 and 4 that divides
+    it and fits the machine's registers (``widest``, default ``native_build.vector_floats()``);
+    ``None`` if none does.
+
+    Example:
+        >>> vector_length(32, widest=16), vector_length(24, widest=16), vector_length(32, widest=8)
+        (16, 8, 8)
+        >>> vector_length(6, widest=16) is None
+        True
+    """
+    widest = native_build.vector_floats() if widest is None else widest
+    return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
+
+
+def kernel(head_size: int) -> ctypes.CDLL | None:
+    """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
+    vl = vector_length(head_size)
+    if vl is None:
+        return None
+    lib = native_build.load("attention", {"HS": head_size, "VL": vl})
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.attention_forward.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]
+        lib.attention_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]
+        lib.attention_forward.restype = lib.attention_backward.restype = _INT
+        lib._typed = True
+    return lib
+
+
+def unavailable(head_size: int) -> str | None:
+    """Why ``kernel(head_size)`` is ``None`` (one line), or ``None`` when it is there."""
+    if vector_length(head_size) is None:
+        return f"head size {head_size} is not a multiple of 4"
+    return native_build.unavailable("attention", {"HS": head_size, "VL": vector_length(head_size)})
+
+
+def causal_weights(T: int) -> int:
+    """Attention weights on and below the diagonal of one ``[T, T]`` head: ``T (T + 1) / 2``.
+
+    Example:
+        >>> causal_weights(64)
+        2080
+    """
+    return T * (T + 1) // 2
+
+
+class NativeAttention(torch.autograd.Function):
+    """``qkv`` ``[B, T, 3C]`` float32 on CPU -> heads' outputs ``[B, T, C]``.
+
+    ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, causal_weights(T)]``
+    (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p)).
+
+    Example:
+        >>> qkv = torch.zeros(1, 2, 48)  # one head of 16: q, k and v side by side
+        >>> qkv[0, :, 32:] = torch.tensor([[1.0], [3.0]])  # v of positions 0 and 1
+        >>> out = NativeAttention.apply(qkv, 1, None, 1.0) if kernel(16) else None  # built on first use
+        >>> out is None or out[0, :, 0].tolist() == [1.0, 2.0]  # equal scores: the mean of v so far
+        True
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, head_count, positions, scale):
+        if qkv.dim() != 3 or qkv.size(2) % (3 * head_count) or qkv.device.type != "cpu" \
+                or qkv.dtype != torch.float32:
+            raise ValueError(f"NativeAttention takes a CPU float32 [B, T, 3 x {head_count} heads x head size] "
+                             f"tensor, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        lib = kernel(C // head_count)
+        if lib is None:
+            raise RuntimeError(f"no native attention kernel: {unavailable(C // head_count)}")
+        qkv = qkv.contiguous()
+        out = torch.empty(B, T, C, dtype=qkv.dtype)
+        probs = torch.empty(B, head_count, causal_weights(T), dtype=qkv.dtype)  # softmax, before dropout
+        dropped, count = _positions(positions)
+        status = lib.attention_forward(qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), dropped, count, B, T,
+                                       head_count, 1.0 / math.sqrt(C // head_count), scale, torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("native attention: could not allocate its scratch memory")
+        ctx.save_for_backward(qkv, out, probs, positions)
+        ctx.head_count, ctx.scale, ctx.lib = head_count, scale, lib
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qkv, out, probs, positions = ctx.saved_tensors
+        B, T, C3 = qkv.shape
+        H = ctx.head_count
+        hs = C3 // 3 // H
+        grad = grad.contiguous()
+        grad_qkv = torch.empty_like(qkv)  # every element written by the kernel
+        dropped, count = _positions(positions)
+        status = ctx.lib.attention_backward(
+            qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), grad.data_ptr(), grad_qkv.data_ptr(), dropped, count,
+            B, T, H, 1.0 / math.sqrt(hs), ctx.scale, torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("native attention: could not allocate its scratch memory")
+        return grad_qkv, None, None, None
+
+
+def supports(qkv: torch.Tensor, head_count: int) -> bool:
+    """Whether ``NativeAttention`` can run on ``qkv`` (CPU float32, a compiled kernel for its head size)."""
+    return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 3
+            and kernel(qkv.size(2) // 3 // head_count) is not None)
+
+
+def _positions(positions: torch.Tensor | None) -> tuple[int | None, int]:
+    if positions is None:
+        return None, 0
+    if positions.dtype != torch.int64 or positions.dim() != 1 or not positions.is_contiguous():
+        raise ValueError(f"dropout positions must be a flat contiguous int64 tensor, got {positions.dtype} "
+                         f"{tuple(positions.shape)}")
+    return positions.data_ptr(), positions.numel()

@@ -1,0 +1,188 @@
+"""Compile and load gpt_pipeline's C kernels (``gpt_pipeline/model/native/*.c``) with the system's C compiler.
+
+What this module does: ``load(name, defines)`` compiles ``native/<name>.c`` once per machine,
+source and defines into a shared library under the kernel cache and opens it with ``ctypes``.
+The cache is ``GPT_PIPELINE_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``
+(``~/.cache/...``) or, where that cannot be written, ``<tmp>/gpt_pipeline_kernels_<uid>``; a
+folder that is not the user's own, or that others may write to, is refused (a library planted
+there would run as the user). The file name carries a hash of everything that shapes the binary
+(source, defines, flags, compiler version, CPU flags), so a changed source or another machine
+never loads a stale library; it is written to a temporary name and renamed, so concurrent
+builders are safe. Compiling takes about half a second and happens on first use.
+
+What it does not do: decide when a kernel is worth using, or fall back: ``load`` returns ``None``
+and ``unavailable(name, defines)`` says why (no compiler, a failed build, ``GPT_PIPELINE_NATIVE=0``);
+callers keep a PyTorch path. Nothing here is downloaded: the sources ship in the package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCES = Path(__file__).with_name("native")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-Wall")
+X86_FLAGS = ("-mprefer-vector-width=512",)  # wide vectors where the CPU has them
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_loaded: dict[tuple, ctypes.CDLL | None] = {}
+_why: dict[tuple, str] = {}
+
+
+def enabled() -> bool:
+    """False when the user turned the kernels off (``GPT_PIPELINE_NATIVE=0``)."""
+    return os.environ.get("GPT_PIPELINE_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def cache_dirs() -> tuple[Path, ...]:
+    """Where built libraries may go, in order (see the module docstring)."""
+    env = os.environ
+    return _cache_dirs(env.get("GPT_PIPELINE_KERNEL_CACHE"), env.get("XDG_CACHE_HOME"), env.get("HOME"),
+                       tempfile.gettempdir())
+
+
+@functools.lru_cache(maxsize=16)  # called on every training forward: build the paths once per setting
+def _cache_dirs(override: str | None, xdg: str | None, home: str | None, tmp: str) -> tuple[Path, ...]:
+    if override:
+        return (Path(override),)
+    base = xdg or str(Path.home() / ".cache")
+    user = getattr(os, "getuid", lambda: "user")()
+    return (Path(base) / "gpt_pipeline" / "kernels", Path(tmp) / f"gpt_pipeline_kernels_{user}")
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else ``cc``, else ``gcc``; ``None`` when there is none."""
+    for candidate in (os.environ.get("CC"), "cc", "gcc"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
+    """The compiled ``native/<name>.c`` with ``-D<key>=<value>`` for ``defines``, or ``None``
+    (see ``unavailable``). Built once per machine and configuration, then cached on disk;
+    opened once per process.
+
+    Example:
+        >>> lib = load("attention", {"HS": 32, "VL": 16})
+        >>> lib is None or lib.attention_head_size() == 32
+        True
+    """
+    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
+    with _lock:
+        if key not in _loaded:
+            try:
+                _loaded[key] = _build_and_open(name, defines)
+            except _Unavailable as why:
+                _loaded[key], _why[key] = None, str(why)
+                _log.warning("native %s kernel %s unavailable (%s): using the PyTorch path", name, defines, why)
+        return _loaded[key]
+
+
+def unavailable(name: str, defines: dict[str, int]) -> str | None:
+    """Why ``load(name, defines)`` gave ``None`` (one line), or ``None`` when it loaded."""
+    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
+    return None if load(name, defines) is not None else _why[key]
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
+    if not enabled():
+        raise _Unavailable("turned off by GPT_PIPELINE_NATIVE=0")
+    cc = compiler()
+    if cc is None:
+        raise _Unavailable("no C compiler (set CC, or install gcc)")
+    source = SOURCES / f"{name}.c"
+    flags = [*FLAGS, *(X86_FLAGS if platform.machine() in {"x86_64", "AMD64"} else ()),
+             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
+    digest = hashlib.sha256()
+    for part in (source.read_bytes(), " ".join(flags).encode(), _compiler_version(cc), _cpu_flags()):
+        digest.update(part)
+        digest.update(b"\0")
+    tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items()))
+    file_name = f"{name}_{tag}_{digest.hexdigest()[:16]}.so"
+    reasons = []
+    for folder in cache_dirs():
+        try:
+            _private_folder(folder)
+        except _Unavailable as why:
+            reasons.append(str(why))
+            continue
+        target = folder / file_name
+        if not target.exists():
+            _compile(cc, flags, source, target)
+        try:
+            return ctypes.CDLL(str(target))
+        except OSError as error:
+            raise _Unavailable(f"cannot open {target}: {error}") from None
+    raise _Unavailable("; ".join(reasons))
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (mode 700) if needed; raise unless the user owns it and only they may write."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        status = folder.stat()
+    except OSError as error:
+        raise _Unavailable(f"cannot build into {folder}: {error}") from None
+    if hasattr(os, "getuid") and (status.st_uid != os.getuid() or status.st_mode & 0o022):
+        raise _Unavailable(f"refusing kernel folder {folder}: owned by another user or writable by others")
+
+
+def _compile(cc: str, flags: list[str], source: Path, target: Path) -> None:
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            result = subprocess.run([cc, *flags, str(source), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = [line.strip() for line in result.stderr.splitlines() if line.strip()] or ["no message"]
+                first = next((line for line in lines if "error" in line), lines[0])
+                raise _Unavailable(f"{Path(cc).name} failed on {source.name}: {first}")
+            os.replace(built, target)  # atomic: readers see the whole library or none
+    except OSError as error:
+        raise _Unavailable(f"cannot build into {target.parent}: {error}") from None
+    _log.info("compiled %s", target)
+
+
+@functools.cache
+def vector_floats() -> int:
+    """Floats in the widest SIMD register ``-march=native`` targets here: 16 with AVX-512, 8 with
+    AVX or AVX2, else 4 (SSE, NEON). Kernels built with wider vector types than the machine has
+    spill them to memory (measured: 12x slower with AVX2 only)."""
+    flags = set(_cpu_flags().decode(errors="replace").replace("\t", " ").split())
+    if platform.machine() in {"x86_64", "AMD64"}:
+        if "avx512f" in flags:
+            return 16
+        if "avx2" in flags or "avx" in flags:
+            return 8
+    return 4
+
+
+def _compiler_version(cc: str) -> bytes:
+    result = subprocess.run([cc, "--version"], capture_output=True)
+    return result.stdout + cc.encode()
+
+
+@functools.cache
+def _cpu_flags() -> bytes:
+    """What ``-march=native`` sees: the CPU's feature flags (Linux), else the platform's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.encode()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}".encode()

@@ -1,0 +1,248 @@
+"""The MLflow model registry: a version of ``gpt-pipeline`` per training, and the ``champion`` alias.
+
+``register_training`` registers a training run's pyfunc model (``tracking_pyfunc``) as a new
+version of the registered model, with the run's final test loss as the version tag ``test_loss``,
+then ``elect_champion`` points the alias ``champion`` at the version with the lowest test loss
+(ties: the older version keeps it), so ``models:/gpt-pipeline@champion`` is always the best model.
+
+Several processes may register at once (a sweep, a schedule and a user): every store call is
+retried on transient failures (SQLite "database is locked", a version number taken by a
+concurrent writer), registration is idempotent (a model already registered returns its version)
+and the election re-reads the versions after moving the alias until what it reads agrees, so the
+last writer always decides with every version in view. It does not log models or runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag  # noqa: F401 - used by the examples
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gpt_pipeline.tracking.pyfunc import MODEL_NAME as LOGGED_MODEL_NAME
+
+MODEL_NAME = "gpt-pipeline"  # the registered model
+CHAMPION_ALIAS = "champion"  # alias of the version with the lowest test loss
+TEST_LOSS_TAG = "test_loss"  # version tag: the training's final test loss
+RUN_ID_TAG = "run_id"  # version tag: the training run
+MODEL_ID_TAG = "model_id"  # version tag: the logged model it registers
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+T = TypeVar("T")
+
+
+def _code(error: BaseException) -> str:
+    return getattr(error, "error_code", "") or ""
+
+
+def retrying(call: Callable[[], T], attempts: int = 8, first_wait: float = 0.05) -> T:
+    """``call()``, again after a growing random pause when the store fails transiently (locked
+    database, lost write race); errors that retrying cannot fix (not found, already exists, bad
+    input) are raised at once, and so is the last one.
+
+    Example:
+        >>> tries = []
+        >>> def flaky():
+        ...     tries.append(1)
+        ...     if len(tries) < 3:
+        ...         raise MlflowException("database is locked")
+        ...     return "ok"
+        >>> retrying(flaky, first_wait=0), len(tries)
+        ('ok', 3)
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as error:
+            if _code(error) in _ALREADY_EXISTS + _NOT_FOUND + ("INVALID_PARAMETER_VALUE",):
+                raise
+            if attempt == attempts - 1:
+                raise
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy errors surface unwrapped
+            if "locked" not in str(error).lower() and "unique" not in str(error).lower():
+                raise
+            if attempt == attempts - 1:
+                raise
+        time.sleep(first_wait * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _check_name(model_name: str) -> None:
+    if not isinstance(model_name, str) or not _NAME.match(model_name):
+        raise ValueError(
+            f"registered model name must be letters, digits, '_', '.' or '-', got {model_name!r}"
+        )
+
+
+def version_test_loss(version: ModelVersion) -> float | None:
+    """The finite ``test_loss`` tag of a version, or None when it has none or a bad one.
+
+    Example:
+        >>> version_test_loss(ModelVersion("m", "1", 0, tags=[ModelVersionTag("test_loss", "2.5")]))
+        2.5
+        >>> version_test_loss(ModelVersion("m", "2", 0, tags=[ModelVersionTag("test_loss", "nan")])) is None
+        True
+    """
+    try:
+        loss = float((version.tags or {})[TEST_LOSS_TAG])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return loss if math.isfinite(loss) else None
+
+
+def best_version(versions: list[ModelVersion]) -> ModelVersion | None:
+    """The version with the lowest test loss; ties go to the oldest (lowest number).
+
+    Example:
+        >>> vs = [ModelVersion("m", str(n), 0, tags=[ModelVersionTag("test_loss", loss)])
+        ...       for n, loss in [(1, "3.0"), (2, "2.0"), (3, "2.0"), (4, "x")]]
+        >>> best_version(vs).version
+        '2'
+    """
+    scored = [(loss, int(v.version), v) for v in versions if (loss := version_test_loss(v)) is not None]
+    return min(scored, key=lambda item: item[:2])[2] if scored else None
+
+
+def model_versions(client: MlflowClient, model_name: str = MODEL_NAME) -> list[ModelVersion]:
+    """Every version of ``model_name`` (all pages), oldest first; [] if it is not registered."""
+    _check_name(model_name)
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = retrying(
+            lambda: client.search_model_versions(f"name = '{model_name}'", page_token=token)
+        )
+        found.extend(page)
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda v: int(v.version))
+
+
+def champion(client: MlflowClient, model_name: str = MODEL_NAME) -> ModelVersion | None:
+    """The version the ``champion`` alias points at, or None."""
+    try:
+        return retrying(lambda: client.get_model_version_by_alias(model_name, CHAMPION_ALIAS))
+    except MlflowException as error:
+        if _code(error) in _NOT_FOUND or "not found" in str(error).lower():
+            return None
+        raise
+
+
+def elect_champion(
+    client: MlflowClient, model_name: str = MODEL_NAME, rounds: int = 20
+) -> ModelVersion | None:
+    """Point ``champion`` at the best version (see ``best_version``) and return it.
+
+    Reads, moves the alias if needed, and repeats until a read finds the alias already on the
+    best version, so a concurrent election that wrote a stale choice is corrected by whichever
+    process writes last. None when no version has a test loss.
+    """
+    for _ in range(rounds):
+        best = best_version(model_versions(client, model_name))
+        if best is None:
+            return None
+        current = champion(client, model_name)
+        if current is not None and current.version == best.version:
+            return best
+        retrying(lambda: client.set_registered_model_alias(model_name, CHAMPION_ALIAS, best.version))
+        time.sleep(random.random() * 0.02)  # let a concurrent writer finish before we re-read
+    raise RuntimeError(f"alias {CHAMPION_ALIAS!r} of {model_name!r} kept changing over {rounds} rounds")
+
+
+def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
+    try:
+        retrying(lambda: client.create_registered_model(
+            model_name, description="gpt-rs's transformer trained by gpt-pipeline; alias "
+            f"'{CHAMPION_ALIAS}' is the version with the lowest test loss.",
+        ))
+    except MlflowException as error:
+        if _code(error) not in _ALREADY_EXISTS and "already exists" not in str(error).lower():
+            raise
+
+
+def run_logged_model_uri(client: MlflowClient, run_id: str, name: str = LOGGED_MODEL_NAME) -> str:
+    """``models:/<id>`` of the latest logged model called ``name`` that ``run_id`` produced."""
+    run = client.get_run(run_id)
+    outputs = {o.model_id: o.step for o in (run.outputs.model_outputs if run.outputs else [])}
+    found = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    models = [m for m in found if m.name == name]
+    if not models:
+        raise ValueError(f"run {run_id} has no logged model named {name!r}: log one with "
+                         "tracking_pyfunc.log_pyfunc_model first")
+    latest = max(models, key=lambda m: (outputs.get(m.model_id, -1), m.creation_timestamp))
+    return f"models:/{latest.model_id}"
+
+
+def register_training(
+    run,
+    test_loss: float,
+    model_uri: str | None = None,
+    model_name: str = MODEL_NAME,
+) -> ModelVersion:
+    """Register ``run``'s pyfunc model (``model_uri``, by default the run's logged model
+    ``model``) as a version of ``model_name`` tagged with ``test_loss``; move ``champion``.
+
+    ``run`` is anything with ``client`` and ``run_id`` (``tracking.TrackedRun``). Registering
+    the same model twice returns the existing version. Returns the version (its ``aliases``
+    are not filled in; see ``champion``).
+    """
+    _check_name(model_name)
+    if isinstance(test_loss, bool) or not isinstance(test_loss, (int, float)) or not math.isfinite(test_loss):
+        raise ValueError(f"test_loss must be a finite number, got {test_loss!r}")
+    client: MlflowClient = run.client
+    model_uri = model_uri or run_logged_model_uri(client, run.run_id)
+    if not model_uri.startswith("models:/m-"):
+        raise ValueError(f"model_uri must be a logged model URI 'models:/m-...', got {model_uri!r}")
+    model_id = model_uri.removeprefix("models:/")
+    # The artifact location, not the models:/ URI, as the source: MLflow resolves a models:/
+    # source with the global tracking URI, which need not be this client's.
+    source = retrying(lambda: client.get_logged_model(model_id)).artifact_location
+    _ensure_registered_model(client, model_name)
+    tags = {TEST_LOSS_TAG: repr(float(test_loss)), RUN_ID_TAG: run.run_id, MODEL_ID_TAG: model_id}
+
+    def existing() -> ModelVersion | None:
+        return next((v for v in model_versions(client, model_name) if v.source == source), None)
+
+    version = existing()
+    attempts = 6
+    for attempt in range(attempts):
+        if version is not None:
+            break
+        try:
+            version = client.create_model_version(
+                model_name, source=source, run_id=run.run_id, tags=tags, model_id=model_id,
+                await_creation_for=0,
+            )
+        except Exception:  # noqa: BLE001 - a lost race or a locked database: see what landed
+            version = existing()
+            if version is None and attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
+    for key, value in tags.items():  # a version found (not created) may lack them
+        if (version.tags or {}).get(key) != value:
+            retrying(lambda k=key, v=value: client.set_model_version_tag(model_name, version.version, k, v))
+    _link_logged_model(client, model_id, model_name, version.version)
+    elect_champion(client, model_name)
+    return version
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, model_name: str, version) -> None:
+    """Record the version on the logged model (tag ``mlflow.modelVersions``), as
+    ``mlflow.register_model`` does, so the MLflow UI links the two."""
+    key = "mlflow.modelVersions"
+    entry = {"name": model_name, "version": version}
+    for _ in range(5):  # read-modify-write: re-check that our entry stuck
+        known = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
+        if entry in known:
+            return
+        retrying(lambda: client.set_logged_model_tags(model_id, {key: json.dumps([*known, entry])}))

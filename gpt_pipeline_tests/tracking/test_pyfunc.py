@@ -1,0 +1,108 @@
+"""The pyfunc model against a real MLflow SQLite store: what it predicts, what it stores (no
+pickles, weights only) and how it is linked to its run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pandas as pd
+import pytest
+from safetensors import safe_open
+
+from gpt_pipeline.training.checkpoint import load_checkpoint
+from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tracking.tracker import Tracker
+from gpt_pipeline.tracking.pyfunc import SIGNATURE, prompts_of, save_pyfunc_model
+from gpt_pipeline_tests.tracking_helpers import GOOD_LR, log_training, tiny_data
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pyfunc")
+    uri = f"sqlite:///{directory}/mlflow.db"
+    tracker = Tracker(uri)
+    data = tiny_data(directory)
+    return uri, tracker, data, log_training(tracker, data, GOOD_LR, directory)
+
+
+@pytest.fixture
+def tracking_env(logged, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged[0])
+    return logged
+
+
+def test_predict_matches_generate_text(tracking_env):
+    _, _, data, training = tracking_env
+    model = mlflow.pyfunc.load_model(training.model_uri)
+    prompts = ["Once", "The dog"]
+    got = model.predict(pd.DataFrame({"prompt": prompts}), params={"token_count": 12, "seed": 3})
+    # the same sampling from the original checkpoint: prompt i is sampled with seed + i
+    original, _ = load_checkpoint(training.checkpoint)
+    expected = [generate_text(original, data.tokenizer, p, 12, temperature=0.7, seed=3 + i)[0]
+                for i, p in enumerate(prompts)]
+    assert got == expected
+    assert all(text.startswith(prompt) and len(text) > len(prompt) for text, prompt in zip(got, prompts))
+    assert model.predict(prompts, params={"token_count": 12, "seed": 3}) == expected  # a list works too
+    longer = model.predict(["Once"], params={"token_count": 40, "seed": 3})[0]
+    assert longer == generate_text(original, data.tokenizer, "Once", 40, temperature=0.7, seed=3)[0]
+    # the same draws, 28 tokens further (re-encoding the text may merge tokens, so compare texts)
+    assert longer.startswith(got[0]) and len(longer) > len(got[0])
+
+
+def test_signature_and_defaults(tracking_env):
+    model = mlflow.pyfunc.load_model(tracking_env[3].model_uri)
+    assert model.metadata.signature.to_dict() == SIGNATURE.to_dict()
+    defaults = {p.name: p.default for p in model.metadata.signature.params.params}
+    assert defaults == {"token_count": 64, "temperature": 0.7, "seed": 1234, "unknown": "error"}
+    with pytest.raises(Exception, match="not in the vocabulary|never seen|unseen|unknown"):
+        model.predict(["\u00e9t\u00e9"])  # characters the tokenizer never saw, unknown="error"
+    assert model.predict(["Once \u00e9"], params={"unknown": "skip", "token_count": 3})[0].startswith("Once \u00e9")
+
+
+def test_logged_model_is_weights_and_json_without_pickles(tracking_env):
+    _, tracker, _, training = tracking_env
+    model_id = training.model_uri.removeprefix("models:/")
+    logged = tracker.client.get_logged_model(model_id)
+    assert logged.experiment_id == tracker.experiment_id  # not MLflow's default experiment
+    assert logged.source_run_id == training.run.run_id
+    assert str(logged.status).endswith("READY")
+    run = tracker.client.get_run(training.run.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+
+    root = Path(urlparse(logged.artifact_location).path)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".joblib"))], files
+    assert {"MLmodel", "gpt_text_generator.py", "artifacts/model.safetensors",
+            "artifacts/bpe_tokenizer.json"} <= set(files)
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (root / "MLmodel").read_text()
+    with safe_open(str(root / "artifacts/model.safetensors"), "pt") as weights, \
+            safe_open(str(training.checkpoint), "pt") as checkpoint:
+        assert set(weights.keys()) == {k for k in checkpoint.keys() if not k.startswith(("optimizer.", "rng."))}
+        assert "training_state" not in (weights.metadata() or {})
+    assert BPETokenizer.load(root / "artifacts/bpe_tokenizer.json") == tracking_env[2].tokenizer
+
+
+def test_prompts_of_accepts_and_rejects():
+    assert prompts_of(pd.DataFrame({"x": ["a"]})) == ["a"]  # one column of any name
+    assert prompts_of(pd.Series(["a", "b"])) == ["a", "b"]
+    for bad, message in [
+        (pd.DataFrame({"x": ["a"], "y": ["b"]}), "no 'prompt' column"),
+        ([], "no prompts"),
+        (["a", ""], "non-empty string"),
+        ([3], "non-empty string"),
+        (42, "got int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            prompts_of(bad)
+
+
+def test_save_rejects_a_tokenizer_of_another_size(logged, tmp_path):
+    _, _, data, training = logged
+    other = tmp_path / "other.json"
+    BPETokenizer.train(["abcabc abd"], 6).save(other)
+    with pytest.raises(ValueError, match="vocab_size 120 but tokenizer"):
+        save_pyfunc_model(tmp_path / "model", training.checkpoint, other)
+    assert not (tmp_path / "model").exists()

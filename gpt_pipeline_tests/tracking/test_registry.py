@@ -1,0 +1,155 @@
+"""The model registry against a real MLflow SQLite store: a version per training, ``champion``
+on the lowest test loss, idempotent and safe when processes register at the same time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow.tracking import MlflowClient
+
+from gpt_pipeline.tracking.tracker import Tracker
+from gpt_pipeline.tracking.registry import (
+    CHAMPION_ALIAS,
+    MODEL_NAME,
+    champion,
+    elect_champion,
+    model_versions,
+    register_training,
+    retrying,
+)
+from gpt_pipeline_tests.tracking_helpers import BAD_LR, GOOD_LR, log_training, tiny_data
+
+
+def _bare_model(tracker: Tracker, name: str = "model"):
+    """A run with an (empty) logged model: enough to register, nothing to load."""
+    with tracker.run("bare") as run:
+        logged = tracker.client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run.run_id)
+    return run, f"models:/{logged.model_id}"
+
+
+def test_two_trainings_champion_is_the_better_one(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    data = tiny_data(tmp_path)
+    better = log_training(tracker, data, GOOD_LR, tmp_path)
+    worse = log_training(tracker, data, BAD_LR, tmp_path)
+    assert better.result.test_loss < worse.result.test_loss - 0.1
+
+    first = register_training(better.run, better.result.test_loss)  # the run's logged model by default
+    second = register_training(worse.run, worse.result.test_loss, worse.model_uri)
+    assert (int(first.version), int(second.version)) == (1, 2)
+    assert first.tags["test_loss"] == repr(better.result.test_loss)
+    assert first.tags["run_id"] == better.run.run_id
+    assert first.tags["model_id"] == better.model_uri.removeprefix("models:/")
+    assert champion(tracker.client).version == first.version  # a worse newcomer does not take it
+
+    again = register_training(better.run, better.result.test_loss, better.model_uri)
+    assert again.version == first.version and len(model_versions(tracker.client)) == 2
+    logged = tracker.client.get_logged_model(better.model_uri.removeprefix("models:/"))
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": MODEL_NAME, "version": 1}]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}")
+    text = model.predict(["Once"], params={"token_count": 10})[0]
+    assert text.startswith("Once") and len(text) > len("Once")
+    assert model.metadata.run_id == better.run.run_id
+
+
+def test_champion_follows_the_lowest_loss(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    assert elect_champion(tracker.client) is None and champion(tracker.client) is None
+    expected_after_each = []
+    for loss, expected in [(3.0, 1), (2.0, 2), (2.5, 2), (2.0, 2), (1.0, 5)]:  # ties keep the older
+        run, uri = _bare_model(tracker)
+        register_training(run, loss, uri)
+        expected_after_each.append((int(champion(tracker.client).version), expected))
+    assert [got for got, _ in expected_after_each] == [e for _, e in expected_after_each]
+
+
+def test_rejects_bad_input(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    run, uri = _bare_model(tracker)
+    for loss in (float("nan"), float("inf"), "2.0", True):
+        with pytest.raises(ValueError, match="test_loss must be a finite number"):
+            register_training(run, loss, uri)
+    with pytest.raises(ValueError, match="registered model name"):
+        register_training(run, 1.0, uri, model_name="bad'name")
+    with pytest.raises(ValueError, match="logged model URI"):
+        register_training(run, 1.0, f"runs:/{run.run_id}/model")
+    with pytest.raises(ValueError, match="has no logged model named 'model'"):
+        register_training(_bare_model(tracker, name="other")[0], 1.0)
+    assert model_versions(tracker.client) == []
+
+
+def test_retrying_gives_up_at_once_on_errors_retries_cannot_fix():
+    calls = []
+
+    def missing():
+        calls.append(1)
+        raise MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    with pytest.raises(MlflowException, match="no such model"):
+        retrying(missing, first_wait=0)
+    assert len(calls) == 1
+
+    def always_locked():
+        calls.append(1)
+        raise MlflowException("database is locked")
+
+    with pytest.raises(MlflowException, match="locked"):
+        retrying(always_locked, attempts=3, first_wait=0)
+    assert len(calls) == 1 + 3
+
+
+_REGISTER_IN_A_PROCESS = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from types import SimpleNamespace
+    from mlflow.tracking import MlflowClient
+    from gpt_pipeline.tracking.registry import register_training
+
+    client = MlflowClient(sys.argv[1])
+    client.search_registered_models()  # connect before the start line
+    barrier = Path(sys.argv[2])
+    (barrier / sys.argv[3]).touch()
+    while len(list(barrier.iterdir())) < 2:  # both processes start registering together
+        time.sleep(0.005)
+    for pair in sys.argv[4:]:
+        run_id, uri, loss = pair.split(",")
+        register_training(SimpleNamespace(client=client, run_id=run_id), float(loss), uri)
+""")
+
+
+def test_two_processes_registering_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    losses = [5.0, 4.0, 6.0, 3.5, 4.5, 3.0, 7.0, 3.25]
+    models = [(*_bare_model(tracker), loss) for loss in losses]
+    pairs = [f"{run.run_id},{model_uri},{loss}" for run, model_uri, loss in models]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _REGISTER_IN_A_PROCESS, uri, str(barrier), str(i), *pairs[i::2]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err[-3000:]
+    # A third registration of the same models from here changes nothing: each has its version.
+    client = MlflowClient(uri)
+    register_training(SimpleNamespace(client=client, run_id=models[0][0].run_id), losses[0], models[0][1])
+    versions = model_versions(client)
+    assert sorted(int(v.version) for v in versions) == list(range(1, len(losses) + 1))
+    assert sorted(v.tags["model_id"] for v in versions) == sorted(m[1].removeprefix("models:/") for m in models)
+    best = champion(client)
+    assert float(best.tags["test_loss"]) == min(losses)
+    assert best.tags["model_id"] == models[losses.index(min(losses))][1].removeprefix("models:/")
