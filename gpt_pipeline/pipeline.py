@@ -30,6 +30,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+from gpt_pipeline.model.sampling import GenerationConfig  # noqa: F401 - used by callers
+from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES, iter_story_batches
 from gpt_pipeline.data.splits import TEXT_COLUMN, build_dataset_table, split_point
 from gpt_pipeline.data.story_files import TextStats, iter_texts, write_texts
@@ -38,42 +41,10 @@ from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.pieces import PieceCounter, as_string_series
 
-DEFAULT_CORPUS_SEED = 0  # seed of the embedded story generator
-DEFAULT_VOCAB_SIZE = 2048  # gpt-rs example transformer_config.ron
-DEFAULT_TRAINING_PERCENTAGE = 0.9  # gpt-rs --training-percentage default
+DEFAULT_CORPUS_SEED = StoriesConfig().seed
+DEFAULT_VOCAB_SIZE = TokenizerConfig().vocab_size
+DEFAULT_TRAINING_PERCENTAGE = DatasetConfig().training_percentage
 TRAIN_BATCH_ROWS = 16_384  # stories per batch when the tokenizer reads a story file
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How ``sample_generations`` and ``gpt-pipeline generate`` sample text."""
-
-    prompts: tuple[str, ...] = ("Once",)  # texts to continue (gpt-rs --input)
-    token_count: int = 256  # new tokens per generation (gpt-rs --token-count)
-    temperature: float = 0.7  # softmax temperature (gpt-rs default)
-    top_k: int | None = None  # sample among the k likeliest tokens; None: all of them (gpt-rs)
-    num_samples: int = 1  # generations per prompt
-    seed: int = 1234  # seed of the sampling generator
-    unknown: str = "error"  # prompt characters never seen in training: "error" or "skip"
-
-    def validate(self) -> None:
-        import math
-
-        if not self.prompts:
-            raise ValueError("prompts is empty: give at least one prompt")
-        for prompt in self.prompts:
-            if not prompt:
-                raise ValueError("prompt is empty: gpt-rs needs at least one character to start from")
-        if self.token_count < 1:
-            raise ValueError(f"token_count must be at least 1, got {self.token_count}")
-        if not math.isfinite(self.temperature) or self.temperature <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1 (or empty for all tokens), got {self.top_k}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {self.num_samples}")
-        if self.unknown not in ("error", "skip"):
-            raise ValueError(f"unknown must be 'error' or 'skip', got {self.unknown!r}")
 
 
 def load_stories(
