@@ -2,7 +2,7 @@
 
 ``reference_train`` / ``reference_encode`` below are gpt-rs's algorithm written the slow,
 obvious way (every pair of the whole corpus recounted for every merge, exclusions checked on
-token texts, each merge applied over whole texts), as ``docs/gpt-rs-semantics.md`` states it.
+token texts, each merge applied over whole texts), as ``docs/gpt-rs-parity.md`` states it.
 The fast trainer must agree with them on every randomized corpus, errors included.
 """
 
