@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # requirement pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# dg, told that .venv is the project's environment (it warns when none is active)
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 MLFLOW_DB := sqlite:///$(CURDIR)/mlruns/mlflow.db
 HOST := 127.0.0.1
@@ -38,12 +40,12 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 # `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dg check defs
+	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
 # The code location `gpt_pipeline` of [tool.dg]; `dagster dev -w workspace.yaml` serves the same.
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dg dev -h $(HOST) -p 3000
+	$(DG) dev -h $(HOST) -p 3000
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
