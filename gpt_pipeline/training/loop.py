@@ -47,6 +47,7 @@ from gpt_pipeline.training.checkpoint import (
     step_checkpoints,
     training_checkpoints,
 )
+from gpt_pipeline.fields import result_fields
 from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
@@ -60,10 +61,19 @@ logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.999)  # gpt-rs (tch's AdamW defaults)
 ADAM_EPS = 1e-8
-# fields that change the numbers a resumed run computes: they must match the checkpoint's
-# (not num_processes: every process count computes the same batches, up to float summation order)
-_RESUME_FIELDS = ("learning_rate", "contexts_per_batch", "seed", "lr_schedule", "warmup_iterations",
-                  "min_learning_rate", "grad_clip", "grad_clip_value", "weight_decay")
+# Fields of TrainConfig.result_fields that a continued run may change: evaluations do not touch
+# the weights (their own generator), every process count computes the same batches (up to float
+# summation order), precision was never pinned, and a constant-rate run may be extended.
+_MAY_CHANGE_ON_RESUME = ("evaluation_interval", "evaluation_iterations", "precision", "num_processes",
+                         "distributed_backend")
+
+
+def resume_fields(config: TrainConfig) -> tuple[str, ...]:
+    """The fields a checkpoint's ``train_config`` must match to resume from it: those that change
+    the result (``fields.result_fields``), less those a continued run may change;
+    ``training_iterations`` only with the cosine schedule (it shapes the decay)."""
+    return tuple(n for n in result_fields(TrainConfig) if n not in _MAY_CHANGE_ON_RESUME
+                 and (n != "training_iterations" or config.lr_schedule == "cosine"))
 
 
 @dataclass
@@ -141,7 +151,7 @@ def _check_resumable(path: Path, state: dict, model_config: GPTConfig, config: T
         raise ValueError(f"{path} was trained with model config {saved_model}, not "
                          f"{model_config.to_dict()}; use another checkpoint_dir or resume=False")
     saved = state.get("train_config", {})
-    names = _RESUME_FIELDS + (("training_iterations",) if config.lr_schedule == "cosine" else ())
+    names = resume_fields(config)
     differ = [n for n in names if saved.get(n) != getattr(config, n)]
     if differ:
         raise ValueError(f"{path} was trained with different {differ} ({[saved.get(n) for n in differ]}); "
