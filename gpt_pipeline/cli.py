@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset-dir", required=True, metavar="DIR", help="output of `tokenize`")
     train.add_argument("--output-dir", metavar="DIR", help="checkpoint folder (default: "
                        "training/run_<timestamp>)")
+    train.add_argument("--progress-seconds", type=float, default=5.0, metavar="S",
+                       help="seconds of training between progress lines (step, loss, tokens/s, time "
+                       "left), besides one per evaluation; 0: after every step (default: %(default)s)")
     _add_dataclass_options(train, GPTConfig, {"vocab_size"}, "transformer (gpt-rs transformer_config)")
     _add_dataclass_options(train, TrainConfig, set(), "training (gpt-rs train_config)")
 
@@ -238,7 +241,9 @@ def _train(args: argparse.Namespace) -> None:
         result = launch(model_config, train_config, path / "dataset.parquet", out, report)
     else:
         train_data, test_data = load_splits(TableFile.stored_at(path / "dataset.parquet"))
-        result = train(model_config, train_config, train_data, test_data, out, report)
+        result = train(model_config, train_config, train_data, test_data, out, report,
+                       on_progress=lambda progress: print(progress.line(), flush=True),
+                       progress_seconds=args.progress_seconds)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s -> {out / 'final.safetensors'}")
 
 

@@ -155,7 +155,8 @@ def run_training(
             result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
                                       initial_checkpoint)
         else:
-            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model)
+            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model,
+                           on_progress=lambda progress: context.log.info(progress.line()))
         for evaluation in result.evaluations:  # restored from a checkpoint when resuming
             if evaluation.step not in reported:
                 run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)

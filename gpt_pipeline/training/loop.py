@@ -48,6 +48,7 @@ from gpt_pipeline.training.checkpoint import (
     training_checkpoints,
 )
 from gpt_pipeline.fields import result_fields
+from gpt_pipeline.training.progress import Progress
 from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
@@ -214,11 +215,15 @@ def train(
     on_evaluation: Callable[[Evaluation], None] | None = None,
     initial_model: GPT | None = None,
     replica: Replica | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_seconds: float = 5.0,
 ) -> TrainResult:
     """Train a ``GPT`` on ``train_data``, evaluating on both splits (see the module docstring).
 
     ``on_evaluation`` is called with every evaluation this call computes (not those restored from
-    a checkpoint). ``initial_model`` starts from its weights instead of a fresh initialisation
+    a checkpoint). ``on_progress`` is called (rank 0 only) once with ``resumed_from`` set when the run
+    resumes, then every ``progress_seconds`` of training (0: after every step) with the latest
+    step's loss, the throughput and the time left. ``initial_model`` starts from its weights instead of a fresh initialisation
     (ignored when resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
     (``resume=False``) deletes them first, so that a later resume never mixes two runs.
     ``replica`` is this process's part in a data-parallel run (``gpt_pipeline.training.distributed``
@@ -275,6 +280,17 @@ def train(
     tokens_per_step = config.contexts_per_batch * model_config.context_length
     start = time.perf_counter()
     train_seconds, session_steps = 0.0, 0
+    last_report = start
+    if on_progress is not None and main and resumed_from is not None:
+        on_progress(Progress(step, config.training_iterations, None, None, previous_seconds, None,
+                             resumed_from=resumed_from, checkpoint_dir=str(checkpoint_dir)))
+
+    def report_progress(now: float) -> None:
+        elapsed = now - start
+        on_progress(Progress(
+            step, config.training_iterations, loss.item(),
+            session_steps * tokens_per_step / train_seconds if train_seconds else None,
+            previous_seconds + elapsed, elapsed / session_steps * (config.training_iterations - step)))
 
     def evaluate_and_save(name: str) -> None:
         others = replica.other_generators(generators)  # every process takes part
@@ -333,7 +349,11 @@ def train(
         session_steps += 1
         if device.type == "cuda" and step % config.evaluation_interval == 0:
             torch.cuda.synchronize(device)  # keep the timings honest
-        train_seconds += time.perf_counter() - step_start
+        now = time.perf_counter()
+        train_seconds += now - step_start
+        if on_progress is not None and main and now - last_report >= progress_seconds:
+            report_progress(now)
+            last_report = time.perf_counter()
 
     finished_before = resumed_from == step and checkpoint_dir is not None and (
         checkpoint_dir / FINAL_CHECKPOINT).is_file()
