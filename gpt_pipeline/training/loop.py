@@ -21,10 +21,10 @@ Data parallel: in each torchrun worker ``gpt_pipeline.training.distributed`` pas
 gives the process its rows of every (same, global) batch, wraps the model in
 DistributedDataParallel and leaves evaluation and checkpoints to rank 0; the loop is this one.
 
-Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``
-and ``on_evaluation``), the model itself (``model.py``), the file format (``checkpoint.py``), the
-config and its validation (``training_config.py``, re-exported here), launching processes
-(``distributed.py``).
+Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``,
+``on_evaluation`` and ``on_progress``; ``progress.py`` has the lines), the model itself
+(``model.py``), the file format (``checkpoint.py``), the config and its validation
+(``config.py``, re-exported here), launching processes (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -221,10 +221,11 @@ def train(
     """Train a ``GPT`` on ``train_data``, evaluating on both splits (see the module docstring).
 
     ``on_evaluation`` is called with every evaluation this call computes (not those restored from
-    a checkpoint). ``on_progress`` is called (rank 0 only) once with ``resumed_from`` set when the run
-    resumes, then every ``progress_seconds`` of training (0: after every step) with the latest
-    step's loss, the throughput and the time left. ``initial_model`` starts from its weights instead of a fresh initialisation
-    (ignored when resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
+    a checkpoint). ``on_progress`` is called (rank 0 only) once with ``resumed_from`` set when the
+    run resumes, then every ``progress_seconds`` of training (0: after every step) with the latest
+    step's loss, the throughput and the time left (``gpt_pipeline.training.progress``).
+    ``initial_model`` starts from its weights instead of a fresh initialisation (ignored when
+    resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
     (``resume=False``) deletes them first, so that a later resume never mixes two runs.
     ``replica`` is this process's part in a data-parallel run (``gpt_pipeline.training.distributed``
     passes it in each torchrun worker); without one, ``num_processes`` must be 1. In other
