@@ -25,34 +25,42 @@ from pathlib import Path
 PROG = "gpt-pipeline"
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], title: str) -> None:
-    """One ``--field-name`` option per dataclass field, typed and defaulted from the class."""
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str], title: str,
+                           flags: dict[str, tuple[str, str | None]] | None = None) -> None:
+    """One ``--field-name`` option per dataclass field, typed, defaulted and described from its
+    declaration (``gpt_pipeline.fields``): the help shows the description, the choices and the
+    default. ``flags`` renames a field's option (and its attribute): ``{field: (flag, metavar)}``."""
+    from gpt_pipeline import fields
+
     group = parser.add_argument_group(title)
-    defaults = cls()
-    for field in dataclasses.fields(cls):
+    for field in fields.fields_of(cls):
         if field.name in skip:
             continue
-        default = getattr(defaults, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                               help=f"(default: {default})")
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        flag, metavar = (flags or {}).get(field.name, ("--" + field.name.replace("_", "-"), None))
+        base, _ = fields.field_type(cls, field)
+        text = fields.describe(field).replace("%", "%%")
+        dest = flag.lstrip("-").replace("-", "_")
+        choices = field.metadata.get("choices")
+        if base is bool:
+            action = group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                        dest=dest, help=text)
+        elif choices:
+            action = group.add_argument(flag, type=base, choices=choices, default=default, dest=dest,
+                                        help=field.metadata["help"].replace("%", "%%"))  # choices: in the metavar
         else:
-            kind = type(default) if default is not None else str
-            group.add_argument(flag, type=kind, default=default, metavar=field.name.upper(),
-                               help=f"(default: {default})")
+            action = group.add_argument(flag, type=base, default=default, dest=dest,
+                                        metavar=metavar or field.name.upper(), help=text)
+        if default is not None and "%(default)" not in (action.help or ""):  # Python 3.11's
+            action.help = f"{action.help} (default: %(default)s)".lstrip()  # BooleanOptionalAction adds it
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
+    from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
     from gpt_pipeline.model.gpt import GPTConfig
-    from gpt_pipeline.pipeline import (
-        DEFAULT_CORPUS_SEED,
-        DEFAULT_TRAINING_PERCENTAGE,
-        DEFAULT_VOCAB_SIZE,
-        GenerationConfig,
-    )
-    from gpt_pipeline.training.loop import TrainConfig
+    from gpt_pipeline.model.sampling import GenerationConfig
+    from gpt_pipeline.tokenizer.config import TokenizerConfig
+    from gpt_pipeline.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -67,17 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train gpt-rs's BPE tokenizer on the stories and encode them. Writes "
         "tokenizer.json (with its listing tokenizer.json.vocab.txt) and dataset.parquet into --output-dir.",
     )
-    tok.add_argument("--data-parquet", metavar="FILE", help="Parquet file of stories (default: the "
-                     "embedded corpus the project generates)")
-    tok.add_argument("--text-column", metavar="NAME", help="text column (default: the first column)")
-    tok.add_argument("--num-stories", type=int, default=DEFAULT_NUM_STORIES,
-                     help=f"embedded corpus only: stories to generate (default: {DEFAULT_NUM_STORIES})")
-    tok.add_argument("--corpus-seed", type=int, default=DEFAULT_CORPUS_SEED,
-                     help=f"embedded corpus only: generator seed (default: {DEFAULT_CORPUS_SEED})")
-    tok.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
-                     help=f"vocabulary size (default: {DEFAULT_VOCAB_SIZE})")
-    tok.add_argument("--training-percentage", type=float, default=DEFAULT_TRAINING_PERCENTAGE,
-                     help=f"share of stories in the train split (default: {DEFAULT_TRAINING_PERCENTAGE})")
+    _add_dataclass_options(tok, StoriesConfig, set(), "stories", {
+        "path": ("--data-parquet", "FILE"), "text_column": ("--text-column", "NAME"),
+        "seed": ("--corpus-seed", None)})
+    _add_dataclass_options(tok, TokenizerConfig, set(), "tokenizer (gpt-rs BPE)")
+    _add_dataclass_options(tok, DatasetConfig, set(), "dataset")
     tok.add_argument("--output-dir", metavar="DIR", help="where to write (default: "
                      "datasets/dataset_<vocab size>_<source>)")
 
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset-dir", required=True, metavar="DIR", help="output of `tokenize`")
     train.add_argument("--output-dir", metavar="DIR", help="checkpoint folder (default: "
                        "training/run_<timestamp>)")
+    train.add_argument("--progress-seconds", type=float, default=5.0, metavar="S",
+                       help="seconds of training between progress lines (step, loss, tokens/s, time "
+                       "left), besides one per evaluation; 0: after every step (default: %(default)s)")
     _add_dataclass_options(train, GPTConfig, {"vocab_size"}, "transformer (gpt-rs transformer_config)")
     _add_dataclass_options(train, TrainConfig, set(), "training (gpt-rs train_config)")
 
@@ -102,19 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(for the tokenizer)")
     gen.add_argument("--transformer-safetensors", required=True, metavar="FILE", help="checkpoint")
     gen.add_argument("--input", required=True, metavar="TEXT", help="the prompt")
-    defaults = GenerationConfig()
-    gen.add_argument("--token-count", type=int, default=defaults.token_count,
-                     help=f"new tokens (default: {defaults.token_count})")
-    gen.add_argument("--temperature", type=float, default=defaults.temperature,
-                     help=f"softmax temperature (default: {defaults.temperature})")
-    gen.add_argument("--top-k", type=int, default=defaults.top_k, help="sample among the k likeliest "
-                     "tokens (default: all)")
-    gen.add_argument("--num-samples", type=int, default=defaults.num_samples,
-                     help=f"generations (default: {defaults.num_samples})")
-    gen.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling seed (default: {defaults.seed})")
-    gen.add_argument("--unknown", choices=["error", "skip"], default=defaults.unknown,
-                     help="prompt characters the tokenizer never saw: fail or drop them "
-                     f"(default: {defaults.unknown})")
+    _add_dataclass_options(gen, GenerationConfig, {"prompts"}, "sampling")
 
     mat = commands.add_parser(
         "materialize",
@@ -133,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_interop_commands(commands)
     add_compare_command(commands)
     return parser
+
+
+def _config_problem(error) -> str:
+    """One Dagster config error in a line; a value out of its bounds (refused when Dagster
+    resolves the run config, ``gpt_pipeline.defs.configs``) with the core's own message."""
+    data = getattr(error, "error_data", None)
+    if getattr(data, "cls_name", None) == "PostProcessingError":
+        path = ".".join(getattr(error.stack, "levels", []))
+        return f"{path}: {data.message.split(': ', 1)[-1].strip()}"
+    return error.message.split(". Expected")[0]
 
 
 def _materialize(args: argparse.Namespace) -> None:
@@ -166,7 +169,7 @@ def _materialize(args: argparse.Namespace) -> None:
             run_config=run_config, instance=instance, raise_on_error=False
         )
     except dg.DagsterInvalidConfigError as exc:
-        problems = "; ".join(error.message.split(". Expected")[0] for error in exc.errors) or str(exc)
+        problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
         raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
@@ -238,7 +241,9 @@ def _train(args: argparse.Namespace) -> None:
         result = launch(model_config, train_config, path / "dataset.parquet", out, report)
     else:
         train_data, test_data = load_splits(TableFile.stored_at(path / "dataset.parquet"))
-        result = train(model_config, train_config, train_data, test_data, out, report)
+        result = train(model_config, train_config, train_data, test_data, out, report,
+                       on_progress=lambda progress: print(progress.line(), flush=True),
+                       progress_seconds=args.progress_seconds)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s -> {out / 'final.safetensors'}")
 
 

@@ -41,6 +41,59 @@ def test_command_help_documents_options(capsys, command, options):
         assert option in out, option
 
 
+def _help_entries(text: str) -> dict[str, str]:
+    """``--flag METAVAR`` -> its help text (whitespace joined) from argparse's ``--help`` output."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--"):
+            head, _, rest = stripped.partition("  ")
+            current = head.split(", ")[0]
+            entries[current] = rest.strip()
+        elif current and line.startswith(" " * 10) and stripped:
+            entries[current] = f"{entries[current]} {stripped}".strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", ["tokenize", "train", "generate"])
+def test_help_shows_each_field_description_choices_and_default(capsys, command):
+    from gpt_pipeline import fields
+    from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+    from gpt_pipeline.model.gpt import GPTConfig
+    from gpt_pipeline.model.sampling import GenerationConfig
+    from gpt_pipeline.tokenizer.config import TokenizerConfig
+    from gpt_pipeline.training.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    classes = {"tokenize": [StoriesConfig, TokenizerConfig, DatasetConfig], "train": [GPTConfig, TrainConfig],
+               "generate": [GenerationConfig]}[command]
+    renamed = {"path": "--data-parquet FILE", "text_column": "--text-column NAME", "seed": "--corpus-seed SEED"}
+    for cls in classes:
+        for field in fields.fields_of(cls):
+            if field.name in ("vocab_size", "prompts") and cls in (GPTConfig, GenerationConfig):
+                continue  # from the tokenizer; the prompt is --input
+            choices = field.metadata.get("choices")
+            flag = "--" + field.name.replace("_", "-")
+            if cls is StoriesConfig and field.name in renamed:
+                key = renamed[field.name]
+            elif fields.field_type(cls, field)[0] is bool:
+                key = f"{flag}"
+            else:
+                key = f"{flag} {{{','.join(choices)}}}" if choices else f"{flag} {field.name.upper()}"
+            assert key in entries, (key, sorted(entries))
+            text = " ".join(entries[key].split())
+            assert " ".join(field.metadata.get("help", "").split()) in text, (key, text)
+            if field.default is not None:
+                assert text.endswith(f"(default: {field.default})"), (key, text)
+            bounds = fields.describe(field).rpartition("(")[2].rstrip(")") if not choices else ""
+            if any(b in field.metadata for b in ("ge", "gt", "lt", "le")):
+                assert f"({bounds})" in text, (key, text)
+
+
 def test_defaults_come_from_the_config_classes():
     from gpt_pipeline.model.gpt import GPTConfig
     from gpt_pipeline.training.loop import TrainConfig
@@ -56,9 +109,18 @@ def test_tokenize_train_generate_round_trip(tmp_path, capsys):
     assert main(["tokenize", "--num-stories", "60", "--vocab-size", "120", "--output-dir", str(dataset)]) == 0
     assert (dataset / "tokenizer.json").is_file() and (dataset / "dataset.parquet").is_file()
     run = tmp_path / "run"
-    assert main(["train", "--dataset-dir", str(dataset), "--output-dir", str(run), *TINY_TRAIN]) == 0
-    assert (run / "final.safetensors").is_file()
     capsys.readouterr()
+    assert main(["train", "--dataset-dir", str(dataset), "--output-dir", str(run), *TINY_TRAIN,
+                 "--progress-seconds", "0"]) == 0
+    assert (run / "final.safetensors").is_file()
+    lines = capsys.readouterr().out.splitlines()
+    # a progress line after every step (--progress-seconds 0), an evaluation line at 0, 3 and 6
+    assert [line.split(":")[0] for line in lines if ": loss " in line] == [f"step {s}/6" for s in range(1, 7)]
+    assert all("tokens/s, elapsed" in line and "remaining" in line for line in lines if ": loss " in line)
+    assert [line.split(":")[0] for line in lines if "train loss" in line] == ["step 0/6", "step 3/6", "step 6/6"]
+    assert main(["train", "--dataset-dir", str(dataset), "--output-dir", str(run), *TINY_TRAIN]) == 0
+    again = capsys.readouterr().out.splitlines()  # the same run, already finished: resumed at its end
+    assert again[0].startswith(f"resumed from step 6/6 (checkpoint in {run}; ")
     code = main([
         "generate", "--dataset-dir", str(dataset), "--transformer-safetensors", str(run / "final.safetensors"),
         "--input", "Once", "--token-count", "10", "--seed", "1",
@@ -77,3 +139,30 @@ def test_bad_input_is_one_line_on_stderr_with_status_2(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("temperature", -1, "ops.sample_generations.config.temperature: GenerationConfig.temperature must be a "
+                        "finite number > 0, got -1.0"),
+    ("unknown", "ignore", "ops:sample_generations:config:unknown not in enum type"),
+])
+def test_materialize_refuses_a_bad_config_before_running_anything(tmp_path, field, value, message):
+    import yaml
+
+    from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+    config = {"ops": {**TINY_RUN_CONFIG["ops"], "sample_generations": {"config": {field: value}}}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    data = tmp_path / "data"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DAGSTER_HOME"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gpt_pipeline", "materialize", "--config", str(path)], capture_output=True,
+        text=True, timeout=300, env={**env, "GPT_PIPELINE_DATA_DIR": str(data),
+                                     "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith(f"gpt-pipeline: error: run config {str(path)!r} is invalid: ") and message in lines[0]
+    assert not data.exists() or not any(data.rglob("*.parquet"))  # nothing was materialized

@@ -1,147 +1,197 @@
-"""Run config of each asset, as the Dagster Launchpad shows it.
+"""Run config of each asset, as the Dagster Launchpad shows it, derived from the core's dataclasses.
 
-Every default comes from the core's config classes (``GPTConfig``, ``TrainConfig``, the corpus
-and generation constants): this module only names the fields and describes them, so that the
-Launchpad, the schedules and the CLI all agree.
+No field is written here: ``config_class`` builds each Dagster config class from the core
+dataclasses' declarations (``gpt_pipeline.fields.param``), with the type, the default, the
+description (``fields.describe``) and the constraints:
+
+- a field with ``choices`` becomes a ``Literal[...]``: Dagster's schema is an enum, so the
+  Launchpad offers the choices and config validation (``isPipelineConfigValid``, the run's
+  launch, ``execute_in_process``) refuses any other value;
+- a field with bounds (``ge``/``gt``/``lt``/``le``) gets a scalar config type of its own
+  (``BoundedInt``, ``BoundedFloat``) whose post-processing checks them: Dagster refuses the value when it
+  resolves the run config, before any step runs (the launch of a run, ``execute_in_process``,
+  the CLI's ``materialize``), with the core's message (``TrainConfig.learning_rate must be a
+  finite number > 0, got -1.0``); pydantic checks the same bounds when the class is built in
+  Python. The webserver's ``isPipelineConfigValid`` sees only the schema's types (Dagster's
+  config snapshots have no bounds), so a bound is refused when the run is launched;
+- tuples become lists; a field without ``param`` metadata keeps its type and default only.
+
+Rules that tie fields together (``head_count`` divides ``embedding_size``, ``num_processes`` at
+most ``contexts_per_batch``) stay in the dataclasses' ``validate``, which each asset calls
+before any expensive work.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from typing import Any, Literal
+
 import dagster as dg
-from pydantic import Field
+import pydantic
+from dagster._config.config_type import ConfigScalar, ConfigScalarKind, ScalarUnion
+from dagster._config.errors import PostProcessingError
+from dagster._config.source import IntSourceType
+from pydantic_core import core_schema
 
-from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
+from gpt_pipeline import fields
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.pipeline import (
-    DEFAULT_CORPUS_SEED,
-    DEFAULT_TRAINING_PERCENTAGE,
-    DEFAULT_VOCAB_SIZE,
-    GenerationConfig,
-)
-from gpt_pipeline.training.loop import TrainConfig
+from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
+from gpt_pipeline.training.config import TrainConfig
 
-_M = GPTConfig()
-_T = TrainConfig()
-_G = GenerationConfig()
+_BOUND_NAMES = ("gt", "ge", "lt", "le")
 
 
-class RawStoriesConfig(dg.Config):
-    path: str | None = Field(
-        default=None,
-        description="Parquet file of stories, one per row. Empty: the embedded corpus that the "
-        "project generates itself (num_stories stories from seed).",
-    )
-    text_column: str | None = Field(
-        default=None, description="Column holding the text. Empty: the first column, as gpt-rs."
-    )
-    num_stories: int = Field(
-        default=DEFAULT_NUM_STORIES, description="Embedded corpus only: number of stories to generate."
-    )
-    seed: int = Field(default=DEFAULT_CORPUS_SEED, description="Embedded corpus only: generator seed.")
+class _Bounded:
+    """A field's bounds as a Dagster config type: its post-processing refuses a value out of them,
+    with ``fields.check``'s message, when Dagster resolves the run config. Also a pydantic
+    annotation, with the same bounds in Python."""
+
+    base: type
+
+    def _bind(self, cls: type, field: dataclasses.Field) -> str:
+        self.cls, self.field = cls, field
+        self.bounds = {name: field.metadata[name] for name in _BOUND_NAMES if name in field.metadata}
+        symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+        return ("Int" if self.base is int else "Float") + "[" + ",".join(
+            f"{symbols[k]}{v}" for k, v in self.bounds.items()) + "]"
+
+    def _check(self, value: Any) -> Any:
+        value = self.base(value)
+        try:  # the core's own check, on a default instance with this one value replaced
+            fields.check(dataclasses.replace(self.cls(), **{self.field.name: value}))
+        except ValueError as error:
+            raise PostProcessingError(str(error)) from None
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        if self.base is int:
+            return core_schema.int_schema(**self.bounds)
+        return core_schema.float_schema(**self.bounds, allow_inf_nan=False)
+
+    def __call__(self, *args: Any) -> Any:  # typing.Optional[...] takes only callables
+        raise TypeError(f"{self.key} is a config type, not a constructor")
 
 
-class TokenizerConfig(dg.Config):
-    vocab_size: int = Field(
-        default=DEFAULT_VOCAB_SIZE,
-        description="Tokens in the vocabulary: the corpus characters plus one per learnt merge.",
-    )
+class BoundedInt(_Bounded, ScalarUnion):
+    """An integer field with bounds; like Dagster's ``IntSource`` it also takes ``{env: NAME}``."""
+
+    base = int
+
+    def __init__(self, cls: type, field: dataclasses.Field):
+        key = self._bind(cls, field)
+        ScalarUnion.__init__(self, scalar_type=int, non_scalar_schema=dg.Selector({"env": str}), _key=key)
+        self._description = fields.requirement(cls, field)
+
+    def post_process(self, value: Any) -> Any:
+        return self._check(IntSourceType.post_process(self, value))
 
 
-class TokenizedDatasetConfig(dg.Config):
-    training_percentage: float = Field(
-        default=DEFAULT_TRAINING_PERCENTAGE,
-        description="Share of the stories, in file order, that form the training split (gpt-rs: "
-        "the first 90%); the rest is the test split.",
-    )
+class BoundedFloat(_Bounded, ConfigScalar):
+    """A float field with bounds."""
+
+    base = float
+
+    def __init__(self, cls: type, field: dataclasses.Field):
+        key = self._bind(cls, field)
+        ConfigScalar.__init__(self, key=key, given_name=key, scalar_kind=ConfigScalarKind.FLOAT,
+                              description=fields.requirement(cls, field))
+
+    def post_process(self, value: Any) -> Any:
+        return self._check(value)
 
 
-class TrainedModelConfig(dg.Config):
-    embedding_size: int = Field(default=_M.embedding_size, description="Width of the residual stream.")
-    context_length: int = Field(default=_M.context_length, description="Tokens the model sees at once.")
-    head_count: int = Field(default=_M.head_count, description="Attention heads; must divide embedding_size.")
-    block_count: int = Field(default=_M.block_count, description="Transformer blocks.")
-    feed_forward_multiplier: int = Field(
-        default=_M.feed_forward_multiplier, description="Feed-forward width / embedding_size."
-    )
-    embedding_dropout: float = Field(default=_M.embedding_dropout, description="Dropout after the embeddings.")
-    attention_dropout: float = Field(default=_M.attention_dropout, description="Dropout on attention weights.")
-    feed_forward_dropout: float = Field(
-        default=_M.feed_forward_dropout, description="Dropout after the feed-forward layer."
-    )
-    residual_dropout: float = Field(
-        default=_M.residual_dropout, description="Dropout on the residual path in each block (gpt-rs)."
-    )
-    learning_rate: float = Field(default=_T.learning_rate, description="AdamW learning rate.")
-    training_iterations: int = Field(default=_T.training_iterations, description="Optimizer steps.")
-    evaluation_interval: int = Field(
-        default=_T.evaluation_interval, description="Steps between evaluations and checkpoints."
-    )
-    evaluation_iterations: int = Field(
-        default=_T.evaluation_iterations, description="Batches averaged per split at each evaluation."
-    )
-    contexts_per_batch: int = Field(default=_T.contexts_per_batch, description="Stories per batch.")
-    seed: int = Field(default=_T.seed, description="Seeds every random generator of the training run.")
-    device: str = Field(default=_T.device, description="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
-    resume: bool = Field(
-        default=_T.resume,
-        description="Continue from the last checkpoint of this exact configuration when one exists.",
-    )
-    lr_schedule: str = Field(
-        default=_T.lr_schedule,
-        description="constant (gpt-rs) or cosine (linear warm-up, then cosine decay to min_learning_rate).",
-    )
-    warmup_iterations: int = Field(default=_T.warmup_iterations, description="Linear warm-up steps.")
-    min_learning_rate: float = Field(default=_T.min_learning_rate, description="Where the cosine decay ends.")
-    grad_clip: str = Field(
-        default=_T.grad_clip,
-        description="value (gpt-rs: clamp every gradient element), norm (global norm) or none.",
-    )
-    grad_clip_value: float = Field(default=_T.grad_clip_value, description="The clamp bound or maximum norm.")
-    weight_decay: float = Field(default=_T.weight_decay, description="AdamW decay on linear weight matrices.")
-    precision: str = Field(
-        default=_T.precision, description="float32, or bfloat16 (autocast on CUDA only)."
-    )
-    num_processes: int = Field(
-        default=_T.num_processes,
-        description="Data-parallel training processes: above 1, torchrun starts them (DDP; each "
-        "takes its share of every contexts_per_batch batch; rank 0 evaluates and checkpoints).",
-    )
-    distributed_backend: str = Field(
-        default=_T.distributed_backend,
-        description="Process-group backend with num_processes > 1: auto (nccl on CUDA, else gloo), "
-        "gloo or nccl.",
-    )
-    initial_checkpoint: str | None = Field(
-        default=None,
-        description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
-        "import-gpt-rs`) instead of a fresh initialisation; its config must match.",
-    )
-    export_hf: bool = Field(
-        default=False,
-        description="Also export the model as a Hugging Face transformers GPT-2 directory and log "
-        "it to MLflow (artifact hf_model).",
-    )
+def _annotation(cls: type, field: dataclasses.Field) -> Any:
+    """The pydantic annotation of a dataclass field (see the module docstring)."""
+    base, optional = fields.field_type(cls, field)
+    meta = field.metadata
+    if meta.get("choices"):
+        kind: Any = Literal[tuple(meta["choices"])]
+    elif base in (int, float) and any(name in meta for name in _BOUND_NAMES):
+        kind = (BoundedInt if base is int else BoundedFloat)(cls, field)
+    elif base in (tuple, list):
+        args = [a for a in typing.get_args(typing.get_type_hints(cls)[field.name]) if a is not Ellipsis]
+        kind = list[args[0]] if args else list
+    else:
+        kind = base
+    return typing.Optional[kind] if optional else kind  # noqa: UP045 - kind may be a config type
 
+
+def _default(field: dataclasses.Field) -> Any:
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+def pydantic_fields(cls: type, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """``create_model`` field definitions of the dataclass ``cls``'s fields, less ``skip``."""
+    return {
+        field.name: (_annotation(cls, field),
+                     pydantic.Field(default=_default(field), description=fields.describe(field) or None))
+        for field in fields.fields_of(cls) if field.name not in skip
+    }
+
+
+def config_class(name: str, sources: tuple[type, ...], doc: str, base: type = dg.Config,
+                 skip: tuple[str, ...] = (), **extra: tuple[Any, Any]) -> type:
+    """A Dagster config class ``name`` with the fields of the dataclasses ``sources`` (less
+    ``skip``) and the ``extra`` (annotation, ``pydantic.Field``) fields of its own."""
+    definitions: dict[str, tuple[Any, Any]] = {}
+    for source in sources:
+        for key, definition in pydantic_fields(source, skip).items():
+            if key in definitions:
+                raise ValueError(f"{name}: field {key!r} is declared by two of {sources}")
+            definitions[key] = definition
+    model = pydantic.create_model(name, __base__=base, __module__=__name__, __doc__=doc,
+                                  **definitions, **extra)
+    model.__qualname__ = name
+    return model
+
+
+class CoreConfig(dg.Config):
+    """Builds the core dataclasses back from a derived config class."""
+
+    def core(self, cls: type, **values: Any) -> Any:
+        """An instance of the dataclass ``cls`` from this config's fields of that name (lists
+        back to tuples) and ``values``."""
+        for field in fields.fields_of(cls):
+            if field.name not in values and field.name in type(self).model_fields:
+                value = getattr(self, field.name)
+                values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+class _TrainedModel(CoreConfig):
     def gpt_config(self, vocab_size: int) -> GPTConfig:
-        fields = {k: getattr(self, k) for k in GPTConfig.__dataclass_fields__ if k != "vocab_size"}
-        return GPTConfig(vocab_size=vocab_size, **fields)
+        return self.core(GPTConfig, vocab_size=vocab_size)
 
     def training_config(self) -> TrainConfig:
-        names = set(TrainConfig.__dataclass_fields__) & set(type(self).model_fields)
-        return TrainConfig(**{k: getattr(self, k) for k in names})
+        return self.core(TrainConfig)
 
 
-class SampleGenerationsConfig(dg.Config):
-    prompts: list[str] = Field(default=list(_G.prompts), description="Prompts to continue.")
-    token_count: int = Field(default=_G.token_count, description="New tokens per generation.")
-    temperature: float = Field(default=_G.temperature, description="Softmax temperature (> 0).")
-    top_k: int | None = Field(default=_G.top_k, description="Sample among the k likeliest tokens; empty: all.")
-    num_samples: int = Field(default=_G.num_samples, description="Generations per prompt.")
-    seed: int = Field(default=_G.seed, description="Sampling seed.")
-    unknown: str = Field(
-        default=_G.unknown,
-        description="Prompt characters the tokenizer never saw: 'error' (fail) or 'skip' (drop them).",
-    )
-
+class _SampleGenerations(CoreConfig):
     def generation_config(self) -> GenerationConfig:
-        return GenerationConfig(**{k: getattr(self, k) for k in type(self).model_fields})
+        return self.core(GenerationConfig)
+
+
+RawStoriesConfig = config_class("RawStoriesConfig", (StoriesConfig,), StoriesConfig.__doc__, CoreConfig)
+TokenizerConfig = config_class("TokenizerConfig", (TokenizerSettings,), TokenizerSettings.__doc__, CoreConfig)
+TokenizedDatasetConfig = config_class("TokenizedDatasetConfig", (DatasetConfig,), DatasetConfig.__doc__,
+                                      CoreConfig)
+TrainedModelConfig = config_class(
+    "TrainedModelConfig", (GPTConfig, TrainConfig),
+    "The transformer (GPTConfig; vocab_size comes from the tokenizer) and its training (TrainConfig).",
+    _TrainedModel, skip=("vocab_size",),
+    initial_checkpoint=(str | None, pydantic.Field(
+        default=None,
+        description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
+        "import-gpt-rs`) instead of a fresh initialisation; its config must match.")),
+    export_hf=(bool, pydantic.Field(
+        default=False,
+        description="Also export the model as a Hugging Face transformers GPT-2 directory and log "
+        "it to MLflow (artifact hf_model).")),
+)
+SampleGenerationsConfig = config_class("SampleGenerationsConfig", (GenerationConfig,),
+                                       GenerationConfig.__doc__, _SampleGenerations)
+

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gpt_pipeline import quality
+from gpt_pipeline.fields import result_fields
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
@@ -61,8 +62,15 @@ def checkpoint_dir(
             digest.update(np.ascontiguousarray(part[start : start + step]).data)
     if initial_checkpoint:
         digest.update(Path(initial_checkpoint).read_bytes())
-    settings = {k: v for k, v in train_config.to_dict().items() if k not in ("resume", "device")}
-    return data_dir() / "checkpoints" / "trained_model" / fingerprint(model_config, settings, digest.hexdigest())
+    return data_dir() / "checkpoints" / "trained_model" / fingerprint(
+        model_config, result_settings(train_config), digest.hexdigest())
+
+
+def result_settings(train_config: TrainConfig) -> dict:
+    """The training settings that key a checkpoint folder: the fields declared
+    ``affects_result`` (every one but ``resume`` and ``device``)."""
+    values = train_config.to_dict()
+    return {name: values[name] for name in result_fields(TrainConfig)}
 
 
 def system_facts(device: str) -> dict[str, str]:
@@ -147,7 +155,8 @@ def run_training(
             result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
                                       initial_checkpoint)
         else:
-            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model)
+            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model,
+                           on_progress=lambda progress: context.log.info(progress.line()))
         for evaluation in result.evaluations:  # restored from a checkpoint when resuming
             if evaluation.step not in reported:
                 run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)

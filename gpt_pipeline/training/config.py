@@ -11,55 +11,56 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from gpt_pipeline.devices import resolve_device
+from gpt_pipeline.fields import check, param
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.data.tokens import TokenArray
 
 
 @dataclass
 class TrainConfig:
-    """gpt-rs's ``train_config.ron`` (its example values) plus seed, device and our options."""
+    """gpt-rs's ``train_config.ron`` (its example values) plus seed, device and our options.
 
-    learning_rate: float = 2e-4  # AdamW learning rate (the peak one with a schedule)
-    training_iterations: int = 60000  # optimizer steps
-    evaluation_interval: int = 500  # steps between evaluations + checkpoints (step 0 included)
-    evaluation_iterations: int = 5  # batches of train and of test averaged per evaluation
-    contexts_per_batch: int = 64  # stories (one window each) per batch
-    seed: int = 1234  # seeds initialisation, batches, dropout and evaluation batches
-    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps"
-    resume: bool = True  # continue from the latest checkpoint in checkpoint_dir, if any
-    lr_schedule: str = "constant"  # "constant" (gpt-rs) or "cosine" (decay to min_learning_rate)
-    warmup_iterations: int = 0  # linear warm-up steps from learning_rate / warmup to learning_rate
-    min_learning_rate: float = 2e-5  # where "cosine" ends
-    grad_clip: str = "value"  # "value" (gpt-rs: clamp every element), "norm" (global norm), "none"
-    grad_clip_value: float = 0.5  # the clamp bound, or the maximum norm
-    weight_decay: float = 0.1  # AdamW decay on linear weight matrices only
-    precision: str = "float32"  # "float32" or "bfloat16" (autocast, CUDA only; else float32)
-    num_processes: int = 1  # data-parallel processes (torchrun + DDP); 1: train in this process
-    distributed_backend: str = "auto"  # "auto" (nccl on CUDA, else gloo), "gloo" or "nccl"
+    ``affects_result``: every field but ``device`` and ``resume`` changes what a training produces
+    or reports (its weights, its evaluations, its checkpoints), so those fields key the
+    ``trained_model`` asset's checkpoint folder (``gpt_pipeline.defs.training_run``) and, less the
+    ones a continued run may change, must match a checkpoint to resume from it (``loop``).
+    """
+
+    learning_rate: float = param(2e-4, "AdamW learning rate (the peak one with a schedule).", gt=0,
+                                 affects_result=True)
+    training_iterations: int = param(60000, "Optimizer steps.", ge=1, affects_result=True)
+    evaluation_interval: int = param(500, "Steps between evaluations and checkpoints (step 0 included).",
+                                     ge=1, affects_result=True)
+    evaluation_iterations: int = param(5, "Batches of train and of test averaged per evaluation.", ge=1,
+                                       affects_result=True)
+    contexts_per_batch: int = param(64, "Stories (one window each) per batch.", ge=1, affects_result=True)
+    seed: int = param(1234, "Seeds initialisation, batches, dropout and evaluation batches.", ge=0,
+                      affects_result=True)
+    device: str = param("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    resume: bool = param(True, "Continue from the latest checkpoint of this configuration, if any.")
+    lr_schedule: str = param("constant", "constant (gpt-rs) or cosine (linear warm-up, then cosine decay "
+                             "to min_learning_rate).", choices=("constant", "cosine"), affects_result=True)
+    warmup_iterations: int = param(0, "Linear warm-up steps from learning_rate / warmup to learning_rate.",
+                                   ge=0, affects_result=True)
+    min_learning_rate: float = param(2e-5, "Where the cosine decay ends.", ge=0, affects_result=True)
+    grad_clip: str = param("value", "value (gpt-rs: clamp every gradient element), norm (global norm) "
+                           "or none.", choices=("value", "norm", "none"), affects_result=True)
+    grad_clip_value: float = param(0.5, "The clamp bound, or the maximum norm.", gt=0, affects_result=True)
+    weight_decay: float = param(0.1, "AdamW decay on linear weight matrices only.", ge=0,
+                                affects_result=True)
+    precision: str = param("float32", "float32, or bfloat16 (autocast, CUDA only; else float32).",
+                           choices=("float32", "bfloat16"), affects_result=True)
+    num_processes: int = param(1, "Data-parallel processes (torchrun + DDP; each takes its share of "
+                               "every batch, rank 0 evaluates and checkpoints); 1: train in this process.",
+                               ge=1, affects_result=True)
+    distributed_backend: str = param("auto", "Process-group backend with num_processes > 1: auto (nccl "
+                                     "on CUDA, else gloo), gloo or nccl.", choices=("auto", "gloo", "nccl"),
+                                     affects_result=True)
 
     def validate(self) -> TrainConfig:
-        for name in ("training_iterations", "evaluation_interval", "evaluation_iterations",
-                     "contexts_per_batch", "num_processes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_iterations", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
-        for name in ("learning_rate", "grad_clip_value"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number > 0, got {value!r}")
-        for name in ("min_learning_rate", "weight_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
-        choices = {"lr_schedule": ("constant", "cosine"), "grad_clip": ("value", "norm", "none"),
-                   "precision": ("float32", "bfloat16"), "distributed_backend": ("auto", "gloo", "nccl")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        """``ValueError`` naming the first bad field (``fields.check``), then the rules that tie
+        fields together."""
+        check(self)
         resolve_device(self.device, check_available=False)
         if self.num_processes > self.contexts_per_batch:
             raise ValueError(f"TrainConfig.num_processes={self.num_processes} is more than contexts_per_batch="

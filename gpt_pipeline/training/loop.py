@@ -21,10 +21,10 @@ Data parallel: in each torchrun worker ``gpt_pipeline.training.distributed`` pas
 gives the process its rows of every (same, global) batch, wraps the model in
 DistributedDataParallel and leaves evaluation and checkpoints to rank 0; the loop is this one.
 
-Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``
-and ``on_evaluation``), the model itself (``model.py``), the file format (``checkpoint.py``), the
-config and its validation (``training_config.py``, re-exported here), launching processes
-(``distributed.py``).
+Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``,
+``on_evaluation`` and ``on_progress``; ``progress.py`` has the lines), the model itself
+(``model.py``), the file format (``checkpoint.py``), the config and its validation
+(``config.py``, re-exported here), launching processes (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from gpt_pipeline.training.checkpoint import (
     step_checkpoints,
     training_checkpoints,
 )
+from gpt_pipeline.fields import result_fields
+from gpt_pipeline.training.progress import Progress
 from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
@@ -60,10 +62,19 @@ logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.999)  # gpt-rs (tch's AdamW defaults)
 ADAM_EPS = 1e-8
-# fields that change the numbers a resumed run computes: they must match the checkpoint's
-# (not num_processes: every process count computes the same batches, up to float summation order)
-_RESUME_FIELDS = ("learning_rate", "contexts_per_batch", "seed", "lr_schedule", "warmup_iterations",
-                  "min_learning_rate", "grad_clip", "grad_clip_value", "weight_decay")
+# Fields of TrainConfig.result_fields that a continued run may change: evaluations do not touch
+# the weights (their own generator), every process count computes the same batches (up to float
+# summation order), precision was never pinned, and a constant-rate run may be extended.
+_MAY_CHANGE_ON_RESUME = ("evaluation_interval", "evaluation_iterations", "precision", "num_processes",
+                         "distributed_backend")
+
+
+def resume_fields(config: TrainConfig) -> tuple[str, ...]:
+    """The fields a checkpoint's ``train_config`` must match to resume from it: those that change
+    the result (``fields.result_fields``), less those a continued run may change;
+    ``training_iterations`` only with the cosine schedule (it shapes the decay)."""
+    return tuple(n for n in result_fields(TrainConfig) if n not in _MAY_CHANGE_ON_RESUME
+                 and (n != "training_iterations" or config.lr_schedule == "cosine"))
 
 
 @dataclass
@@ -141,7 +152,7 @@ def _check_resumable(path: Path, state: dict, model_config: GPTConfig, config: T
         raise ValueError(f"{path} was trained with model config {saved_model}, not "
                          f"{model_config.to_dict()}; use another checkpoint_dir or resume=False")
     saved = state.get("train_config", {})
-    names = _RESUME_FIELDS + (("training_iterations",) if config.lr_schedule == "cosine" else ())
+    names = resume_fields(config)
     differ = [n for n in names if saved.get(n) != getattr(config, n)]
     if differ:
         raise ValueError(f"{path} was trained with different {differ} ({[saved.get(n) for n in differ]}); "
@@ -204,12 +215,17 @@ def train(
     on_evaluation: Callable[[Evaluation], None] | None = None,
     initial_model: GPT | None = None,
     replica: Replica | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_seconds: float = 5.0,
 ) -> TrainResult:
     """Train a ``GPT`` on ``train_data``, evaluating on both splits (see the module docstring).
 
     ``on_evaluation`` is called with every evaluation this call computes (not those restored from
-    a checkpoint). ``initial_model`` starts from its weights instead of a fresh initialisation
-    (ignored when resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
+    a checkpoint). ``on_progress`` is called (rank 0 only) once with ``resumed_from`` set when the
+    run resumes, then every ``progress_seconds`` of training (0: after every step) with the latest
+    step's loss, the throughput and the time left (``gpt_pipeline.training.progress``).
+    ``initial_model`` starts from its weights instead of a fresh initialisation (ignored when
+    resuming). Starting afresh in a ``checkpoint_dir`` that holds checkpoints
     (``resume=False``) deletes them first, so that a later resume never mixes two runs.
     ``replica`` is this process's part in a data-parallel run (``gpt_pipeline.training.distributed``
     passes it in each torchrun worker); without one, ``num_processes`` must be 1. In other
@@ -265,6 +281,17 @@ def train(
     tokens_per_step = config.contexts_per_batch * model_config.context_length
     start = time.perf_counter()
     train_seconds, session_steps = 0.0, 0
+    last_report = start
+    if on_progress is not None and main and resumed_from is not None:
+        on_progress(Progress(step, config.training_iterations, None, None, previous_seconds, None,
+                             resumed_from=resumed_from, checkpoint_dir=str(checkpoint_dir)))
+
+    def report_progress(now: float) -> None:
+        elapsed = now - start
+        on_progress(Progress(
+            step, config.training_iterations, loss.item(),
+            session_steps * tokens_per_step / train_seconds if train_seconds else None,
+            previous_seconds + elapsed, elapsed / session_steps * (config.training_iterations - step)))
 
     def evaluate_and_save(name: str) -> None:
         others = replica.other_generators(generators)  # every process takes part
@@ -323,7 +350,11 @@ def train(
         session_steps += 1
         if device.type == "cuda" and step % config.evaluation_interval == 0:
             torch.cuda.synchronize(device)  # keep the timings honest
-        train_seconds += time.perf_counter() - step_start
+        now = time.perf_counter()
+        train_seconds += now - step_start
+        if on_progress is not None and main and now - last_report >= progress_seconds:
+            report_progress(now)
+            last_report = time.perf_counter()
 
     finished_before = resumed_from == step and checkpoint_dir is not None and (
         checkpoint_dir / FINAL_CHECKPOINT).is_file()

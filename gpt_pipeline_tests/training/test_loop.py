@@ -235,3 +235,48 @@ def test_bfloat16_needs_cuda_and_falls_back_to_float32(caplog):
     fp32 = train(MODEL, TrainConfig(**{**FAST, "training_iterations": 20}), TRAIN, TEST)
     assert losses(bf16) == losses(fp32)
     assert "precision='bfloat16' needs CUDA" in caplog.text
+
+
+def test_result_fields_key_checkpoints_and_resume():
+    from gpt_pipeline import fields
+    from gpt_pipeline.training.loop import resume_fields
+
+    every = [f.name for f in fields.fields_of(TrainConfig)]
+    assert fields.result_fields(TrainConfig) == tuple(n for n in every if n not in ("device", "resume"))
+    # the fields a resumed run must share with its checkpoint, as before they were derived
+    assert resume_fields(TrainConfig()) == ("learning_rate", "contexts_per_batch", "seed", "lr_schedule",
+                                            "warmup_iterations", "min_learning_rate", "grad_clip",
+                                            "grad_clip_value", "weight_decay")
+    assert "training_iterations" in resume_fields(TrainConfig(lr_schedule="cosine"))
+
+
+def test_progress_is_reported_between_evaluations():
+    seen, evaluations = [], []
+    result = train(MODEL, TrainConfig(**FAST), TRAIN, TEST, on_evaluation=evaluations.append,
+                   on_progress=seen.append, progress_seconds=0)
+    assert [p.step for p in seen] == list(range(1, 61)) and len(evaluations) == 4
+    assert all(p.total_steps == 60 and p.resumed_from is None for p in seen)
+    assert all(0 < p.loss < 5 and p.tokens_per_second > 0 and p.remaining_seconds >= 0 for p in seen)
+    assert seen[-1].remaining_seconds == 0 and seen[-1].loss < seen[0].loss
+    assert seen[-1].elapsed_seconds <= result.seconds
+    assert seen[9].line().startswith("step 10/60: loss ") and "tokens/s, elapsed" in seen[9].line()
+    quiet = []  # reports go by time: none within an hour
+    train(MODEL, TrainConfig(**{**FAST, "training_iterations": 20}), TRAIN, TEST, on_progress=quiet.append,
+          progress_seconds=3600)
+    assert quiet == []
+
+
+def test_resume_is_reported_with_its_step(tmp_path):
+    config = TrainConfig(**FAST)
+
+    def stop_at_40(evaluation):
+        if evaluation.step == 40:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(MODEL, config, TRAIN, TEST, checkpoint_dir=tmp_path, on_evaluation=stop_at_40)
+    seen = []
+    train(MODEL, config, TRAIN, TEST, checkpoint_dir=tmp_path, on_progress=seen.append, progress_seconds=0)
+    assert seen[0].resumed_from == 40 and seen[0].step == 40 and seen[0].elapsed_seconds > 0
+    assert seen[0].line().startswith(f"resumed from step 40/60 (checkpoint in {tmp_path}; ")
+    assert [p.step for p in seen[1:]] == list(range(41, 61)) and seen[1].resumed_from is None
