@@ -20,11 +20,13 @@ So ``export`` writes, into ``out_dir``:
   ``max_length = context_length``), so that ``pipeline("text-generation", model=out_dir)``
   samples as our generator does.
 
-Special tokens: our BPE has none (gpt-rs trains on stories without separators), so there is no
-EOS (generation runs for ``max_new_tokens``, as gpt-rs's does) and the tokenizer declares no
-special token (declaring one would make ``decode(skip_special_tokens=True)`` drop that
-character from texts). ``pad_token_id`` is 0, the token gpt-rs pads its windows with; it only
-silences ``generate()``'s warning, as a single prompt is never padded.
+Special tokens: our BPE has none (gpt-rs trains on stories without separators), so none is
+declared: no EOS (generation runs for ``max_new_tokens``, as gpt-rs's does), no BOS and no PAD.
+Naming an ordinary token instead would corrupt text: ``decode(skip_special_tokens=True)`` would
+drop it, and with ``pad_token_id`` set, ``generate()`` called without an attention mask masks
+every occurrence of it in the prompt (token 0, which gpt-rs pads its windows with, is ``"\n"``
+in TinyStories). So batches of prompts of different lengths cannot be padded by the pipeline
+(``batch_size`` > 1); one prompt at a time, or a list of prompts without ``batch_size``, works.
 
 Length: GPT-2 has no position beyond ``n_positions = context_length``, so ``transformers``
 cannot continue past the context (prompt + ``max_new_tokens`` > ``context_length`` ends in
@@ -57,7 +59,6 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-PAD_TOKEN_ID = 0  # gpt-rs right-pads its generation windows with token 0
 
 
 def gpt2_config(model: GPT) -> dict:
@@ -92,7 +93,7 @@ def gpt2_config(model: GPT) -> dict:
         "tie_word_embeddings": False,
         "bos_token_id": None,
         "eos_token_id": None,
-        "pad_token_id": PAD_TOKEN_ID,
+        "pad_token_id": None,
         "use_cache": True,
         "dtype": "float32",
         "gpt_pipeline_config": config.to_dict(),
@@ -142,7 +143,7 @@ def tokenizer_config(context_length: int) -> dict:
 
 def generation_config(model: GPT) -> dict:
     """``generation_config.json``: gpt-rs's sampling (softmax at temperature 0.7 over every
-    token) as ``generate()``'s defaults, at most ``context_length`` tokens, no EOS, pad 0.
+    token) as ``generate()``'s defaults, at most ``context_length`` tokens, no special tokens.
 
     Example:
         >>> from gpt_pipeline.model.gpt import GPTConfig
@@ -159,7 +160,7 @@ def generation_config(model: GPT) -> dict:
         "max_length": model.config.context_length,
         "bos_token_id": None,
         "eos_token_id": None,
-        "pad_token_id": PAD_TOKEN_ID,
+        "pad_token_id": None,
     }
 
 

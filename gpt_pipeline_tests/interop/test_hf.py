@@ -112,10 +112,20 @@ def test_generation_config_is_gpt_rs_sampling(exported, generator_pipeline):
     assert {k: written[k] for k in ("do_sample", "temperature", "top_k", "max_length", "eos_token_id",
                                     "pad_token_id")} == {
         "do_sample": True, "temperature": 0.7, "top_k": 0, "max_length": 32, "eos_token_id": None,
-        "pad_token_id": 0}
+        "pad_token_id": None}
     loaded = generator_pipeline.model.generation_config  # what generate() and the pipeline use
     assert (loaded.do_sample, loaded.temperature, loaded.top_k, loaded.max_length) == (True, 0.7, 0, 32)
-    assert loaded.eos_token_id is None and loaded.pad_token_id == 0
+    assert loaded.eos_token_id is None and loaded.pad_token_id is None  # no token of ours is special
+
+
+def test_generate_does_not_mask_a_newline_in_the_prompt(exported):
+    """With a pad id set, generate() without an attention mask would mask that token in prompts."""
+    model, tokenizer, out, _, _ = exported
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = tokenizer.encode("Once\nthe dog")
+    assert 0 in ids  # token 0 is the newline: the first character in code-point order
+    greedy = hf_model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)[0].tolist()
+    assert tokenizer.decode(greedy) == generate_text(model, tokenizer, "Once\nthe dog", 5, top_k=1)[0]
 
 
 def test_pipeline_continues_a_prompt_within_the_context(exported, generator_pipeline):
