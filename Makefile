@@ -42,11 +42,13 @@ test: $(STAMP)
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h $(HOST) -p 3000 -w workspace.yaml
 
-# The MLflow UI without MLflow 3's job runner (seven huey workers for GenAI jobs this project
-# never starts; deploy/mlflow.env turns it off the same way).
+# The MLflow UI for one user: without MLflow 3's job runner (seven huey workers for GenAI jobs
+# this project never starts; deploy/mlflow.env turns it off the same way) and with one web
+# worker instead of four (UI_WORKERS=4 for more).
+UI_WORKERS ?= 1
 mlflow-ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
-	  $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) \
+	  --host $(HOST) --port 5000 --workers $(UI_WORKERS)
 
 # REST serving of the registry's champion (docs/serving.md): POST prompts to
 # http://$(HOST):$(SERVE_PORT)/invocations. The environment is this one (.venv/bin on PATH, so
