@@ -15,7 +15,8 @@ Bad requests raise :class:`InvalidRequest` (an ``MlflowException`` with
 the one line naming the problem: an empty prompt, a character the tokenizer never saw, a token
 count that is not a positive integer, a parameter the signature does not name. MLflow itself
 drops unknown parameters with a warning; loading the model installs a filter on that warning
-that turns it into the error (``_reject_unknown_params``). Values of the wrong type (a token
+that turns it into the error (``_reject_unknown_params``; a logging setup that silences
+MLflow's warnings silences the error too). Values of the wrong type (a token
 count of ``"ten"``) are refused by MLflow's own signature check, also with a 400.
 
 The model's files are:
@@ -245,8 +246,10 @@ class GPTTextGenerator(PythonModel):
 
 def pip_requirements() -> list[str]:
     """What loading the model needs, pinned to this environment. ``gpt_pipeline`` itself travels
-    with the model (``code/``); a CPU build of torch (``2.13.0+cpu``) is pinned as such and
-    PyTorch's CPU index is added, so that building the environment pulls no CUDA build.
+    with the model (``code/``). torch is pinned to the running build, local label included: a
+    ``2.13.0+cpu`` build adds PyTorch's CPU index (``+cu126``: its CUDA 12.6 index), where that
+    build lives, so that building the environment pulls this build and no other (a bare
+    ``torch==2.13.0`` from PyPI is the multi-GB CUDA build on Linux).
 
     Example:
         >>> any(r.startswith("torch==") for r in pip_requirements())
@@ -261,13 +264,13 @@ def pip_requirements() -> list[str]:
         except PackageNotFoundError:
             pinned.append(name)
             continue
-        if name == "torch" and found.endswith("+cpu"):
-            pinned.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
+        if name == "torch" and "+" in found:
+            pinned.insert(0, f"--extra-index-url {TORCH_INDEX}/{found.split('+', 1)[1]}")
         pinned.append(f"{name}=={found}")
     return pinned
 
 
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_INDEX = "https://download.pytorch.org/whl"  # + /cpu, /cu126, ...: PyTorch's own indexes
 
 
 def _package_copy(directory: Path) -> Path:
