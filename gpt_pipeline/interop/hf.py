@@ -25,8 +25,9 @@ declared: no EOS (generation runs for ``max_new_tokens``, as gpt-rs's does), no 
 Naming an ordinary token instead would corrupt text: ``decode(skip_special_tokens=True)`` would
 drop it, and with ``pad_token_id`` set, ``generate()`` called without an attention mask masks
 every occurrence of it in the prompt (token 0, which gpt-rs pads its windows with, is the
-newline whenever the corpus has one). So batches of prompts of different lengths cannot be padded by the pipeline
-(``batch_size`` > 1); one prompt at a time, or a list of prompts without ``batch_size``, works.
+newline whenever the corpus has one). So the pipeline cannot pad batches of prompts of
+different lengths (``batch_size`` > 1); one prompt at a time, or a list of prompts without
+``batch_size``, works.
 
 Length: GPT-2 has no position beyond ``n_positions = context_length``, so ``transformers``
 cannot continue past the context (prompt + ``max_new_tokens`` > ``context_length`` ends in
