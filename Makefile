@@ -13,7 +13,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 MLFLOW_DB := sqlite:///$(CURDIR)/mlruns/mlflow.db
 HOST := 127.0.0.1
 
-.PHONY: setup run test dagster-ui mlflow-ui clean
+.PHONY: setup run test dagster-ui mlflow-ui serve clean
 
 setup: $(STAMP)
 
@@ -47,8 +47,23 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) dev -h $(HOST) -p 3000
 
+# The MLflow UI for one user: without MLflow 3's job runner (seven huey workers for GenAI jobs
+# this project never starts; deploy/mlflow.env turns it off the same way) and with one web
+# worker instead of four (UI_WORKERS=4 for more).
+UI_WORKERS ?= 1
 mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) \
+	  --host $(HOST) --port 5000 --workers $(UI_WORKERS)
+
+# REST serving of the registry's champion (docs/serving.md): POST prompts to
+# http://$(HOST):$(SERVE_PORT)/invocations. The environment is this one (.venv/bin on PATH, so
+# that mlflow finds uvicorn without an activated venv); MODEL_URI=models:/gpt-pipeline/3 for
+# another version.
+SERVE_PORT ?= 5001
+MODEL_URI ?= models:/gpt-pipeline@champion
+serve: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)}" \
+	  $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
 clean:
 	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch

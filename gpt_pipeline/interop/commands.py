@@ -47,7 +47,8 @@ def add_interop_commands(subparsers) -> None:
         "export-hf",
         help="write a model and its tokenizer as a Hugging Face transformers GPT-2 directory",
         description="Write --output as a transformers GPT-2 directory: config.json (ReLU, untied "
-        "head), model.safetensors, tokenizer.json and tokenizer_config.json. "
+        "head), model.safetensors, tokenizer.json, tokenizer_config.json and generation_config.json "
+        "(gpt-rs's sampling as generate()'s defaults). "
         "AutoModelForCausalLM.from_pretrained(DIR) gives this model's logits and "
         "AutoTokenizer.from_pretrained(DIR) its token ids.",
     )
@@ -90,5 +91,6 @@ def export_hf(args: argparse.Namespace) -> None:
     out = export(model, tokenizer, args.output)
     print(
         f"exported GPT-2 model ({model.num_parameters():,} parameters, {tokenizer.vocab_size} tokens) "
-        f"-> {out}: config.json, model.safetensors, tokenizer.json, tokenizer_config.json"
+        f"-> {out}: config.json, generation_config.json, model.safetensors, tokenizer.json, "
+        "tokenizer_config.json"
     )

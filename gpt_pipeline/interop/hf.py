@@ -14,7 +14,27 @@ So ``export`` writes, into ``out_dir``:
   heads in order);
 - ``tokenizer.json`` (``BPETokenizer.to_hf_json``) and ``tokenizer_config.json`` naming
   ``PreTrainedTokenizerFast``, so that ``AutoTokenizer`` loads the file as is (GPT-2's own
-  tokenizer class would rebuild a byte-level tokenizer) and adds no BOS/EOS.
+  tokenizer class would rebuild a byte-level tokenizer) and adds no BOS/EOS;
+- ``generation_config.json``: gpt-rs's sampling as ``generate()``'s defaults (``do_sample``,
+  temperature 0.7, ``top_k: 0`` so that every token can be drawn, not ``transformers``' 50;
+  ``max_length = context_length``), so that ``pipeline("text-generation", model=out_dir)``
+  samples as our generator does.
+
+Special tokens: our BPE has none (gpt-rs trains on stories without separators), so none is
+declared: no EOS (generation runs for ``max_new_tokens``, as gpt-rs's does), no BOS and no PAD.
+Naming an ordinary token instead would corrupt text: ``decode(skip_special_tokens=True)`` would
+drop it, and with ``pad_token_id`` set, ``generate()`` called without an attention mask masks
+every occurrence of it in the prompt (token 0, which gpt-rs pads its windows with, is the
+newline whenever the corpus has one). So the pipeline cannot pad batches of prompts of
+different lengths (``batch_size`` > 1); one prompt at a time, or a list of prompts without
+``batch_size``, works.
+
+Length: GPT-2 has no position beyond ``n_positions = context_length``, so ``transformers``
+cannot continue past the context (prompt + ``max_new_tokens`` > ``context_length`` ends in
+``IndexError: index out of range in self`` after a "friendly reminder" warning), while gpt-rs
+slides its window. ``generate_sliding`` continues a prompt to any length through a
+``transformers`` pipeline with gpt-rs's sliding window (and our generator's draws: the same
+text for the same seed); ``check_length`` is the clear error for callers of ``generate()``.
 
 Dropout: with dropout off (``model.eval()``, what inference uses) the logits are ours. In
 training mode they differ: GPT-2 has no dropout on the residual path itself (our
@@ -39,6 +59,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def gpt2_config(model: GPT) -> dict:
@@ -121,6 +142,91 @@ def tokenizer_config(context_length: int) -> dict:
     }
 
 
+def generation_config(model: GPT) -> dict:
+    """``generation_config.json``: gpt-rs's sampling (softmax at temperature 0.7 over every
+    token) as ``generate()``'s defaults, at most ``context_length`` tokens, no special tokens.
+
+    Example:
+        >>> from gpt_pipeline.model.gpt import GPTConfig
+        >>> c = generation_config(GPT(GPTConfig(vocab_size=10, embedding_size=8, context_length=4,
+        ...     head_count=2, block_count=1, feed_forward_multiplier=3)))
+        >>> c["do_sample"], c["temperature"], c["top_k"], c["max_length"], c["eos_token_id"]
+        (True, 0.7, 0, 4, None)
+    """
+    return {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_k": 0,  # 0: no top-k filter (transformers' default is 50)
+        "top_p": 1.0,
+        "max_length": model.config.context_length,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+def check_length(context_length: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise ``ValueError`` (one line) when a prompt of ``prompt_tokens`` tokens and
+    ``max_new_tokens`` new ones do not fit in the exported model's ``context_length`` positions.
+
+    Example:
+        >>> check_length(32, 2, 30)
+        >>> check_length(32, 2, 100)
+        Traceback (most recent call last):
+        ...
+        ValueError: prompt (2 tokens) + max_new_tokens (100) = 102 exceeds the context length 32 of the exported model: transformers cannot go past it; use gpt_pipeline.interop.hf.generate_sliding, which slides the window as gpt-rs does
+    """
+    if prompt_tokens + max_new_tokens > context_length:
+        raise ValueError(
+            f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{prompt_tokens + max_new_tokens} exceeds the context length {context_length} of the "
+            "exported model: transformers cannot go past it; use "
+            "gpt_pipeline.interop.hf.generate_sliding, which slides the window as gpt-rs does"
+        )
+
+
+@torch.no_grad()
+def generate_sliding(
+    pipeline,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.7,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> str:
+    """``prompt`` + ``max_new_tokens`` tokens sampled from an exported model with gpt-rs's loop:
+    each step runs the last ``n_positions`` tokens (all while fewer) through the model and
+    samples from the last position's logits. ``pipeline`` is a ``transformers`` text-generation
+    pipeline on the exported folder (anything with ``.model`` and ``.tokenizer``). The draws are
+    ``gpt_pipeline.model.generation``'s, so the text equals ``generate_text(our model, ...)``
+    for the same seed. No length limit; slower than ``generate()`` (no key/value cache).
+    """
+    from gpt_pipeline.model.generation import sample_next, validate_sampling
+
+    validate_sampling(max_new_tokens, temperature, top_k)
+    model, tokenizer = pipeline.model, pipeline.tokenizer
+    ids = tokenizer(prompt, verbose=False)["input_ids"] if isinstance(prompt, str) else []
+    if not ids:
+        raise ValueError(f"prompt must be a non-empty string of known characters, got {prompt!r}")
+    device = model.lm_head.weight.device
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    window = model.config.n_positions
+    out = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            logits = model(out[:, -window:]).logits[:, -1]  # [1, V]: the last position only
+            out = torch.cat([out, sample_next(logits, temperature, top_k, generator)[:, None]], dim=1)
+    finally:
+        model.train(was_training)
+    return prompt + tokenizer.decode(out[0, len(ids):].tolist())
+
+
 def export(model: GPT, tokenizer: BPETokenizer, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` and ``tokenizer`` as a ``transformers`` GPT-2 directory; return its path.
 
@@ -143,5 +249,6 @@ def export(model: GPT, tokenizer: BPETokenizer, out_dir: str | os.PathLike) -> P
     atomic_write_text(out / TOKENIZER_FILE, tokenizer_json)
     settings = tokenizer_config(model.config.context_length)
     atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(settings, indent=2) + "\n")
+    atomic_write_text(out / GENERATION_CONFIG_FILE, json.dumps(generation_config(model), indent=2) + "\n")
     atomic_write_text(out / CONFIG_FILE, json.dumps(gpt2_config(model), indent=2) + "\n")
     return out

@@ -5,25 +5,45 @@
 
     mlflow.pyfunc.load_model(uri).predict(["Once upon"], params={"token_count": 50})
 
-returns one generation (prompt + continuation) per prompt. The input is one string column (a
-DataFrame's ``prompt`` column, or a list of strings); the params ``token_count``, ``temperature``,
-``seed`` and ``unknown`` are in the model's signature (see ``SIGNATURE``). The model's files are:
+returns one generation (prompt + continuation) per prompt, and ``mlflow models serve -m <uri>``
+answers the same over REST (docs/serving.md). The input is one string column (a DataFrame's
+``prompt`` column, or a list of strings); every parameter the model honours is in its signature
+(``SIGNATURE``): ``token_count``, ``temperature``, ``top_k``, ``seed`` and ``unknown``.
+
+Bad requests raise :class:`InvalidRequest` (an ``MlflowException`` with
+``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400) whose body is
+the one line naming the problem: an empty prompt, a character the tokenizer never saw, a token
+count that is not a positive integer, a parameter the signature does not name. MLflow itself
+drops unknown parameters with a warning; loading the model installs a filter on that warning
+that turns it into the error (``_reject_unknown_params``; a logging setup that silences
+MLflow's warnings silences the error too). Values of the wrong type (a token
+count of ``"ten"``) are refused by MLflow's own signature check, also with a 400.
+
+The model's files are:
 
 - ``artifacts/model.safetensors``: the weights only (the training checkpoint's optimizer and
   random-generator state are dropped), written by ``gpt_pipeline.training.checkpoint``;
 - ``artifacts/bpe_tokenizer.json``: our tokenizer file;
 - ``gpt_text_generator.py``: three lines naming :class:`GPTTextGenerator` (MLflow's "models from
-  code"), so nothing is pickled: loading reads two data files and imports this module.
+  code"), so nothing is pickled: loading reads two data files and imports this module;
+- ``code/gpt_pipeline/``: the ``gpt_pipeline`` package that logged the model (MLflow's
+  ``code_paths``, put first on ``sys.path`` when the model loads), so the model runs without the
+  project installed and its environment (``requirements.txt``) names only packages an index has:
+  mlflow, torch (pinned to the running build; a CPU build adds PyTorch's CPU index, so that
+  no CUDA build is pulled), safetensors, numpy, pandas, polars.
 
-Loading needs ``gpt_pipeline`` importable (the project installed): the model's code is this
-module, not a copy. What this module does not do: register versions or move aliases
-(``tracking_registry``), or serve the model.
+What this module does not do: register versions or move aliases (``tracking.registry``), or
+start a server (``make serve``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +52,18 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+import gpt_pipeline
+from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.storage import atomic_write_text
+from gpt_pipeline.tokenizer import UNKNOWN_MODES, BPETokenizer
 from gpt_pipeline.training.checkpoint import (
     CONFIG_KEY,
     FORMAT_KEY,
@@ -44,9 +71,6 @@ from gpt_pipeline.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from gpt_pipeline.pipeline import GenerationConfig, generate_samples
-from gpt_pipeline.storage import atomic_write_text
-from gpt_pipeline.tokenizer import BPETokenizer
 
 MODEL_NAME = "model"  # name of the logged model inside its run
 PROMPT_COLUMN = "prompt"  # the input column of a DataFrame input
@@ -60,11 +84,13 @@ SIGNATURE = ModelSignature(
         [
             ParamSpec("token_count", "long", 64),  # new tokens per generation
             ParamSpec("temperature", "double", _DEFAULTS.temperature),
+            ParamSpec("top_k", "long", _DEFAULTS.top_k),  # sample among the k likeliest; None: all
             ParamSpec("seed", "long", _DEFAULTS.seed),  # prompt i samples with seed + i
             ParamSpec("unknown", "string", _DEFAULTS.unknown),  # unseen prompt characters: error|skip
         ]
     ),
 )
+PARAM_NAMES = frozenset(spec.name for spec in SIGNATURE.params.params)
 # The model's code (MLflow "models from code"): loading runs this file, which names our class.
 _MODEL_CODE = """\
 from mlflow.models import set_model
@@ -73,6 +99,48 @@ from gpt_pipeline.tracking.pyfunc import GPTTextGenerator
 
 set_model(GPTTextGenerator())
 """
+
+
+class InvalidRequest(MlflowException, ValueError):
+    """A request the model refuses: HTTP 400 from ``mlflow models serve``, whose JSON body
+    (``{"error_code": "INVALID_PARAMETER_VALUE", "message": ...}``) holds this message alone.
+
+    MLflow's scoring server prefixes the message of any ``MlflowException`` with the whole input
+    DataFrame; the body keeps the message the model raised.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = message
+
+    def serialize_as_json(self) -> str:
+        return json.dumps({"error_code": self.error_code, "message": self.reason})
+
+
+# MLflow's warning for params outside the signature (mlflow.models.utils._enforce_params_schema):
+# "Unrecognized params ['x'] are ignored for inference. Supported params are: {'seed', ...}."
+_UNRECOGNIZED = re.compile(r"^Unrecognized params \[(?P<names>.*?)\] are ignored.*Supported params are: "
+                           r"\{(?P<known>.*?)\}", re.DOTALL)
+
+
+class _UnknownParamsFilter(logging.Filter):
+    """Raises :class:`InvalidRequest` on MLflow's "Unrecognized params" warning for a model whose
+    parameters are ours, in the thread that is about to predict (other models' warnings pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _UNRECOGNIZED.match(record.getMessage())
+        if match and set(re.findall(r"'([^']*)'", match["known"])) == set(PARAM_NAMES):
+            names = ", ".join(sorted(re.findall(r"'([^']*)'", match["names"])))
+            raise InvalidRequest(f"unknown parameter(s) {names}: the model takes "
+                                 f"{', '.join(sorted(PARAM_NAMES))}")
+        return True
+
+
+def _reject_unknown_params() -> None:
+    """Install :class:`_UnknownParamsFilter` on MLflow's schema logger (once per process)."""
+    logger = logging.getLogger("mlflow.models.utils")
+    if not any(isinstance(f, _UnknownParamsFilter) for f in logger.filters):
+        logger.addFilter(_UnknownParamsFilter())
 
 
 def prompts_of(model_input: Any) -> list[str]:
@@ -99,12 +167,49 @@ def prompts_of(model_input: Any) -> list[str]:
     else:
         raise ValueError(f"input must be a DataFrame with a {PROMPT_COLUMN!r} column or a list of "
                          f"strings, got {type(model_input).__name__}")
-    for value in values:
+    for index, value in enumerate(values):
         if not isinstance(value, str) or not value:
-            raise ValueError(f"every prompt must be a non-empty string, got {value!r}")
+            raise ValueError(f"every prompt must be a non-empty string, got {value!r} (prompt {index})")
     if not values:
         raise ValueError("input holds no prompts")
     return values
+
+
+def _integer(name: str, value: Any, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise InvalidRequest(f"{name} must be {wanted}, got {value!r}")
+    return int(value)
+
+
+def generation_settings(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampling settings of a request: the signature's defaults overridden by ``params``;
+    raises :class:`InvalidRequest` for a name outside the signature or a bad value.
+
+    Example:
+        >>> generation_settings({"top_k": 5})["top_k"], generation_settings(None)["token_count"]
+        (5, 64)
+    """
+    given = dict(params or {})
+    if unknown := sorted(set(given) - PARAM_NAMES):
+        raise InvalidRequest(f"unknown parameter(s) {', '.join(unknown)}: the model takes "
+                             f"{', '.join(sorted(PARAM_NAMES))}")
+    settings = {spec.name: spec.default for spec in SIGNATURE.params.params}
+    settings.update({k: v for k, v in given.items() if v is not None or k == "top_k"})
+    temperature = settings["temperature"]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        temperature > 0 and temperature != float("inf")
+    ):
+        raise InvalidRequest(f"temperature must be a finite number > 0, got {temperature!r}")
+    if settings["unknown"] not in UNKNOWN_MODES:
+        raise InvalidRequest(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {settings['unknown']!r}")
+    return {
+        "token_count": _integer("token_count", settings["token_count"], 1),
+        "temperature": float(temperature),
+        "top_k": None if settings["top_k"] is None else _integer("top_k", settings["top_k"], 1),
+        "seed": _integer("seed", settings["seed"]),
+        "unknown": settings["unknown"],
+    }
 
 
 class GPTTextGenerator(PythonModel):
@@ -118,32 +223,63 @@ class GPTTextGenerator(PythonModel):
                 f"checkpoint vocab_size {self.model.config.vocab_size} does not match the "
                 f"tokenizer's {self.tokenizer.vocab_size} tokens"
             )
+        self.model.eval()
+        _reject_unknown_params()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        """One generation (prompt + ``token_count`` new tokens) per prompt."""
-        params = {**{spec.name: spec.default for spec in SIGNATURE.params.params}, **(params or {})}
-        config = GenerationConfig(
-            prompts=tuple(prompts_of(model_input)),
-            token_count=int(params["token_count"]),
-            temperature=float(params["temperature"]),
-            seed=int(params["seed"]),
-            unknown=str(params["unknown"]),
-        )
-        return generate_samples(self.model, self.tokenizer, config)["text"].to_list()
+        """One generation (prompt + ``token_count`` new tokens) per prompt; prompt i is sampled
+        with ``seed + i``, as ``generate_samples`` does."""
+        settings = generation_settings(params)
+        try:
+            prompts = prompts_of(model_input)
+            for index, prompt in enumerate(prompts):  # every prompt checked before any sampling
+                if not self.tokenizer.encode(prompt, unknown=settings["unknown"]):
+                    raise ValueError(f"prompt {index} ({prompt!r}) encodes to no tokens")
+        except InvalidRequest:
+            raise
+        except ValueError as error:
+            raise InvalidRequest(str(error)) from None
+        seed = settings.pop("seed")
+        return [generate_text(self.model, self.tokenizer, prompt, seed=seed + index, **settings)[0]
+                for index, prompt in enumerate(prompts)]
 
 
 def pip_requirements() -> list[str]:
-    """What loading the model needs, pinned to this environment (the project itself included)."""
+    """What loading the model needs, pinned to this environment. ``gpt_pipeline`` itself travels
+    with the model (``code/``). torch is pinned to the running build, local label included: a
+    ``2.13.0+cpu`` build adds PyTorch's CPU index (``+cu126``: its CUDA 12.6 index), where that
+    build lives, so that building the environment pulls this build and no other (a bare
+    ``torch==2.13.0`` from PyPI is the multi-GB CUDA build on Linux).
+
+    Example:
+        >>> any(r.startswith("torch==") for r in pip_requirements())
+        True
+    """
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["mlflow", "torch", "safetensors", "numpy", "pandas", "polars", "gpt_pipeline"]
     pinned = []
-    for name in names:
+    for name in ["mlflow", "torch", "safetensors", "numpy", "pandas", "polars"]:
         try:
-            pinned.append(f"{name}=={version(name).split('+')[0]}")  # torch 2.13.0+cpu -> 2.13.0
+            found = version(name)
         except PackageNotFoundError:
             pinned.append(name)
+            continue
+        if name == "torch" and "+" in found:
+            pinned.insert(0, f"--extra-index-url {TORCH_INDEX}/{found.split('+', 1)[1]}")
+        pinned.append(f"{name}=={found}")
     return pinned
+
+
+TORCH_INDEX = "https://download.pytorch.org/whl"  # + /cpu, /cu126, ...: PyTorch's own indexes
+
+
+def _package_copy(directory: Path) -> Path:
+    """A clean copy of the ``gpt_pipeline`` package (no caches, no compiled kernels) under
+    ``directory``, for ``code_paths``."""
+    source = Path(gpt_pipeline.__file__).resolve().parent
+    target = directory / "gpt_pipeline"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.o"))
+    return target
 
 
 def _example_prompt(tokenizer: BPETokenizer) -> str:
@@ -173,6 +309,7 @@ def save_pyfunc_model(
         weights = save_checkpoint(staging / "model.safetensors", model, kept)
         tokenizer_file = atomic_write_text(staging / "bpe_tokenizer.json", tokenizer.to_json())
         code = atomic_write_text(staging / "gpt_text_generator.py", _MODEL_CODE)
+        package = _package_copy(staging / "code")
         mlflow.pyfunc.save_model(
             path=str(path),
             python_model=str(code),
@@ -180,6 +317,7 @@ def save_pyfunc_model(
             signature=SIGNATURE,
             input_example=pd.DataFrame({PROMPT_COLUMN: [_example_prompt(tokenizer)]}),
             pip_requirements=pip_requirements(),
+            code_paths=[str(package)],
             mlflow_model=mlflow_model,
         )
     return path

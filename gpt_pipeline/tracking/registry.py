@@ -3,7 +3,9 @@
 ``register_training`` registers a training run's pyfunc model (``tracking_pyfunc``) as a new
 version of the registered model, with the run's final test loss as the version tag ``test_loss``,
 then ``elect_champion`` points the alias ``champion`` at the version with the lowest test loss
-(ties: the older version keeps it), so ``models:/gpt-pipeline@champion`` is always the best model.
+(ties: the older version keeps it), so ``models:/gpt-pipeline@champion`` is always the best model:
+``make serve`` serves it (``mlflow models serve -m models:/gpt-pipeline@champion``, docs/serving.md),
+resolving the alias when the server starts.
 
 Several processes may register at once (a sweep, a schedule and a user): every store call is
 retried on transient failures (SQLite "database is locked", a version number taken by a

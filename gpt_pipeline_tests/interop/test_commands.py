@@ -129,7 +129,7 @@ def test_export_hf_from_an_imported_directory(tmp_path, gpt_rs_run, capsys):
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and line.startswith("exported GPT-2 model (")
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 60
     # a tokenizer file instead of its directory works the same
     args = parser().parse_args(["export-hf", "--model", str(imported / "model.safetensors"), "--tokenizer",

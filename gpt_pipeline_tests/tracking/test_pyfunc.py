@@ -1,5 +1,6 @@
-"""The pyfunc model against a real MLflow SQLite store: what it predicts, what it stores (no
-pickles, weights only) and how it is linked to its run."""
+"""The pyfunc model against a real MLflow SQLite store: what it predicts, what it refuses, what
+it stores (no pickles, weights only, our package bundled, installable requirements) and how it
+is linked to its run. Serving over REST: test_serving.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tracking.tracker import Tracker
-from gpt_pipeline.tracking.pyfunc import SIGNATURE, prompts_of, save_pyfunc_model
+from gpt_pipeline.tracking.pyfunc import (
+    SIGNATURE,
+    InvalidRequest,
+    generation_settings,
+    pip_requirements,
+    prompts_of,
+    save_pyfunc_model,
+)
 from gpt_pipeline_tests.tracking_helpers import GOOD_LR, log_training, tiny_data
 
 
@@ -56,10 +64,66 @@ def test_signature_and_defaults(tracking_env):
     model = mlflow.pyfunc.load_model(tracking_env[3].model_uri)
     assert model.metadata.signature.to_dict() == SIGNATURE.to_dict()
     defaults = {p.name: p.default for p in model.metadata.signature.params.params}
-    assert defaults == {"token_count": 64, "temperature": 0.7, "seed": 1234, "unknown": "error"}
+    assert defaults == {"token_count": 64, "temperature": 0.7, "top_k": None, "seed": 1234, "unknown": "error"}
     with pytest.raises(Exception, match="not in the vocabulary|never seen|unseen|unknown"):
         model.predict(["\u00e9t\u00e9"])  # characters the tokenizer never saw, unknown="error"
     assert model.predict(["Once \u00e9"], params={"unknown": "skip", "token_count": 3})[0].startswith("Once \u00e9")
+
+
+def test_top_k_is_honoured(tracking_env):
+    _, _, data, training = tracking_env
+    model = mlflow.pyfunc.load_model(training.model_uri)
+    original, _ = load_checkpoint(training.checkpoint)
+    got = model.predict(["Once", "The dog"], params={"token_count": 15, "top_k": 3, "seed": 8})
+    assert got == [generate_text(original, data.tokenizer, p, 15, top_k=3, seed=8 + i)[0]
+                   for i, p in enumerate(["Once", "The dog"])]
+    greedy = model.predict(["Once"], params={"token_count": 15, "top_k": 1, "seed": 8})
+    assert greedy == [generate_text(original, data.tokenizer, "Once", 15, top_k=1)[0]]
+    assert model.predict(["Once"], params={"token_count": 15, "seed": 8}) != greedy  # all tokens
+
+
+def test_bad_requests_raise_invalid_request_with_one_line(tracking_env):
+    model = mlflow.pyfunc.load_model(tracking_env[3].model_uri)
+    for prompts, params, message in [
+        (["Once"], {"bogus": 1, "token_count": 3}, "unknown parameter(s) bogus: the model takes seed, "
+         "temperature, token_count, top_k, unknown"),
+        (["Once"], {"token_count": 0}, "token_count must be an integer >= 1, got 0"),
+        (["Once"], {"top_k": -1}, "top_k must be an integer >= 1, got -1"),
+        (["Once"], {"temperature": float("nan")}, "temperature must be a finite number > 0, got nan"),
+        (["Once", ""], {}, "every prompt must be a non-empty string, got '' (prompt 1)"),
+        (["O\u00e9"], {}, "1 characters never seen in training: '\u00e9' (U+00E9) at 1"),
+        (["\u00e9"], {"unknown": "skip"}, "prompt 0 ('\u00e9') encodes to no tokens"),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            model.predict(prompts, params=params)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert caught.value.reason.startswith(message) and "\n" not in caught.value.reason
+        assert caught.value.get_http_status_code() == 400
+    assert model.predict(["Once"], params={"token_count": 2})  # nothing left behind: it still works
+
+
+def test_generation_settings_defaults_and_refusals():
+    assert generation_settings(None) == {"token_count": 64, "temperature": 0.7, "top_k": None,
+                                         "seed": 1234, "unknown": "error"}
+    assert generation_settings({"top_k": 2, "token_count": 5})["top_k"] == 2
+    for params, message in [({"top_p": 1}, "unknown parameter"), ({"token_count": True}, "token_count"),
+                            ({"seed": 1.5}, "seed must be an integer"), ({"temperature": "hot"}, "temperature")]:
+        with pytest.raises(InvalidRequest, match=message):
+            generation_settings(params)
+
+
+def test_requirements_pin_an_installable_environment():
+    requirements = pip_requirements()
+    assert not [r for r in requirements if r.startswith("gpt_pipeline")]  # bundled, not required
+    torch_pin = next(r for r in requirements if r.startswith("torch=="))
+    import torch
+
+    assert torch_pin == f"torch=={torch.__version__}"
+    if torch.__version__.endswith("+cpu"):  # the CPU build, from PyTorch's CPU index, never CUDA's
+        assert requirements.index("--extra-index-url https://download.pytorch.org/whl/cpu") < \
+            requirements.index(torch_pin)
+    assert {r.split("==")[0] for r in requirements if "==" in r} == {
+        "mlflow", "torch", "safetensors", "numpy", "pandas", "polars"}
 
 
 def test_logged_model_is_weights_and_json_without_pickles(tracking_env):
@@ -76,8 +140,12 @@ def test_logged_model_is_weights_and_json_without_pickles(tracking_env):
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".joblib"))], files
     assert {"MLmodel", "gpt_text_generator.py", "artifacts/model.safetensors",
-            "artifacts/bpe_tokenizer.json"} <= set(files)
+            "artifacts/bpe_tokenizer.json", "requirements.txt", "code/gpt_pipeline/__init__.py",
+            "code/gpt_pipeline/tracking/pyfunc.py", "code/gpt_pipeline/model/generation.py"} <= set(files)
+    assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".so"))], files
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (root / "MLmodel").read_text()
+    assert "code: code" in (root / "MLmodel").read_text()  # put on sys.path when the model loads
+    assert (root / "requirements.txt").read_text().splitlines() == pip_requirements()
     with safe_open(str(root / "artifacts/model.safetensors"), "pt") as weights, \
             safe_open(str(training.checkpoint), "pt") as checkpoint:
         assert set(weights.keys()) == {k for k in checkpoint.keys() if not k.startswith(("optimizer.", "rng."))}
