@@ -12,17 +12,17 @@ from pydantic import Field
 
 from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.pipeline import (
-    DEFAULT_CORPUS_SEED,
-    DEFAULT_TRAINING_PERCENTAGE,
-    DEFAULT_VOCAB_SIZE,
-    GenerationConfig,
-)
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.tokenizer import config as tokenizer_config
 from gpt_pipeline.training.loop import TrainConfig
 
 _M = GPTConfig()
 _T = TrainConfig()
 _G = GenerationConfig()
+DEFAULT_CORPUS_SEED = StoriesConfig().seed
+DEFAULT_VOCAB_SIZE = tokenizer_config.TokenizerConfig().vocab_size
+DEFAULT_TRAINING_PERCENTAGE = DatasetConfig().training_percentage
 
 
 class RawStoriesConfig(dg.Config):
