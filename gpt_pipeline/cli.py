@@ -2,8 +2,11 @@
 
 The CLI only parses arguments and dispatches to the core's steps, the same functions the assets
 call: ``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
-``data.dataset_files.write_dataset``, ``training`` and ``model.sampling.generate_samples``. Options mirror gpt-rs's where it has them; every default comes from the core's
-config classes. Bad input ends with one line on stderr and exit status 2, never a traceback.
+``data.dataset_files.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
+dataset folder holds a tokenizer bundle (``tokenizer.bundle``) and ``dataset.parquet`` with its
+token arrays, byte for byte the files of the assets ``bpe_tokenizer`` and ``tokenized_dataset``.
+Options mirror gpt-rs's where it has them; every default comes from the core's config classes.
+Bad input ends with one line on stderr and exit status 2, never a traceback.
 
     gpt-pipeline tokenize [--data-parquet F] [--vocab-size N] [--output-dir D]
     gpt-pipeline train --dataset-dir D [--learning-rate ...] [--output-dir R]

@@ -108,9 +108,9 @@ def raw_stories(
     code_version="1",
     check_specs=[ROUND_TRIP],
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
-    "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as our "
-    "versioned JSON, a vocabulary listing and a Hugging Face tokenizer.json. Reads the stories "
-    "in batches and keeps only piece counts.",
+    "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as a "
+    "tokenizer bundle: our versioned JSON, a vocabulary listing (.vocab.txt) and a Hugging Face "
+    "tokenizer.json (.hf.json). Reads the stories in batches and keeps only piece counts.",
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
