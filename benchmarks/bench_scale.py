@@ -95,12 +95,12 @@ def text_batches(path: Path):
 
 def child_ours_train(args) -> dict:
     from gpt_pipeline.tokenizer import BPETokenizer
+    from gpt_pipeline.tokenizer.bundle import write_bundle
 
     started = time.perf_counter()
     tokenizer = BPETokenizer.train_from_batches(text_batches(args.corpus), args.vocab_size)
     seconds = time.perf_counter() - started
-    tokenizer.save(args.work / "ours.json")
-    Path(args.work / "ours.hf.json").write_text(tokenizer.to_hf_json())
+    write_bundle(tokenizer, args.work / "ours.json")  # + ours.vocab.txt, ours.hf.json
     return {"seconds": seconds, "vocab_size": tokenizer.vocab_size, "alphabet": len(tokenizer.alphabet)}
 
 
@@ -264,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.vocab_size is None:
-        from gpt_pipeline.pipeline import DEFAULT_VOCAB_SIZE
+        from gpt_pipeline.tokenizer.config import TokenizerConfig
 
-        args.vocab_size = DEFAULT_VOCAB_SIZE
+        args.vocab_size = TokenizerConfig().vocab_size
 
     if args.child:
         result = CHILDREN[args.child](args)

@@ -1,8 +1,12 @@
 """``gpt-pipeline``: gpt-rs's commands (tokenize, train, generate) over the same core as the assets.
 
-The CLI only parses arguments and dispatches to ``gpt_pipeline.pipeline``, ``training`` and
-``checkpoint``. Options mirror gpt-rs's where it has them; every default comes from the core's
-config classes. Bad input ends with one line on stderr and exit status 2, never a traceback.
+The CLI only parses arguments and dispatches to the core's steps, the same functions the assets
+call: ``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
+``data.dataset_files.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
+dataset folder holds a tokenizer bundle (``tokenizer.bundle``) and ``dataset.parquet`` with its
+token arrays, byte for byte the files of the assets ``bpe_tokenizer`` and ``tokenized_dataset``.
+Options mirror gpt-rs's where it has them; every default comes from the core's config classes.
+Bad input ends with one line on stderr and exit status 2, never a traceback.
 
     gpt-pipeline tokenize [--data-parquet F] [--vocab-size N] [--output-dir D]
     gpt-pipeline train --dataset-dir D [--learning-rate ...] [--output-dir R]
@@ -72,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok = commands.add_parser(
         "tokenize",
         help="train the BPE tokenizer on a Parquet file and encode every story",
-        description="Train gpt-rs's BPE tokenizer on the stories and encode them. Writes "
-        "tokenizer.json (with its listing tokenizer.json.vocab.txt) and dataset.parquet into --output-dir.",
+        description="Train gpt-rs's BPE tokenizer on the stories and encode them, as the assets "
+        "bpe_tokenizer and tokenized_dataset do (the same files, byte for byte). Writes into --output-dir "
+        "the tokenizer bundle bpe_tokenizer.json (+ bpe_tokenizer.vocab.txt, bpe_tokenizer.hf.json for "
+        "Hugging Face) and dataset.parquet (+ dataset.token_arrays.safetensors).",
     )
     _add_dataclass_options(tok, StoriesConfig, set(), "stories", {
         "path": ("--data-parquet", "FILE"), "text_column": ("--text-column", "NAME"),
@@ -182,20 +188,42 @@ def _materialize(args: argparse.Namespace) -> None:
     print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
 
 
-def _tokenize(args: argparse.Namespace) -> None:
-    from gpt_pipeline import pipeline
-    from gpt_pipeline.storage import atomic_write
+DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset folder
 
-    frame, stats = pipeline.load_stories(args.data_parquet, args.text_column, args.num_stories, args.corpus_seed)
+
+def _tokenize(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+    from gpt_pipeline.data.dataset_files import write_dataset
+    from gpt_pipeline.data.story_files import write_stories
+    from gpt_pipeline.data.table_file import TableFile
+    from gpt_pipeline.tokenizer.bundle import write_bundle
+    from gpt_pipeline.tokenizer.config import TokenizerConfig
+    from gpt_pipeline.tokenizer.fit import train_tokenizer
+
+    stories_config = StoriesConfig(path=args.data_parquet, text_column=args.text_column,
+                                   num_stories=args.num_stories, seed=args.corpus_seed)
+    tokenizer_config = TokenizerConfig(vocab_size=args.vocab_size).validate()
+    dataset_config = DatasetConfig(training_percentage=args.training_percentage).validate()
     source = Path(args.data_parquet).name if args.data_parquet else "embedded"
     out = Path(args.output_dir or f"datasets/dataset_{args.vocab_size}_{source}")
-    texts = frame["text"].to_list()
-    tokenizer, tok_stats = pipeline.train_tokenizer(texts, args.vocab_size)
-    table, data_stats = pipeline.tokenize_stories(tokenizer, texts, args.training_percentage)
-    import pyarrow.parquet as pq
-
-    tokenizer.save(out / "tokenizer.json")
-    atomic_write(out / "dataset.parquet", lambda tmp: pq.write_table(table, tmp))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {str(out)!r} exists and is not a directory")
+    # Work beside the output (the same filesystem: publishing is a rename); nothing in `out`
+    # changes until every file is complete.
+    base = next(p for p in (out, *out.parents) if p.exists())
+    work = Path(tempfile.mkdtemp(prefix=".gpt-pipeline-tokenize.", dir=base))
+    try:
+        stats = write_stories(work / "stories.parquet", stories_config)
+        stories = TableFile(work / "stories.parquet")
+        tokenizer, tok_stats = train_tokenizer(stories, tokenizer_config)
+        dataset, data_stats = write_dataset(tokenizer, stories, dataset_config, work / DATASET_FILE)
+        write_bundle(tokenizer, out)
+        dataset.publish(out / DATASET_FILE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(
         f"{stats['rows_kept']} stories, {tok_stats['vocab_size']} tokens "
         f"({tok_stats['alphabet_size']} characters + {tok_stats['merges']} merges) in "
@@ -205,21 +233,23 @@ def _tokenize(args: argparse.Namespace) -> None:
 
 
 def _load_dataset_dir(directory: str):
-    from gpt_pipeline.tokenizer import BPETokenizer
+    """The folder `tokenize` wrote and its tokenizer (folders of earlier versions too)."""
+    from gpt_pipeline.tokenizer.bundle import bundle_path, find_bundle, read_bundle
 
     path = Path(directory)
-    for name in ("tokenizer.json", "dataset.parquet"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"dataset directory {str(path)!r} has no {name}: run `{PROG} tokenize` first")
-    return path, BPETokenizer.load(path / "tokenizer.json")
+    missing = [name for name, present in [(bundle_path(path).name, find_bundle(path) is not None),
+                                          (DATASET_FILE, (path / DATASET_FILE).is_file())] if not present]
+    if missing:
+        raise FileNotFoundError(f"dataset directory {str(path)!r} has no {missing[0]}: run `{PROG} tokenize` first")
+    return path, read_bundle(path)
 
 
 def _train(args: argparse.Namespace) -> None:
     from gpt_pipeline.data.dataset_files import load_splits
     from gpt_pipeline.model.gpt import GPTConfig
-    from gpt_pipeline.pipeline import progress_line
     from gpt_pipeline.data.table_file import TableFile
     from gpt_pipeline.training.loop import TrainConfig, train
+    from gpt_pipeline.training.progress import progress_line
 
     path, tokenizer = _load_dataset_dir(args.dataset_dir)
     options = vars(args)
@@ -238,9 +268,9 @@ def _train(args: argparse.Namespace) -> None:
     if train_config.num_processes > 1:  # torchrun workers read the file themselves
         from gpt_pipeline.training.distributed import launch
 
-        result = launch(model_config, train_config, path / "dataset.parquet", out, report)
-    else:
-        train_data, test_data = load_splits(TableFile.stored_at(path / "dataset.parquet"))
+        result = launch(model_config, train_config, path / DATASET_FILE, out, report)
+    else:  # memory-mapped from the dataset's token arrays when it has them
+        train_data, test_data = load_splits(TableFile.stored_at(path / DATASET_FILE))
         result = train(model_config, train_config, train_data, test_data, out, report,
                        on_progress=lambda progress: print(progress.line(), flush=True),
                        progress_seconds=args.progress_seconds)
@@ -248,8 +278,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
     from gpt_pipeline.training.checkpoint import load_checkpoint
-    from gpt_pipeline.pipeline import GenerationConfig, generate_samples
 
     _, tokenizer = _load_dataset_dir(args.dataset_dir)
     config = GenerationConfig(

@@ -1,13 +1,22 @@
-"""The CLI: its help, the tokenize -> train -> generate round trip, and one-line errors."""
+"""The CLI: its help, the tokenize -> train -> generate round trip, the same files as the data
+assets, and one-line errors."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from gpt_pipeline.cli import build_parser, main
+from gpt_pipeline.data.corpus import generate_stories
+from gpt_pipeline.data.dataset_files import load_splits
+from gpt_pipeline.data.table_file import TableFile
+from gpt_pipeline.definitions import defs
 
 TINY_TRAIN = [
     "--embedding-size", "16", "--context-length", "8", "--head-count", "2", "--block-count", "1",
@@ -107,7 +116,7 @@ def test_defaults_come_from_the_config_classes():
 def test_tokenize_train_generate_round_trip(tmp_path, capsys):
     dataset = tmp_path / "dataset"
     assert main(["tokenize", "--num-stories", "60", "--vocab-size", "120", "--output-dir", str(dataset)]) == 0
-    assert (dataset / "tokenizer.json").is_file() and (dataset / "dataset.parquet").is_file()
+    assert (dataset / "bpe_tokenizer.json").is_file() and (dataset / "dataset.parquet").is_file()
     run = tmp_path / "run"
     capsys.readouterr()
     assert main(["train", "--dataset-dir", str(dataset), "--output-dir", str(run), *TINY_TRAIN,
@@ -127,6 +136,76 @@ def test_tokenize_train_generate_round_trip(tmp_path, capsys):
     ])
     assert code == 0
     assert capsys.readouterr().out.startswith("Once")
+
+
+# the CLI folder's file -> the data assets' file (IO manager, data directory)
+SAME_FILES = {
+    "bpe_tokenizer.json": "bpe_tokenizer.json",
+    "bpe_tokenizer.vocab.txt": "bpe_tokenizer.vocab.txt",
+    "bpe_tokenizer.hf.json": "bpe_tokenizer.hf.json",
+    "dataset.parquet": "tokenized_dataset.parquet",
+    "dataset.token_arrays.safetensors": "tokenized_dataset.token_arrays.safetensors",
+}
+
+
+@pytest.mark.parametrize("source", ["parquet_file", "embedded_corpus"])
+def test_tokenize_writes_the_same_bytes_as_the_data_assets(tmp_path, isolated_storage, source):
+    """``gpt-pipeline tokenize`` and raw_stories -> bpe_tokenizer -> tokenized_dataset, materialized
+    through a real Dagster instance on the same stories: byte-identical tokenizer bundle, dataset
+    Parquet file and token arrays (one implementation of each step behind both)."""
+    data, _ = isolated_storage
+    if source == "parquet_file":
+        stories = generate_stories(120, seed=9)
+        texts = [None, *stories[:60], "", *stories[60:]]  # null and empty entries are dropped
+        path = tmp_path / "user.parquet"
+        pq.write_table(pa.table({"id": list(range(len(texts))), "story": pa.array(texts, pa.string())}), path)
+        options, stories_config = ["--data-parquet", str(path), "--text-column", "story"], {
+            "path": str(path), "text_column": "story"}
+    else:
+        options, stories_config = ["--num-stories", "120", "--corpus-seed", "4"], {"num_stories": 120, "seed": 4}
+    folder = tmp_path / "cli"
+    argv = ["tokenize", *options, "--vocab-size", "150", "--training-percentage", "0.8", "--output-dir", str(folder)]
+    assert main(argv) == 0
+
+    run_config = {"ops": {
+        "raw_stories": {"config": stories_config},
+        "bpe_tokenizer": {"config": {"vocab_size": 150}},
+        "tokenized_dataset": {"config": {"training_percentage": 0.8}},
+    }}
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        job = defs.resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance,
+            asset_selection=[dg.AssetKey(k) for k in ("raw_stories", "bpe_tokenizer", "tokenized_dataset")],
+        )
+        assert result.success
+    assert sorted(p.name for p in folder.iterdir()) == sorted(SAME_FILES)  # no work folder left behind
+    for ours, theirs in SAME_FILES.items():
+        assert (folder / ours).read_bytes() == (data / theirs).read_bytes(), f"{ours} differs from {theirs}"
+    assert pq.read_table(folder / "dataset.parquet").num_rows == 120
+    train, _ = load_splits(TableFile.stored_at(folder / "dataset.parquet"))  # what `train` reads
+    assert isinstance(train.tokens, np.memmap)
+
+
+def test_train_and_generate_read_a_folder_of_an_earlier_version(tmp_path, capsys):
+    """Folders written before tokenizer bundles hold ours as tokenizer.json: still read."""
+    dataset = tmp_path / "dataset"
+    assert main(["tokenize", "--num-stories", "60", "--vocab-size", "120", "--output-dir", str(dataset)]) == 0
+    (dataset / "bpe_tokenizer.json").rename(dataset / "tokenizer.json")
+    for name in ("bpe_tokenizer.vocab.txt", "bpe_tokenizer.hf.json", "dataset.token_arrays.safetensors"):
+        (dataset / name).unlink()
+    run = tmp_path / "run"
+    assert main(["train", "--dataset-dir", str(dataset), "--output-dir", str(run), *TINY_TRAIN]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--dataset-dir", str(dataset), "--transformer-safetensors",
+                 str(run / "final.safetensors"), "--input", "Once", "--token-count", "5"]) == 0
+    assert capsys.readouterr().out.startswith("Once")
+    (dataset / "tokenizer.json").unlink()
+    assert main(["generate", "--dataset-dir", str(dataset), "--transformer-safetensors",
+                 str(run / "final.safetensors"), "--input", "Once"]) == 2
+    assert "has no bpe_tokenizer.json: run `gpt-pipeline tokenize` first" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_on_stderr_with_status_2(tmp_path):

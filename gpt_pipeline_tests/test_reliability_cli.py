@@ -22,7 +22,7 @@ import pytest
 from gpt_pipeline.training.checkpoint import save_checkpoint
 from gpt_pipeline.cli import main
 from gpt_pipeline.data.splits import build_dataset_table
-from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import read_bundle, write_bundle
 from gpt_pipeline_tests.reliability_support import child_env, tree_digest, write_run_config
 from gpt_pipeline_tests.test_reliability_inputs import (  # noqa: F401 - baseline and ws are fixtures
     CHECKPOINT_CORRUPTIONS,
@@ -41,7 +41,7 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 @dataclass
 class CliFiles:
-    dataset: Path  # tokenizer.json + dataset.parquet, as `gpt-pipeline tokenize` writes them
+    dataset: Path  # bpe_tokenizer.json (a bundle) + dataset.parquet, as `gpt-pipeline tokenize` writes them
     checkpoint: Path
     run: Path  # a training run folder with checkpoints, as `gpt-pipeline train` writes them
 
@@ -50,7 +50,7 @@ class CliFiles:
 def cli(ws):
     dataset = ws.tmp / "dataset"
     dataset.mkdir()
-    BPETokenizer.load(ws.data / "bpe_tokenizer.json").save(dataset / "tokenizer.json")
+    write_bundle(read_bundle(ws.data / "bpe_tokenizer.json"), dataset)
     shutil.copy(ws.data / "tokenized_dataset.parquet", dataset / "dataset.parquet")
     checkpoint = ws.tmp / "model.safetensors"
     shutil.copy(ws.data / "trained_model.safetensors", checkpoint)

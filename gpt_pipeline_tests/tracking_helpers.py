@@ -9,6 +9,7 @@ from pathlib import Path
 from gpt_pipeline.data.corpus import generate_stories
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.tracking.tracker import TrackedRun, Tracker
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
@@ -40,7 +41,7 @@ def tiny_data(directory: Path) -> TinyData:
     tokenizer = BPETokenizer.train(stories, 120)
     ids = tokenizer.encode_batch(stories)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(directory / "bpe_tokenizer.json")
+    write_bundle(tokenizer, directory)  # bpe_tokenizer.json + its listing and Hugging Face copy
     return TinyData(
         tokenizer,
         directory / "bpe_tokenizer.json",

@@ -6,6 +6,10 @@ counting what it kept and dropped in ``TextStats``), write such batches as a one
 file, one row group per batch (``write_texts``), or read a small file whole into a DataFrame
 (``read_texts``). Memory stays at one batch whatever the file's size.
 
+The stories step is ``write_stories``: a ``StoriesConfig``'s stories (a Parquet file's, or the
+embedded corpus) streamed into our story file, which the ``raw_stories`` asset stores and
+``gpt-pipeline tokenize`` works from. ``text_batches`` reads that file back, a batch at a time.
+
 What it does not do: tokenize (``gpt_pipeline.tokenizer``), split or build the tokenized dataset
 (``gpt_pipeline.data.splits``), or decide where files live (``gpt_pipeline.storage``). Every bad input
 raises ``DataError`` with a one-line message naming the problem and the value.
@@ -23,7 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gpt_pipeline.data.config import StoriesConfig
+from gpt_pipeline.data.corpus import iter_story_batches
 from gpt_pipeline.data.splits import TEXT_COLUMN, DataError
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.storage import atomic_write
 
 
@@ -215,3 +222,50 @@ def read_texts(
     column = pa.chunked_array(chunks, pa.large_string())
     texts = pl.DataFrame({TEXT_COLUMN: pl.Series(TEXT_COLUMN, column)})
     return texts.with_columns(pl.col(TEXT_COLUMN).cast(pl.String)), stats.summary()
+
+
+def write_stories(destination: str | os.PathLike, config: StoriesConfig) -> dict:
+    """The stories step: ``config``'s stories streamed into the Parquet file ``destination``
+    (one large_string ``text`` column, one row group per batch), never all in memory.
+
+    The stories are ``config.path``'s text column (null and empty entries dropped), or without
+    a path the embedded corpus (``num_stories`` stories from ``seed``). The source is checked
+    before ``destination`` is touched. Returns the facts: ``source``, ``TextStats.summary()``'s
+    counts, ``characters`` and ``first`` (the first story, for a preview).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "stories.parquet"
+        >>> facts = write_stories(path, StoriesConfig(num_stories=3, seed=1))
+        >>> facts["source"], facts["rows_kept"], pq.read_table(path).num_rows
+        ('embedded corpus (seed 1)', 3, 3)
+    """
+    stats = TextStats()
+    if config.path:
+        source, batches = str(config.path), iter_texts(config.path, config.text_column, stats)
+    else:
+        num_stories, seed = config.num_stories, config.seed
+        if isinstance(num_stories, bool) or not isinstance(num_stories, int) or num_stories < 1:
+            raise ValueError(f"num_stories must be at least 1, got {num_stories}")
+        source = f"embedded corpus (seed {seed})"
+        batches = (stats.keep(pa.array(b, pa.large_string())) for b in iter_story_batches(num_stories, seed))
+    write_texts(destination, batches)
+    return {"source": source, **stats.summary(), "characters": stats.characters, "first": stats.first or ""}
+
+
+STORY_BATCH_ROWS = 16_384  # stories per batch when a story file is read back
+
+
+def text_batches(stories: TableFile | str | os.PathLike, batch_rows: int | None = None) -> Iterator[pl.Series]:
+    """The ``text`` column of a story file (``write_stories``'s) in polars String batches of
+    ``batch_rows`` stories (default ``STORY_BATCH_ROWS``).
+
+    Example:
+        >>> import tempfile
+        >>> path = write_texts(Path(tempfile.mkdtemp()) / "t.parquet", [pa.array(["a", "b", "c"])])
+        >>> [b.to_list() for b in text_batches(path, batch_rows=2)]
+        [['a', 'b'], ['c']]
+    """
+    table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
+    for batch in table_file.iter_batches([TEXT_COLUMN], batch_size=batch_rows or STORY_BATCH_ROWS):
+        yield pl.Series(TEXT_COLUMN, batch.column(0)).cast(pl.String)

@@ -3,8 +3,9 @@
 At scale (a gigabyte of stories) no stage holds a whole table in memory: a stage writes its
 Parquet file row group by row group into a scratch folder and hands on a ``TableFile``; the
 next stage reads it back in record batches. ``TableFile`` only names the file and its companion
-files (``<stem>.<name>`` beside it, such as a memory-mappable token array); it does not decide
-where files live (``gpt_pipeline.storage``) and knows nothing of Dagster.
+files (``<stem>.<name>`` beside it, such as a memory-mappable token array) and moves them into
+place together (``publish``); it does not decide where files live (``gpt_pipeline.storage``) and
+knows nothing of Dagster.
 
 Example:
     >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
@@ -24,6 +25,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from gpt_pipeline.storage import publish
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,24 @@ class TableFile:
             if p != path and not p.name.startswith(".") and p.is_file()
         }
         return cls(path, companions)
+
+    def publish(self, path: str | Path) -> TableFile:
+        """Move the file to ``path`` and each companion to ``<stem>.<name>`` beside it, atomically
+        each, companions first: the main file's presence means the set is complete.
+
+        Example:
+            >>> import tempfile, pyarrow as pa, pyarrow.parquet as pq
+            >>> d = Path(tempfile.mkdtemp())
+            >>> pq.write_table(pa.table({"x": [1]}), d / "a.parquet")
+            >>> _ = (d / "a.extra.bin").write_bytes(b"1")
+            >>> moved = TableFile.stored_at(d / "a.parquet").publish(d / "out" / "b.parquet")
+            >>> moved.path.name, {name: p.name for name, p in moved.companions.items()}
+            ('b.parquet', {'extra.bin': 'b.extra.bin'})
+        """
+        path = Path(path)
+        moved = {name: publish(source, path.with_name(f"{path.stem}.{name}")) for name, source in self.companions.items()}
+        publish(self.path, path)
+        return TableFile(path, moved)
 
     @property
     def num_rows(self) -> int:

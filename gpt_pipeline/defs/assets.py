@@ -2,11 +2,14 @@
 
 raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_model -> sample_generations
 
-Each asset reads its config, validates it before any expensive work, calls the core
-(``gpt_pipeline.pipeline`` and friends), logs to its own MLflow run, runs its blocking check on
-the value and only then yields it for the IO manager to store.
+Each asset reads its config, validates it before any expensive work, calls its step in the core
+(``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
+``data.dataset_files.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
+functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
+blocking check on the value and only then yields it for the IO manager to store.
 """
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +18,10 @@ import dagster as dg
 import polars as pl
 
 from gpt_pipeline import quality
-from gpt_pipeline.data.dataset_files import load_splits
+from gpt_pipeline.data import config as data_config
+from gpt_pipeline.data.dataset_files import load_splits, write_dataset
+from gpt_pipeline.data.story_files import write_stories
+from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.defs.checks import (
     BEATS_UNIGRAM,
     GENERATIONS_DECODE,
@@ -35,20 +41,20 @@ from gpt_pipeline.defs.configs import (
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
-from gpt_pipeline.pipeline import (
-    generate_samples,
-    save_tokenizer_bundle,
-    train_tokenizer,
-    unseen_characters,
-    write_stories,
-    write_tokenized_stories,
-)
+from gpt_pipeline.model.sampling import generate_samples, unseen_characters
 from gpt_pipeline.storage import scratch_dir
-from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer import config as tokenizer_config
+from gpt_pipeline.tokenizer.bundle import write_bundle
+from gpt_pipeline.tokenizer.fit import train_tokenizer
 
 GROUP = "gpt"
 OWNERS = ["team:ml"]
+
+
+def core_config(cls, config: dg.Config):
+    """The core step config ``cls`` (a dataclass) with the values of the asset's run config."""
+    return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
@@ -75,7 +81,7 @@ def raw_stories(
         scratch = scratch_dir()
         path = scratch / "raw_stories.parquet"
         try:
-            stats = write_stories(path, config.path, config.text_column, config.num_stories, config.seed)
+            stats = write_stories(path, core_config(data_config.StoriesConfig, config))
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -102,9 +108,9 @@ def raw_stories(
     code_version="1",
     check_specs=[ROUND_TRIP],
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
-    "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as our "
-    "versioned JSON, a vocabulary listing and a Hugging Face tokenizer.json. Reads the stories "
-    "in batches and keeps only piece counts.",
+    "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as a "
+    "tokenizer bundle: our versioned JSON, a vocabulary listing (.vocab.txt) and a Hugging Face "
+    "tokenizer.json (.hf.json). Reads the stories in batches and keeps only piece counts.",
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
@@ -114,12 +120,13 @@ def bpe_tokenizer(
 ):
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
-        tokenizer, stats = train_tokenizer(raw_stories, config.vocab_size)
+        tokenizer, stats = train_tokenizer(raw_stories, core_config(tokenizer_config.TokenizerConfig, config))
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
         outcome = quality.tokenizer_round_trip(tokenizer, raw_stories)
         yield from gate(ROUND_TRIP, outcome)
         with tempfile.TemporaryDirectory() as tmp:
-            run.log_artifact(save_tokenizer_bundle(tokenizer, Path(tmp)), "tokenizer")
+            write_bundle(tokenizer, Path(tmp))
+            run.log_artifact(Path(tmp), "tokenizer")
     yield dg.Output(
         tokenizer,
         metadata={
@@ -157,8 +164,9 @@ def tokenized_dataset(
         run.log_params(config.model_dump())
         scratch = scratch_dir()
         try:
-            dataset, stats = write_tokenized_stories(
-                bpe_tokenizer, raw_stories, config.training_percentage, scratch / "tokenized_dataset.parquet"
+            dataset, stats = write_dataset(
+                bpe_tokenizer, raw_stories, core_config(data_config.DatasetConfig, config),
+                scratch / "tokenized_dataset.parquet",
             )
             run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
             outcome = quality.token_ids_in_vocab(dataset, bpe_tokenizer.vocab_size)

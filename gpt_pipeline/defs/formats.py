@@ -7,7 +7,8 @@ Where the files live, local or remote, is the IO manager's business (``io_manage
 
     polars DataFrame / Arrow table  ->  .parquet
     TableFile (a finished Parquet)  ->  .parquet (+ its companions), moved into place
-    BPETokenizer                    ->  .json (+ .vocab.txt listing, + .hf.json for Hugging Face)
+    BPETokenizer                    ->  .json (+ .vocab.txt listing, + .hf.json for Hugging Face):
+                                        a tokenizer bundle (``gpt_pipeline.tokenizer.bundle``)
     GPT                             ->  .safetensors (config in the safetensors metadata)
 """
 
@@ -23,28 +24,19 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from gpt_pipeline.model.gpt import GPT
-from gpt_pipeline.storage import SCRATCH, atomic_write, atomic_write_text, publish
 from gpt_pipeline.data.table_file import TableFile
+from gpt_pipeline.model.gpt import GPT
+from gpt_pipeline.storage import SCRATCH, atomic_write
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import TOKENIZER, read_bundle, write_bundle
+from gpt_pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _write_tokenizer(path: Path, tokenizer: BPETokenizer) -> dict[str, Path]:
-    """Companions first, the main file last: its presence means the set is complete.
-
-    The Hugging Face file is skipped (and any stale one removed) when the vocabulary cannot be
-    expressed in it (two tokens with the same text, which gpt-rs's rules allow)."""
-    extras = {"vocabulary_listing": path.with_suffix(".vocab.txt")}
-    atomic_write_text(extras["vocabulary_listing"], tokenizer.vocab_listing())
-    hf_path = path.with_suffix(".hf.json")
-    try:
-        atomic_write_text(hf_path, tokenizer.to_hf_json())
-        extras["hugging_face_tokenizer"] = hf_path
-    except ValueError:
-        hf_path.unlink(missing_ok=True)
-    atomic_write_text(path, tokenizer.to_json())
-    return extras
+    """The tokenizer bundle at ``path``: its companions (listing, Hugging Face file when the
+    vocabulary fits that format) first, ``path`` itself last."""
+    written = write_bundle(tokenizer, path)
+    return {role: file for role, file in written.items() if role != TOKENIZER}
 
 
 def _write_parquet_frame(path: Path, frame: pl.DataFrame) -> dict[str, Path]:
@@ -59,13 +51,10 @@ def _write_parquet_table(path: Path, table: pa.Table) -> dict[str, Path]:
 
 def _publish_table_file(path: Path, value: TableFile) -> dict[str, Path]:
     """Move a finished Parquet file and its companions into place (companions first)."""
-    extras = {}
-    for name, source in value.companions.items():
-        extras[name] = publish(source, path.with_name(f"{path.stem}.{name}"))
-    publish(value.path, path)
+    moved = value.publish(path)
     if value.path.parent.parent.name == SCRATCH:  # the stage's own scratch folder, now empty
         shutil.rmtree(value.path.parent, ignore_errors=True)
-    return extras
+    return dict(moved.companions)
 
 
 def _write_model(path: Path, model: GPT) -> dict[str, Path]:
@@ -87,7 +76,7 @@ FORMATS: tuple[StoredFormat, ...] = (
     StoredFormat(TableFile, ".parquet", _publish_table_file, TableFile.stored_at),
     StoredFormat(pl.DataFrame, ".parquet", _write_parquet_frame, pl.read_parquet),
     StoredFormat(pa.Table, ".parquet", _write_parquet_table, pq.read_table),
-    StoredFormat(BPETokenizer, ".json", _write_tokenizer, BPETokenizer.load),
+    StoredFormat(BPETokenizer, ".json", _write_tokenizer, read_bundle),
     StoredFormat(GPT, ".safetensors", _write_model, lambda path: load_checkpoint(path)[0]),
 )
 

@@ -8,7 +8,8 @@ type (``gpt_pipeline.defs.formats``):
 
     polars DataFrame / Arrow table  ->  .parquet
     TableFile (a finished Parquet)  ->  .parquet (+ its companions)
-    BPETokenizer                    ->  .json (+ .vocab.txt listing, + .hf.json for Hugging Face)
+    BPETokenizer                    ->  .json (+ .vocab.txt listing, + .hf.json for Hugging Face):
+                                        a tokenizer bundle (``gpt_pipeline.tokenizer.bundle``)
     GPT                             ->  .safetensors (config in the safetensors metadata)
 
 Local base (a path or ``file://`` URL): every write is atomic (temporary file in the same

@@ -22,19 +22,20 @@ import torch
 from gpt_pipeline import quality
 from gpt_pipeline.fields import result_fields
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
-from gpt_pipeline.training.checkpoint import load_checkpoint
+from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.training.distributed import DistributedTrainingError, launch
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.pipeline import fingerprint, progress_line, save_tokenizer_bundle
 from gpt_pipeline.storage import data_dir, exclusive
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.tracking.plots import loss_curve_png
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
+from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.registry import register_training
 from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
+from gpt_pipeline.training.progress import progress_line
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def run_training(
         run.log_artifact(folder / "final.safetensors", "checkpoint")
         run.log_dict(params, "config.json")
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = save_tokenizer_bundle(tokenizer, Path(tmp) / "tokenizer")
+            bundle = Path(tmp) / "tokenizer"
+            write_bundle(tokenizer, bundle)
             run.log_artifact(bundle, "tokenizer")
             curve = loss_curve_png(
                 [(e.step, e.train_loss, e.test_loss) for e in result.evaluations],
@@ -185,7 +187,7 @@ def run_training(
                 title=f"trained_model {context.run_id[:8]}",
             )
             run.log_artifact(curve)
-            model_uri = log_pyfunc_model(run, folder / "final.safetensors", bundle / "bpe_tokenizer.json")
+            model_uri = log_pyfunc_model(run, folder / "final.safetensors", bundle)
         version = register_training(run, result.test_loss, model_uri)
         if export_hf:
             with tempfile.TemporaryDirectory() as tmp:

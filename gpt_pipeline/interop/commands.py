@@ -24,10 +24,10 @@ def add_interop_commands(subparsers) -> None:
         "import-gpt-rs",
         help="bring a gpt-rs model (dataset .ron, config .ron, checkpoint) into this project",
         description="Read gpt-rs's dataset file (tokenizer and encoded stories), transformer "
-        "config, optional train config and safetensors checkpoint, and write into --output: "
-        "tokenizer.json, dataset.parquet, model.safetensors (our checkpoint) and run_config.yaml "
-        "(the run's settings as a Dagster run config). Then `gpt-pipeline generate --dataset-dir DIR "
-        "--transformer-safetensors DIR/model.safetensors --input TEXT` samples from the imported model.",
+        "config, optional train config and safetensors checkpoint, and write into --output: the "
+        "tokenizer bundle bpe_tokenizer.json, dataset.parquet, model.safetensors (our checkpoint) and "
+        "run_config.yaml (the run's settings as a Dagster run config). Then `gpt-pipeline generate "
+        "--dataset-dir DIR --transformer-safetensors DIR/model.safetensors --input TEXT` samples from the imported model.",
     )
     imp.add_argument("--dataset-file", required=True, metavar="D.ron",
                      help="gpt-rs dataset file (char_to_id, id_to_char, mergings, encoded_data)")
@@ -55,7 +55,7 @@ def add_interop_commands(subparsers) -> None:
     exp.add_argument("--model", required=True, metavar="CHECKPOINT",
                      help="our checkpoint (.safetensors written by train, or import-gpt-rs)")
     exp.add_argument("--tokenizer", required=True, metavar="TOKENIZER",
-                     help="our tokenizer.json, or a dataset directory holding one")
+                     help="our tokenizer (bpe_tokenizer.json), or a folder holding one (`tokenize`'s)")
     exp.add_argument("--output", required=True, metavar="DIR", help="directory to write (created if needed)")
     exp.set_defaults(handler=export_hf)
 
@@ -77,16 +77,15 @@ def import_gpt_rs(args: argparse.Namespace) -> None:
 
 def export_hf(args: argparse.Namespace) -> None:
     """Handler of ``export-hf``: export, then print one summary line."""
-    from gpt_pipeline.training.checkpoint import load_checkpoint
     from gpt_pipeline.interop.hf import export
-    from gpt_pipeline.tokenizer import BPETokenizer
+    from gpt_pipeline.tokenizer.bundle import bundle_path, find_bundle, read_bundle
+    from gpt_pipeline.training.checkpoint import load_checkpoint
 
-    tokenizer_path = Path(args.tokenizer)
-    if tokenizer_path.is_dir():
-        tokenizer_path = tokenizer_path / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise FileNotFoundError(f"tokenizer {str(tokenizer_path)!r} does not exist")
-    tokenizer = BPETokenizer.load(tokenizer_path)
+    location = Path(args.tokenizer)
+    if find_bundle(location) is None:
+        missing = bundle_path(location) if location.is_dir() else location
+        raise FileNotFoundError(f"tokenizer {str(missing)!r} does not exist")
+    tokenizer = read_bundle(location)
     model, _ = load_checkpoint(args.model)
     out = export(model, tokenizer, args.output)
     print(

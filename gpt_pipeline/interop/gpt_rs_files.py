@@ -10,7 +10,7 @@ What it reads (and writes, in the shape gpt-rs's serde gives them):
 - ``train_config.ron`` -> ``TrainConfig`` (gpt-rs's five fields; ours keep their defaults).
 
 ``import_gpt_rs_run`` turns the three files and a gpt-rs checkpoint into what our CLI and assets
-use: ``tokenizer.json``, ``dataset.parquet``, ``model.safetensors`` (our checkpoint, config
+use: ``bpe_tokenizer.json`` (a tokenizer bundle), ``dataset.parquet``, ``model.safetensors`` (our checkpoint, config
 inside) and ``run_config.yaml``. gpt-rs gives the alphabet ids in ascending code point order, as
 we do, so every id keeps its meaning and the weights need no permutation; a file whose ids are
 in another order is refused. The checkpoint tensors themselves are mapped by
@@ -29,6 +29,7 @@ from gpt_pipeline.interop.ron import Char, RonStruct
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import atomic_write_text
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import FILE_NAME, write_bundle
 from gpt_pipeline.training.loop import TrainConfig
 
 DATASET_FIELDS = ("char_to_id", "id_to_char", "mergings", "encoded_data")
@@ -289,7 +290,7 @@ def _existing(path: str | os.PathLike) -> Path:
 
 # --- importing a gpt-rs run --------------------------------------------------------------------
 
-TOKENIZER_FILE = "tokenizer.json"  # what `gpt-pipeline generate --dataset-dir` reads
+TOKENIZER_FILE = FILE_NAME  # the tokenizer bundle `gpt-pipeline generate --dataset-dir` reads
 DATASET_FILE = "dataset.parquet"
 MODEL_FILE = "model.safetensors"  # our checkpoint (config in its metadata)
 RUN_CONFIG_FILE = "run_config.yaml"
@@ -336,7 +337,8 @@ def import_gpt_rs_run(
     train_config_file: str | os.PathLike | None = None,
     training_percentage: float = 0.9,
 ) -> ImportedRun:
-    """Turn gpt-rs's files into ours in ``output``: ``tokenizer.json`` (+ its vocabulary listing),
+    """Turn gpt-rs's files into ours in ``output``: the tokenizer bundle ``bpe_tokenizer.json``
+    (+ its vocabulary listing and Hugging Face copy, ``gpt_pipeline.tokenizer.bundle``),
     ``dataset.parquet`` (the encoded stories, first ``training_percentage`` train),
     ``model.safetensors`` and ``run_config.yaml``.
 
@@ -370,7 +372,7 @@ def import_gpt_rs_run(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {str(out)!r} exists and is not a directory")
-    dataset.tokenizer.save(out / TOKENIZER_FILE)
+    write_bundle(dataset.tokenizer, out)  # bpe_tokenizer.json + .vocab.txt (+ .hf.json)
     atomic_write(out / DATASET_FILE, lambda tmp: pq.write_table(table, tmp))
     save_checkpoint(out / MODEL_FILE, model, metadata={
         "source": "gpt-rs", "gpt_rs_checkpoint": os.fspath(transformer_safetensors),

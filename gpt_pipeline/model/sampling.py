@@ -1,10 +1,21 @@
-"""Settings of sampling text from a trained model (``sample_generations``, ``gpt-pipeline generate``)."""
+"""The sampling step: a trained model continues prompts (``sample_generations``, ``gpt-pipeline
+generate``, the pyfunc model), with its settings ``GenerationConfig``.
+
+``generate_samples`` runs ``generation.generate_text`` (gpt-rs's sampling, made fast) for every
+prompt and collects one row per generation; ``unseen_characters`` names the prompt characters a
+tokenizer cannot encode (dropped with ``unknown="skip"``). The tokenizer is any object with
+``alphabet``, ``vocab_size``, ``encode`` and ``decode`` (a ``BPETokenizer``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import polars as pl
+
 from gpt_pipeline.fields import check, param
+from gpt_pipeline.model.generation import generate_text
 
 
 @dataclass(frozen=True)
@@ -28,3 +39,52 @@ class GenerationConfig:
             if not prompt:
                 raise ValueError("prompt is empty: gpt-rs needs at least one character to start from")
         return check(self)
+
+
+GENERATIONS_SCHEMA = {"prompt": pl.String, "sample": pl.Int32, "text": pl.String, "token_count": pl.Int32}
+
+
+def generate_samples(model, tokenizer, config: GenerationConfig) -> pl.DataFrame:
+    """Continue every prompt ``num_samples`` times; one row per generation: ``prompt``,
+    ``sample`` (0-based), ``text`` (prompt + continuation), ``token_count`` (new tokens).
+
+    Prompt i samples with seed ``config.seed + i``. The model and the tokenizer must come from
+    the same training (equal vocabulary sizes), else ``ValueError``.
+    """
+    config.validate()
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "
+            f"{tokenizer.vocab_size} tokens: they come from different trainings"
+        )
+    rows: dict[str, list] = {name: [] for name in GENERATIONS_SCHEMA}
+    for index, prompt in enumerate(config.prompts):
+        texts = generate_text(
+            model,
+            tokenizer,
+            prompt,
+            token_count=config.token_count,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            seed=config.seed + index,
+            num_samples=config.num_samples,
+            unknown=config.unknown,
+        )
+        for sample, text in enumerate(texts):
+            rows["prompt"].append(prompt)
+            rows["sample"].append(sample)
+            rows["text"].append(text)
+            rows["token_count"].append(config.token_count)
+    return pl.DataFrame(rows, schema=GENERATIONS_SCHEMA)
+
+
+def unseen_characters(tokenizer, texts: Sequence[str]) -> list[str]:
+    """Characters of ``texts`` outside the tokenizer's alphabet, sorted.
+
+    Example:
+        >>> from gpt_pipeline.tokenizer import BPETokenizer
+        >>> unseen_characters(BPETokenizer.train(["ab"], 2), ["abc", "é"])
+        ['c', 'é']
+    """
+    alphabet = set(tokenizer.alphabet)
+    return sorted({ch for text in texts for ch in text} - alphabet)

@@ -7,9 +7,12 @@
 - ``fileformat``: our versioned JSON and the human-readable vocabulary listing.
 - ``huggingface``: the ``tokenizer.json`` export for Hugging Face ``tokenizers``.
 - ``bpe``: ``BPETokenizer``, the public face of all of the above.
+- ``bundle``: the files a tokenizer is stored as (ours, its listing, Hugging Face's), one writer
+  and one reader for every place that stores one.
+- ``fit``: the tokenizer step, trained from a story file in batches.
 """
 
-from gpt_pipeline.tokenizer.bpe import UNKNOWN_MODES, BPETokenizer, vocab_listing_path
+from gpt_pipeline.tokenizer.bpe import UNKNOWN_MODES, BPETokenizer
 from gpt_pipeline.tokenizer.pieces import PIECE_PATTERN, split_pieces
 
-__all__ = ["BPETokenizer", "PIECE_PATTERN", "UNKNOWN_MODES", "split_pieces", "vocab_listing_path"]
+__all__ = ["BPETokenizer", "PIECE_PATTERN", "UNKNOWN_MODES", "split_pieces"]

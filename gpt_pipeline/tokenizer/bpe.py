@@ -1,8 +1,9 @@
 """``BPETokenizer``: gpt-rs's character-level BPE tokenizer, trained, applied and stored.
 
 What it does: learns merges with exactly gpt-rs's rules (``training``), encodes and decodes text
-(``encoding``), and stores itself as versioned JSON with a readable vocabulary listing beside it
-(``fileformat``) or as a Hugging Face ``tokenizer.json`` (``huggingface``).
+(``encoding``), and turns itself into versioned JSON and a readable vocabulary listing
+(``fileformat``) or a Hugging Face ``tokenizer.json`` (``huggingface``). The files those go to are
+``bundle``'s business (``load`` reads one JSON file of ours).
 
 What it does differently from gpt-rs, on purpose: training counts pairs incrementally over the
 distinct pieces instead of recounting the corpus per merge (same merges, seconds not hours);
@@ -18,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gpt_pipeline.storage import atomic_write_text
 from gpt_pipeline.tokenizer import fileformat
 from gpt_pipeline.tokenizer.encoding import MergeEncoder, UnseenCharacters
 from gpt_pipeline.tokenizer.pieces import PieceCounter, as_string_series
@@ -160,14 +160,10 @@ class BPETokenizer:
         """Every token, one per line: id, text with spaces and newlines visible, its merge."""
         return fileformat.vocab_listing(self.alphabet, self.merges, self._texts)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``path`` (JSON) and ``<path>.vocab.txt`` (the listing), each atomically."""
-        atomic_write_text(path, self.to_json())
-        atomic_write_text(vocab_listing_path(path), self.vocab_listing())
-
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Read a file written by ``save`` (the listing beside it is not needed)."""
+        """Read one file of ours (``to_json``'s text); errors name the file. Files are written, and
+        folders read, by ``gpt_pipeline.tokenizer.bundle`` (the listing beside it is not needed)."""
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
         try:
@@ -181,10 +177,6 @@ class BPETokenizer:
 
         return hf_tokenizer_json(self.alphabet, self.merges, self._texts)
 
-    def save_hf(self, path: str | os.PathLike) -> None:
-        """Write ``to_hf_json()`` to ``path`` atomically (name it ``tokenizer.json``)."""
-        atomic_write_text(path, self.to_hf_json())
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, BPETokenizer):
             return NotImplemented
@@ -193,16 +185,6 @@ class BPETokenizer:
     def __repr__(self) -> str:
         sizes = f"vocab_size={self.vocab_size}, alphabet={len(self.alphabet)}, merges={len(self.merges)}"
         return f"BPETokenizer({sizes})"
-
-
-def vocab_listing_path(path: str | os.PathLike) -> str:
-    """Where ``save`` puts the vocabulary listing of the tokenizer at ``path``.
-
-    Example:
-        >>> vocab_listing_path("data/bpe_tokenizer.json")
-        'data/bpe_tokenizer.json.vocab.txt'
-    """
-    return os.fspath(path) + ".vocab.txt"
 
 
 def _check_mode(unknown: str) -> None:

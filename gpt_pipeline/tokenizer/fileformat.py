@@ -4,8 +4,8 @@ The JSON holds a format name and version, the rules the merges were learnt with,
 (ids 0..n-1) and the merges (merge k makes id n + k), one merge per line so that diffs stay
 readable. Writing is deterministic: equal tokenizers give byte-identical files. Reading checks
 everything a hand-edited or foreign file could get wrong (format, version, rules, ids, gpt-rs's
-merge restrictions) and names the problem. This module does no file I/O: the tokenizer and
-the IO managers write the strings atomically.
+merge restrictions) and names the problem. This module does no file I/O: ``bundle`` writes the strings
+atomically.
 """
 
 from __future__ import annotations
@@ -109,11 +109,23 @@ def dumps(alphabet: Sequence[str], merges: Sequence[tuple[int, int]]) -> str:
 
 
 def loads(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """The (alphabet, merges) of a file written by ``dumps``; anything else raises ``ValueError``."""
+    """The (alphabet, merges) of a file written by ``dumps``; anything else raises ``ValueError``.
+
+    Example:
+        >>> loads(dumps(["a", "b"], [(0, 1)]))
+        (['a', 'b'], [(0, 1)])
+        >>> loads('{"version": "1.0", "model": {"type": "BPE"}}')
+        Traceback (most recent call last):
+        ...
+        ValueError: a Hugging Face tokenizer.json, not a gpt-pipeline-bpe file: read our tokenizer file (a tokenizer bundle's bpe_tokenizer.json) instead
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"not a {FORMAT} file: invalid JSON ({error})") from None
+    if isinstance(data, dict) and "format" not in data and isinstance(data.get("model"), dict):
+        raise ValueError(f"a Hugging Face tokenizer.json, not a {FORMAT} file: read our tokenizer file "
+                         "(a tokenizer bundle's bpe_tokenizer.json) instead")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"unknown tokenizer format {found!r}; expected {FORMAT!r}")

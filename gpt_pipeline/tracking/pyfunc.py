@@ -23,7 +23,8 @@ The model's files are:
 
 - ``artifacts/model.safetensors``: the weights only (the training checkpoint's optimizer and
   random-generator state are dropped), written by ``gpt_pipeline.training.checkpoint``;
-- ``artifacts/bpe_tokenizer.json``: our tokenizer file;
+- ``artifacts/bpe_tokenizer.json``: our tokenizer file (the main file of a tokenizer bundle,
+  ``gpt_pipeline.tokenizer.bundle``, which writes and reads it);
 - ``gpt_text_generator.py``: three lines naming :class:`GPTTextGenerator` (MLflow's "models from
   code"), so nothing is pickled: loading reads two data files and imports this module;
 - ``code/gpt_pipeline/``: the ``gpt_pipeline`` package that logged the model (MLflow's
@@ -71,6 +72,7 @@ from gpt_pipeline.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from gpt_pipeline.tokenizer.bundle import TOKENIZER, read_bundle, write_bundle
 
 MODEL_NAME = "model"  # name of the logged model inside its run
 PROMPT_COLUMN = "prompt"  # the input column of a DataFrame input
@@ -217,7 +219,7 @@ class GPTTextGenerator(PythonModel):
 
     def load_context(self, context) -> None:
         self.model, _ = load_checkpoint(context.artifacts[CHECKPOINT_ARTIFACT])
-        self.tokenizer = BPETokenizer.load(context.artifacts[TOKENIZER_ARTIFACT])
+        self.tokenizer = read_bundle(context.artifacts[TOKENIZER_ARTIFACT])
         if self.model.config.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"checkpoint vocab_size {self.model.config.vocab_size} does not match the "
@@ -294,10 +296,11 @@ def save_pyfunc_model(
     mlflow_model: Model | None = None,
 ) -> Path:
     """Write the pyfunc model directory ``path`` (which must not exist) from a checkpoint (a
-    training checkpoint is fine: only the weights are kept) and a ``bpe_tokenizer.json``."""
+    training checkpoint is fine: only the weights are kept) and a tokenizer bundle (its folder or
+    its ``bpe_tokenizer.json``)."""
     path = Path(path)
     model, metadata = load_checkpoint(checkpoint_path)
-    tokenizer = BPETokenizer.load(tokenizer_path)
+    tokenizer = read_bundle(tokenizer_path)
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(
             f"checkpoint {os.fspath(checkpoint_path)!r} has vocab_size {model.config.vocab_size} but "
@@ -307,7 +310,7 @@ def save_pyfunc_model(
         staging = Path(tmp)
         kept = {k: v for k, v in metadata.items() if k not in (CONFIG_KEY, FORMAT_KEY, TRAINING_STATE_KEY)}
         weights = save_checkpoint(staging / "model.safetensors", model, kept)
-        tokenizer_file = atomic_write_text(staging / "bpe_tokenizer.json", tokenizer.to_json())
+        tokenizer_file = write_bundle(tokenizer, staging / "tokenizer")[TOKENIZER]
         code = atomic_write_text(staging / "gpt_text_generator.py", _MODEL_CODE)
         package = _package_copy(staging / "code")
         mlflow.pyfunc.save_model(

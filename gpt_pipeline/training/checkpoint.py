@@ -11,16 +11,21 @@ A *training* checkpoint adds what resuming needs: the AdamW state of every param
 (``rng.<name>``, uint8) and a JSON ``training_state`` metadata entry (step, configs, losses so far).
 Model loaders ignore those extra tensors, so every training checkpoint is also a model file.
 
+``fingerprint`` names a configuration's checkpoint folder: a short stable hash of what keys it.
+
 This module never unpickles anything. It does not read gpt-rs's files (``interop/gpt_rs.py`` does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -39,6 +44,23 @@ FORMAT_KEY = "format"
 TRAINING_STATE_KEY = "training_state"
 OPTIMIZER_PREFIX = "optimizer."
 RNG_PREFIX = "rng."
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (dataclasses included), for naming checkpoint folders.
+
+    Example:
+        >>> fingerprint({"a": 1}) == fingerprint({"a": 1}), fingerprint({"a": 1}) == fingerprint({"a": 2})
+        (True, False)
+    """
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "__dataclass_fields__"):
+            return asdict(value)
+        return value
+
+    payload = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

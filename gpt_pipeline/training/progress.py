@@ -1,6 +1,7 @@
-"""What a training run tells people between its evaluations (``train``'s ``on_progress``).
+"""What a training run tells people: ``Progress.line()`` between evaluations (``train``'s
+``on_progress``), ``progress_line`` at each evaluation (``on_evaluation``).
 
-The CLI prints ``Progress.line()``; the ``trained_model`` asset writes it to the Dagster log.
+The CLI prints both; the ``trained_model`` asset writes them to the Dagster log.
 """
 
 from __future__ import annotations
@@ -39,3 +40,20 @@ class Progress:
         remaining = "-" if self.remaining_seconds is None else f"{self.remaining_seconds:.0f}"
         return (f"step {self.step}/{self.total_steps}: loss {loss}, {speed}, "
                 f"elapsed {self.elapsed_seconds:.0f} s, remaining {remaining} s")
+
+
+def progress_line(evaluation, total_steps: int) -> str:
+    """One line of training progress for an ``Evaluation`` of a run of ``total_steps`` steps.
+
+    Example:
+        >>> from gpt_pipeline.training.loop import Evaluation
+        >>> progress_line(Evaluation(250, 3.21, 3.3, 5000.0, 60.0, 180.0), 1000)
+        'step 250/1000: train loss 3.2100, test loss 3.3000, 5,000 tokens/s, elapsed 60 s, remaining 180 s'
+    """
+    speed = f"{evaluation.tokens_per_second:,.0f} tokens/s" if evaluation.tokens_per_second else "- tokens/s"
+    remaining = evaluation.remaining_seconds
+    return (
+        f"step {evaluation.step}/{total_steps}: train loss {evaluation.train_loss:.4f}, "
+        f"test loss {evaluation.test_loss:.4f}, {speed}, elapsed {evaluation.elapsed_seconds:.0f} s, "
+        f"remaining {'-' if remaining is None else f'{remaining:.0f}'} s"
+    )

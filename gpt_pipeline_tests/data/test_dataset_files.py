@@ -22,13 +22,13 @@ from safetensors.numpy import load_file
 from gpt_pipeline import quality
 from gpt_pipeline.data.splits import DataError, build_dataset_table, dataset_splits, dataset_stats
 from gpt_pipeline.data.dataset_files import load_splits
-from gpt_pipeline.data.dataset_files import ARRAYS, DatasetWriter, open_token_arrays
+from gpt_pipeline.data.config import DatasetConfig
+from gpt_pipeline.data.dataset_files import ARRAYS, DatasetWriter, open_token_arrays, write_dataset
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import checkpoint_dir
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.pipeline import write_tokenized_stories
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
@@ -72,7 +72,7 @@ def _assert_same_arrays(actual: TokenArray, expected: TokenArray) -> None:
 def test_streamed_dataset_equals_the_table_stored_before(tmp_path, batch_rows) -> None:
     tokenizer = BPETokenizer.train(TEXTS, 40)
     stories = _stories_file(tmp_path / "raw.parquet", TEXTS)
-    table_file, stats = write_tokenized_stories(tokenizer, stories, 0.7, tmp_path / "d.parquet", batch_rows)
+    table_file, stats = write_dataset(tokenizer, stories, DatasetConfig(0.7), tmp_path / "d.parquet", batch_rows)
 
     before = tmp_path / "before.parquet"  # what tokenized_dataset stored until now
     pq.write_table(build_dataset_table(tokenizer.encode_batch(TEXTS), tokenizer.vocab_size, 0.7), before)
@@ -127,7 +127,7 @@ def test_unseen_character_names_the_story_across_batches(tmp_path) -> None:
     tokenizer = BPETokenizer.train(TEXTS, 40)
     stories = _stories_file(tmp_path / "raw.parquet", TEXTS[:5] + ["a \u2603"] + TEXTS[5:])
     with pytest.raises(ValueError, match="^story 5: .*'\u2603'"):
-        write_tokenized_stories(tokenizer, stories, 0.7, tmp_path / "d.parquet", batch_rows=2)
+        write_dataset(tokenizer, stories, DatasetConfig(0.7), tmp_path / "d.parquet", batch_rows=2)
 
 
 def test_stale_or_foreign_companion_is_not_used(tmp_path) -> None:

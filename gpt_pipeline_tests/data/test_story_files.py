@@ -1,5 +1,6 @@
-"""Streaming of the first two stages: raw_stories written batch by batch, the tokenizer trained
-from batches of text. Every streamed result is compared with the one-shot result it replaces."""
+"""Streaming of the first two stages: raw_stories written batch by batch (``write_stories``), the
+tokenizer's piece counts from batches of text (the step itself: ``tokenizer/test_fit.py``). Every
+streamed result is compared with the one-shot result it replaces."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from gpt_pipeline.data import corpus
 
 from gpt_pipeline.data import story_files
 from gpt_pipeline.data.corpus import generate_stories, iter_story_batches
-from gpt_pipeline.data.splits import DataError, split_point
-from gpt_pipeline.data.story_files import TextStats, iter_texts, read_texts, write_texts
+from gpt_pipeline.data.config import StoriesConfig
+from gpt_pipeline.data.splits import DataError
+from gpt_pipeline.data.story_files import TextStats, iter_texts, read_texts, text_batches, write_stories, write_texts
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.pipeline import chars_per_token, load_stories, train_tokenizer, write_stories
 from gpt_pipeline.quality import spread_sample, tokenizer_round_trip
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
@@ -125,22 +126,31 @@ def test_only_empty_text_fails_after_the_stream_and_writes_nothing(tmp_path) -> 
     pq.write_table(pa.table({"story": ["", None] * 50}), source, row_group_size=10)
     destination = tmp_path / "out" / "stories.parquet"
     with pytest.raises(DataError, match=r"'story' .* only null or empty text"):
-        write_stories(destination, str(source))
+        write_stories(destination, StoriesConfig(path=str(source)))
     assert list((tmp_path / "out").iterdir()) == []  # not even a temporary file
 
 
-def test_write_stories_and_load_stories_agree(tmp_path) -> None:
-    facts = write_stories(tmp_path / "s.parquet", num_stories=30, seed=2)
-    frame, loaded = load_stories(num_stories=30, seed=2)
+def test_write_stories_streams_the_embedded_corpus(tmp_path) -> None:
+    facts = write_stories(tmp_path / "s.parquet", StoriesConfig(num_stories=30, seed=2))
+    frame, loaded = read_texts(tmp_path / "s.parquet")  # the file read back whole
     assert pq.read_table(tmp_path / "s.parquet")["text"].to_pylist() == frame["text"].to_list()
     assert frame["text"].to_list() == generate_stories(30, seed=2) and frame.schema["text"] == pl.String
-    assert {k: facts[k] for k in loaded} == loaded == {
+    assert {k: facts[k] for k in loaded} == loaded
+    assert {k: facts[k] for k in ("source", *loaded)} == {
         "source": "embedded corpus (seed 2)", "rows_read": 30, "null_dropped": 0, "empty_dropped": 0,
         "rows_kept": 30, "source_column": "text",
     }
     with pytest.raises(ValueError, match="num_stories must be at least 1, got 0"):
-        write_stories(tmp_path / "none.parquet", num_stories=0)
+        write_stories(tmp_path / "none.parquet", StoriesConfig(num_stories=0))
     assert not (tmp_path / "none.parquet").exists()
+
+
+def test_text_batches_read_a_story_file_back(tmp_path) -> None:
+    path = write_texts(tmp_path / "t.parquet", [pa.array(["a", "b", "c"]), pa.array(["d", "e"])])
+    batches = list(text_batches(TableFile(path), batch_rows=2))
+    assert [b.to_list() for b in batches] == [["a", "b"], ["c", "d"], ["e"]]  # across row groups
+    assert all(b.dtype == pl.String for b in batches)
+    assert [b.to_list() for b in text_batches(path)] == [["a", "b", "c", "d", "e"]]  # a path works too
 
 
 def test_write_texts_one_row_group_per_batch(tmp_path) -> None:
@@ -188,18 +198,6 @@ def test_train_from_batches_gives_the_same_merges_for_any_split(stories) -> None
         assert BPETokenizer.train_from_batches(random_splits(stories, seed), 400) == reference
     one_by_one = BPETokenizer.train_from_batches(([s] for s in stories[:60]), 200)
     assert one_by_one == BPETokenizer.train(stories[:60], 200)
-
-
-def test_train_tokenizer_from_a_file_matches_the_list(stories, tmp_path) -> None:
-    path = tmp_path / "stories.parquet"
-    pq.write_table(pa.table({"text": pa.array(stories, pa.large_string())}), path, row_group_size=64)
-    from_file, file_stats = train_tokenizer(TableFile(path), 400, batch_rows=50)
-    from_list, list_stats = train_tokenizer(stories, 400)
-    assert from_file == from_list == BPETokenizer.train(stories, 400)
-    held_out = stories[split_point(len(stories), 0.9):]
-    assert file_stats["chars_per_token_test"] == list_stats["chars_per_token_test"]
-    assert file_stats["chars_per_token_test"] == chars_per_token(from_list, held_out)  # exact, not approximate
-    assert file_stats["longest_tokens"] == list_stats["longest_tokens"]
 
 
 def test_round_trip_sample_of_a_file_is_the_sample_of_the_list(stories, tmp_path) -> None:

@@ -79,7 +79,8 @@ def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
     artifacts = {a.path for a in client.list_artifacts(training.info.run_id)}
     assert {"checkpoint", "tokenizer", "config.json"} <= artifacts
     tokenizer_files = {a.path for a in client.list_artifacts(training.info.run_id, "tokenizer")}
-    assert {"tokenizer/bpe_tokenizer.json", "tokenizer/tokenizer.json"} <= tokenizer_files
+    assert {"tokenizer/bpe_tokenizer.json", "tokenizer/bpe_tokenizer.vocab.txt",
+            "tokenizer/bpe_tokenizer.hf.json"} <= tokenizer_files  # the bundle, as the IO manager stores it
 
 
 def test_trained_model_starts_from_a_checkpoint_and_exports_to_hugging_face(tmp_path, isolated_storage):

@@ -18,6 +18,7 @@ from gpt_pipeline.interop.gpt_rs import save_gpt_rs_checkpoint
 from gpt_pipeline.interop.ron import RonError
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.training.loop import TrainConfig
 
 STORIES = ["Once upon a time a cat sat.", 'The dog said "hi" to the cat.\nThe end.', "A cat and a dog.",
@@ -87,7 +88,7 @@ def test_import_then_generate_with_the_cli(tmp_path, gpt_rs_run, capsys):
     assert line.count("\n") == 1
     assert line.startswith(f"imported gpt-rs model ({gpt_rs_run['model'].num_parameters():,} parameters, "
                            f"60 tokens, 20 stories / ")
-    assert line.rstrip().endswith("tokenizer.json, dataset.parquet, model.safetensors, run_config.yaml")
+    assert line.rstrip().endswith("bpe_tokenizer.json, dataset.parquet, model.safetensors, run_config.yaml")
     imported, _ = load_checkpoint(out / "model.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(imported.state_dict().values(),
                                                   gpt_rs_run["model"].state_dict().values()))
@@ -133,7 +134,7 @@ def test_export_hf_from_an_imported_directory(tmp_path, gpt_rs_run, capsys):
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 60
     # a tokenizer file instead of its directory works the same
     args = parser().parse_args(["export-hf", "--model", str(imported / "model.safetensors"), "--tokenizer",
-                                str(imported / "tokenizer.json"), "--output", str(tmp_path / "hf2")])
+                                str(imported / "bpe_tokenizer.json"), "--output", str(tmp_path / "hf2")])
     args.handler(args)
     assert (tmp_path / "hf2" / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
 
@@ -144,7 +145,7 @@ def test_export_hf_errors(tmp_path, gpt_rs_run):
                             str(tmp_path / "nothing"), "--output", str(tmp_path / "hf")])
     with pytest.raises(FileNotFoundError, match="tokenizer '.*nothing' does not exist"):
         args.handler(args)
-    gpt_rs_run["tokenizer"].save(tmp_path / "tokenizer.json")
+    write_bundle(gpt_rs_run["tokenizer"], tmp_path / "tokenizer.json")
     args = root.parse_args(["export-hf", "--model", str(gpt_rs_run["checkpoint"]), "--tokenizer",
                             str(tmp_path / "tokenizer.json"), "--output", str(tmp_path / "hf")])
     with pytest.raises(ValueError, match="not a gpt_pipeline checkpoint"):  # a gpt-rs file: import it first

@@ -20,7 +20,7 @@ from gpt_pipeline.interop import gpt_rs_files as files
 from gpt_pipeline.interop.gpt_rs import save_gpt_rs_checkpoint
 from gpt_pipeline.interop.ron import RonError
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.pipeline import GenerationConfig, generate_samples
+from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.training.loop import TrainConfig, train
@@ -62,10 +62,10 @@ def test_import_round_trip_gives_the_same_tokens_and_logits(tmp_path, trained):
                                   train_config_file=gpt_rs["train"])
     assert (run.vocab_size, run.stories, run.tokens) == (200, 50, sum(map(len, encoded)))
     assert sorted(p.name for p in out.iterdir()) == [
-        "dataset.parquet", "model.safetensors", "run_config.yaml", "tokenizer.json",
-        "tokenizer.json.vocab.txt"]
+        "bpe_tokenizer.hf.json", "bpe_tokenizer.json", "bpe_tokenizer.vocab.txt", "dataset.parquet",
+        "model.safetensors", "run_config.yaml"]
 
-    imported_tokenizer = BPETokenizer.load(out / "tokenizer.json")
+    imported_tokenizer = BPETokenizer.load(out / "bpe_tokenizer.json")
     assert imported_tokenizer == tokenizer
     held_out_ids = tokenizer.encode_batch(held_out, unknown="skip")
     assert imported_tokenizer.encode_batch(held_out, unknown="skip") == held_out_ids

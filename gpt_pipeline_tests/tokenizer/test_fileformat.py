@@ -1,4 +1,5 @@
-"""BPETokenizer files: our versioned JSON, the vocabulary listing, the Hugging Face export."""
+"""BPETokenizer files: our versioned JSON, the vocabulary listing, the Hugging Face export (the files
+they are written to: ``test_bundle.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 
 import pytest
 
-from gpt_pipeline.tokenizer import BPETokenizer, vocab_listing_path
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import write_bundle
 
 
 def generated_stories(seed: int, count: int) -> list[str]:
@@ -37,37 +39,17 @@ def tokenizer() -> BPETokenizer:
 
 
 # ---- our format ----------------------------------------------------------------------------
-def test_save_load_round_trip(tmp_path, tokenizer):
-    path = tmp_path / "tok.json"
-    tokenizer.save(path)
-    loaded = BPETokenizer.load(path)
-    assert loaded == tokenizer
-    assert (loaded.alphabet, loaded.merges, loaded.vocab_size) == (tokenizer.alphabet, tokenizer.merges, 120)
-    texts = generated_stories(1, 20)
-    assert loaded.encode_batch(texts) == tokenizer.encode_batch(texts)
-    assert BPETokenizer.from_json(tokenizer.to_json()) == tokenizer
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "tok.json.vocab.txt"]
-
-
-def test_files_are_deterministic(tmp_path):
-    stories = generated_stories(2, 50)
-    BPETokenizer.train(stories, 90).save(tmp_path / "a.json")
-    BPETokenizer.train(list(reversed(stories)), 90).save(tmp_path / "b.json")
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    assert (tmp_path / "a.json.vocab.txt").read_bytes() == (tmp_path / "b.json.vocab.txt").read_bytes()
-
-
 def test_known_file_and_listing(tmp_path):
     # \n=0 ' '=1 '"'=2 a=3 b=4; pieces ab, ' ', '"', ab, '"', \n, ' b': (a, b) counts 2 -> ab = 5,
     # then (' ', b) -> " b" = 6.
     tok = BPETokenizer.train(['ab "ab"\n b'], vocab_size=7)
-    tok.save(tmp_path / "t.json")
+    write_bundle(tok, tmp_path / "t.json")
     data = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert (data["format"], data["version"], data["vocab_size"]) == ("gpt-pipeline-bpe", 1, 7)
     assert data["alphabet"] == ["\n", " ", '"', "a", "b"]
     assert data["merges"] == [[3, 4], [1, 4]]
     assert data["rules"]["barriers"] == ['"', "\n"] and data["rules"]["no_merge_before"] == " "
-    listing = (tmp_path / "t.json.vocab.txt").read_text(encoding="utf-8")
+    listing = (tmp_path / "t.vocab.txt").read_text(encoding="utf-8")
     assert listing == tok.vocab_listing()
     assert listing.splitlines()[2:] == [
         "id\ttoken\tmade of",
@@ -112,25 +94,15 @@ def test_load_refuses_non_json(tmp_path):
         BPETokenizer.load(path)
 
 
-def test_listing_path():
-    assert vocab_listing_path("x/tok.json") == "x/tok.json.vocab.txt"
+def test_load_names_a_hugging_face_file_as_such(tmp_path, tokenizer):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_hf_json(), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer.json: a Hugging Face tokenizer.json, not a gpt-pipeline-bpe "
+                                         r"file: read our tokenizer file \(a tokenizer bundle's bpe_tokenizer.json\)"):
+        BPETokenizer.load(path)
 
 
 # ---- Hugging Face export -------------------------------------------------------------------
-def test_hugging_face_export_encodes_and_decodes_like_us(tmp_path, tokenizer):
-    tokenizers = pytest.importorskip("tokenizers")
-    path = tmp_path / "tokenizer.json"
-    tokenizer.save_hf(path)
-    hf = tokenizers.Tokenizer.from_file(str(path))
-    assert hf.get_vocab_size() == tokenizer.vocab_size
-    texts = generated_stories(3, 300) + ["", " ", "  \n\n", '""', "🙂🙂 kaç  zë\n"]
-    ours = tokenizer.encode_batch(texts)
-    assert [e.ids for e in hf.encode_batch(texts)] == ours
-    assert [hf.decode(ids) for ids in ours] == texts
-    # Characters never seen in training: Hugging Face drops them, as unknown="skip" does.
-    assert hf.encode("ka Qlo").ids == tokenizer.encode("ka Qlo", unknown="skip")
-
-
 def test_hugging_face_export_refuses_duplicate_token_texts():
     # ab = 3, then abc = (ab, c) = 4, bc = 5 and abc again = (a, bc) = 6.
     tok = BPETokenizer(["a", "b", "c"], [(0, 1), (3, 2), (1, 2), (0, 5)])

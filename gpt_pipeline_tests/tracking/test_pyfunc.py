@@ -15,6 +15,7 @@ from safetensors import safe_open
 from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.tracking.pyfunc import (
     SIGNATURE,
@@ -170,7 +171,7 @@ def test_prompts_of_accepts_and_rejects():
 def test_save_rejects_a_tokenizer_of_another_size(logged, tmp_path):
     _, _, data, training = logged
     other = tmp_path / "other.json"
-    BPETokenizer.train(["abcabc abd"], 6).save(other)
+    write_bundle(BPETokenizer.train(["abcabc abd"], 6), other)
     with pytest.raises(ValueError, match="vocab_size 120 but tokenizer"):
         save_pyfunc_model(tmp_path / "model", training.checkpoint, other)
     assert not (tmp_path / "model").exists()
