@@ -215,6 +215,7 @@ def write_tokenized_stories(
     training_percentage: float,
     path: str | os.PathLike,
     batch_rows: int = ENCODE_BATCH_ROWS,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[TableFile, dict[str, Any]]:
     """``tokenize_stories`` streamed: encode ``batch_rows`` stories at a time into the Parquet
     file ``path`` and its memory-mappable token arrays (``gpt_pipeline.data.dataset_files``).
@@ -222,10 +223,11 @@ def write_tokenized_stories(
     ``stories`` is a list of texts or a stored story file (``TableFile``, its row count read
     from the footer). Returns the ``TableFile`` and facts: stories and tokens per split,
     ``encoding_seconds``, shortest / mean / longest story and the content ``digest``.
+    ``metadata`` goes into the Parquet footer (the dataset's provenance).
     """
     rows = stories.num_rows if isinstance(stories, TableFile) else len(stories)
     seconds, row = 0.0, 0
-    with DatasetWriter(path, rows, tokenizer.vocab_size, training_percentage) as writer:
+    with DatasetWriter(path, rows, tokenizer.vocab_size, training_percentage, metadata) as writer:
         for batch in text_batches(stories, batch_rows):
             started = time.perf_counter()
             try:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from gpt_pipeline.data.splits import SPLIT_COLUMN, TEST, TOKENS_COLUMN, TRAIN, DataError, dataset_splits, split_point
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray, token_dtype
+from gpt_pipeline.storage import io_faults
 
 ARRAYS = "token_arrays.safetensors"  # the companion's name: <stem>.token_arrays.safetensors
 DIGEST_KEY = b"gpt_pipeline.token_arrays_digest"  # in the Parquet file's key-value metadata
@@ -59,7 +60,8 @@ class DatasetWriter:
     """Writes the tokenized dataset batch by batch: the Parquet file at ``path`` and companion.
 
     ``num_stories`` must be known up front (the split column and the offsets' place depend on
-    it): with a Parquet source, its footer's row count. Use as a context manager; then
+    it): with a Parquet source, its footer's row count. ``metadata`` goes into the Parquet
+    footer beside the digest (the dataset's provenance). Use as a context manager; then
     ``result`` is the ``TableFile`` and the dataset's figures (as ``data.dataset_stats`` gives
     them, plus ``digest``).
 
@@ -77,7 +79,8 @@ class DatasetWriter:
         ([1, 2, 3], [0, 2, 3], [4, 5], 2)
     """
 
-    def __init__(self, path: str | os.PathLike, num_stories: int, vocab_size: int, training_percentage: float):
+    def __init__(self, path: str | os.PathLike, num_stories: int, vocab_size: int, training_percentage: float,
+                 metadata: dict[str, str] | None = None):
         if vocab_size < 1:
             raise DataError(f"vocab_size must be >= 1, got {vocab_size}")
         self.path = Path(path)
@@ -89,6 +92,7 @@ class DatasetWriter:
             [(TOKENS_COLUMN, pa.list_(pa.from_numpy_dtype(self.dtype))), (SPLIT_COLUMN, pa.string())]
         )
         self.arrays_path = self.path.with_name(f"{self.path.stem}.{ARRAYS}")
+        self.metadata = dict(metadata or {})  # more footer key-value metadata (provenance)
         self.rows = 0
         self.tokens = {TRAIN: 0, TEST: 0}  # tokens written per split
         self._digests = {name: hashlib.sha256() for name in _ORDER}
@@ -96,11 +100,13 @@ class DatasetWriter:
         self._tokens_start = HEADER_BYTES + 8 * (num_stories + 2)
         self._min, self._max = None, 0
         self.result: tuple[TableFile, dict] | None = None
-        self._fd = os.open(self.arrays_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        with io_faults(self.arrays_path):  # a full disk, say: one line naming the file
+            self._fd = os.open(self.arrays_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            self._parquet = pq.ParquetWriter(self.path, self.schema)
-            for split in SPLITS:
-                self._append_offsets(split, np.zeros(1, np.int64))
+            with io_faults(self.path):
+                self._parquet = pq.ParquetWriter(self.path, self.schema)
+                for split in SPLITS:
+                    self._append_offsets(split, np.zeros(1, np.int64))
         except BaseException:
             os.close(self._fd)
             raise
@@ -113,6 +119,10 @@ class DatasetWriter:
 
     def write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         """One batch of stories: ids back to back, ``offsets`` (one more than stories, from 0)."""
+        with io_faults(self.path):
+            self._write(ids, offsets)
+
+    def _write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)  # [tokens], [stories + 1]
         count = len(offsets) - 1
         if count < 1:
@@ -145,6 +155,10 @@ class DatasetWriter:
         self.rows += count
 
     def close(self) -> tuple[TableFile, dict]:
+        with io_faults(self.path):
+            return self._close()
+
+    def _close(self) -> tuple[TableFile, dict]:
         if self.rows != self.num_stories:
             raise DataError(f"{self.rows} stories were written, not the announced {self.num_stories}")
         parts = {name: self._digests[name].hexdigest() for name in _ORDER}
@@ -153,7 +167,7 @@ class DatasetWriter:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
-        self._parquet.add_key_value_metadata({DIGEST_KEY: digest.encode()})
+        self._parquet.add_key_value_metadata({**self.metadata, DIGEST_KEY: digest.encode()})
         self._parquet.close()
         with open(self.path, "rb+") as handle:
             os.fsync(handle.fileno())
