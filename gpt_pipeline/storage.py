@@ -77,7 +77,7 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def io_fault(error: BaseException, path: str | os.PathLike, needed: int | None = None,
+def io_fault(error: BaseException, path: str | os.PathLike | None, needed: int | None = None,
              action: str = "write") -> StorageFault | None:
     """``error`` as a ``StorageFault`` ("cannot write PATH: no space left on device (12 MiB
     needed, 3.0 KiB free on /data)") when it is a storage fault, else None.
@@ -91,14 +91,15 @@ def io_fault(error: BaseException, path: str | os.PathLike, needed: int | None =
     if isinstance(error, StorageFault):
         return error
     code = _errno_of(error)
-    path = Path(getattr(error, "filename", None) or path)
-    if code not in _CAUSES or (code == errno.ENOENT and path.parent.exists()):
+    path = Path(path or getattr(error, "filename", None) or "?")  # the destination, not its temporary file
+    missing = Path(getattr(error, "filename", None) or path)
+    if code not in _CAUSES or (code == errno.ENOENT and missing.parent.exists()):
         return None  # a missing file whose folder is there is the caller's business, not a fault
     line = f"cannot {action} {path}: {_CAUSES[code]}"
     if code == errno.ENOENT:
-        line += f" ({_existing(path)} is all that is left of {path.parent})"
+        line += f" ({_existing(path.parent)} is all that is left of {path.parent})"
     if code in _FULL:
-        where = _existing(path)
+        where = _existing(path.parent)
         free = shutil.disk_usage(where).free
         line += f" ({_size(needed)} needed, " if needed else " ("
         line += f"{_size(free)} free on {where})"

@@ -46,7 +46,8 @@ RNG_PREFIX = "rng."
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())  # for a full disk's message
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), needed=needed)
 
 
 def _model_metadata(model: GPT, metadata: dict[str, str] | None) -> dict[str, str]:
