@@ -192,11 +192,11 @@ def _materialize(args: argparse.Namespace) -> None:
 
 def _failure_line(error) -> str:
     """The first line of a step's error, looking through Dagster's "Error occurred while
-    executing op" wrapper to the error it wraps (a full disk's ``[errno 28] ...``, say)."""
-    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
-        error = error.cause
+    executing op" (or loading an input, or storing an output) wrapper to the error it wraps."""
+    while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
+        error = error.cause  # DagsterExecutionStepExecutionError, ...LoadInputError, ...HandleOutputError
     line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-    return line.removeprefix("dagster._core.definitions.events.Failure: ")
+    return line.removeprefix("dagster._core.definitions.events.Failure: ").removeprefix(f"{error.cls_name}: ")
 
 
 def _tokenize(args: argparse.Namespace) -> None:

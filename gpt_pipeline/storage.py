@@ -59,6 +59,8 @@ def _errno_of(error: BaseException) -> int | None:
     ("Os { code: 28, ...") message."""
     if isinstance(error, OSError) and error.errno:
         return error.errno
+    if not isinstance(error, OSError) and type(error).__name__ != "SafetensorError":
+        return None  # only I/O errors name an errno: not a message that happens to quote one
     found = re.search(r"\[errno (\d+)\]|\bcode: (\d+)", str(error), re.IGNORECASE)
     return int(found.group(1) or found.group(2)) if found else None
 

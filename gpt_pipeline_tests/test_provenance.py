@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import DatasetWriter
@@ -118,9 +119,10 @@ def test_storage_faults_read_as_one_line_with_the_free_space(tmp_path):
     assert str(full).endswith(f" free on {tmp_path})")  # the nearest folder that exists
     arrow = io_fault(OSError("[errno 28] No space left on device"), target)  # pyarrow's wording
     assert "no space left on device" in str(arrow)
-    rust = io_fault(RuntimeError('Error while serializing: IoError(Os { code: 27, kind: FileTooLarge })'), target)
+    rust = io_fault(SafetensorError('Error while serializing: IoError(Os { code: 27, kind: FileTooLarge })'), target)
     assert "file too large" in str(rust)
     assert io_fault(FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "input")), target) is None
+    assert io_fault(ValueError("a message quoting [errno 28]"), target) is None
     vanished = io_fault(FileNotFoundError(errno.ENOENT, "gone"), target)
     assert str(vanished) == f"cannot write {target}: its folder vanished ({tmp_path} is all that is left of {target.parent})"
     assert "\n" not in str(full) + str(vanished)

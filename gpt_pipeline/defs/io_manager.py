@@ -128,14 +128,17 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
                 path = self.path_for(context.asset_key, candidate.suffix)
                 if isinstance(path, Path):
                     if path.exists():
-                        with user_errors(), io_faults(path, action="read"):  # a truncated or foreign
-                            return candidate.read(path)  # file fails the step with its own message
+                        # A truncated or foreign file fails the step with its own message; a
+                        # storage fault (permission denied, say) names this asset and the path.
+                        with io_faults(path, action="read"), user_errors():
+                            return candidate.read(path)
                 elif remote.exists(path):
                     return self._download(candidate, path)
         key = "/".join(context.asset_key.path)
         base = self.base_dir()
-        if isinstance(base, Path) and not base.is_dir():
-            raise FileNotFoundError(f"cannot load {key!r}: the data directory {base} does not exist (vanished?)")
+        if isinstance(base, Path) and not base.is_dir():  # a Failure: the step's error is this line
+            raise dg.Failure(description=f"cannot load {key!r}: the data directory {base} does not exist "
+                             "(vanished?)", allow_retries=False)
         raise FileNotFoundError(
             f"asset {key!r} has no stored file under {self.base_dir()}: materialize it first"
         )

@@ -8,16 +8,23 @@ Real Dagster instance, real files, real MLflow SQLite store, a real tmpfs for th
 from __future__ import annotations
 
 import copy
-import os
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.defs.assets import ASSETS as ASSET_DEFS
+from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.provenance import PROVENANCE_KEY
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.training.checkpoint import read_checkpoint_metadata
 from gpt_pipeline_tests.reliability_support import (
     child_env,
     error_chain,
@@ -90,6 +97,15 @@ def test_a_partial_failure_is_refused_downstream_until_the_dataset_is_rematerial
         assert _metadata(instance, "tokenized_dataset")["made_from.bpe_tokenizer"] == old_tokenizer
         assert _metadata(instance, "trained_model")["made_from.tokenized_dataset"] == first["tokenized_dataset"]
         assert _metadata(instance, "sample_generations")["made_from.trained_model"] == first["trained_model"]
+        # ... and in the files themselves.
+        assert BPETokenizer.load(data / "bpe_tokenizer.json").provenance["inputs"] == {"raw_stories": first["raw_stories"]}
+        footer = pq.read_metadata(data / "tokenized_dataset.parquet").metadata
+        assert json.loads(footer[PROVENANCE_KEY.encode()])["inputs"]["bpe_tokenizer"] == old_tokenizer
+        model_record = json.loads(read_checkpoint_metadata(data / "trained_model.safetensors")[PROVENANCE_KEY])
+        assert model_record["digest"] == first["trained_model"]
+        assert model_record["inputs"] == {"bpe_tokenizer": old_tokenizer, "tokenized_dataset": first["tokenized_dataset"]}
+        generations = pq.read_metadata(data / "sample_generations.parquet").metadata
+        assert json.loads(generations[PROVENANCE_KEY.encode()])["digest"] == first["sample_generations"]
 
         # The same inputs again: the same content, so the same data versions, and downstream
         # assets record upstream data versions that are still current (not stale).
@@ -245,3 +261,15 @@ def test_a_file_size_limit_during_tokenized_dataset_fails_in_one_line_and_keeps_
     assert _stored(data) == stored
     assert temp_files(data) == []
     assert not any((data / ".scratch").iterdir())
+
+
+def test_a_vanished_data_directory_fails_the_step_in_one_line(tmp_path, isolated_storage):
+    data, _ = isolated_storage  # never created: the data directory is not there
+    result = dg.materialize(
+        ASSET_DEFS, selection=["tokenized_dataset"], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
+    )
+    step, line = _failure_line(result)
+    assert step == "tokenized_dataset"
+    assert line in {f"cannot load {name!r}: the data directory {data} does not exist (vanished?)"
+                    for name in ("raw_stories", "bpe_tokenizer")}
