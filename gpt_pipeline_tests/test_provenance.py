@@ -28,7 +28,7 @@ from gpt_pipeline.provenance import Provenance, ProvenanceError, check_inputs
 from gpt_pipeline.storage import StorageFault, atomic_write_bytes, io_fault
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from gpt_pipeline_tests.reliability_support import child_env, temp_files, tree_digest
+from gpt_pipeline_tests.reliability_support import child_env, mounted_tmpfs, temp_files, tree_digest
 
 STORIES = ["Once upon a time a cat sat.", "The dog ran home.", "A bird sang \"hi\".\nThe end."]
 
@@ -131,15 +131,8 @@ def test_storage_faults_read_as_one_line_with_the_free_space(tmp_path):
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MiB tmpfs (skipped where tmpfs cannot be mounted: not root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_atomic_write_on_a_full_or_read_only_disk_keeps_the_previous_file(tiny_disk):

@@ -28,6 +28,7 @@ from gpt_pipeline.training.checkpoint import read_checkpoint_metadata
 from gpt_pipeline_tests.reliability_support import (
     child_env,
     error_chain,
+    mounted_tmpfs,
     step_failures,
     temp_files,
     tree_digest,
@@ -163,15 +164,8 @@ def test_a_partial_failure_is_refused_downstream_until_the_dataset_is_rematerial
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB tmpfs at ``tmp_path/disk`` (skipped where tmpfs cannot be mounted: not root)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "16m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _fill(disk: Path, leave: int) -> Path:
