@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mat.add_argument("--config", metavar="YAML", help="Dagster run config file (ops: {asset: {config: ...}})")
     mat.add_argument("--job", default="train_gpt_job", help="job to run (default: train_gpt_job)")
+    mat.add_argument("--select", metavar="ASSETS", help="materialize only these assets of the job, comma "
+                     "separated (as the UI's 'Materialize selected'): the others are read as stored")
     mat.add_argument("--storage-url", metavar="URL", help="store assets in this folder or fsspec URL, e.g. "
                      "s3://bucket/prefix (default: $GPT_PIPELINE_STORAGE_URL, else the data directory)")
 
@@ -170,17 +172,26 @@ def _materialize(args: argparse.Namespace) -> None:
     else:
         instance = dg.DagsterInstance.ephemeral()
     storage = AssetFileIOManager(base_url=args.storage_url)
+    selection = None
+    if args.select:
+        selection = [dg.AssetKey(name.strip()) for name in args.select.split(",") if name.strip()]
+        names = {key.to_user_string() for key in selection}
+        ops = run_config.get("ops") or {}
+        run_config = {**run_config, "ops": {name: ops[name] for name in ops if name in names}}
     try:
         result = build_defs(storage).resolve_job_def(args.job).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
         )
     except dg.DagsterInvalidConfigError as exc:
         problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
         raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = failure.step_failure_data.error.message.strip() if failure else "see the Dagster logs"
-        raise RuntimeError(f"job {args.job} failed: {reason.splitlines()[0]}")
+        reason = _failure_line(failure.step_failure_data.error) if failure else "see the Dagster logs"
+        raise RuntimeError(f"job {args.job} failed: {reason}")
+    if selection is not None and dg.AssetKey("sample_generations") not in selection:
+        print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
+        return
     with storage.path_for(dg.AssetKey("sample_generations"), ".parquet").open("rb") as handle:
         generations = pl.read_parquet(handle)
     for row in generations.iter_rows(named=True):
@@ -191,10 +202,20 @@ def _materialize(args: argparse.Namespace) -> None:
 DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset folder
 
 
+def _failure_line(error) -> str:
+    """The first line of a step's error, looking through Dagster's "Error occurred while
+    executing op" (or loading an input, or storing an output) wrapper to the error it wraps."""
+    while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
+        error = error.cause  # DagsterExecutionStepExecutionError, ...LoadInputError, ...HandleOutputError
+    line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
+    return line.removeprefix("dagster._core.definitions.events.Failure: ").removeprefix(f"{error.cls_name}: ")
+
+
 def _tokenize(args: argparse.Namespace) -> None:
     import shutil
     import tempfile
 
+    from gpt_pipeline import provenance
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
     from gpt_pipeline.data.dataset_files import write_dataset
     from gpt_pipeline.data.story_files import write_stories
@@ -218,8 +239,13 @@ def _tokenize(args: argparse.Namespace) -> None:
     try:
         stats = write_stories(work / "stories.parquet", stories_config)
         stories = TableFile(work / "stories.parquet")
+        made_from = {"raw_stories": provenance.of(stories, "raw_stories")}  # recorded as the assets record it
         tokenizer, tok_stats = train_tokenizer(stories, tokenizer_config)
-        dataset, data_stats = write_dataset(tokenizer, stories, dataset_config, work / DATASET_FILE)
+        provenance.attach(tokenizer, provenance.made("bpe_tokenizer", provenance.tokenizer_digest(tokenizer), made_from))
+        made_from["bpe_tokenizer"] = provenance.of(tokenizer, "bpe_tokenizer")
+        footer = provenance.footer(provenance.made("tokenized_dataset", "", made_from))
+        dataset, data_stats = write_dataset(tokenizer, stories, dataset_config, work / DATASET_FILE,
+                                            metadata=footer)
         write_bundle(tokenizer, out)
         dataset.publish(out / DATASET_FILE)
     finally:
@@ -230,6 +256,22 @@ def _tokenize(args: argparse.Namespace) -> None:
         f"{tok_stats['training_seconds']:.1f} s, {data_stats['tokens']} tokens "
         f"({data_stats['train_stories']} train / {data_stats['test_stories']} test stories) -> {out}"
     )
+
+
+def _checked(command: str, inputs: dict, labels: dict, remedy: str) -> None:
+    """Refuse (``ProvenanceError``, one line) inputs that were not made from each other; warn
+    about files that record no provenance (written before it was recorded)."""
+    from gpt_pipeline import provenance
+
+    for warning in provenance.check_inputs(command, inputs, labels, remedy):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+
+def _bundle_file(directory: Path) -> Path:
+    """The tokenizer file of a dataset folder, for messages."""
+    from gpt_pipeline.tokenizer.bundle import find_bundle
+
+    return find_bundle(directory) or directory
 
 
 def _load_dataset_dir(directory: str):
@@ -251,7 +293,15 @@ def _train(args: argparse.Namespace) -> None:
     from gpt_pipeline.training.loop import TrainConfig, train
     from gpt_pipeline.training.progress import progress_line
 
+    from gpt_pipeline import provenance
+    from gpt_pipeline.training.checkpoint import PROVENANCE_KEY, add_checkpoint_metadata
+
     path, tokenizer = _load_dataset_dir(args.dataset_dir)
+    inputs = {"tokenized_dataset": provenance.of(TableFile.stored_at(path / DATASET_FILE), "tokenized_dataset"),
+              "bpe_tokenizer": provenance.of(tokenizer, "bpe_tokenizer")}
+    _checked("train", inputs, {"tokenized_dataset": str(path / DATASET_FILE),
+                               "bpe_tokenizer": str(_bundle_file(path))},
+             f"run `{PROG} tokenize --output-dir {path}` again")
     options = vars(args)
     model_config = GPTConfig(
         vocab_size=tokenizer.vocab_size,
@@ -274,6 +324,8 @@ def _train(args: argparse.Namespace) -> None:
         result = train(model_config, train_config, train_data, test_data, out, report,
                        on_progress=lambda progress: print(progress.line(), flush=True),
                        progress_seconds=args.progress_seconds)
+    record = provenance.made("trained_model", provenance.weights_digest(result.model), inputs)
+    add_checkpoint_metadata(out / "final.safetensors", {PROVENANCE_KEY: record.to_json()})
     print(f"trained {result.steps} steps in {result.seconds:.1f} s -> {out / 'final.safetensors'}")
 
 
@@ -281,13 +333,18 @@ def _generate(args: argparse.Namespace) -> None:
     from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
     from gpt_pipeline.training.checkpoint import load_checkpoint
 
-    _, tokenizer = _load_dataset_dir(args.dataset_dir)
+    from gpt_pipeline import provenance
+
+    path, tokenizer = _load_dataset_dir(args.dataset_dir)
     config = GenerationConfig(
         prompts=(args.input,), token_count=args.token_count, temperature=args.temperature,
         top_k=args.top_k, num_samples=args.num_samples, seed=args.seed, unknown=args.unknown,
     )
     config.validate()
     model, _ = load_checkpoint(args.transformer_safetensors)
+    inputs = {"trained_model": provenance.of(model, "trained_model"), "bpe_tokenizer": provenance.of(tokenizer, "bpe_tokenizer")}
+    _checked("generate", inputs, {"trained_model": args.transformer_safetensors, "bpe_tokenizer": str(_bundle_file(path))},
+             "pass the --dataset-dir the model was trained on, or train it again on this one")
     frame = generate_samples(model, tokenizer, config)
     print("\n\n".join(frame["text"]))
 
@@ -296,11 +353,13 @@ COMMANDS = {"tokenize": _tokenize, "train": _train, "generate": _generate, "mate
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gpt_pipeline.storage import StorageFault
+
     args = build_parser().parse_args(argv)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         handler(args)
-    except (ValueError, RuntimeError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError, IsADirectoryError, PermissionError, StorageFault) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2

@@ -4,6 +4,10 @@ This module owns two things: the location of the project's data directory and at
 writes. It does not know about Dagster, MLflow or any file format: callers hand it bytes or a
 function that writes a file, and it makes sure that readers only ever see a complete file.
 
+I/O faults (a full disk, a file size limit, permission denied, a read-only or vanished folder)
+raise ``StorageFault``: an ``OSError`` whose message is one line naming the path and the cause,
+for a full disk with the space free there (and needed, when known).
+
 Atomic write: the content goes to a temporary file in the same directory, is flushed and
 fsynced, then renamed over the destination with ``os.replace`` (atomic on POSIX). A process
 killed half-way leaves the previous file intact; the temporary file is removed on any error
@@ -16,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +29,95 @@ from pathlib import Path
 DATA_DIR_ENV = "GPT_PIPELINE_DATA_DIR"
 _UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
+
+
+class StorageFault(OSError):
+    """An I/O failure of the storage itself; ``str()`` is one line: path, cause, free space."""
+
+    def __init__(self, code: int, line: str):
+        super().__init__(line)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file size limit is reached)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOENT: "its folder vanished",
+}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _errno_of(error: BaseException) -> int | None:
+    """The errno of an OSError, or the one named in a pyarrow ("[errno 28] ...") or safetensors
+    ("Os { code: 28, ...") message."""
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    if not isinstance(error, OSError) and type(error).__name__ != "SafetensorError":
+        return None  # only I/O errors name an errno: not a message that happens to quote one
+    found = re.search(r"\[errno (\d+)\]|\bcode: (\d+)", str(error), re.IGNORECASE)
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def io_fault(error: BaseException, path: str | os.PathLike | None, needed: int | None = None,
+             action: str = "write") -> StorageFault | None:
+    """``error`` as a ``StorageFault`` ("cannot write PATH: no space left on device (12 MiB
+    needed, 3.0 KiB free on /data)") when it is a storage fault, else None.
+
+    Example:
+        >>> print(io_fault(OSError(errno.EROFS, "Read-only file system"), "/data/a.json"))
+        cannot write /data/a.json: read-only file system
+        >>> io_fault(ValueError("bad value"), "/data/a.json") is None
+        True
+    """
+    if isinstance(error, StorageFault):
+        return error
+    code = _errno_of(error)
+    path = Path(path or getattr(error, "filename", None) or "?")  # the destination, not its temporary file
+    missing = Path(getattr(error, "filename", None) or path)
+    if code not in _CAUSES or (code == errno.ENOENT and missing.parent.exists()):
+        return None  # a missing file whose folder is there is the caller's business, not a fault
+    line = f"cannot {action} {path}: {_CAUSES[code]}"
+    if code == errno.ENOENT:
+        line += f" ({_existing(path.parent)} is all that is left of {path.parent})"
+    if code in _FULL:
+        where = _existing(path.parent)
+        free = shutil.disk_usage(where).free
+        line += f" ({_size(needed)} needed, " if needed else " ("
+        line += f"{_size(free)} free on {where})"
+    return StorageFault(code, line)
+
+
+@contextlib.contextmanager
+def io_faults(path: str | os.PathLike, needed: int | None = None, action: str = "write") -> Iterator[None]:
+    """Re-raise a storage fault inside the block as a one-line ``StorageFault`` naming ``path``."""
+    try:
+        yield
+    except Exception as error:
+        fault = io_fault(error, path, needed, action)
+        if fault is None or fault is error:
+            raise
+        raise fault from error
 
 
 def project_root() -> Path:
@@ -50,8 +144,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], needed: int | None = None) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file, which then replaces it.
+
+    A storage fault raises ``StorageFault`` (``needed``: the bytes it takes, when known); the
+    temporary file is removed and the previous file stays.
 
     Example:
         >>> import tempfile, pathlib
@@ -61,6 +158,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         ('hi', ['a.txt'])
     """
     path = Path(path)
+    with io_faults(path, needed):
+        return _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temp_files(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -129,7 +231,7 @@ def sweep_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), needed=len(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -146,8 +248,10 @@ def exclusive(directory: str | os.PathLike) -> Iterator[Path]:
     however it ends.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as handle:
+    with io_faults(directory / ".lock"):
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / ".lock", "a+")
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield directory
@@ -169,9 +273,12 @@ def publish(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         ('v2', False)
     """
     source, path = Path(source), Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(source, path)
+        with io_faults(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, path)
+    except StorageFault:
+        raise
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
@@ -193,7 +300,12 @@ def scratch_dir() -> Path:
     remove their own folder when done (``shutil.rmtree``), or leave it for that sweep.
     """
     root = data_dir() / SCRATCH
-    root.mkdir(parents=True, exist_ok=True)
+    with io_faults(root):
+        root.mkdir(parents=True, exist_ok=True)
+        return _new_scratch(root)
+
+
+def _new_scratch(root: Path) -> Path:
     for old in root.iterdir():
         try:
             pid = int(old.name.split(".")[0])

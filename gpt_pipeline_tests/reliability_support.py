@@ -18,6 +18,7 @@ Run as a script, it is one of the workers the tests start in a separate process:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -156,6 +157,25 @@ def race_trackers(uri: str, count: int, folder: Path) -> list[tuple[int, str, st
     finally:
         kill_running(*processes)
     return [(process.returncode, out, err) for process, (out, err) in zip(processes, outcomes)]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str):
+    """A tmpfs of ``size`` ("1m") mounted at ``directory`` (created) for the block: a small disk
+    that fills. Skips the test where tmpfs cannot be mounted (not root)."""
+    import subprocess
+
+    import pytest
+
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 def child_env(**overrides: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ from gpt_pipeline.data.splits import SPLIT_COLUMN, TEST, TOKENS_COLUMN, TRAIN, D
 from gpt_pipeline.data.story_files import text_batches
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray, token_dtype
+from gpt_pipeline.storage import io_faults
 
 ARRAYS = "token_arrays.safetensors"  # the companion's name: <stem>.token_arrays.safetensors
 DIGEST_KEY = b"gpt_pipeline.token_arrays_digest"  # in the Parquet file's key-value metadata
@@ -66,7 +67,8 @@ class DatasetWriter:
     """Writes the tokenized dataset batch by batch: the Parquet file at ``path`` and companion.
 
     ``num_stories`` must be known up front (the split column and the offsets' place depend on
-    it): with a Parquet source, its footer's row count. Use as a context manager; then
+    it): with a Parquet source, its footer's row count. ``metadata`` goes into the Parquet
+    footer beside the digest (the dataset's provenance). Use as a context manager; then
     ``result`` is the ``TableFile`` and the dataset's figures (as ``data.dataset_stats`` gives
     them, plus ``digest``).
 
@@ -84,7 +86,8 @@ class DatasetWriter:
         ([1, 2, 3], [0, 2, 3], [4, 5], 2)
     """
 
-    def __init__(self, path: str | os.PathLike, num_stories: int, vocab_size: int, training_percentage: float):
+    def __init__(self, path: str | os.PathLike, num_stories: int, vocab_size: int, training_percentage: float,
+                 metadata: dict[str, str] | None = None):
         if vocab_size < 1:
             raise DataError(f"vocab_size must be >= 1, got {vocab_size}")
         self.path = Path(path)
@@ -96,6 +99,7 @@ class DatasetWriter:
             [(TOKENS_COLUMN, pa.list_(pa.from_numpy_dtype(self.dtype))), (SPLIT_COLUMN, pa.string())]
         )
         self.arrays_path = self.path.with_name(f"{self.path.stem}.{ARRAYS}")
+        self.metadata = dict(metadata or {})  # more footer key-value metadata (provenance)
         self.rows = 0
         self.tokens = {TRAIN: 0, TEST: 0}  # tokens written per split
         self._digests = {name: hashlib.sha256() for name in _ORDER}
@@ -103,11 +107,13 @@ class DatasetWriter:
         self._tokens_start = HEADER_BYTES + 8 * (num_stories + 2)
         self._min, self._max = None, 0
         self.result: tuple[TableFile, dict] | None = None
-        self._fd = os.open(self.arrays_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        with io_faults(self.arrays_path):  # a full disk, say: one line naming the file
+            self._fd = os.open(self.arrays_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            self._parquet = pq.ParquetWriter(self.path, self.schema)
-            for split in SPLITS:
-                self._append_offsets(split, np.zeros(1, np.int64))
+            with io_faults(self.path):
+                self._parquet = pq.ParquetWriter(self.path, self.schema)
+                for split in SPLITS:
+                    self._append_offsets(split, np.zeros(1, np.int64))
         except BaseException:
             os.close(self._fd)
             raise
@@ -120,6 +126,10 @@ class DatasetWriter:
 
     def write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         """One batch of stories: ids back to back, ``offsets`` (one more than stories, from 0)."""
+        with io_faults(self.path):
+            self._write(ids, offsets)
+
+    def _write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
         ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)  # [tokens], [stories + 1]
         count = len(offsets) - 1
         if count < 1:
@@ -152,6 +162,10 @@ class DatasetWriter:
         self.rows += count
 
     def close(self) -> tuple[TableFile, dict]:
+        with io_faults(self.path):
+            return self._close()
+
+    def _close(self) -> tuple[TableFile, dict]:
         if self.rows != self.num_stories:
             raise DataError(f"{self.rows} stories were written, not the announced {self.num_stories}")
         parts = {name: self._digests[name].hexdigest() for name in _ORDER}
@@ -160,7 +174,7 @@ class DatasetWriter:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
-        self._parquet.add_key_value_metadata({DIGEST_KEY: digest.encode()})
+        self._parquet.add_key_value_metadata({**self.metadata, DIGEST_KEY: digest.encode()})
         self._parquet.close()
         with open(self.path, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -230,6 +244,7 @@ def write_dataset(
     config: DatasetConfig,
     path: str | os.PathLike,
     batch_rows: int = ENCODE_BATCH_ROWS,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[TableFile, dict]:
     """The tokenized-dataset step: every story of a story file (``write_stories``'s) encoded with
     ``tokenizer`` (a ``BPETokenizer``), ``batch_rows`` at a time, into the Parquet file ``path``
@@ -237,7 +252,8 @@ def write_dataset(
 
     Returns the ``TableFile`` and facts: stories and tokens per split, ``encoding_seconds``,
     shortest / mean / longest story and the content ``digest``. A character the tokenizer never
-    saw raises ``ValueError`` naming the story (counted from 0 over the whole file).
+    saw raises ``ValueError`` naming the story (counted from 0 over the whole file). ``metadata``
+    goes into the Parquet footer (the dataset's provenance).
 
     Example:
         >>> import tempfile, pyarrow as pa
@@ -253,7 +269,8 @@ def write_dataset(
     config.validate()
     table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
     seconds, row = 0.0, 0
-    with DatasetWriter(path, table_file.num_rows, tokenizer.vocab_size, config.training_percentage) as writer:
+    with DatasetWriter(path, table_file.num_rows, tokenizer.vocab_size, config.training_percentage,
+                       metadata) as writer:
         for batch in text_batches(table_file, batch_rows):
             started = time.perf_counter()
             try:

@@ -17,11 +17,13 @@ raises ``DataError`` with a one-line message naming the problem and the value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,6 +54,39 @@ def _schema(path: Path) -> pa.Schema:
     except (pa.ArrowException, OSError) as error:
         detail = " ".join(str(error).split())
         raise DataError(f"not a Parquet file: {path} ({detail})") from None
+
+
+TEXT_DIGEST_KEY = "gpt_pipeline.text_digest"  # in the footer of a file written by write_texts
+
+
+class TextDigest:
+    """sha256 over a column of texts, fed batch by batch: the same for the same texts in the same
+    order however they are cut into batches (lengths and bytes are hashed as two streams).
+
+    Example:
+        >>> a, b = TextDigest(), TextDigest()
+        >>> a.update(pa.array(["ab", "c"])); b.update(pa.array(["ab"])); b.update(pa.array(["c"]))
+        >>> a.hexdigest() == b.hexdigest(), a.hexdigest() == TextDigest().hexdigest()
+        (True, False)
+    """
+
+    def __init__(self) -> None:
+        self._lengths, self._bytes = hashlib.sha256(), hashlib.sha256()
+
+    def update(self, batch: pa.Array | pa.ChunkedArray) -> None:
+        batch = batch.cast(pa.large_string())
+        if isinstance(batch, pa.ChunkedArray):
+            batch = batch.combine_chunks()
+        if not len(batch):
+            return
+        offsets = np.frombuffer(batch.buffers()[1], dtype="<i8")[batch.offset : batch.offset + len(batch) + 1]
+        self._lengths.update(np.diff(offsets).astype("<i8").data)
+        data = batch.buffers()[2]
+        if data is not None:
+            self._bytes.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(f"{self._lengths.hexdigest()}:{self._bytes.hexdigest()}".encode()).hexdigest()
 
 
 READ_BATCH_ROWS = 16_384  # rows per record batch when a story file is streamed
@@ -176,7 +211,8 @@ def _parquet_batches(path: Path, stats: TextStats, batch_rows: int) -> Iterator[
 
 def write_texts(path: str | os.PathLike, batches: Iterable[pa.Array]) -> Path:
     """Write text batches atomically as a Parquet file with one large_string ``text`` column,
-    one row group per batch, holding one batch in memory at a time; returns ``path``.
+    one row group per batch, holding one batch in memory at a time; returns ``path``. The
+    footer keeps the text's digest (``TextDigest``) under ``TEXT_DIGEST_KEY``.
 
     Example:
         >>> import tempfile
@@ -187,14 +223,17 @@ def write_texts(path: str | os.PathLike, batches: Iterable[pa.Array]) -> Path:
     schema = pa.schema([(TEXT_COLUMN, pa.large_string())])
 
     def write(tmp: Path) -> None:
+        digest = TextDigest()
         with pq.ParquetWriter(tmp, schema) as writer:
             empty = True
             for batch in batches:
                 if len(batch):
                     writer.write_table(pa.table([batch.cast(pa.large_string())], schema=schema))
+                    digest.update(batch)
                     empty = False
             if empty:
                 writer.write_table(schema.empty_table())
+            writer.add_key_value_metadata({TEXT_DIGEST_KEY: digest.hexdigest()})
 
     return atomic_write(path, write)
 

@@ -12,12 +12,13 @@ blocking check on the value and only then yields it for the IO manager to store.
 import dataclasses
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from gpt_pipeline import quality
+from gpt_pipeline import provenance, quality
 from gpt_pipeline.data import config as data_config
 from gpt_pipeline.data.dataset_files import load_splits, write_dataset
 from gpt_pipeline.data.story_files import write_stories
@@ -49,6 +50,8 @@ from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tokenizer.fit import train_tokenizer
 
 GROUP = "gpt"
+# Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.
+warnings.filterwarnings("ignore", message=".*`data_version`.*", category=dg.BetaWarning)
 OWNERS = ["team:ml"]
 
 
@@ -68,7 +71,7 @@ def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
     group_name=GROUP,
     kinds={"pyarrow", "parquet", "mlflow"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     description="Stories, one per row in a `text` column: a Parquet file's text column (null and "
     "empty entries dropped) or, with no path, the embedded corpus the project generates itself. "
     "Streamed batch by batch into the stored file: no corpus size has to fit in memory.",
@@ -86,8 +89,10 @@ def raw_stories(
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         run.log_metrics({"stories": stats["rows_kept"], "characters": stats["characters"]})
+        record = provenance.of(TableFile(path), "raw_stories")  # the text digest in its footer
     return dg.Output(
         TableFile(path),
+        data_version=dg.DataVersion(record.digest),
         metadata={
             "source": stats["source"],
             "stories": dg.MetadataValue.int(stats["rows_kept"]),
@@ -96,6 +101,7 @@ def raw_stories(
             "empty_dropped": dg.MetadataValue.int(stats["empty_dropped"]),
             "characters": dg.MetadataValue.int(stats["characters"]),
             "preview": dg.MetadataValue.md(_quote(stats["first"])),
+            **lineage(record),
             **run_link(mlflow, run),
         },
     )
@@ -105,7 +111,7 @@ def raw_stories(
     group_name=GROUP,
     kinds={"python", "json", "mlflow"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     check_specs=[ROUND_TRIP],
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
     "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as a "
@@ -120,7 +126,10 @@ def bpe_tokenizer(
 ):
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
+        stories = provenance.of(raw_stories, "raw_stories")
         tokenizer, stats = train_tokenizer(raw_stories, core_config(tokenizer_config.TokenizerConfig, config))
+        record = provenance.made("bpe_tokenizer", provenance.tokenizer_digest(tokenizer), {"raw_stories": stories})
+        provenance.attach(tokenizer, record)  # stored in the tokenizer JSON
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
         outcome = quality.tokenizer_round_trip(tokenizer, raw_stories)
         yield from gate(ROUND_TRIP, outcome)
@@ -129,6 +138,7 @@ def bpe_tokenizer(
             run.log_artifact(Path(tmp), "tokenizer")
     yield dg.Output(
         tokenizer,
+        data_version=dg.DataVersion(record.digest),
         metadata={
             "vocab_size": dg.MetadataValue.int(stats["vocab_size"]),
             "alphabet_size": dg.MetadataValue.int(stats["alphabet_size"]),
@@ -136,6 +146,7 @@ def bpe_tokenizer(
             "chars_per_token_test": dg.MetadataValue.float(stats["chars_per_token_test"]),
             "training_seconds": dg.MetadataValue.float(stats["training_seconds"]),
             "longest_tokens": dg.MetadataValue.json(stats["longest_tokens"]),
+            **lineage(record),
             **run_link(mlflow, run),
         },
     )
@@ -146,7 +157,7 @@ def bpe_tokenizer(
     group_name=GROUP,
     kinds={"pyarrow", "parquet", "mlflow"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     check_specs=[IDS_IN_VOCAB],
     description="Every story encoded with the tokenizer: a list<uint16> `tokens` column (uint32 "
     "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train). "
@@ -160,6 +171,8 @@ def tokenized_dataset(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
+    with user_errors():  # stored inputs that do not belong together: refused before any work
+        inputs = checked_inputs(context, "tokenized_dataset", raw_stories=raw_stories, bpe_tokenizer=bpe_tokenizer)
     with user_errors(), mlflow.asset_run(context) as run:
         run.log_params(config.model_dump())
         scratch = scratch_dir()
@@ -167,7 +180,9 @@ def tokenized_dataset(
             dataset, stats = write_dataset(
                 bpe_tokenizer, raw_stories, core_config(data_config.DatasetConfig, config),
                 scratch / "tokenized_dataset.parquet",
+                metadata=provenance.footer(provenance.made("tokenized_dataset", "", inputs)),
             )
+            record = provenance.made("tokenized_dataset", stats["digest"], inputs)
             run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
             outcome = quality.token_ids_in_vocab(dataset, bpe_tokenizer.vocab_size)
             yield from gate(IDS_IN_VOCAB, outcome)
@@ -176,11 +191,12 @@ def tokenized_dataset(
             raise
     yield dg.Output(
         dataset,
+        data_version=dg.DataVersion(record.digest),
         metadata={
             **{k: dg.MetadataValue.int(v) for k, v in stats.items() if isinstance(v, int)},
             "encoding_seconds": dg.MetadataValue.float(stats["encoding_seconds"]),
             "length_stats": dg.MetadataValue.json({k: stats[k] for k in LENGTH_STATS}),
-            "content_digest": dg.MetadataValue.text(stats["digest"]),
+            **lineage(record),  # content_digest: the token arrays' digest
             **run_link(mlflow, run),
         },
     )
@@ -195,7 +211,7 @@ LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stor
     group_name=GROUP,
     kinds={"pytorch", "safetensors", "mlflow"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     check_specs=[BEATS_UNIGRAM],
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
     "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
@@ -210,6 +226,8 @@ def trained_model(
     mlflow: MLflowResource,
 ):
     with user_errors():
+        inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
+                                bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
@@ -225,7 +243,11 @@ def trained_model(
             export_hf=config.export_hf,
             dataset_file=tokenized_dataset,
         )
-    yield outcome.output
+        model = outcome.output.value
+        record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
+        provenance.attach(model, record)  # stored in the safetensors metadata
+    yield dg.Output(model, metadata={**outcome.output.metadata, **lineage(record)},
+                    data_version=dg.DataVersion(record.digest))
     yield check_result(BEATS_UNIGRAM, outcome.gate)
 
 
@@ -233,7 +255,7 @@ def trained_model(
     group_name=GROUP,
     kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     check_specs=[GENERATIONS_DECODE],
     description="Stories the trained model writes from the prompts (gpt-rs's sampling: window of "
     "the last context_length tokens, temperature, multinomial; optionally top-k).",
@@ -246,6 +268,7 @@ def sample_generations(
     mlflow: MLflowResource,
 ):
     with user_errors():
+        inputs = checked_inputs(context, "sample_generations", trained_model=trained_model, bpe_tokenizer=bpe_tokenizer)
         generation_config = config.generation_config()
         generation_config.validate()
         skipped = unseen_characters(bpe_tokenizer, generation_config.prompts)
@@ -258,20 +281,44 @@ def sample_generations(
                 run.client.log_table(training_run, data=frame.to_pandas(), artifact_file="generations.json")
             outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), bpe_tokenizer)
             yield from gate(GENERATIONS_DECODE, outcome)
+            record = provenance.made("sample_generations", provenance.frame_digest(frame), inputs)
     for row in frame.iter_rows(named=True):
         context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
     yield dg.Output(
-        frame,
+        provenance.attach(frame, record),  # stored in the Parquet footer
+        data_version=dg.DataVersion(record.digest),
         metadata={
             "generations": dg.MetadataValue.int(len(frame)),
             "text": dg.MetadataValue.md("\n\n---\n\n".join(_quote(t) for t in frame["text"])),
             "table": generations_table(frame),
             "unknown_characters": generation_config.unknown,
             "skipped_characters": dg.MetadataValue.json(skipped if generation_config.unknown == "skip" else []),
+            **lineage(record),
             **run_link(mlflow, run),
         },
     )
     yield check_result(GENERATIONS_DECODE, outcome)
+
+
+def checked_inputs(context: dg.AssetExecutionContext, asset: str, **values) -> dict[str, provenance.Provenance]:
+    """The provenance of ``asset``'s stored inputs (``initial_checkpoint``: a path or None),
+    refused (``ProvenanceError``) when they do not belong together; files that record none are
+    accepted with a warning in the log."""
+    inputs = {}
+    for name, value in values.items():
+        if name != "initial_checkpoint":
+            inputs[name] = provenance.of(value, name)
+        elif value and Path(value).is_file():  # only its tokenizer must be ours: it may start a new dataset
+            start = provenance.of_checkpoint(value)
+            inputs[name] = provenance.Provenance(name, start.digest, {k: v for k, v in (start.inputs or {}).items() if k == "bpe_tokenizer"})
+    for warning in provenance.check_inputs(asset, inputs):
+        context.log.warning(warning)
+    return inputs
+
+
+def lineage(record: provenance.Provenance) -> dict[str, dg.MetadataValue]:
+    """``content_digest`` (also the data version) and ``made_from.<input>`` digests."""
+    return {name: dg.MetadataValue.text(value) for name, value in record.metadata().items()}
 
 
 def upstream_mlflow_run(context: dg.AssetExecutionContext, asset: str) -> str | None:

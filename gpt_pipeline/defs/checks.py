@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from gpt_pipeline.quality import Gate
+from gpt_pipeline.storage import StorageFault
 from gpt_pipeline.tracking.tracker import TrackingError
 
 
@@ -63,9 +64,20 @@ def gate(spec: dg.AssetCheckSpec, outcome: Gate) -> Iterator[dg.AssetCheckResult
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Re-raise bad-input errors from the core as a ``dagster.Failure`` with their message."""
+    """Re-raise bad-input errors from the core as a ``dagster.Failure`` with their message; a
+    storage fault (full disk, permission denied, ...) also names the asset of the step."""
     try:
         yield
+    except StorageFault as exc:
+        raise dg.Failure(description=f"{current_asset()}: {exc}", allow_retries=False) from exc
     except (ValueError, FileNotFoundError, IsADirectoryError, TrackingError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise dg.Failure(description=message, allow_retries=False) from exc
+
+
+def current_asset() -> str:
+    """The asset the running step materializes ("asset" outside a step)."""
+    try:
+        return dg.AssetExecutionContext.get().asset_key.to_user_string()
+    except Exception:  # no step running, or not an asset step
+        return "asset"

@@ -14,6 +14,7 @@ Where the files live, local or remote, is the IO manager's business (``io_manage
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gpt_pipeline.provenance import PROVENANCE_KEY
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.storage import SCRATCH, atomic_write
@@ -40,7 +42,9 @@ def _write_tokenizer(path: Path, tokenizer: BPETokenizer) -> dict[str, Path]:
 
 
 def _write_parquet_frame(path: Path, frame: pl.DataFrame) -> dict[str, Path]:
-    atomic_write(path, frame.write_parquet)
+    record = getattr(frame, "provenance", None)  # set by gpt_pipeline.provenance.attach
+    footer = {PROVENANCE_KEY: json.dumps(record, sort_keys=True)} if record else None
+    atomic_write(path, lambda tmp: frame.write_parquet(tmp, metadata=footer))
     return {}
 
 

@@ -45,18 +45,22 @@ from upath import UPath
 from gpt_pipeline import remote
 from gpt_pipeline.defs.checks import user_errors
 from gpt_pipeline.defs.formats import FORMATS, StoredFormat, format_for_type, format_for_value
-from gpt_pipeline.storage import data_dir, scratch_dir
+from gpt_pipeline.storage import StorageFault, data_dir, io_faults, scratch_dir
 from gpt_pipeline.data.table_file import TableFile
 
 
 @contextlib.contextmanager
-def storage_failures() -> Iterator[None]:
+def storage_failures(context: dg.OutputContext | dg.InputContext | None = None) -> Iterator[None]:
     """Re-raise a remote storage error as a ``dagster.Failure`` with its one-line message (naming
-    the URL), which Dagster reports as is instead of wrapping it; retry policies still apply."""
+    the URL), which Dagster reports as is instead of wrapping it; retry policies still apply.
+    A local storage fault (full disk, permission denied, read-only folder) names the asset too."""
     try:
         yield
     except remote.StorageError as exc:
         raise dg.Failure(description=str(exc)) from exc
+    except StorageFault as exc:
+        asset = context.asset_key.to_user_string() if context is not None and context.has_asset_key else "asset"
+        raise dg.Failure(description=f"{asset}: {exc}", allow_retries=False) from exc
 
 
 class AssetFileIOManager(dg.ConfigurableIOManager):
@@ -90,7 +94,7 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         fmt = format_for_value(obj)
-        with storage_failures():
+        with storage_failures(context):
             path = self.path_for(context.asset_key, fmt.suffix)
             if isinstance(path, Path):
                 extras = {name: str(p) for name, p in fmt.write(path, obj).items()}
@@ -121,15 +125,21 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
         fmt = format_for_type(context.dagster_type.typing_type)
         candidates = [fmt] if fmt else list(FORMATS)
         for candidate in candidates:
-            with storage_failures():
+            with storage_failures(context):
                 path = self.path_for(context.asset_key, candidate.suffix)
                 if isinstance(path, Path):
                     if path.exists():
-                        with user_errors():  # a truncated or foreign file fails the step with its own message
+                        # A truncated or foreign file fails the step with its own message; a
+                        # storage fault (permission denied, say) names this asset and the path.
+                        with io_faults(path, action="read"), user_errors():
                             return candidate.read(path)
                 elif remote.exists(path):
                     return self._download(candidate, path)
         key = "/".join(context.asset_key.path)
+        base = self.base_dir()
+        if isinstance(base, Path) and not base.is_dir():  # a Failure: the step's error is this line
+            raise dg.Failure(description=f"cannot load {key!r}: the data directory {base} does not exist "
+                             "(vanished?)", allow_retries=False)
         raise FileNotFoundError(
             f"asset {key!r} has no stored file under {self.base_dir()}: materialize it first"
         )

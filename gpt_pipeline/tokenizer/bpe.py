@@ -47,6 +47,7 @@ class BPETokenizer:
             texts.append(texts[a] + texts[b])
         self._texts = texts
         self._encoder = MergeEncoder(self.alphabet, self.merges)
+        self.provenance: dict | None = None  # what it was trained on (gpt_pipeline.provenance), stored with it
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -149,12 +150,14 @@ class BPETokenizer:
     # ---- persistence -------------------------------------------------------------------------
     def to_json(self) -> str:
         """Our file format (versioned JSON, see ``fileformat``); byte-identical for equal tokenizers."""
-        return fileformat.dumps(self.alphabet, self.merges)
+        return fileformat.dumps(self.alphabet, self.merges, self.provenance)
 
     @classmethod
     def from_json(cls, text: str) -> BPETokenizer:
         """The tokenizer in ``text`` (``to_json``'s output); unknown formats or versions raise."""
-        return cls(*fileformat.loads(text))
+        tokenizer = cls(*fileformat.loads(text))
+        tokenizer.provenance = fileformat.provenance_of(text)
+        return tokenizer
 
     def vocab_listing(self) -> str:
         """Every token, one per line: id, text with spaces and newlines visible, its merge."""

@@ -10,8 +10,9 @@ atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gpt_pipeline.tokenizer.pieces import BARRIERS, PIECE_PATTERN, SPACE
 
@@ -77,8 +78,22 @@ def validate(
     return alphabet, clean
 
 
-def dumps(alphabet: Sequence[str], merges: Sequence[tuple[int, int]]) -> str:
-    """The JSON file for a tokenizer (deterministic: same input, same bytes).
+def digest(alphabet: Sequence[str], merges: Sequence[Sequence[int]]) -> str:
+    """sha256 of the canonical alphabet and merges: the tokenizer's content, whatever the file.
+
+    Example:
+        >>> digest(["a", "b"], [(0, 1)]) == digest(["a", "b"], [[0, 1]]) != digest(["a", "b"], [])
+        True
+    """
+    canonical = json.dumps([list(alphabet), [list(m) for m in merges]], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def dumps(
+    alphabet: Sequence[str], merges: Sequence[tuple[int, int]], provenance: Mapping | None = None
+) -> str:
+    """The JSON file for a tokenizer (deterministic: same input, same bytes); ``provenance``
+    (what it was trained on, see ``gpt_pipeline.provenance``) adds a ``provenance`` entry.
 
     Example:
         >>> print(dumps(["a", "b"], [(0, 1)]), end="")  # doctest: +ELLIPSIS
@@ -102,10 +117,20 @@ def dumps(alphabet: Sequence[str], merges: Sequence[tuple[int, int]]) -> str:
         f'  "version": {VERSION},\n'
         f'  "rules": {{\n{rules}\n  }},\n'
         f'  "vocab_size": {len(alphabet) + len(merges)},\n'
-        f'  "alphabet": {json.dumps(list(alphabet), ensure_ascii=False)},\n'
+        + (f'  "provenance": {json.dumps(dict(provenance), sort_keys=True)},\n' if provenance else "")
+        + f'  "alphabet": {json.dumps(list(alphabet), ensure_ascii=False)},\n'
         f'  "merges": [\n{merge_lines}\n  ]\n'
         "}\n"
     )
+
+
+def provenance_of(text: str) -> dict | None:
+    """The ``provenance`` entry of a tokenizer file written by ``dumps``, if any."""
+    try:
+        value = json.loads(text).get("provenance")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def loads(text: str) -> tuple[list[str], list[tuple[int, int]]]:

@@ -4,6 +4,8 @@ A checkpoint is one safetensors file (written atomically, so a reader never sees
 
 - the model's ``state_dict`` tensors under their PyTorch names (``blocks.0.attention.qkv.weight``);
 - metadata ``gpt_config``: the ``GPTConfig`` as JSON, and ``format``: ``gpt_pipeline/1``;
+- ``gpt_pipeline.provenance``: what the model was made from, when the model carries it
+  (``gpt_pipeline.provenance``); ``load_checkpoint`` sets it back on the model;
 - any caller metadata (string to string).
 
 A *training* checkpoint adds what resuming needs: the AdamW state of every parameter
@@ -42,6 +44,7 @@ _STEP_CHECKPOINT = re.compile(r"^(\d+)\.safetensors$")
 CONFIG_KEY = "gpt_config"
 FORMAT_KEY = "format"
 TRAINING_STATE_KEY = "training_state"
+PROVENANCE_KEY = "gpt_pipeline.provenance"  # a model's ``provenance`` attribute (gpt_pipeline.provenance)
 OPTIMIZER_PREFIX = "optimizer."
 RNG_PREFIX = "rng."
 
@@ -65,7 +68,8 @@ def fingerprint(*parts: Any) -> str:
 
 def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())  # for a full disk's message
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), needed=needed)
 
 
 def _model_metadata(model: GPT, metadata: dict[str, str] | None) -> dict[str, str]:
@@ -78,6 +82,8 @@ def _model_metadata(model: GPT, metadata: dict[str, str] | None) -> dict[str, st
         raise ValueError(f"checkpoint metadata keys {reserved} are reserved")
     metadata[CONFIG_KEY] = model.config.to_json()
     metadata[FORMAT_KEY] = FORMAT
+    if getattr(model, "provenance", None) and PROVENANCE_KEY not in metadata:
+        metadata[PROVENANCE_KEY] = json.dumps(model.provenance, sort_keys=True)
     return metadata
 
 
@@ -110,6 +116,12 @@ def _config_from_metadata(path: Path, metadata: dict[str, str]) -> GPTConfig:
         return GPTConfig.from_json(metadata[CONFIG_KEY])
     except ValueError as error:
         raise ValueError(f"{path} has an invalid '{CONFIG_KEY}' metadata entry: {error}") from None
+
+
+def add_checkpoint_metadata(path: str | os.PathLike, entries: dict[str, str]) -> Path:
+    """Rewrite checkpoint ``path`` (atomically) with ``entries`` added to its metadata."""
+    tensors, metadata = read_checkpoint(path)
+    return _write(path, tensors, {**metadata, **entries})
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -155,6 +167,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     tensors, metadata = read_checkpoint(path)
     model = model_from_tensors(path, _config_from_metadata(path, metadata), tensors)
+    if PROVENANCE_KEY in metadata:
+        model.provenance = json.loads(metadata[PROVENANCE_KEY])
     return model.to(device).eval(), metadata
 
 
