@@ -267,14 +267,19 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: list[int], count: int, temperature: float = 0.7,
-             generator: torch.Generator | None = None, greedy: bool = False) -> list[int]:
+def generate(model, prompt: list[int], count: int, temperature: float = 0.7,
+             generator: torch.Generator | None = None, greedy: bool = False,
+             context_length: int | None = None) -> list[int]:
     """gpt-rs's sampling loop: for each new token the last ``context_length`` tokens right-padded
     with 0 to ``context_length``, the whole window through the model (dropout off), the logits at
     the last real position, divided by the temperature, one softmax, one multinomial draw
-    (``greedy``: the arg-max). Returns the prompt followed by ``count`` tokens."""
-    model.eval()
-    context_length = model.config.context_length
+    (``greedy``: the arg-max). Returns the prompt followed by ``count`` tokens.
+
+    ``model``: a ``ReferenceGPT`` (or any module with a ``config``), or any callable from ids
+    ``[1, context_length]`` to logits ``[1, context_length, V]`` with ``context_length`` given."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    context_length = context_length or model.config.context_length
     tokens = list(prompt)
     for _ in range(count):
         window = tokens[-context_length:]
