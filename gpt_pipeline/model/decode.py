@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpt_pipeline.model import fused, native_attention
 from gpt_pipeline.model.generation import sample_next
+from gpt_pipeline.model.native_attention import NativeAttention
 
 
 class KVCache:
@@ -62,34 +64,66 @@ def hidden(model, idx: torch.Tensor, cache: KVCache | None = None, last_only: bo
 
 def _block(block, x: torch.Tensor, cache: KVCache | None, layer: int, last_only: bool) -> torch.Tensor:
     """``Block.forward`` without dropout, keys and values taken from and added to ``cache``:
-    ``[B, T, C]`` -> ``[B, T, C]``, or ``[B, 1, C]`` for the last position when ``last_only``."""
+    ``[B, T, C]`` -> ``[B, T, C]``, or ``[B, 1, C]`` for the last position when ``last_only``.
+
+    The products of many rows go through ``fused.linear`` / ``linear_add`` (oneDNN on CPU: bias,
+    ReLU and residual in the product's pass), a whole causal window through the C kernel of
+    ``native_attention`` where it is built; else ``F.linear`` and
+    ``F.scaled_dot_product_attention``."""
     attention = block.attention
     B, T, C = x.shape
     H, hs = attention.head_count, attention.head_size
     h = block.layer_norm_1(x)  # [B, T, C]
     weight, bias = attention.qkv.weight, attention.qkv.bias
     if last_only and T > 1:
-        q = F.linear(h[:, -1:], weight[:C], bias[:C])  # [B, 1, C]
-        k, v = F.linear(h, weight[C:], bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
+        qkv = None
+        q = linear(h[:, -1:], weight[:C], bias[:C])  # [B, 1, C]
+        k, v = linear(h, weight[C:], bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
     else:
-        q, k, v = F.linear(h, weight, bias).split(C, dim=2)  # 3 x [B, T, C]
+        qkv = linear(h, weight, bias)  # [B, T, 3C]
+        q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
     Tq = q.size(1)
-    q = q.view(B, Tq, H, hs).transpose(1, 2)  # [B, H, Tq, hs]
-    k = k.view(B, T, H, hs).transpose(1, 2)  # [B, H, T, hs]
-    v = v.view(B, T, H, hs).transpose(1, 2)  # [B, H, T, hs]
+    start = cache.length if cache is not None else 0
     if cache is not None:
-        start = cache.length
         if start > 0 and T > 1:
             raise ValueError(f"a filled KVCache takes one new position at a time, got {T}")
-        cache.keys[layer][:, :, start : start + T] = k
-        cache.values[layer][:, :, start : start + T] = v
-        k = cache.keys[layer][:, :, : start + T]  # [B, H, start + T, hs]
-        v = cache.values[layer][:, :, : start + T]  # [B, H, start + T, hs]
-    # a single query is the last position: it sees every key
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1)  # [B, H, Tq, hs]
-    y = attention.projection(y.transpose(1, 2).reshape(B, Tq, C))  # [B, Tq, C]
-    x = x[:, -Tq:] + y  # [B, Tq, C]
-    return x + block.feed_forward(block.layer_norm_2(x))  # [B, Tq, C]
+        cache.keys[layer][:, :, start : start + T] = k.view(B, T, H, hs).transpose(1, 2)
+        cache.values[layer][:, :, start : start + T] = v.view(B, T, H, hs).transpose(1, 2)
+    if qkv is not None and T > 1 and native_attention.supports(qkv, H):  # a whole causal window
+        y = NativeAttention.apply(qkv, H, None, 1.0)  # [B, T, C], heads side by side
+    else:
+        q = q.view(B, Tq, H, hs).transpose(1, 2)  # [B, H, Tq, hs]
+        if cache is not None:
+            k = cache.keys[layer][:, :, : start + T]  # [B, H, start + T, hs]
+            v = cache.values[layer][:, :, : start + T]  # [B, H, start + T, hs]
+        else:
+            k = k.view(B, T, H, hs).transpose(1, 2)  # [B, H, T, hs]
+            v = v.view(B, T, H, hs).transpose(1, 2)  # [B, H, T, hs]
+        # a single query is the last position: it sees every key
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=Tq > 1)  # [B, H, Tq, hs]
+        y = y.transpose(1, 2).reshape(B, Tq, C)  # [B, Tq, C]
+    projection, ff = attention.projection, block.feed_forward
+    x = linear_add(y, projection.weight, projection.bias, x[:, -Tq:])  # x + projection(y)
+    hidden = linear(block.layer_norm_2(x), ff.input.weight, ff.input.bias, relu=True)  # [B, Tq, 4C]
+    return linear_add(hidden, ff.output.weight, ff.output.bias, x)  # x + ffn: [B, Tq, C]
+
+
+ONEDNN_ROWS = 32  # from this many rows oneDNN's linear is faster than F.linear here (1 row: 3x slower)
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """``x @ w.T + b`` (then ReLU) for ``x`` ``[B, T, in]``: ``[B, T, out]``."""
+    if x.size(0) * x.size(1) >= ONEDNN_ROWS:
+        return fused.linear(x, w, b, relu)
+    out = F.linear(x, w, b)
+    return out.relu_() if relu else out
+
+
+def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``other + x @ w.T + b`` for ``x`` ``[B, T, in]``, ``other`` ``[B, T, out]``: a new tensor."""
+    if x.size(0) * x.size(1) >= ONEDNN_ROWS:
+        return fused.linear_add(x, w, b, other.contiguous())
+    return F.linear(x, w, b).add_(other)
 
 
 @torch.no_grad()

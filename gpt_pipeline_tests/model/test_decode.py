@@ -4,6 +4,7 @@ against the plain forward."""
 import pytest
 import torch
 
+from gpt_pipeline.model import decode
 from gpt_pipeline.model.decode import KVCache, hidden
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 
@@ -47,3 +48,19 @@ def test_decoding_refuses_training_mode_and_a_second_multi_position_step():
     hidden(model, torch.zeros(1, 2, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="takes one new position at a time, got 2"):
         hidden(model, torch.zeros(1, 2, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("rows", [1, 10**9])
+def test_both_product_paths_and_the_native_window_give_the_plain_forward(rows, monkeypatch):
+    """oneDNN's linear (from ``ONEDNN_ROWS`` rows) and ``F.linear`` below it; whole windows through
+    the native kernel where built (head size 4 here), single positions through SDPA."""
+    monkeypatch.setattr(decode, "ONEDNN_ROWS", rows)
+    model = GPT(TINY).eval()
+    model.reset_parameters(torch.Generator().manual_seed(3))
+    idx = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model.forward_hidden(idx)  # [3, 6, 8]
+        assert torch.allclose(hidden(model, idx), full, atol=1e-5)
+        cache = KVCache(model, 3)
+        parts = [hidden(model, idx[:, :3], cache)] + [hidden(model, idx[:, t : t + 1], cache) for t in (3, 4, 5)]
+        assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
