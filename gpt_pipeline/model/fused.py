@@ -224,4 +224,3 @@ class HeadCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_output * ctx.scale
         return grad_hidden * scale, grad_weight * scale, None
-
