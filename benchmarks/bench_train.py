@@ -9,110 +9,39 @@ utilisation against a matmul peak measured in the same run.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 10] [--threads N]
 
-``FaithfulGPT`` below is the port: one query, key and value ``nn.Linear`` per head, the attention
-weights computed explicitly per head, ``nn.Dropout`` everywhere gpt-rs applies dropout.
+The port is ``gpt_pipeline_tests.reference`` (the oracle of the tests): ``ReferenceGPT``, one
+query, key and value ``nn.Linear`` per head, the attention weights computed explicitly per head,
+``F.dropout`` everywhere gpt-rs applies dropout; its ``optimizer`` and ``train_step``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from gpt_pipeline.model.gpt import GPT, GPTConfig
-from gpt_pipeline.training.loop import TrainConfig, make_optimizer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: gpt_pipeline_tests
 
-
-class FaithfulHead(nn.Module):
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        hs = c.embedding_size // c.head_count
-        self.query, self.key, self.value = (nn.Linear(c.embedding_size, hs) for _ in range(3))
-        self.dropout = nn.Dropout(c.attention_dropout)
-        self.register_buffer("omit", torch.ones(c.context_length, c.context_length, dtype=torch.bool).triu(1))
-        self.scale = 1.0 / math.sqrt(hs)
-
-    def forward(self, x):
-        T = x.size(1)
-        weights = (self.query(x) @ self.key(x).transpose(-2, -1)) * self.scale  # [B, T, T]
-        weights = weights.masked_fill(self.omit[:T, :T], float("-inf")).softmax(-1)
-        return self.dropout(weights) @ self.value(x)  # [B, T, hs]
-
-
-class FaithfulBlock(nn.Module):
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        self.layer_norm_1 = nn.LayerNorm(c.embedding_size)
-        self.heads = nn.ModuleList(FaithfulHead(c) for _ in range(c.head_count))
-        self.projection = nn.Linear(c.embedding_size, c.embedding_size)
-        self.layer_norm_2 = nn.LayerNorm(c.embedding_size)
-        hidden = c.embedding_size * c.feed_forward_multiplier
-        self.input, self.output = nn.Linear(c.embedding_size, hidden), nn.Linear(hidden, c.embedding_size)
-        self.ff_dropout, self.residual_dropout = nn.Dropout(c.feed_forward_dropout), nn.Dropout(c.residual_dropout)
-
-    def forward(self, x):
-        normed = self.layer_norm_1(x)
-        x = self.residual_dropout(x) + self.projection(torch.cat([h(normed) for h in self.heads], -1))
-        ff = self.ff_dropout(self.output(F.relu(self.input(self.layer_norm_2(x)))))
-        return self.residual_dropout(x) + ff
-
-
-class FaithfulGPT(nn.Module):
-    """gpt-rs's model.rs, module for module."""
-
-    def __init__(self, c: GPTConfig):
-        super().__init__()
-        self.token_embedding = nn.Embedding(c.vocab_size, c.embedding_size)
-        self.position_embedding = nn.Embedding(c.context_length, c.embedding_size)
-        self.dropout = nn.Dropout(c.embedding_dropout)
-        self.blocks = nn.Sequential(*(FaithfulBlock(c) for _ in range(c.block_count)))
-        self.layer_norm = nn.LayerNorm(c.embedding_size)
-        self.linear_head = nn.Linear(c.embedding_size, c.vocab_size, bias=False)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def forward(self, idx):
-        T = idx.size(1)
-        x = self.dropout(self.token_embedding(idx) + self.position_embedding.weight[:T])
-        return self.linear_head(self.layer_norm(self.blocks(x)))
-
-
-def load_gpt_rs_tensors(model: FaithfulGPT, tensors: dict[str, torch.Tensor]) -> FaithfulGPT:
-    """Load a gpt-rs checkpoint's tensors (``transformer.…`` names) into the port."""
-    state = {}
-    for name, tensor in tensors.items():
-        name = name.removeprefix("transformer.").replace("multi_attention_head.", "")
-        state[name.replace("feed_forward.", "")] = tensor
-    model.load_state_dict(state, strict=False)
-    missing = set(model.state_dict()) - set(state) - {n for n in model.state_dict() if n.endswith("omit")}
-    assert not missing, missing
-    return model
-
-
-def faithful_optimizer(model: nn.Module, lr: float) -> torch.optim.AdamW:
-    decay = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.999), eps=1e-8)
+from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
+from gpt_pipeline.training.loop import TrainConfig, make_optimizer  # noqa: E402
+from gpt_pipeline_tests import reference  # noqa: E402
+from gpt_pipeline_tests.reference import ReferenceGPT  # noqa: E402
 
 
 def make_step(model, optimizer, x, y):
+    """One training step of ``model``: ours as the training loop runs it, the port as gpt-rs does
+    (``reference.train_step``)."""
+    if not isinstance(model, GPT):
+        return lambda: reference.train_step(model, optimizer, x, y)
     params = list(model.parameters())
 
     def step():
-        if isinstance(model, GPT):
-            loss = model.loss(x, y)  # the training loop's call: fused head + cross-entropy
-        else:
-            loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())  # [B * T, V] logits
+        loss = model.loss(x, y)  # the training loop's call: fused head + cross-entropy
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_value_(params, 0.5)
@@ -157,10 +86,10 @@ def main() -> None:
 
     ours = GPT(config).train()
     ours.set_dropout_generator(torch.Generator().manual_seed(1))
-    faithful = FaithfulGPT(config).train()
+    faithful = ReferenceGPT(config).train()
     assert ours.num_parameters() == faithful_params(faithful) == 2_118_912
     steps = {
-        "faithful per-head port": make_step(faithful, faithful_optimizer(faithful, 2e-4), x, y),
+        "faithful per-head port": make_step(faithful, reference.optimizer(faithful, 2e-4), x, y),
         "gpt_pipeline GPT": make_step(ours, make_optimizer(ours, TrainConfig(), torch.device("cpu")), x, y),
     }
     times: dict[str, list[float]] = {name: [] for name in steps}

@@ -27,7 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_generate import gpt_rs_loop  # noqa: E402
-from bench_train import FaithfulGPT, faithful_optimizer, make_step  # noqa: E402
+from bench_train import make_step  # noqa: E402
+
+from gpt_pipeline_tests.reference import ReferenceGPT as FaithfulGPT  # noqa: E402
+from gpt_pipeline_tests.reference import optimizer as faithful_optimizer  # noqa: E402
 
 from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 from gpt_pipeline.data.tokens import TokenArray  # noqa: E402

@@ -1,22 +1,10 @@
-"""Sampling new tokens from a ``GPT`` with gpt-rs's semantics, made fast.
+"""Sampling tokens with gpt-rs's semantics: one token from a row of logits, text from a prompt.
 
-gpt-rs's loop, for every new token: take the last ``context_length`` tokens (all of them while
-there are fewer), run that window through the model at positions 0.., take the logits at the last
-real position, divide them by the temperature, softmax, draw one token (multinomial), append.
-
-This module computes exactly that, faster:
-
-- while the sequence still fits in the context window, the window starts at position 0 and only
-  grows, so the keys and values of earlier positions never change: a ``KVCache`` keeps them and
-  each new token costs one position through the model;
-- once the window slides, every position shifts and the whole window is recomputed (gpt-rs's
-  learned absolute positions leave no shortcut), but without padding;
-- in the last block and the head, only the last position is computed (the others' keys and
-  values excepted);
-- a batch of prompts (of equal length) is sampled at once.
-
-With ``top_k=1`` the pick is the arg-max: gpt-rs's loop run greedily. It does not tokenize text
-itself: ``generate_text`` takes any tokenizer with ``encode(text, unknown=...)`` and ``decode(ids)``.
+``sample_next`` is gpt-rs's pick: the logits at the last position divided by the temperature,
+softmax, one multinomial draw (``top_k=1``: the arg-max, gpt-rs's loop run greedily; ``top_k``
+otherwise restricts the draw to the k likeliest tokens). ``GPT.generate`` runs the loop
+(``gpt_pipeline.model.gpt``, its key/value-cached fast path in ``decode``). ``generate_text``
+continues a prompt with any tokenizer that has ``encode(text, unknown=...)`` and ``decode(ids)``.
 """
 
 from __future__ import annotations
@@ -25,7 +13,6 @@ import math
 from typing import Protocol
 
 import torch
-
 
 
 class TextTokenizer(Protocol):
@@ -71,46 +58,6 @@ def sample_next(
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)  # [B]
 
 
-@torch.no_grad()
-def generate(
-    model: "GPT",  # gpt_pipeline.model.gpt.GPT (not imported: it calls this module)
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.7,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``idx`` ``[B, T]`` followed by ``max_new_tokens`` new tokens: ``[B, T + max_new_tokens]``.
-
-    Dropout is off while sampling (the model's mode is restored afterwards).
-    """
-    validate_sampling(max_new_tokens, temperature, top_k)
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"prompt ids must have shape [B, T] with T >= 1, got {tuple(idx.shape)}")
-    context_length = model.config.context_length
-    B, T = idx.shape
-    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
-    out[:, :T] = idx
-    was_training = model.training
-    model.eval()
-    try:
-        cache = None
-        for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
-            if n <= context_length:  # the window starts at position 0 and only grows
-                if cache is None:
-                    cache = model.new_cache(B)
-                    hidden = model.forward_hidden(out[:, :n], cache, last_only=True)  # [B, 1, C]
-                else:
-                    hidden = model.forward_hidden(out[:, n - 1 : n], cache, last_only=True)  # [B, 1, C]
-            else:  # the window slides: every position moves, recompute it whole
-                hidden = model.forward_hidden(out[:, n - context_length : n], last_only=True)  # [B, 1, C]
-            logits = model.linear_head(hidden[:, -1])  # [B, V]: the last real position only
-            out[:, n] = sample_next(logits, temperature, top_k, generator)
-    finally:
-        model.train(was_training)
-    return out
-
-
 def generate_text(
     model: "GPT",  # gpt_pipeline.model.gpt.GPT (not imported: it calls this module)
     tokenizer: TextTokenizer,
@@ -143,5 +90,5 @@ def generate_text(
     else:
         generator.manual_seed(seed)
     idx = torch.tensor([list(ids)] * num_samples, dtype=torch.long, device=device)  # [S, T]
-    out = generate(model, idx, token_count, temperature, top_k, generator)
+    out = model.generate(idx, token_count, temperature, top_k, generator)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out.cpu()]

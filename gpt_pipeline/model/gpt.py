@@ -1,8 +1,6 @@
-"""gpt-rs's causal decoder transformer in PyTorch: the config, the modules and their exact math.
+"""gpt-rs's causal decoder transformer in PyTorch: the config, the modules and their math.
 
-What this module does: define ``GPTConfig`` (gpt-rs's ``transformer_config.ron``, same field
-names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to logits
-``[B, T, vocab_size]`` with gpt-rs's math:
+Read top to bottom, this module is gpt-rs's model (see /work/shared/docs/gpt-rs-semantics.md):
 
 - token embedding + learned position embedding (positions 0..T-1), then embedding dropout;
 - ``block_count`` pre-LayerNorm blocks (eps 1e-5), each
@@ -13,17 +11,19 @@ names) and ``GPT``, an ``nn.Module`` whose forward maps token ids ``[B, T]`` to 
   attention weights, heads concatenated, projection (with bias);
 - feed-forward: linear to ``embedding_size * feed_forward_multiplier``, ReLU, linear back, dropout;
 - final LayerNorm, then a bias-free linear head, not tied to the token embedding;
-- initialisation: linear weights and embeddings normal(0, 0.02), biases zero, LayerNorms 1 and 0.
+- initialisation: linear weights and embeddings normal(0, 0.02), biases zero, LayerNorms 1 and 0;
+- sampling: for each new token, the last ``context_length`` tokens through the model, the logits
+  at the last position divided by the temperature, softmax, one multinomial draw.
 
-Speed, same math: ``GPT.loss`` fuses the head with the cross-entropy (``HeadCrossEntropy``);
-in CPU training each block runs its halves through ``gpt_pipeline.model.fused`` (residual, bias and
-dropouts written once, oneDNN products) and its heads through the C kernel of
-``gpt_pipeline.model.native_attention`` (compiled on first use), else ``gpt_pipeline.model.fused_attention``
-(no layout copies, no scores above the causal blocks); dropout masks are drawn from a
+Every module has one plain forward, which runs everywhere. The fast paths (CPU training passes
+and the C attention kernel, the head fused with the loss, key/value-cached sampling) are entered
+through one seam, ``gpt_pipeline.model.fast``: ``Block.forward``, ``GPT.loss`` and ``GPT.generate``
+ask it first and it returns ``None`` where it does not apply (or under ``fast.plain()``). They
+compute the same math from the same random draws; ``gpt_pipeline_tests/reference.py`` (gpt-rs
+written literally) is the oracle both are tested against. Dropout masks are drawn from a
 ``torch.Generator`` that the training loop owns (``set_dropout_generator``), cheaply on CPU
-(``dropped_positions``); generation uses a key/value cache (``KVCache``) and ``last_only``.
-Not here: training (``training.py``), files (``checkpoint.py``, ``interop/gpt_rs.py``), sampling
-loops (``generation.py``).
+(``dropped_positions``). Not here: training (``training/``), files (``training/checkpoint.py``,
+``interop/gpt_rs.py``), text in and out (``generation.generate_text``).
 """
 
 from __future__ import annotations
@@ -36,48 +36,46 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt_pipeline.model import native_attention
+from gpt_pipeline.fields import check, param
+from gpt_pipeline.model import fast
 from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.model.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear
-from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
-from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
+from gpt_pipeline.model.generation import sample_next, validate_sampling
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
+
+
+def _size(default: int, help: str):
+    return param(default, help, ge=1, affects_result=True)
+
+
+def _dropout(help: str):
+    return param(0.05, help, ge=0, lt=1, affects_result=True)
 
 
 @dataclass
 class GPTConfig:
     """gpt-rs's ``transformer_config.ron``; the defaults are its example values (2,118,912 params)."""
 
-    vocab_size: int = 2048  # tokens in the vocabulary (the tokenizer's vocab_size)
-    embedding_size: int = 128  # width of the residual stream
-    context_length: int = 64  # maximum tokens the model sees at once (learned positions)
-    head_count: int = 4  # attention heads per block; must divide embedding_size
-    block_count: int = 8  # transformer blocks
-    feed_forward_multiplier: int = 4  # hidden width of the feed-forward = embedding_size * this
-    embedding_dropout: float = 0.05  # dropout after token + position embedding
-    attention_dropout: float = 0.05  # dropout on the attention weights (after softmax)
-    feed_forward_dropout: float = 0.05  # dropout after the feed-forward's output linear layer
-    residual_dropout: float = 0.05  # dropout on the residual path, twice per block
+    vocab_size: int = _size(2048, "Tokens in the vocabulary (the tokenizer's vocab_size).")
+    embedding_size: int = _size(128, "Width of the residual stream.")
+    context_length: int = _size(64, "Most tokens the model sees at once (learned positions).")
+    head_count: int = _size(4, "Attention heads per block; must divide embedding_size.")
+    block_count: int = _size(8, "Transformer blocks.")
+    feed_forward_multiplier: int = _size(4, "Hidden width of the feed-forward = embedding_size * this.")
+    embedding_dropout: float = _dropout("Dropout after token + position embedding.")
+    attention_dropout: float = _dropout("Dropout on the attention weights (after softmax).")
+    feed_forward_dropout: float = _dropout("Dropout after the feed-forward's output linear layer.")
+    residual_dropout: float = _dropout("Dropout on the residual path, twice per block.")
 
     def validate(self) -> GPTConfig:
         """Raise ``ValueError`` naming the first bad field; return ``self`` when all are fine."""
-        for name in ("vocab_size", "embedding_size", "context_length", "head_count", "block_count",
-                     "feed_forward_multiplier"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        check(self)
         if self.embedding_size % self.head_count:
             raise ValueError(
                 f"GPTConfig.embedding_size={self.embedding_size} is not divisible by "
                 f"head_count={self.head_count}"
             )
-        for name in ("embedding_dropout", "attention_dropout", "feed_forward_dropout",
-                     "residual_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {value!r}")
         return self
 
     @property
@@ -116,17 +114,9 @@ class GPTConfig:
         return cls.from_dict(values)
 
 
-class KVCache:
-    """Keys and values of every block for the positions seen so far, ``[B, H, T, head_size]`` each."""
-
-    def __init__(self, config: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.head_count, config.context_length, config.head_size)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.block_count)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.block_count)]
-        self.length = 0  # positions filled, the same in every block
-
-
 class CausalSelfAttention(nn.Module):
+    """``head_count`` causal self-attention heads side by side, then the projection."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.head_count = config.head_count
@@ -136,64 +126,18 @@ class CausalSelfAttention(nn.Module):
         self.projection = nn.Linear(config.embedding_size, config.embedding_size)
         self.attention_dropout = Dropout(config.attention_dropout)
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
-    ) -> torch.Tensor:
-        """``[B, T, C]`` -> ``[B, T, C]``, or ``[B, 1, C]`` for the last position when ``last_only``
-        (keys and values are still computed, and cached, for every position)."""
-        return self.projection(self.heads(x, cache, layer, last_only))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.heads(self.qkv(x)))  # [B, T, C] -> [B, T, 3C] -> [B, T, C]
 
-    def heads(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False,
-        fused: bool = False,
-    ) -> torch.Tensor:
-        """The heads' outputs concatenated, before the projection: ``[B, T or 1, C]``; ``fused``
-        (CPU training) computes q/k/v with ``LinearFunction`` and the heads with ``NativeAttention``
-        (weights dropped among the ``causal_weights``) or, without a compiled kernel and with
-        attention dropout on, ``AttentionHeads`` (weights dropped in ``query_blocks``)."""
-        B, T, C = x.shape
-        if last_only and T > 1:
-            q = F.linear(x[:, -1:], self.qkv.weight[:C], self.qkv.bias[:C])  # [B, 1, C]
-            k, v = F.linear(x, self.qkv.weight[C:], self.qkv.bias[C:]).split(C, dim=2)  # 2 x [B, T, C]
-        elif fused:
-            qkv = LinearFunction.apply(x.reshape(B * T, C), self.qkv.weight, self.qkv.bias).view(B, T, 3 * C)
-            dropout = self.attention_dropout
-            if native_attention.supports(qkv, self.head_count):  # the compiled kernel, dropout or not
-                positions = dropout.positions(B * self.head_count * causal_weights(T))  # of [B, H, T(T+1)/2]
-                return NativeAttention.apply(qkv, self.head_count, positions,
-                                             dropout.scale if positions is not None else 1.0)
-            if self.training and dropout.p > 0:
-                positions = [dropout.positions(self.head_count * B * (r1 - r0) * r1)  # [H, B, r1 - r0, r1]
-                             for r0, r1 in query_blocks(T)]
-                return AttentionHeads.apply(qkv, self.head_count, positions, dropout.scale)
-            q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
-        else:
-            q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
-        Tq = q.size(1)
-        q = q.view(B, Tq, self.head_count, self.head_size).transpose(1, 2)  # [B, H, Tq, hs]
-        k = k.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
-        v = v.view(B, T, self.head_count, self.head_size).transpose(1, 2)  # [B, H, T, hs]
-        causal = Tq > 1  # a single query is the last position: it sees every key
-        if cache is not None:
-            start = cache.length
-            cache.keys[layer][:, :, start : start + T] = k
-            cache.values[layer][:, :, start : start + T] = v
-            k = cache.keys[layer][:, :, : start + T]  # [B, H, start + T, hs]
-            v = cache.values[layer][:, :, : start + T]  # [B, H, start + T, hs]
-            if start > 0 and Tq > 1:
-                raise ValueError(f"a filled KVCache takes one new position at a time, got {T}")
-        if self.training and self.attention_dropout.p > 0:
-            # explicit weights so that dropout acts on them as in gpt-rs; the causal mask is an
-            # additive -inf bias above the diagonal, scaled scores and mask in one baddbmm
-            bias = torch.full((T, T), float("-inf"), device=x.device, dtype=q.dtype).triu_(1)
-            scores = torch.baddbmm(bias, q.reshape(B * self.head_count, T, self.head_size),
-                                   k.reshape(B * self.head_count, T, self.head_size).transpose(1, 2),
-                                   alpha=1.0 / math.sqrt(self.head_size))  # [B * H, T, T]
-            weights = self.attention_dropout(scores.softmax(-1))  # [B * H, T, T]
-            y = (weights @ v.reshape(B * self.head_count, T, self.head_size)).view(B, self.head_count, T, -1)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, Tq, hs]
-        return y.transpose(1, 2).reshape(B, Tq, C)  # [B, Tq, C], heads concatenated
+    def heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs side by side, ``[B, T, C]``, from the q/k/v projection ``[B, T, 3C]``."""
+        B, T, C3 = qkv.shape
+        q, k, v = (part.view(B, T, self.head_count, self.head_size).transpose(1, 2)
+                   for part in qkv.split(C3 // 3, dim=2))  # 3 x [B, H, T, hs]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # [B, H, T, T]
+        future = torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1)  # key after query
+        weights = self.attention_dropout(scores.masked_fill(future, float("-inf")).softmax(-1))  # [B, H, T, T]
+        return (weights @ v).transpose(1, 2).reshape(B, T, C3 // 3)  # [B, H, T, hs] -> [B, T, C]
 
 
 class FeedForward(nn.Module):
@@ -205,7 +149,7 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(config.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.output(F.relu(self.input(x))))  # [B, T, C]
+        return self.dropout(self.output(F.relu(self.input(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
 
 
 class Block(nn.Module):
@@ -217,86 +161,13 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.residual_dropout = Dropout(config.residual_dropout)
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
-    ) -> torch.Tensor:
-        # x = dropout_res(x) + attn(ln_1(x)); x = dropout_res(x) + ffn(ln_2(x))
-        # what each residual dropout drops is drawn before its branch runs
-        if cache is None and not last_only and x.device.type == "cpu" and x.dtype == torch.float32 \
-                and torch.is_grad_enabled():
-            return self._fused_forward(x)
-        dropout = self.residual_dropout
-        drawn = dropout.draw(x)
-        branch = self.attention(self.layer_norm_1(x), cache, layer, last_only)  # [B, T or 1, C]
-        if branch.size(1) != x.size(1):  # last_only: only the last position goes on
-            mask = dropout.as_mask(drawn, x)
-            x, drawn = x[:, -1:], None if mask is None else mask[:, -1:]
-        x = dropout.add_to(branch, x, drawn)
-        drawn = dropout.draw(x)
-        branch = self.feed_forward(self.layer_norm_2(x))
-        return dropout.add_to(branch, x, drawn)
-
-    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` for CPU training: the same math and random draws, in the passes of
-        ``gpt_pipeline.model.fused`` (residual, bias and dropout written once per half-block)."""
-        residual, attention, ff = self.residual_dropout, self.attention, self.feed_forward
-        drawn = residual.draw(x)  # flat positions of x [B, T, C], or None
-        y = attention.heads(self.layer_norm_1(x), fused=True)  # [B, T, C]
-        x = ProjectionResidual.apply(  # x itself, not a view: its gradient is added in place
-            y, x, attention.projection.weight, attention.projection.bias,
-            drawn, residual.scale if drawn is not None else 1.0,
-        )  # [B, T, C]
-        drawn = residual.draw(x)
-        h = self.layer_norm_2(x)  # [B, T, C]
-        ff_drawn = ff.dropout.draw(h)  # after the residual's, as in the plain order
-        return FeedForwardResidual.apply(
-            h, x, ff.input.weight, ff.input.bias, ff.output.weight,
-            ff.output.bias, ff_drawn, ff.dropout.scale if ff_drawn is not None else 1.0,
-            drawn, residual.scale if drawn is not None else 1.0,
-        )  # [B, T, C]
-
-
-class HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, computed in row chunks.
-
-    The same math as ``F.cross_entropy(hidden @ weight.T, targets)``, without the ``[N, V]``
-    logits in memory: each chunk's logits (a few MB, cache-sized) are made, reduced and turned
-    into their gradient at once (softmax - one-hot), whose products with ``weight`` and ``hidden``
-    are the gradients of the inputs; the backward pass only scales them. On CPU this saves about
-    40% of the head + loss time (no fresh 32 MB logits and gradient streaming through memory).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        N = hidden.size(0)
-        rows = max(1, (1 << 19) // weight.size(0))  # ~2 MB of float32 logits per chunk
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if want_grad else None  # [N, C]
-        grad_weight = torch.zeros_like(weight) if want_grad else None  # [V, C]
-        for i in range(0, N, rows):
-            h, t = hidden[i : i + rows], targets[i : i + rows]  # [n, C], [n]
-            logits = linear(h, weight)  # [n, V]
-            rows_n = torch.arange(len(t), device=t.device)  # [n]
-            target_logit = logits[rows_n, t]  # [n]
-            high = logits.amax(dim=1, keepdim=True)  # [n, 1]
-            e = logits.sub_(high).exp_()  # [n, V], in place: exp(logit - max)
-            total_e = e.sum(dim=1, keepdim=True)  # [n, 1]
-            total += (total_e.log().add_(high).squeeze(1) - target_logit).sum()  # logsumexp - target
-            if want_grad:
-                g = e.div_(total_e)  # [n, V] softmax
-                g[rows_n, t] -= 1.0  # softmax - one-hot
-                torch.mm(g, weight, out=grad_hidden[i : i + rows])  # [n, C]
-                grad_weight.addmm_(g.t(), h)  # [V, C]
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.scale = 1.0 / N
-        return total / N
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_output * ctx.scale
-        return grad_hidden * scale, grad_weight * scale, None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, T, C]`` -> ``[B, T, C]``; each residual dropout is drawn before its branch runs."""
+        out = fast.block_forward(self, x)  # CPU training: the same math and draws, fewer passes
+        if out is not None:
+            return out
+        x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x))  # [B, T, C]
+        return self.residual_dropout(x) + self.feed_forward(self.layer_norm_2(x))  # [B, T, C]
 
 
 class GPT(nn.Module):
@@ -335,48 +206,26 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.linear_head(self.forward_hidden(idx))  # [B, T, V]
+        return self.linear_head(self.forward_hidden(idx))  # [B, T, C] -> [B, T, V]
+
+    def forward_hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm output ``[B, T, C]`` for token ids ``idx`` ``[B, T]`` at positions 0..T-1."""
+        check_input(idx, self.config.context_length)
+        T = idx.size(1)
+        positions = torch.arange(T, device=idx.device)  # [T]
+        x = self.embedding_dropout(self.token_embedding(idx) + self.position_embedding(positions))  # [B, T, C]
+        for block in self.blocks:
+            x = block(x)  # [B, T, C]
+        return self.layer_norm(x)  # [B, T, C]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over all positions of ``forward(idx)`` against ``targets`` [B, T].
-
-        Same value as ``F.cross_entropy(forward(idx).flatten(0, 1), targets.flatten())``; on CPU
-        it never materialises the logits (see ``HeadCrossEntropy``).
-        """
+        """Mean cross-entropy over all positions of ``forward(idx)`` against ``targets`` [B, T]."""
         hidden = self.forward_hidden(idx)  # [B, T, C]
-        if hidden.device.type == "cpu" and hidden.dtype == torch.float32:
-            return HeadCrossEntropy.apply(hidden.flatten(0, 1), self.linear_head.weight, targets.flatten())
+        loss = fast.loss(self, hidden, targets)  # CPU: the head fused with the loss, no [B, T, V] logits
+        if loss is not None:
+            return loss
         logits = self.linear_head(hidden)  # [B, T, V]
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-    def forward_hidden(
-        self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False
-    ) -> torch.Tensor:
-        """Final-LayerNorm output ``[B, T, C]`` for ``idx`` ``[B, T]`` at positions from
-        ``cache.length`` (0 without a cache); the cache, if any, is extended by T positions.
-        With ``last_only`` the last block computes queries, feed-forward and output for the last
-        position alone: ``[B, 1, C]`` (what sampling needs)."""
-        if idx.dim() != 2:
-            raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
-        B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than context_length="
-                f"{self.config.context_length}"
-            )
-        positions = torch.arange(start, start + T, device=idx.device)  # [T]
-        x = self.token_embedding(idx) + self.position_embedding(positions)  # [B, T, C]
-        x = self.embedding_dropout(x)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, last_only and layer == len(self.blocks) - 1)
-        if cache is not None:
-            cache.length += T
-        return self.layer_norm(x)
-
-    def new_cache(self, batch: int) -> KVCache:
-        parameter = self.linear_head.weight
-        return KVCache(self.config, batch, parameter.device, parameter.dtype)
 
     @torch.no_grad()
     def generate(
@@ -389,8 +238,34 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
-        gpt-rs's sampling (see ``gpt_pipeline.model.generation.generate``), with a key/value cache.
+        gpt-rs's loop, for every row: the last ``context_length`` tokens through the model, the
+        logits at the last position, ``sample_next`` (divide by the temperature, softmax, one
+        multinomial draw; ``top_k=1``: the arg-max). Dropout is off while sampling (the model's
+        mode is restored afterwards). ``fast.generate`` gives the same tokens from the same
+        draws with a key/value cache.
         """
-        from gpt_pipeline.model.generation import generate
+        validate_sampling(max_new_tokens, temperature, top_k)
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"prompt ids must have shape [B, T] with T >= 1, got {tuple(idx.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            out = fast.generate(self, idx, max_new_tokens, temperature, top_k, generator)
+            if out is None:
+                out = idx
+                for _ in range(max_new_tokens):
+                    logits = self(out[:, -self.config.context_length :])[:, -1]  # [B, V], the last position
+                    out = torch.cat([out, sample_next(logits, temperature, top_k, generator)[:, None]], dim=1)
+        finally:
+            self.train(was_training)
+        return out
 
-        return generate(self, idx, max_new_tokens, temperature, top_k, generator)
+
+def check_input(idx: torch.Tensor, context_length: int, start: int = 0) -> None:
+    """Raise ``ValueError`` unless ``idx`` is ``[B, T]`` and positions ``start .. start + T - 1`` fit."""
+    if idx.dim() != 2:
+        raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
+    if start + idx.size(1) > context_length:
+        raise ValueError(
+            f"sequence of {start + idx.size(1)} tokens is longer than context_length={context_length}"
+        )

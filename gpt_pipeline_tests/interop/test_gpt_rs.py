@@ -1,20 +1,19 @@
 """Tests for gpt_pipeline.interop.gpt_rs against a per-head implementation of gpt-rs's model.
 
-``reference_logits`` below is written straight from gpt-rs's model.rs structure: one query, key
-and value linear layer per head, heads concatenated, then the projection; residual dropout on the
-residual path. It reads the tensors by gpt-rs's names, so agreement proves that the import maps
-every tensor to the right place and that our fused model computes the same function.
+The oracle is ``gpt_pipeline_tests.reference.ReferenceGPT``, written straight from gpt-rs's
+model.rs structure: one query, key and value linear layer per head, heads concatenated, then the
+projection; residual dropout on the residual path. It reads the tensors by gpt-rs's names, so
+agreement proves that the import maps every tensor to the right place and that our fused model
+computes the same function.
 """
-
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from gpt_pipeline.interop.gpt_rs import expected_names, load_checkpoint, save_gpt_rs_checkpoint
-from gpt_pipeline.model.gpt import GPT, GPTConfig, dropped_positions
+from gpt_pipeline.model.gpt import GPT, GPTConfig
+from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 
 CONFIG = GPTConfig(vocab_size=20, embedding_size=12, context_length=7, head_count=3, block_count=2,
                    feed_forward_multiplier=3, embedding_dropout=0.1, attention_dropout=0.2,
@@ -45,54 +44,14 @@ def random_gpt_rs_tensors(config, seed=0):
     return {name: torch.randn(shape, generator=g) * 0.5 for name, shape in sorted(shapes.items())}
 
 
-def reference_logits(t, config, idx, generator=None):
+def reference_logits(tensors, config, idx, generator=None):
     """gpt-rs's forward, one head at a time. With ``generator``, dropout is on and draws its masks
     in our model's order (embedding; per block: residual, attention weights of all heads at once,
     residual, feed-forward), so that both see the same masks."""
-
-    def keep(shape, p):  # 1 where kept; dropped positions drawn as our Dropout draws them
-        flat = torch.ones(math.prod(shape))
-        flat[dropped_positions(flat.numel(), p, generator)] = 0.0
-        return flat.view(shape)
-
-    def drop(x, p):
-        if generator is None:
-            return x
-        return x * keep(x.shape, p) / (1 - p)
-
-    def layer_norm(x, name):
-        mean = x.mean(-1, keepdim=True)
-        var = ((x - mean) ** 2).mean(-1, keepdim=True)
-        return (x - mean) / torch.sqrt(var + 1e-5) * t[name + ".weight"] + t[name + ".bias"]
-
-    def linear(x, name, bias=True):
-        return x @ t[name + ".weight"].T + (t[name + ".bias"] if bias else 0)
-
-    B, T = idx.shape
-    hs = config.head_size
-    x = t["transformer.token_embedding.weight"][idx] + t["transformer.position_embedding.weight"][:T]
-    x = drop(x, config.embedding_dropout)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)
-    for i in range(config.block_count):
-        b = f"transformer.blocks.{i}."
-        residual = drop(x, config.residual_dropout)
-        normed = layer_norm(x, b + "layer_norm_1")
-        if generator is not None:
-            kept = keep((B * config.head_count, T, T), config.attention_dropout).view(B, -1, T, T)
-        heads = []
-        for h in range(config.head_count):
-            head = f"{b}multi_attention_head.heads.{h}."
-            q, k, v = (linear(normed, head + part) for part in ("query", "key", "value"))
-            weights = ((q @ k.transpose(-2, -1)) / math.sqrt(hs)).masked_fill(future, float("-inf"))
-            weights = weights.softmax(-1)
-            if generator is not None:
-                weights = weights * kept[:, h] / (1 - config.attention_dropout)
-            heads.append(weights @ v)
-        x = residual + linear(torch.cat(heads, dim=-1), b + "multi_attention_head.projection")
-        residual = drop(x, config.residual_dropout)
-        hidden = F.relu(linear(layer_norm(x, b + "layer_norm_2"), b + "feed_forward.input"))
-        x = residual + drop(linear(hidden, b + "feed_forward.output"), config.feed_forward_dropout)
-    return linear(layer_norm(x, "transformer.layer_norm"), "transformer.linear_head", bias=False)
+    model = ReferenceGPT.from_gpt_rs(tensors, config)
+    if generator is None:
+        return model.eval()(idx)
+    return model.train().set_masks(Masks(generator, "dense"))(idx)
 
 
 def test_imported_logits_equal_the_per_head_implementation(tmp_path):

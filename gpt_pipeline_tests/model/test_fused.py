@@ -1,5 +1,5 @@
 """The hand-written CPU passes (fused.py, dropout.py, the attention paths) against plain PyTorch
-compositions."""
+compositions, and a whole training step against gpt-rs's model (``gpt_pipeline_tests.reference``)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.model import fused
-
-from gpt_pipeline.model import native_attention
-from gpt_pipeline.model.dropout import Dropout, DropPositions, ResidualDropAdd, dropped_positions, scaled_except
+from gpt_pipeline.model import fused, native_attention
+from gpt_pipeline.model.dropout import DropPositions, ResidualDropAdd, dropped_positions, scaled_except
 from gpt_pipeline.model.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear, linear_add
-from gpt_pipeline.model.fused_attention import query_blocks
 from gpt_pipeline.model.gpt import GPT, GPTConfig
-from gpt_pipeline.model.native_attention import causal_weights
+from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 
 
 @pytest.fixture(params=["onednn", "torch.mm"])
@@ -125,64 +122,28 @@ def test_drop_positions_and_residual_add_equal_a_mask():
     assert torch.equal(out.view(-1)[positions], branch.view(-1)[positions])  # dropped: branch alone
 
 
-def _plain_forward(model: GPT, native: bool):
-    """Patch a model back to the plain PyTorch composition with mask tensors, its attention
-    dropout drawn in the order of the native kernel's weights or of ``AttentionHeads``' blocks."""
-
-    def dropout(self, x):
-        mask = self.mask(x)
-        return x if mask is None else x * mask
-
-    def feed_forward(self, x):
-        return self.dropout(self.output(F.relu(self.input(x))))
-
-    def block(self, x, cache=None, layer=0, last_only=False):
-        mask = self.residual_dropout.mask(x)
-        x = self.attention(self.layer_norm_1(x), cache, layer, last_only) + (x if mask is None else x * mask)
-        mask = self.residual_dropout.mask(x)
-        return self.feed_forward(self.layer_norm_2(x)) + (x if mask is None else x * mask)
-
-    def attention_dropout(self, weights, heads):  # [B * H, T, T]
-        BH, T, _ = weights.shape
-        if not self.training or self.p == 0.0:
-            return weights
-        if native:  # drawn for the weights on and below the diagonal, [B, H, T(T+1)/2]
-            rows, cols = torch.tril_indices(T, T)
-            mask = torch.zeros(BH // heads, heads, T, T)
-            mask[:, :, rows, cols] = self.mask(torch.empty(BH // heads, heads, causal_weights(T)))
-            return weights * mask.reshape(BH, T, T)
-        mask = torch.zeros(heads, BH // heads, T, T)  # [H, B, T, T]; weights above the blocks are 0
-        for r0, r1 in query_blocks(T):  # drawn block by block, as AttentionHeads does
-            mask[:, :, r0:r1, :r1] = self.mask(torch.empty(heads, BH // heads, r1 - r0, r1))
-        return weights * mask.transpose(0, 1).reshape(BH, T, T)
-
-    for module in model.modules():
-        if isinstance(module, Dropout):
-            module.forward = dropout.__get__(module)
-    for b in model.blocks:
-        drop = b.attention.attention_dropout
-        drop.forward = lambda w, drop=drop, heads=b.attention.head_count: attention_dropout(drop, w, heads)
-        b.forward = block.__get__(b)
-        b.feed_forward.forward = feed_forward.__get__(b.feed_forward)
-    return model
-
-
 def test_a_training_step_equals_the_plain_composition_mask_for_mask(products, attention):
+    """The fast training forward and backward (fused passes, then the native kernel or
+    ``AttentionHeads``) against gpt-rs's model (``reference.ReferenceGPT``, heads one at a time)
+    holding the same weights, its masks drawn in the order and layout of the fast path."""
     config = GPTConfig(vocab_size=50, embedding_size=32, context_length=16, head_count=4, block_count=2,
                        embedding_dropout=0.1, attention_dropout=0.1, feed_forward_dropout=0.1, residual_dropout=0.1)
     torch.manual_seed(0)
     x, y = torch.randint(0, 50, (6, 16)), torch.randint(0, 50, (6, 16))
     fused = GPT(config).train()
-    plain = _plain_forward(GPT(config).train(), native=attention == "native")
-    plain.load_state_dict(fused.state_dict())
+    plain = ReferenceGPT.from_gpt(fused).train()
     results = []
-    for model in (fused, plain):
-        model.set_dropout_generator(torch.Generator().manual_seed(7))  # the same masks, drawn in order
-        loss = model.loss(x, y)
-        loss.backward()
-        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    fused.set_dropout_generator(torch.Generator().manual_seed(7))  # the same masks, drawn in order
+    loss = fused.loss(x, y)
+    loss.backward()
+    results.append((loss.item(), {n: p.grad for n, p in fused.named_parameters()}))
+    plain.set_masks(Masks(torch.Generator().manual_seed(7), "causal" if attention == "native" else "blocks"))
+    loss = F.cross_entropy(plain(x).flatten(0, 1), y.flatten())
+    loss.backward()
+    results.append((loss.item(), plain.gradients_as_gpt()))
     # the same masks: the same loss up to the order of float additions (equal here, measured)
     assert abs(results[0][0] - results[1][0]) < 1e-6
+    assert results[0][1].keys() == results[1][1].keys()
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], rtol=1e-5, atol=1e-6, msg=name)
     other = GPT(config).train()

@@ -1,39 +1,20 @@
-"""AttentionHeads (fused_attention.py) against gpt-rs's attention written head by head."""
+"""AttentionHeads (fused_attention.py) against gpt-rs's attention written head by head
+(``gpt_pipeline_tests.reference``)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from gpt_pipeline.model.dropout import dropped_positions
 from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
-
-
-def _per_head(qkv: torch.Tensor, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
-    """gpt-rs's attention, one head at a time: ``mask`` ``[H, B, T, T]`` scales the weights."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // heads
-    outputs = []
-    for h in range(heads):
-        q, k, v = (qkv[:, :, part * C + h * hs : part * C + (h + 1) * hs] for part in range(3))
-        scores = q @ k.transpose(1, 2) / math.sqrt(hs)  # [B, T, T]
-        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-        weights = scores.softmax(-1)
-        outputs.append((weights if mask is None else weights * mask[h]) @ v)  # [B, T, hs]
-    return torch.cat(outputs, dim=2)
+from gpt_pipeline_tests.reference import block_layout
+from gpt_pipeline_tests.reference import heads_from_qkv as _per_head
 
 
 def _block_mask(heads, B, T, positions, scale):
     """The ``[H, B, T, T]`` dropout mask that ``positions`` (one tensor per query block) stand for."""
-    mask = torch.full((heads, B, T, T), scale)  # above the blocks: masked scores, weight 0 anyway
-    for (r0, r1), dropped in zip(query_blocks(T), positions):
-        block = torch.full((heads, B, r1 - r0, r1), scale)
-        block.view(-1)[dropped] = 0.0
-        mask[:, :, r0:r1, :r1] = block
-    return mask
+    return block_layout(positions, B, heads, T, scale)
 
 
 def test_query_blocks_cover_every_row_once():

@@ -1,4 +1,5 @@
-"""Tests for gpt_pipeline.model.generation and GPT.generate: shapes, validation, gpt-rs's greedy loop."""
+"""Tests for gpt_pipeline.model.generation and GPT.generate: shapes, validation, gpt-rs's loop
+(``gpt_pipeline_tests.reference.generate``), greedy and sampled."""
 
 import math
 
@@ -7,6 +8,8 @@ import torch
 
 from gpt_pipeline.model.generation import generate_text, sample_next
 from gpt_pipeline.model.gpt import GPT, GPTConfig
+from gpt_pipeline_tests import reference
+from gpt_pipeline_tests.reference import ReferenceGPT
 
 CONFIG = GPTConfig(vocab_size=12, embedding_size=16, context_length=8, head_count=2, block_count=2,
                    feed_forward_multiplier=2)
@@ -39,17 +42,10 @@ class CharTokenizer:
 
 
 def gpt_rs_greedy(model, prompt, count):
-    """gpt-rs's loop with arg-max sampling: the last context_length tokens right-padded with 0 to
-    context_length, the whole window through the model, the logits at the last real position."""
-    tokens = list(prompt)
-    ctx = model.config.context_length
-    with torch.no_grad():
-        for _ in range(count):
-            window = tokens[-ctx:]
-            padded = torch.tensor([window + [0] * (ctx - len(window))])
-            logits = model.eval()(padded)[0, len(window) - 1]  # [V]
-            tokens.append(int(logits.argmax()))
-    return tokens
+    """gpt-rs's loop with arg-max sampling (``reference.generate``) on gpt-rs's model holding
+    ``model``'s weights: the last context_length tokens right-padded with 0 to context_length, the
+    whole window through the model, the logits at the last real position."""
+    return reference.generate(ReferenceGPT.from_gpt(model), prompt, count, greedy=True)
 
 
 @pytest.mark.parametrize("prompt", [[3], [1, 5, 7], list(range(10))])
@@ -60,6 +56,21 @@ def test_greedy_equals_gpt_rs_loop_token_for_token(prompt):
     out = model.generate(torch.tensor([prompt]), count, top_k=1)
     assert out.tolist() == [expected]
     assert len(set(expected[len(prompt):])) > 2  # not a constant sequence
+
+
+@pytest.mark.parametrize("prompt", [[3], list(range(10))])
+def test_sampled_tokens_equal_gpt_rs_loop_with_the_same_generator(prompt):
+    """One prompt, the same seed: gpt-rs's loop and GPT.generate draw the same random numbers
+    (one multinomial draw per token) from the same probabilities, so they pick the same tokens."""
+    model = _model()
+    with torch.no_grad():  # milder weights than _model's: varied draws, not near-certain ones
+        for p in model.parameters():
+            p.mul_(0.3)
+    expected = reference.generate(ReferenceGPT.from_gpt(model), prompt, 30, 0.9, torch.Generator().manual_seed(4))
+    out = model.generate(torch.tensor([prompt]), 30, 0.9, generator=torch.Generator().manual_seed(4))
+    assert out.tolist() == [expected]
+    other = model.generate(torch.tensor([prompt]), 30, 0.9, generator=torch.Generator().manual_seed(5))
+    assert other.tolist() != [expected]  # the draws matter
 
 
 def test_batched_prompts_are_sampled_independently():

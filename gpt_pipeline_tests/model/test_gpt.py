@@ -160,39 +160,12 @@ def test_changing_a_future_token_never_changes_earlier_logits(train):
         assert not torch.allclose(a[:, t], b[:, t]), t
 
 
-def test_cache_gives_the_same_logits_as_a_full_forward():
-    model = GPT(TINY).eval()
-    idx = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        full = model.linear_head(model.forward_hidden(idx))  # [3, 6, 11]
-        cache = model.new_cache(3)
-        parts = [model.forward_hidden(idx[:, :4], cache)]
-        parts += [model.forward_hidden(idx[:, t : t + 1], cache) for t in (4, 5)]
-        cached = model.linear_head(torch.cat(parts, dim=1))
-        assert torch.allclose(full, cached, atol=1e-5)
-        with pytest.raises(ValueError, match="longer than context_length=6"):
-            model.forward_hidden(idx[:, :1], cache)
-
-
 def test_training_mode_loss_backpropagates_to_every_parameter():
     model = GPT(TINY).train()
     idx = torch.randint(0, 11, (4, 6), generator=torch.Generator().manual_seed(4))
     loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-
-
-def test_last_only_equals_the_last_position_of_a_full_forward():
-    model = GPT(TINY).eval()
-    idx = torch.randint(0, 11, (2, 6), generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        full = model.forward_hidden(idx)  # [2, 6, 8]
-        last = model.forward_hidden(idx, last_only=True)  # [2, 1, 8]
-        assert last.shape == (2, 1, 8) and torch.allclose(last, full[:, -1:], atol=1e-6)
-        cache = model.new_cache(2)
-        assert torch.allclose(model.forward_hidden(idx[:, :5], cache, last_only=True), full[:, 4:5], atol=1e-6)
-        assert cache.length == 5
-        assert torch.allclose(model.forward_hidden(idx[:, 5:], cache, last_only=True), full[:, 5:], atol=1e-5)
 
 
 def test_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients():

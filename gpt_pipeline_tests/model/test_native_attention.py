@@ -1,5 +1,5 @@
 """NativeAttention (native_attention.py, native/attention.c) against gpt-rs's attention written
-head by head, and the kernel build (native_build.py)."""
+head by head (``gpt_pipeline_tests.reference``), and the kernel build (native_build.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from gpt_pipeline.model import native_build
 from gpt_pipeline.model.dropout import dropped_positions
 from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
 
-from .test_fused_attention import _per_head
+from gpt_pipeline_tests.reference import causal_layout
+from gpt_pipeline_tests.reference import heads_from_qkv as _per_head
 
 
 def _kernel_or_skip(head_size: int) -> None:
@@ -28,13 +29,7 @@ def _kernel_or_skip(head_size: int) -> None:
 
 def _mask(heads: int, B: int, T: int, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
     """The ``[H, B, T, T]`` dropout mask that ``positions`` of ``[B, H, T(T+1)/2]`` stand for."""
-    kept = torch.full((B, heads, causal_weights(T)), scale)
-    if positions is not None:
-        kept.view(-1)[positions] = 0.0
-    rows, cols = torch.tril_indices(T, T)
-    mask = torch.zeros(B, heads, T, T)  # above the diagonal: masked scores, weight 0 anyway
-    mask[:, :, rows, cols] = kept
-    return mask.transpose(0, 1)
+    return causal_layout(positions, B, heads, T, scale)
 
 
 def test_the_kernel_is_built_wherever_there_is_a_compiler():
