@@ -32,6 +32,7 @@ from gpt_pipeline.defs.configs import (
     TokenizerConfig,
     TrainedModelConfig,
 )
+from gpt_pipeline.defs.launchers import TRAINING_RETRY_POLICY
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
@@ -189,6 +190,7 @@ LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stor
     owners=OWNERS,
     code_version="1",
     check_specs=[BEATS_UNIGRAM],
+    retry_policy=TRAINING_RETRY_POLICY,  # a dead worker's step resumes from its last checkpoint
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
     "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
     "checkpoint each time (a rematerialization resumes from the last one). Stored as one "
@@ -216,6 +218,8 @@ def trained_model(
             initial_checkpoint=config.initial_checkpoint,
             export_hf=config.export_hf,
             dataset_file=tokenized_dataset,
+            launcher=config.launcher,
+            k8s=config.k8s,
         )
     yield outcome.output
     yield check_result(BEATS_UNIGRAM, outcome.gate)

@@ -11,6 +11,8 @@ import dagster as dg
 from pydantic import Field
 
 from gpt_pipeline.data.corpus import DEFAULT_NUM_STORIES
+from gpt_pipeline.defs.k8s import K8sLaunchConfig
+from gpt_pipeline.fields import describe
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.pipeline import (
     DEFAULT_CORPUS_SEED,
@@ -111,6 +113,22 @@ class TrainedModelConfig(dg.Config):
         description="Process-group backend with num_processes > 1: auto (nccl on CUDA, else gloo), "
         "gloo or nccl.",
     )
+    # --- more than one machine (core TrainConfig fields) and where the training runs ---
+    nnodes: int = Field(default=_T.nnodes, description=describe(TrainConfig.__dataclass_fields__["nnodes"]))
+    node_rank: int = Field(default=_T.node_rank, description=describe(TrainConfig.__dataclass_fields__["node_rank"]))
+    rdzv_endpoint: str = Field(
+        default=_T.rdzv_endpoint, description=describe(TrainConfig.__dataclass_fields__["rdzv_endpoint"])
+    )
+    launcher: str = Field(
+        default="auto",
+        description="Where the training runs: auto (in_process for one process on one node, else "
+        "subprocess), in_process (this step's process), subprocess (a Dagster Pipes worker process, "
+        "torchrun inside for several), k8s (a pod of its own through dagster-k8s's PipesK8sClient).",
+    )
+    k8s: K8sLaunchConfig = Field(
+        default_factory=K8sLaunchConfig, description="The training pod of launcher k8s."
+    )
+    # ---
     initial_checkpoint: str | None = Field(
         default=None,
         description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from gpt_pipeline.devices import resolve_device
+from gpt_pipeline.fields import param
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.data.tokens import TokenArray
 
@@ -36,14 +37,21 @@ class TrainConfig:
     precision: str = "float32"  # "float32" or "bfloat16" (autocast, CUDA only; else float32)
     num_processes: int = 1  # data-parallel processes (torchrun + DDP); 1: train in this process
     distributed_backend: str = "auto"  # "auto" (nccl on CUDA, else gloo), "gloo" or "nccl"
+    # more than one machine (torchrun's static rendezvous); none of these changes the result
+    nnodes: int = param(1, "Machines (nodes) training together, each running num_processes processes; "
+                        "above 1 they meet at rdzv_endpoint.", ge=1)
+    node_rank: int = param(0, "This machine's rank among the nnodes (0: the one that evaluates, "
+                           "checkpoints and reports; Dagster runs node 0).", ge=0)
+    rdzv_endpoint: str = param("", "host:port of node 0's rendezvous store (torchrun --rdzv-endpoint); "
+                               "required when nnodes > 1.")
 
     def validate(self) -> TrainConfig:
         for name in ("training_iterations", "evaluation_interval", "evaluation_iterations",
-                     "contexts_per_batch", "num_processes"):
+                     "contexts_per_batch", "num_processes", "nnodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_iterations", "seed"):
+        for name in ("warmup_iterations", "seed", "node_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
@@ -61,12 +69,27 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         resolve_device(self.device, check_available=False)
-        if self.num_processes > self.contexts_per_batch:
-            raise ValueError(f"TrainConfig.num_processes={self.num_processes} is more than contexts_per_batch="
+        self._validate_nodes()
+        processes = self.num_processes * self.nnodes
+        if processes > self.contexts_per_batch:
+            across = f" x nnodes={self.nnodes}" if self.nnodes > 1 else ""
+            raise ValueError(f"TrainConfig.num_processes={self.num_processes}{across} is more than contexts_per_batch="
                              f"{self.contexts_per_batch}: every process needs at least one story per batch")
         if self.num_processes > 1 and self.device == "mps":
             raise ValueError("TrainConfig.num_processes > 1 needs device 'cpu' or 'cuda', got 'mps'")
         return self
+
+    def _validate_nodes(self) -> None:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"TrainConfig.node_rank={self.node_rank} is out of range for nnodes={self.nnodes} "
+                             f"(0 to {self.nnodes - 1})")
+        if not isinstance(self.rdzv_endpoint, str):
+            raise ValueError(f"TrainConfig.rdzv_endpoint must be a string host:port, got {self.rdzv_endpoint!r}")
+        if self.nnodes > 1 or self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"TrainConfig.rdzv_endpoint must be host:port (node 0's address) when nnodes="
+                                 f"{self.nnodes}, got {self.rdzv_endpoint!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

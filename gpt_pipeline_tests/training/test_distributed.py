@@ -38,8 +38,8 @@ from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.training_run import train_in_workers
-from gpt_pipeline.training.distributed import DistributedTrainingError, launch, resolve_backend, torchrun_command
+from gpt_pipeline.defs.launchers import train_in_workers
+from gpt_pipeline.training.torchrun import DistributedTrainingError, launch, resolve_backend, torchrun_command
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.training.loop import TrainConfig, train
@@ -161,15 +161,25 @@ def test_unequal_shares_resume_a_single_process_checkpoint(tmp_path, dataset):
 def test_a_failing_worker_fails_the_step_with_one_line(tmp_path):
     not_a_dataset = tmp_path / "stories.parquet"
     pq.write_table(pa.table({"text": ["Once upon a time"] * 10}), not_a_dataset)
-    with pytest.raises(dg.Failure) as info:
-        train_in_workers(dg.build_asset_context(), MODEL, TrainConfig(**FAST, num_processes=2),
-                         TableFile(not_a_dataset), tmp_path / "checkpoints", None, None)
-    message = info.value.description
+    raised = []
+
+    @dg.asset
+    def training(context):  # the workers need a real step's context (Pipes)
+        try:
+            train_in_workers(context, MODEL, TrainConfig(**FAST, num_processes=2), TableFile(not_a_dataset),
+                             tmp_path / "checkpoints", None, None)
+        except dg.Failure as error:
+            raised.append(error)
+            raise
+
+    assert not dg.materialize([training], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False).success
+    message = raised[0].description
     assert "\n" not in message
     assert message.startswith("distributed training failed: torchrun exited with status 1; rank ")
     assert message.endswith("DataError: dataset has no 'tokens' column; columns: ['text']")
-    assert isinstance(info.value.__cause__, DistributedTrainingError)
-    assert "DataError" in info.value.__cause__.log_tail  # the workers' tracebacks, for the log
+    assert isinstance(raised[0].__cause__, DistributedTrainingError)
+    assert "DataError" in raised[0].__cause__.log_tail  # the workers' tracebacks, for the log
+    assert not raised[0].allow_retries  # bad data: a retry cannot help
 
 
 # --- the asset ----------------------------------------------------------------------------------
