@@ -116,7 +116,8 @@ def run_training(
 
         def report(evaluation: Evaluation) -> None:
             reported.add(evaluation.step)
-            context.log.info(progress_line(evaluation, train_config.training_iterations))
+            if launcher == "in_process":  # a Pipes worker logs its own line through Pipes
+                context.log.info(progress_line(evaluation, train_config.training_iterations))
             run.log_metrics(
                 {
                     "train_loss": evaluation.train_loss,
