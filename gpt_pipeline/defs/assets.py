@@ -32,7 +32,7 @@ from gpt_pipeline.defs.configs import (
     TokenizerConfig,
     TrainedModelConfig,
 )
-from gpt_pipeline.defs.launchers import TRAINING_RETRY_POLICY
+from gpt_pipeline.defs.launchers import retry_transient
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
@@ -190,7 +190,6 @@ LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stor
     owners=OWNERS,
     code_version="1",
     check_specs=[BEATS_UNIGRAM],
-    retry_policy=TRAINING_RETRY_POLICY,  # a dead worker's step resumes from its last checkpoint
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
     "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
     "checkpoint each time (a rematerialization resumes from the last one). Stored as one "
@@ -203,7 +202,7 @@ def trained_model(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    with user_errors():
+    with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled

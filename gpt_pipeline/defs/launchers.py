@@ -15,20 +15,24 @@ is retried.
 - ``k8s``: the same worker in a pod of its own through dagster-k8s's ``PipesK8sClient`` (the
   ``k8s`` extra), the pod spec from ``gpt_pipeline.defs.k8s``.
 
-Retries: ``TRAINING_RETRY_POLICY`` is on the asset. A worker that died without a bad-input error
-(killed by a signal, out of memory, a vanished peer) fails the step with ``allow_retries=True``
-and the retry resumes from the last checkpoint (the checkpoint folder is keyed by the
-configuration); bad config, bad data and a failed ``beats_unigram`` are ``dg.Failure`` with
-``allow_retries=False``. Other unexpected errors (an MLflow server that went away) are retried
-by the policy too.
+Retries (``retry_transient`` around the asset's body): a worker that died without a bad-input
+error (killed by a signal, out of memory, a vanished peer) and any other unexpected error (an
+MLflow server that went away) raise ``dg.RetryRequested`` with ``TRAINING_RETRY_POLICY``'s limit
+and exponential backoff, and the retry resumes from the last checkpoint (the checkpoint folder is
+keyed by the configuration); bad config, bad data and a failed ``beats_unigram`` are
+``dg.Failure`` with ``allow_retries=False``. The policy is not attached to the asset itself:
+Dagster 1.13 turns an interrupt (SIGTERM, a terminated run) into a retry when an op has a
+``RetryPolicy`` (``op_execution_error_boundary``), so a terminated run would train again
+instead of stopping.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -52,6 +56,25 @@ from gpt_pipeline.training.torchrun import (
 LAUNCHERS = ("auto", "in_process", "subprocess", "k8s")
 PIPES_WORKER = "gpt_pipeline.defs.pipes_worker"
 TRAINING_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+
+
+@contextlib.contextmanager
+def retry_transient(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """Turn an unexpected error into ``dg.RetryRequested`` (``TRAINING_RETRY_POLICY``'s limit and
+    backoff); ``dg.Failure`` (bad input, a failed check) and interrupts pass through."""
+    try:
+        yield
+    except (dg.Failure, dg.RetryRequested, dg.DagsterError):
+        raise
+    except Exception as error:
+        attempt = context.retry_number + 1
+        if attempt > TRAINING_RETRY_POLICY.max_retries:
+            raise
+        wait = TRAINING_RETRY_POLICY.calculate_delay(attempt)
+        context.log.warning(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
+                            f"retry {attempt} of {TRAINING_RETRY_POLICY.max_retries} in {wait:.0f} s "
+                            "(it resumes from the last checkpoint)")
+        raise dg.RetryRequested(max_retries=TRAINING_RETRY_POLICY.max_retries, seconds_to_wait=wait) from error
 
 
 def resolve_launcher(launcher: str, config: TrainConfig) -> str:
@@ -158,7 +181,8 @@ def train_in_workers(context: dg.AssetExecutionContext, model_config: GPTConfig,
                      report: Callable[[Evaluation], None] | None, initial_checkpoint: str | None,
                      launcher: str = "subprocess", k8s: K8sLaunchConfig | None = None) -> TrainResult:
     """Train out of the step's process; a worker's failure fails the step with its one-line
-    error (its output's end goes to the log), retryable unless it was bad input."""
+    error (its output's end goes to the log): ``dg.Failure`` for bad input, else the
+    ``DistributedTrainingError`` itself, which ``retry_transient`` retries."""
     path = _dataset_path(train_config, dataset_file)
     try:
         if launcher == "k8s":
@@ -168,4 +192,6 @@ def train_in_workers(context: dg.AssetExecutionContext, model_config: GPTConfig,
     except DistributedTrainingError as error:
         retry = " (retryable: the step is retried and resumes from its last checkpoint)" if error.retryable else ""
         context.log.error(f"{error}{retry}\nthe workers' output ends with:\n{error.log_tail}")
-        raise dg.Failure(description=str(error), allow_retries=error.retryable) from error
+        if error.retryable:
+            raise  # retry_transient retries it
+        raise dg.Failure(description=str(error), allow_retries=False) from error
