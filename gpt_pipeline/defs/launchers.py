@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,9 +130,8 @@ def other_nodes_command(model_config: GPTConfig, config: TrainConfig, dataset: P
     """What to run on nodes 1..nnodes-1 (same paths: a shared volume), ``<RANK>`` to fill in."""
     command = torchrun_command(model_config, config, dataset, checkpoint_dir, None, initial_checkpoint,
                                WORKER_MODULE, checkpoint_dir / "errors")
-    command = ["python" if i == 0 else part for i, part in enumerate(command)]
-    return " ".join(f"'{part}'" if " " in part or "{" in part else part for part in command).replace(
-        "--node-rank=0", "--node-rank=<RANK>")
+    command = ["python", *command[1:]]
+    return shlex.join(command).replace("--node-rank=0", "--node-rank=<RANK>")
 
 
 def train_through_pipes(context: dg.AssetExecutionContext, model_config: GPTConfig, train_config: TrainConfig,

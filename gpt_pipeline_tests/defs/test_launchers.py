@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -23,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.k8s import K8sLaunchConfig, check_pod_settings, pod_command, pod_spec
-from gpt_pipeline.defs.launchers import resolve_launcher
+from gpt_pipeline.defs.launchers import other_nodes_command, resolve_launcher
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.training.config import TrainConfig
@@ -157,6 +158,16 @@ def test_launcher_choices():
         resolve_launcher("thread", TrainConfig())
     with pytest.raises(ValueError, match=r"node_rank=1: the asset runs node 0"):
         resolve_launcher("auto", TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="h:1"))
+
+
+def test_the_other_nodes_command():
+    model = GPTConfig(vocab_size=16, embedding_size=32, context_length=16, head_count=2, block_count=1)
+    config = TrainConfig(num_processes=2, nnodes=3, rdzv_endpoint="node0:29400")
+    command = shlex.split(other_nodes_command(model, config, Path("/data/d.parquet"), Path("/data/ck"), None))
+    assert command[:8] == ["python", "-m", "torch.distributed.run", "--nnodes=3", "--node-rank=<RANK>",
+                           "--rdzv-backend=static", "--rdzv-endpoint=node0:29400", "--nproc_per_node=2"]
+    assert command[command.index("-m", 3) + 1] == "gpt_pipeline.training.distributed"  # no Pipes there
+    assert GPTConfig.from_json(command[command.index("--model-config") + 1]) == model
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dagster_k8s") is not None, reason="dagster-k8s is installed")
