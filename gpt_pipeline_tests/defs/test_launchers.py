@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.k8s import K8sLaunchConfig, check_pod_settings, pod_command, pod_spec
-from gpt_pipeline.defs.launchers import other_nodes_command, resolve_launcher
+from gpt_pipeline.defs.checks import user_errors
+from gpt_pipeline.defs.launchers import other_nodes_command, resolve_launcher, retry_transient
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.training.config import TrainConfig
@@ -127,6 +128,33 @@ def test_bad_input_is_not_retried(isolated_storage):
     failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert len(failure) == 1 and "contexts_per_batch=100000" in failure[0].step_failure_data.error.message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+
+
+def test_retry_transient_retries_unexpected_errors_and_not_user_errors():
+    """An unexpected error (a connection that broke, as when the MLflow server goes away) is
+    retried with the policy's backoff; a bad-input error fails at once."""
+    attempts = {"transient": 0, "user": 0}
+
+    @dg.asset
+    def transient(context):
+        with retry_transient(context), user_errors():
+            attempts["transient"] += 1
+            if attempts["transient"] == 1:
+                raise ConnectionError("connection to the MLflow server was refused")
+
+    @dg.asset
+    def user(context):
+        with retry_transient(context), user_errors():
+            attempts["user"] += 1
+            raise ValueError("TrainConfig.seed must be an integer >= 0, got -1")
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([transient], instance=instance).success
+    assert attempts["transient"] == 2
+    result = dg.materialize([user], instance=instance, raise_on_error=False)
+    assert not result.success and attempts["user"] == 1
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_failure_data.error.message.strip().endswith("TrainConfig.seed must be an integer >= 0, got -1")
 
 
 # --- settings refused up front ------------------------------------------------------------------
