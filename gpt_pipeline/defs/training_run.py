@@ -95,8 +95,9 @@ def run_training(
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
     A generator: it yields the failed check result (then raises) when the model does not beat
-    the unigram baseline, so that nothing is stored. With ``num_processes`` > 1 the training runs
-    in torchrun workers (``train_in_workers``) that read ``dataset_file``, the stored dataset."""
+    the unigram baseline, so that nothing is stored. Unless ``launcher`` resolves to
+    ``in_process``, the training runs in Dagster Pipes workers (``train_in_workers``) that read
+    ``dataset_file``, the stored dataset."""
     validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
     launcher = resolve_launcher(launcher, train_config)
     initial_model = None
