@@ -167,11 +167,17 @@ def train_in_pod(context: dg.AssetExecutionContext, model_config: GPTConfig, tra
 
     config = check_launchable(model_config, train_config, dataset)
     check_pod_settings(settings, config)
-    invocation = PipesK8sClient().run(
-        context=context, image=settings.image, namespace=settings.namespace or None,
-        command=pod_command(model_config, config, dataset, checkpoint_dir, initial_checkpoint),
-        base_pod_spec=pod_spec(settings),
-    )
+    errors = checkpoint_dir / "errors"  # pod_command's --error-dir, on the shared volume
+    for stale in errors.glob("error.*.json"):
+        stale.unlink()
+    try:
+        invocation = PipesK8sClient().run(
+            context=context, image=settings.image, namespace=settings.namespace or None,
+            command=pod_command(model_config, config, dataset, checkpoint_dir, initial_checkpoint),
+            base_pod_spec=pod_spec(settings),
+        )
+    except Exception as error:  # the pod failed: its workers' error records say whether a retry helps
+        raise failure(1, errors, "the training pod") from error
     _relay(invocation.get_custom_messages(), [0], report)
     return _result(invocation.get_results(), checkpoint_dir)
 
