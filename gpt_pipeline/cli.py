@@ -315,10 +315,13 @@ def _train(args: argparse.Namespace) -> None:
     def report(evaluation) -> None:
         print(progress_line(evaluation, train_config.training_iterations), flush=True)
 
-    if train_config.num_processes > 1:  # torchrun workers read the file themselves
-        from gpt_pipeline.training.distributed import launch
+    if train_config.num_processes > 1 or train_config.nnodes > 1:  # torchrun workers read the file themselves
+        from gpt_pipeline.training.torchrun import launch
 
         result = launch(model_config, train_config, path / DATASET_FILE, out, report)
+        if result is None:  # node_rank > 0: node 0 reports and saves
+            print(f"node {train_config.node_rank} of {train_config.nnodes} done; node 0 holds the result")
+            return
     else:  # memory-mapped from the dataset's token arrays when it has them
         train_data, test_data = load_splits(TableFile.stored_at(path / DATASET_FILE))
         result = train(model_config, train_config, train_data, test_data, out, report,

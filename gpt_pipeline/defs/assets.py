@@ -39,6 +39,7 @@ from gpt_pipeline.defs.configs import (
     TokenizerConfig,
     TrainedModelConfig,
 )
+from gpt_pipeline.defs.launchers import retry_transient
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
@@ -225,7 +226,7 @@ def trained_model(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    with user_errors():
+    with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
@@ -242,6 +243,8 @@ def trained_model(
             initial_checkpoint=config.initial_checkpoint,
             export_hf=config.export_hf,
             dataset_file=tokenized_dataset,
+            launcher=config.launcher,
+            k8s=config.k8s,
         )
         model = outcome.output.value
         record = provenance.made("trained_model", provenance.weights_digest(model), inputs)

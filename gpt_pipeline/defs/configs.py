@@ -36,6 +36,7 @@ from pydantic_core import core_schema
 
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+from gpt_pipeline.defs.k8s import K8sLaunchConfig
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
@@ -191,6 +192,14 @@ TrainedModelConfig = config_class(
         default=False,
         description="Also export the model as a Hugging Face transformers GPT-2 directory and log "
         "it to MLflow (artifact hf_model).")),
+    # where the training runs: orchestration only, so not a core field
+    launcher=(Literal["auto", "in_process", "subprocess", "k8s"], pydantic.Field(
+        default="auto",
+        description="Where the training runs: auto (in_process for one process on one node, else "
+        "subprocess), in_process (this step's process), subprocess (a Dagster Pipes worker process, "
+        "torchrun inside for several), k8s (a pod of its own through dagster-k8s's PipesK8sClient).")),
+    k8s=(K8sLaunchConfig, pydantic.Field(
+        default_factory=K8sLaunchConfig, description="The training pod of launcher k8s.")),
 )
 SampleGenerationsConfig = config_class("SampleGenerationsConfig", (GenerationConfig,),
                                        GenerationConfig.__doc__, _SampleGenerations)

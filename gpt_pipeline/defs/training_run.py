@@ -3,8 +3,10 @@
 Checkpoints go to ``<data dir>/checkpoints/trained_model/<hash of config and data>/``, so a
 rematerialization of the same configuration on the same data resumes from the last one, and two
 runs of one configuration take turns on that folder (a file lock) instead of mixing their files.
-With ``num_processes`` > 1 the training runs in torchrun workers (``gpt_pipeline.training.distributed``):
-rank 0's progress comes back here and is logged to MLflow and the Dagster log as in one process.
+The config's ``launcher`` picks where the training runs (``gpt_pipeline.defs.launchers``): in this
+process, or in a Dagster Pipes worker (torchrun inside for several processes or nodes; a pod
+with ``k8s``) whose rank 0 progress comes back here and is logged to MLflow and the Dagster log
+as in one process.
 """
 
 import hashlib
@@ -24,7 +26,7 @@ from gpt_pipeline.fields import result_fields
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.training.distributed import DistributedTrainingError, launch
+from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import data_dir, exclusive
@@ -84,28 +86,6 @@ def system_facts(device: str) -> dict[str, str]:
     }
 
 
-def train_in_workers(
-    context: dg.AssetExecutionContext,
-    model_config: GPTConfig,
-    train_config: TrainConfig,
-    dataset_file: TableFile | str | os.PathLike | None,
-    folder: Path,
-    report,
-    initial_checkpoint: str | None,
-) -> TrainResult:
-    """``num_processes`` > 1: ``gpt_pipeline.training.distributed.launch`` on the stored dataset file; a
-    worker's failure fails the step with torchrun's one-line error and logs its output's end."""
-    if dataset_file is None:
-        raise ValueError(f"num_processes={train_config.num_processes} needs the tokenized dataset as a "
-                         "stored file (dataset_file), got none")
-    path = dataset_file.path if isinstance(dataset_file, TableFile) else Path(dataset_file)
-    try:
-        return launch(model_config, train_config, path, folder, report, initial_checkpoint)
-    except DistributedTrainingError as error:
-        context.log.error(f"{error}\ntorchrun's output ends with:\n{error.log_tail}")
-        raise dg.Failure(description=str(error), allow_retries=False) from error
-
-
 def run_training(
     context: dg.AssetExecutionContext,
     mlflow: MLflowResource,
@@ -117,13 +97,17 @@ def run_training(
     initial_checkpoint: str | None = None,
     export_hf: bool = False,
     dataset_file: TableFile | str | os.PathLike | None = None,
+    launcher: str = "auto",
+    k8s=None,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
     A generator: it yields the failed check result (then raises) when the model does not beat
-    the unigram baseline, so that nothing is stored. With ``num_processes`` > 1 the training runs
-    in torchrun workers (``train_in_workers``) that read ``dataset_file``, the stored dataset."""
+    the unigram baseline, so that nothing is stored. Unless ``launcher`` resolves to
+    ``in_process``, the training runs in Dagster Pipes workers (``train_in_workers``) that read
+    ``dataset_file``, the stored dataset."""
     validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
+    launcher = resolve_launcher(launcher, train_config)
     initial_model = None
     if initial_checkpoint:
         initial_model, _ = load_checkpoint(initial_checkpoint)
@@ -141,7 +125,8 @@ def run_training(
 
         def report(evaluation: Evaluation) -> None:
             reported.add(evaluation.step)
-            context.log.info(progress_line(evaluation, train_config.training_iterations))
+            if launcher == "in_process":  # a Pipes worker logs its own line through Pipes
+                context.log.info(progress_line(evaluation, train_config.training_iterations))
             run.log_metrics(
                 {
                     "train_loss": evaluation.train_loss,
@@ -152,9 +137,9 @@ def run_training(
                 step=evaluation.step,
             )
 
-        if train_config.num_processes > 1:  # torchrun workers that read the dataset file themselves
+        if launcher != "in_process":  # workers that read the dataset file themselves
             result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
-                                      initial_checkpoint)
+                                      initial_checkpoint, launcher, k8s)
         else:
             result = train(model_config, train_config, train_data, test_data, folder, report, initial_model,
                            on_progress=lambda progress: context.log.info(progress.line()))

@@ -57,17 +57,40 @@ class TrainConfig:
                                      "on CUDA, else gloo), gloo or nccl.", choices=("auto", "gloo", "nccl"),
                                      affects_result=True)
 
+    # more than one machine (torchrun's static rendezvous); none of these changes the result
+    nnodes: int = param(1, "Machines (nodes) training together, each running num_processes processes; "
+                        "above 1 they meet at rdzv_endpoint.", ge=1)
+    node_rank: int = param(0, "This machine's rank among the nnodes (0: the one that evaluates, "
+                           "checkpoints and reports; Dagster runs node 0).", ge=0)
+    rdzv_endpoint: str = param("", "host:port of node 0's rendezvous store (torchrun --rdzv-endpoint); "
+                               "required when nnodes > 1.")
+
     def validate(self) -> TrainConfig:
         """``ValueError`` naming the first bad field (``fields.check``), then the rules that tie
         fields together."""
         check(self)
         resolve_device(self.device, check_available=False)
-        if self.num_processes > self.contexts_per_batch:
-            raise ValueError(f"TrainConfig.num_processes={self.num_processes} is more than contexts_per_batch="
+        self._validate_nodes()
+        processes = self.num_processes * self.nnodes
+        if processes > self.contexts_per_batch:
+            across = f" x nnodes={self.nnodes}" if self.nnodes > 1 else ""
+            raise ValueError(f"TrainConfig.num_processes={self.num_processes}{across} is more than contexts_per_batch="
                              f"{self.contexts_per_batch}: every process needs at least one story per batch")
         if self.num_processes > 1 and self.device == "mps":
             raise ValueError("TrainConfig.num_processes > 1 needs device 'cpu' or 'cuda', got 'mps'")
         return self
+
+    def _validate_nodes(self) -> None:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"TrainConfig.node_rank={self.node_rank} is out of range for nnodes={self.nnodes} "
+                             f"(0 to {self.nnodes - 1})")
+        if not isinstance(self.rdzv_endpoint, str):
+            raise ValueError(f"TrainConfig.rdzv_endpoint must be a string host:port, got {self.rdzv_endpoint!r}")
+        if self.nnodes > 1 or self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"TrainConfig.rdzv_endpoint must be host:port (node 0's address) when nnodes="
+                                 f"{self.nnodes}, got {self.rdzv_endpoint!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,10 @@
 """Data-parallel training: ``train`` in several processes started by torchrun, with DDP.
 
-``launch`` runs ``python -m torch.distributed.run --standalone --nproc_per_node N -m
-gpt_pipeline.training.distributed ...`` and waits for it. Each worker (``main`` below) loads the dataset
-file itself (``data.load_splits``: memory-mapped where the file has token companions), joins the
-process group (gloo on CPU, nccl on CUDA, or as configured) and calls ``training.train`` with a
-``DDPReplica``:
+``gpt_pipeline.training.torchrun`` builds the command line (one machine, or ``nnodes`` machines
+meeting at ``rdzv_endpoint``) and watches it. Each worker (``run_worker`` below) loads the
+dataset file itself (``data.load_splits``: memory-mapped where the file has token companions),
+joins the process group (gloo on CPU, nccl on CUDA, or as configured) and calls
+``training.train`` with a ``DDPReplica``:
 
 - every process draws the same global batch from the shared seed and keeps its rows (rank r of
   N: rows ``[r*B//N, (r+1)*B//N)``); DDP averages the gradients, so that the step is the
@@ -12,28 +12,23 @@ process group (gloo on CPU, nccl on CUDA, or as configured) and calls ``training
   weighted by their size);
 - clamping or clipping and the AdamW step then run on identical gradients in every process;
 - rank 0 alone evaluates, writes checkpoints (same file and resume rules as one process; the
-  other processes' dropout generators are saved in it too) and reports progress, as JSON lines
-  in an events file that ``launch`` reads and hands to ``on_evaluation``.
+  other processes' dropout generators are saved in it too) and reports progress through the
+  ``report`` its front end gives it: ``main`` here writes JSON lines to ``--events`` (the
+  command line's ``launch``), ``gpt_pipeline.defs.pipes_worker`` reports through Dagster Pipes.
 
-A worker that fails writes its error as one line beside the events file; ``launch`` then raises
-``DistributedTrainingError`` naming torchrun's exit status and that line. ``launch`` stops
-torchrun when it is interrupted, and torchrun and the workers die with their parent (Linux
-``PR_SET_PDEATHSIG``), so none is left behind. Checkpoints are written atomically by
-``checkpoint.py``. Not here: MLflow or Dagster (the caller logs what ``on_evaluation`` gets).
+Without torchrun (one process, no ``RANK`` in the environment) ``run_worker`` trains in this
+process, without a process group. A worker that fails records its error as one line in
+``--error-dir`` (``torchrun.record_error``). Checkpoints are written atomically by
+``checkpoint.py``. Not here: MLflow or Dagster.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -42,7 +37,6 @@ import torch
 import torch.distributed as dist
 
 from gpt_pipeline.training.checkpoint import (
-    FINAL_CHECKPOINT,
     load_checkpoint,
     load_training_checkpoint,
     read_checkpoint_metadata,
@@ -50,37 +44,13 @@ from gpt_pipeline.training.checkpoint import (
 )
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.training.loop import Evaluation, Replica, TrainConfig, TrainResult, resolve_device, train
+from gpt_pipeline.training.torchrun import (  # noqa: F401 - resolve_backend is also part of this module's API
+    die_with_parent,
+    record_error,
+    resolve_backend,
+)
 
 logger = logging.getLogger(__name__)
-
-EVENTS_FILE = "events.jsonl"  # rank 0's progress: one JSON object a line
-LOG_FILE = "torchrun.log"  # torchrun's and the workers' stdout and stderr
-LOG_TAIL_LINES = 120  # of that log, in a failure
-_PR_SET_PDEATHSIG = 1
-
-
-class DistributedTrainingError(RuntimeError):
-    """A torchrun run that failed; ``str()`` is one line, ``log_tail`` the end of its output."""
-
-    def __init__(self, message: str, log_tail: str = ""):
-        super().__init__(message)
-        self.log_tail = log_tail
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The process-group backend: ``"auto"`` is nccl on CUDA and gloo elsewhere.
-
-    Example:
-        >>> resolve_backend("auto", torch.device("cpu")), resolve_backend("gloo", torch.device("cpu"))
-        ('gloo', 'gloo')
-    """
-    if backend not in ("auto", "gloo", "nccl"):
-        raise ValueError(f"distributed_backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
-    if backend == "auto":
-        return "nccl" if device.type == "cuda" else "gloo"
-    if backend == "nccl" and device.type != "cuda":
-        raise ValueError(f"distributed_backend='nccl' needs CUDA; the device is {device.type!r} (use gloo)")
-    return backend
 
 
 def share_of(rank: int, world_size: int, batch: int) -> tuple[int, int]:
@@ -91,18 +61,6 @@ def share_of(rank: int, world_size: int, batch: int) -> tuple[int, int]:
         [(0, 2), (2, 5), (5, 8)]
     """
     return rank * batch // world_size, (rank + 1) * batch // world_size
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing).
-
-    Safe between fork and exec (``preexec_fn``): one system call through a function looked up
-    at import."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class _Loss(torch.nn.Module):
@@ -181,200 +139,97 @@ class DDPReplica(Replica):
 # --- the worker ---------------------------------------------------------------------------------
 
 
+def ranks() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` from torchrun's environment; ``(0, 1)`` outside torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def parse_arguments(argv: list[str] | None = None, prog: str = "python -m gpt_pipeline.training.distributed"):
+    parser = argparse.ArgumentParser(prog=prog)
+    for name in ("--dataset", "--model-config", "--train-config", "--checkpoint-dir", "--error-dir"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--events")
+    parser.add_argument("--initial-checkpoint")
+    return parser.parse_args(argv)
+
+
+def done_record(result: TrainResult, device: torch.device) -> dict:
+    """What rank 0 reports at the end (``torchrun.final_result`` reads the rest from the checkpoint)."""
+    return {"steps": result.steps, "resumed_from": result.resumed_from, "seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second, "device": str(device),
+            "checkpoint": str(result.checkpoint_path)}
+
+
+def run_worker(args: argparse.Namespace, rank: int, world_size: int,
+               report: Callable[[Evaluation], None] | None) -> tuple[TrainResult, torch.device]:
+    """Train this worker's part (``report`` is called on rank 0 only)."""
+    from gpt_pipeline.data.dataset_files import load_splits
+    from gpt_pipeline.data.table_file import TableFile
+
+    model_config = GPTConfig.from_json(args.model_config)
+    config = TrainConfig.from_dict(json.loads(args.train_config))
+    if world_size != config.num_processes * config.nnodes:
+        raise ValueError(f"torchrun started {world_size} processes, num_processes={config.num_processes} "
+                         f"on each of nnodes={config.nnodes}")
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world_size > 1:  # one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+        config = replace(config, device=str(device))
+    elif device.type not in ("cpu", "cuda") and world_size > 1:
+        raise ValueError(f"num_processes > 1 trains on cpu or cuda, not {device.type!r}")
+    train_data, test_data = load_splits(TableFile.stored_at(args.dataset))
+    initial_model = load_checkpoint(args.initial_checkpoint)[0] if args.initial_checkpoint else None
+    if world_size == 1:
+        result = train(model_config, config, train_data, test_data, Path(args.checkpoint_dir), report,
+                       initial_model)
+        return result, device
+    dist.init_process_group(resolve_backend(config.distributed_backend, device), rank=rank,
+                            world_size=world_size)
+    try:
+        result = train(model_config, config, train_data, test_data, Path(args.checkpoint_dir),
+                       report if rank == 0 else None, initial_model,
+                       DDPReplica(rank, world_size, device, config.seed))
+    finally:
+        dist.destroy_process_group()
+    return result, device
+
+
 def _append_event(path: Path, event: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(event) + "\n")
         handle.flush()
 
 
-def _work(args: argparse.Namespace, rank: int, world_size: int) -> None:
-    from gpt_pipeline.data.dataset_files import load_splits
-    from gpt_pipeline.data.table_file import TableFile
-
-    model_config = GPTConfig.from_json(args.model_config)
-    config = TrainConfig.from_dict(json.loads(args.train_config))
-    if world_size != config.num_processes:
-        raise ValueError(f"torchrun started {world_size} processes, num_processes={config.num_processes}")
-    device = resolve_device(config.device)
-    if device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-        config = replace(config, device=str(device))
-    elif device.type != "cpu":
-        raise ValueError(f"num_processes > 1 trains on cpu or cuda, not {device.type!r}")
-    train_data, test_data = load_splits(TableFile.stored_at(args.dataset))
-    initial_model = load_checkpoint(args.initial_checkpoint)[0] if args.initial_checkpoint else None
-    events = Path(args.events)
-    dist.init_process_group(resolve_backend(config.distributed_backend, device), rank=rank,
-                            world_size=world_size)
-    try:
-        report = (lambda e: _append_event(events, {"event": "evaluation", **asdict(e)})) if rank == 0 else None
-        result = train(model_config, config, train_data, test_data, Path(args.checkpoint_dir), report,
-                       initial_model, DDPReplica(rank, world_size, device, config.seed))
-        if rank == 0:
-            _append_event(events, {
-                "event": "done", "steps": result.steps, "resumed_from": result.resumed_from,
-                "seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
-                "device": str(device), "checkpoint": str(result.checkpoint_path),
-            })
-    finally:
-        dist.destroy_process_group()
+def exit_now(code: int) -> None:
+    """End a worker without the interpreter's teardown: every file is closed by now
+    (checkpoints are fsynced and renamed into place); the teardown with torch and gloo loaded
+    took 3 s of a 15 s test run here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One torchrun worker (``RANK``, ``WORLD_SIZE`` from torchrun's environment)."""
-    parser = argparse.ArgumentParser(prog="python -m gpt_pipeline.training.distributed")
-    for name in ("--dataset", "--model-config", "--train-config", "--checkpoint-dir", "--events"):
-        parser.add_argument(name, required=True)
-    parser.add_argument("--initial-checkpoint")
-    args = parser.parse_args(argv)
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    _die_with_parent()  # torchrun starts each worker in a session of its own
+    """One torchrun worker of the command line's ``launch``: rank 0's progress goes to ``--events``."""
+    args = parse_arguments(argv)
+    rank, world_size = ranks()
+    die_with_parent()  # torchrun starts each worker in a session of its own
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    events = Path(args.events) if args.events else None
     try:
-        _work(args, rank, world_size)
+        report = None
+        if events is not None:
+            report = lambda e: _append_event(events, {"event": "evaluation", **asdict(e)})  # noqa: E731
+        result, device = run_worker(args, rank, world_size, report)
+        if rank == 0 and events is not None:
+            _append_event(events, {"event": "done", **done_record(result, device)})
     except BaseException as error:
-        lines = str(error).strip().splitlines()
-        record = {"rank": rank, "time": time.time(),
-                  "message": f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__}
-        (Path(args.events).parent / f"error.{rank}.json").write_text(json.dumps(record))
+        record_error(args.error_dir, rank, error)
         raise
     return 0
 
 
-# --- the launcher -------------------------------------------------------------------------------
-
-
-def torchrun_command(model_config: GPTConfig, config: TrainConfig, dataset: str | os.PathLike,
-                     checkpoint_dir: str | os.PathLike, events: str | os.PathLike,
-                     initial_checkpoint: str | None = None) -> list[str]:
-    """The torchrun command line of a run (torchrun of this interpreter's torch)."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={config.num_processes}", "--max_restarts=0", "--monitor_interval=0.2",
-        "-m", "gpt_pipeline.training.distributed", "--dataset", str(dataset),
-        "--model-config", model_config.to_json(), "--train-config", json.dumps(config.to_dict()),
-        "--checkpoint-dir", str(checkpoint_dir), "--events", str(events),
-    ]
-    return command + (["--initial-checkpoint", str(initial_checkpoint)] if initial_checkpoint else [])
-
-
-class _EventReader:
-    """The complete lines appended to a JSON-lines file since the last read."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.pending = path, 0, b""
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            chunk = handle.read()
-        self.offset += len(chunk)
-        *lines, self.pending = (self.pending + chunk).split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
-
-
-def _failure(returncode: int, folder: Path) -> DistributedTrainingError:
-    """The one-line error of a failed run: torchrun's status and the first worker error."""
-    if returncode < 0:
-        status = f"was killed by {signal.Signals(-returncode).name}"
-    else:
-        status = f"exited with status {returncode}"
-    log = (folder / LOG_FILE).read_text(errors="replace") if (folder / LOG_FILE).exists() else ""
-    errors = sorted((json.loads(p.read_text()) for p in folder.glob("error.*.json")), key=lambda e: e["time"])
-    if errors:
-        detail = f"rank {errors[0]['rank']}: {errors[0]['message']}"
-    else:  # a worker that died before it could say why: its last error line in the log
-        lines = [line.strip() for line in log.splitlines() if line.strip()]
-        found = [line for line in lines if "Error" in line or "Exception" in line]
-        detail = (found or lines or ["no output"])[-1]
-    tail = "\n".join(log.splitlines()[-LOG_TAIL_LINES:])
-    return DistributedTrainingError(f"distributed training failed: torchrun {status}; {detail}", tail)
-
-
-def _stop(process: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM torchrun (it stops its workers), then SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()  # the workers follow it (their parent-death signal)
-            process.wait()
-
-
-def launch(
-    model_config: GPTConfig,
-    train_config: TrainConfig,
-    dataset: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike,
-    on_evaluation: Callable[[Evaluation], None] | None = None,
-    initial_checkpoint: str | None = None,
-    poll_seconds: float = 0.1,
-) -> TrainResult:
-    """Train with ``train_config.num_processes`` torchrun workers on the stored dataset file
-    ``dataset``; the result is ``train``'s, its model loaded from ``final.safetensors``.
-
-    ``on_evaluation`` gets rank 0's evaluations as they come, in this process. Raises
-    ``ValueError`` for a bad config before anything starts, ``DistributedTrainingError`` when
-    a worker fails.
-    """
-    model_config.validate()
-    config = train_config.validate()
-    resolve_backend(config.distributed_backend, resolve_device(config.device))
-    if not dist.is_available():
-        raise ValueError("this torch build has no torch.distributed: use num_processes=1")
-    if not Path(dataset).is_file():
-        raise FileNotFoundError(f"dataset file {str(dataset)!r} does not exist")
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // config.num_processes)))
-    with tempfile.TemporaryDirectory(prefix="gpt_pipeline_torchrun.") as tmp:
-        folder = Path(tmp)
-        events = _EventReader(folder / EVENTS_FILE)
-        command = torchrun_command(model_config, config, dataset, checkpoint_dir, events.path, initial_checkpoint)
-        logger.info("starting %s", " ".join(command[:6]))
-        with open(folder / LOG_FILE, "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True, preexec_fn=_die_with_parent)
-        done = None
-        try:
-            while True:
-                returncode = process.poll()
-                for event in events.read():  # read after poll: nothing is missed at the end
-                    if event["event"] == "evaluation" and on_evaluation is not None:
-                        on_evaluation(Evaluation(**{k: v for k, v in event.items() if k != "event"}))
-                    elif event["event"] == "done":
-                        done = event
-                if returncode is not None:
-                    break
-                time.sleep(poll_seconds)
-        finally:
-            _stop(process)
-        if returncode != 0:
-            raise _failure(returncode, folder)
-        if done is None:
-            raise DistributedTrainingError("distributed training failed: torchrun exited with status 0 "
-                                           "but rank 0 reported no result", "")
-    final = Path(done["checkpoint"])
-    model, metadata = load_checkpoint(final, device=done["device"])
-    evaluations = [Evaluation(**e) for e in training_state_of(final, metadata)["evaluations"]]
-    return TrainResult(
-        model=model, evaluations=evaluations, train_loss=evaluations[-1].train_loss,
-        test_loss=evaluations[-1].test_loss, seconds=done["seconds"],
-        tokens_per_second=done["tokens_per_second"], steps=done["steps"],
-        resumed_from=done["resumed_from"], checkpoint_path=checkpoint_dir / FINAL_CHECKPOINT,
-    )
-
-
 if __name__ == "__main__":
-    code = main()  # on an error it raises: the traceback goes to torchrun's log
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Every file is closed by now (checkpoints are fsynced and renamed into place); the
-    # interpreter's own teardown with torch and gloo loaded took 3 s of a 15 s test run here.
-    os._exit(code)
+    exit_now(main())  # on an error it raises: the traceback goes to torchrun's log

@@ -23,8 +23,8 @@ DistributedDataParallel and leaves evaluation and checkpoints to rank 0; the loo
 
 Not here: where checkpoints live or how progress is shown (the caller passes ``checkpoint_dir``,
 ``on_evaluation`` and ``on_progress``; ``progress.py`` has the lines), the model itself
-(``model.py``), the file format (``checkpoint.py``), the config and its validation
-(``config.py``, re-exported here), launching processes (``distributed.py``).
+(``model/gpt.py``), the file format (``checkpoint.py``), the config and its validation
+(``config.py``, re-exported here), launching processes (``torchrun.py``, ``distributed.py``).
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def train(
     config = train_config.validate()
     if replica is None and config.num_processes > 1:
         raise ValueError(f"num_processes={config.num_processes} trains in torchrun workers: use "
-                         "gpt_pipeline.training.distributed.launch (as the trained_model asset does)")
+                         "gpt_pipeline.training.torchrun.launch, or trained_model's launcher 'subprocess'")
     replica = replica or Replica()
     main = replica.rank == 0
     validate_training_data(train_data, test_data, model_config, config.contexts_per_batch)

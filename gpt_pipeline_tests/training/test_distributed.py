@@ -9,7 +9,10 @@
   Dropout is 0 here: each process draws the masks of its own rows from its own generator, so
   the masks differ from those of a single process drawing them for the whole batch.
 - A run with unequal shares (7 contexts: 3 + 4) resumes a single-process checkpoint.
-- A failing worker fails with one line naming torchrun's exit status and the worker's error.
+- Two nodes: two torchrun launchers on 127.0.0.1 (one process each, static rendezvous at node
+  0's store) match one process within the same tolerances.
+- A failing worker fails with one line naming torchrun's exit status and the worker's error
+  (bad data: not retried).
 - The trained_model asset with num_processes=2 materializes through Dagster and logs one
   MLflow run; SIGTERM or SIGKILL to the materializing process leaves no torchrun or worker.
 """
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -38,11 +43,11 @@ from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.training_run import train_in_workers
-from gpt_pipeline.training.distributed import DistributedTrainingError, launch, resolve_backend, torchrun_command
+from gpt_pipeline.defs.launchers import train_in_workers
+from gpt_pipeline.training.torchrun import DistributedTrainingError, launch, resolve_backend, torchrun_command
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.training.loop import TrainConfig, train
+from gpt_pipeline.training.loop import TrainConfig, TrainResult, train
 from gpt_pipeline_tests.reliability_support import (
     kill_running,
     child_env,
@@ -135,6 +140,42 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path,
         assert {"rng.dropout", "rng.dropout.rank1", "rng.batch"} <= set(handle.keys())
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_match_one_process_on_the_same_global_batch(tmp_path, dataset):
+    """Two torchrun launchers on 127.0.0.1 acting as two nodes (one gloo process each) that meet
+    at node 0's rendezvous store: the same tolerances as two processes on one node."""
+    train_data, test_data = load_splits(TableFile.stored_at(dataset))
+    single = train(MODEL, TrainConfig(**FAST), train_data, test_data)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    results, seen = {}, []
+
+    def node(rank: int) -> None:
+        config = TrainConfig(**FAST, nnodes=2, node_rank=rank, rdzv_endpoint=endpoint, distributed_backend="gloo")
+        try:
+            results[rank] = launch(MODEL, config, dataset, tmp_path / "checkpoints", seen.append if rank == 0 else None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            results[rank] = error
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (1, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert results.get(1, "missing") is None, results  # node 1 holds no rank 0: no result of its own
+    two_nodes = results[0]
+    assert isinstance(two_nodes, TrainResult), results
+    assert [e.step for e in seen] == [0, 10, 20] and two_nodes.steps == 20
+    assert _loss_gap(single, two_nodes) < LOSS_TOLERANCE, (_losses(single), _losses(two_nodes))
+    assert _weight_gap(single, two_nodes) < WEIGHT_TOLERANCE
+    final = tmp_path / "checkpoints" / "final.safetensors"
+    assert training_state_of(final, read_checkpoint_metadata(final))["dropout_processes"] == 2
+
+
 class Interrupt(Exception):
     pass
 
@@ -161,15 +202,25 @@ def test_unequal_shares_resume_a_single_process_checkpoint(tmp_path, dataset):
 def test_a_failing_worker_fails_the_step_with_one_line(tmp_path):
     not_a_dataset = tmp_path / "stories.parquet"
     pq.write_table(pa.table({"text": ["Once upon a time"] * 10}), not_a_dataset)
-    with pytest.raises(dg.Failure) as info:
-        train_in_workers(dg.build_asset_context(), MODEL, TrainConfig(**FAST, num_processes=2),
-                         TableFile(not_a_dataset), tmp_path / "checkpoints", None, None)
-    message = info.value.description
+    raised = []
+
+    @dg.asset
+    def training(context):  # the workers need a real step's context (Pipes)
+        try:
+            train_in_workers(context, MODEL, TrainConfig(**FAST, num_processes=2), TableFile(not_a_dataset),
+                             tmp_path / "checkpoints", None, None)
+        except dg.Failure as error:
+            raised.append(error)
+            raise
+
+    assert not dg.materialize([training], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False).success
+    message = raised[0].description
     assert "\n" not in message
     assert message.startswith("distributed training failed: torchrun exited with status 1; rank ")
     assert message.endswith("DataError: dataset has no 'tokens' column; columns: ['text']")
-    assert isinstance(info.value.__cause__, DistributedTrainingError)
-    assert "DataError" in info.value.__cause__.log_tail  # the workers' tracebacks, for the log
+    assert isinstance(raised[0].__cause__, DistributedTrainingError)
+    assert "DataError" in raised[0].__cause__.log_tail  # the workers' tracebacks, for the log
+    assert not raised[0].allow_retries  # bad data: a retry cannot help
 
 
 # --- the asset ----------------------------------------------------------------------------------
@@ -228,7 +279,7 @@ def test_stopping_the_materialization_leaves_no_worker_behind(tmp_path, sig):
                  timeout=300, interval=0.05, what="checkpoint 20")
         assert process.poll() is None, f"the run ended early: {log.read_text()[-3000:]}"
         descendants = psutil.Process(process.pid).children(recursive=True)
-        workers = [p for p in descendants if "gpt_pipeline.training.distributed" in " ".join(p.cmdline())]
+        workers = [p for p in descendants if "gpt_pipeline.defs.pipes_worker" in " ".join(p.cmdline())]
         assert len(workers) == 3, [p.cmdline()[:6] for p in descendants]  # torchrun + 2 workers
         process.send_signal(sig)
         process.wait(timeout=60)
