@@ -1,6 +1,6 @@
 """gpt-rs written literally: its model, trainer step and sampler, the oracle of every fast path.
 
-Everything here follows gpt-rs's source (/work/shared/docs/gpt-rs-semantics.md) module for module,
+Everything here follows gpt-rs's source (as docs/gpt-rs-parity.md states it) module for module,
 with gpt-rs's tensor names (``ReferenceGPT.state_dict()`` keys are gpt-rs's checkpoint names less
 ``transformer.``): one query, key and value linear layer per head, the attention weights computed
 explicitly per head, heads concatenated, projection; dropout on the residual path itself; the

@@ -1,6 +1,6 @@
 """gpt-rs's causal decoder transformer in PyTorch: the config, the modules and their math.
 
-Read top to bottom, this module is gpt-rs's model (see /work/shared/docs/gpt-rs-semantics.md):
+Read top to bottom, this module is gpt-rs's model (see docs/gpt-rs-parity.md):
 
 - token embedding + learned position embedding (positions 0..T-1), then embedding dropout;
 - ``block_count`` pre-LayerNorm blocks (eps 1e-5), each
