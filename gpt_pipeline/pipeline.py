@@ -233,7 +233,7 @@ def write_tokenized_stories(
             except ValueError as error:  # "text i: ..." counts from this batch's first story
                 raise ValueError(re.sub(r"^text (\d+):", lambda m: f"story {row + int(m[1])}:", str(error))) from None
             seconds += time.perf_counter() - started
-            writer.write(ids, offsets)
+            writer.write(ids, offsets, batch.str.len_chars().to_numpy())
             row += len(batch)
     table_file, facts = writer.result
     return table_file, {**facts, "encoding_seconds": seconds}
