@@ -278,6 +278,13 @@ def split_characters(table_file) -> dict[str, int] | None:
     return {s: counts[s] for s in SPLITS}
 
 
+def content_digest(table_file) -> str | None:
+    """The content digest ``DatasetWriter`` stored in the Parquet file's metadata (the dataset's
+    ``content_digest``), or None for a file written otherwise."""
+    raw = (pq.read_metadata(table_file.path).metadata or {}).get(DIGEST_KEY)
+    return raw.decode() if raw else None
+
+
 def _read_header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as handle:
         head = handle.read(8)

@@ -74,3 +74,24 @@ def significant(value: float, digits: int = 4) -> float:
     if value == 0 or not math.isfinite(value):
         return value
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def evaluation_metrics(evaluation, tokens: dict[str, int], characters: dict[str, int] | None) -> dict[str, float | None]:
+    """The figures of one evaluation (a ``training.loop.Evaluation``) to log: both losses, both
+    bits per character (None without ``characters``), throughput (None before any step) and the
+    learning rate. ``tokens`` and ``characters``: ``{"train": n, "test": m}`` of the splits.
+
+    Example:
+        >>> from gpt_pipeline.training.loop import Evaluation
+        >>> e = Evaluation(10, train_loss=math.log(2), test_loss=2 * math.log(2), tokens_per_second=None,
+        ...                elapsed_seconds=1.0, remaining_seconds=None, learning_rate=1e-3)
+        >>> evaluation_metrics(e, {"train": 100, "test": 50}, {"train": 400, "test": 100})["test_bits_per_character"]
+        1.0
+    """
+    figures: dict[str, float | None] = {"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}
+    for split in ("train", "test"):
+        figures[f"{split}_bits_per_character"] = (
+            bits_per_character(figures[f"{split}_loss"], tokens[split], characters[split]) if characters else None)
+    figures["tokens_per_second"] = evaluation.tokens_per_second
+    figures["learning_rate"] = evaluation.learning_rate
+    return figures
