@@ -127,8 +127,7 @@ def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, i
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
 
     # The logged model has the params and final metrics: search_logged_models ranks by bpc.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the global URI: no set_tracking_uri, which outlives the test
     ranked = mlflow.search_logged_models(
         experiment_ids=[experiment.experiment_id], output_format="list",
         order_by=[{"field_name": "metrics.test_bits_per_character", "ascending": True}])

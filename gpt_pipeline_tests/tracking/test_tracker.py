@@ -71,7 +71,7 @@ def test_metrics_linked_to_a_logged_model_rank_it_and_the_dataset_is_an_input(tm
                             dataset=("tokenized_dataset", "ab" * 32))
             run.log_dataset("tokenized_dataset", "ab" * 32, source=str(tmp_path / "d.parquet"))
             models[name] = logged.model_id
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the global URI: no set_tracking_uri, which outlives the test
     ranked = mlflow.search_logged_models(
         experiment_ids=[tracker.experiment_id], output_format="list",
         order_by=[{"field_name": "metrics.test_bits_per_character", "ascending": True}])
