@@ -81,8 +81,8 @@ def split_character_counts(context, dataset_file, train: TokenArray, test: Token
     recorded = split_characters(dataset_file) if isinstance(dataset_file, TableFile) else None
     if recorded is not None:
         return recorded
-    context.log.warning("the tokenized dataset does not record its splits' characters (written before "
-                        "they were): counting them from the tokens for bits per character")
+    context.log.warning("the tokenized dataset records no character counts of its splits (a file written "
+                        "before they were, or none): counting them from the tokens for bits per character")
     lengths = token_characters([tokenizer.token_text(i) for i in range(tokenizer.vocab_size)])
     return {"train": characters_of(train.tokens, lengths), "test": characters_of(test.tokens, lengths)}
 
