@@ -219,7 +219,7 @@ def run_training(
             curve = loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run_id[:8]}")
             run.log_artifact(curve)
             curve_markdown = loss_curve_markdown(  # small: it travels inline in the Dagster metadata
-                loss_curve_png(points, Path(tmp) / "small" / "loss_curve.png", title="loss", dpi=40))
+                loss_curve_png(points, Path(tmp) / "small" / "loss_curve.png", title="loss", dpi=60))
             model_uri, version, reused = log_and_register(
                 run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
                 result.test_loss, params, final, step=result.steps, dataset=dataset)
