@@ -30,18 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt_pipeline.data.config import DatasetConfig
 from gpt_pipeline.data.splits import SPLIT_COLUMN, TEST, TOKENS_COLUMN, TRAIN, DataError, dataset_splits, split_point
-from gpt_pipeline.data.story_files import text_batches
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray, token_dtype
 from gpt_pipeline.storage import io_faults
@@ -245,55 +241,6 @@ class DatasetWriter:
         except BaseException:
             self.abort()
             raise
-
-
-ENCODE_BATCH_ROWS = 16_384  # stories encoded and written (one Parquet row group) at a time
-
-
-def write_dataset(
-    tokenizer,
-    stories: TableFile | str | os.PathLike,
-    config: DatasetConfig,
-    path: str | os.PathLike,
-    batch_rows: int = ENCODE_BATCH_ROWS,
-    metadata: dict[str, str] | None = None,
-) -> tuple[TableFile, dict]:
-    """The tokenized-dataset step: every story of a story file (``write_stories``'s) encoded with
-    ``tokenizer`` (a ``BPETokenizer``), ``batch_rows`` at a time, into the Parquet file ``path``
-    and its memory-mappable companion; the first ``config.training_percentage`` stories train.
-
-    Returns the ``TableFile`` and facts: stories and tokens per split, ``encoding_seconds``,
-    shortest / mean / longest story and the content ``digest``. A character the tokenizer never
-    saw raises ``ValueError`` naming the story (counted from 0 over the whole file). ``metadata``
-    goes into the Parquet footer (the dataset's provenance).
-
-    Example:
-        >>> import tempfile, pyarrow as pa
-        >>> from gpt_pipeline.data.story_files import write_texts
-        >>> from gpt_pipeline.tokenizer import BPETokenizer
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> stories = write_texts(folder / "s.parquet", [pa.array(["ab", "ba", "abab"])])
-        >>> table_file, facts = write_dataset(BPETokenizer.train(["ab"], 3), stories,
-        ...                                   DatasetConfig(training_percentage=0.5), folder / "d.parquet")
-        >>> pq.read_table(table_file.path).to_pydict(), facts["train_tokens"]
-        ({'tokens': [[2], [1, 0], [2, 2]], 'split': ['train', 'test', 'test']}, 1)
-    """
-    config.validate()
-    table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
-    seconds, row = 0.0, 0
-    with DatasetWriter(path, table_file.num_rows, tokenizer.vocab_size, config.training_percentage,
-                       metadata) as writer:
-        for batch in text_batches(table_file, batch_rows):
-            started = time.perf_counter()
-            try:
-                ids, offsets = tokenizer.encode_flat(batch)
-            except ValueError as error:  # "text i: ..." counts from this batch's first story
-                raise ValueError(re.sub(r"^text (\d+):", lambda m: f"story {row + int(m[1])}:", str(error))) from None
-            seconds += time.perf_counter() - started
-            writer.write(ids, offsets, batch.str.len_chars().to_numpy())
-            row += len(batch)
-    written, facts = writer.result
-    return written, {**facts, "encoding_seconds": seconds}
 
 
 def open_token_arrays(table_file: TableFile) -> tuple[TokenArray, TokenArray] | None:
