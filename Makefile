@@ -43,7 +43,7 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
-# The code location `gpt_pipeline` of [tool.dg]; `dagster dev -w workspace.yaml` serves the same.
+# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) dev -h $(HOST) -p 3000
 
@@ -52,8 +52,7 @@ dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 # worker instead of four (UI_WORKERS=4 for more).
 UI_WORKERS ?= 1
 mlflow-ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) \
-	  --host $(HOST) --port 5000 --workers $(UI_WORKERS)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host $(HOST) --port 5000 --workers $(UI_WORKERS) --backend-store-uri $(MLFLOW_DB)
 
 # REST serving of the registry's champion (docs/serving.md): POST prompts to
 # http://$(HOST):$(SERVE_PORT)/invocations. The environment is this one (.venv/bin on PATH, so
@@ -62,8 +61,7 @@ mlflow-ui: $(STAMP)
 SERVE_PORT ?= 5001
 MODEL_URI ?= models:/gpt-pipeline@champion
 serve: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)}" \
-	  $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local --host $(HOST) --port $(SERVE_PORT)
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)}" $(VENV)/bin/mlflow models serve --host $(HOST) --port $(SERVE_PORT) -m $(MODEL_URI) --env-manager local
 
 clean:
 	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch

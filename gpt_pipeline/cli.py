@@ -217,7 +217,7 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     from gpt_pipeline import provenance
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
-    from gpt_pipeline.data.dataset_files import write_dataset
+    from gpt_pipeline.data.encode import write_dataset
     from gpt_pipeline.data.story_files import write_stories
     from gpt_pipeline.data.table_file import TableFile
     from gpt_pipeline.tokenizer.bundle import write_bundle

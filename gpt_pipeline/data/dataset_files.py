@@ -30,24 +30,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt_pipeline.data.config import DatasetConfig
 from gpt_pipeline.data.splits import SPLIT_COLUMN, TEST, TOKENS_COLUMN, TRAIN, DataError, dataset_splits, split_point
-from gpt_pipeline.data.story_files import text_batches
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray, token_dtype
 from gpt_pipeline.storage import io_faults
 
 ARRAYS = "token_arrays.safetensors"  # the companion's name: <stem>.token_arrays.safetensors
 DIGEST_KEY = b"gpt_pipeline.token_arrays_digest"  # in the Parquet file's key-value metadata
+CHARACTERS_KEY = b"gpt_pipeline.split_characters"  # likewise: JSON {"train": n, "test": m}
 FORMAT = "gpt_pipeline.token_arrays/1"
 HEADER_BYTES = 1024  # 8-byte length + JSON header padded with spaces: data starts 8-aligned
 SPLITS = (TRAIN, TEST)
@@ -102,6 +99,7 @@ class DatasetWriter:
         self.metadata = dict(metadata or {})  # more footer key-value metadata (provenance)
         self.rows = 0
         self.tokens = {TRAIN: 0, TEST: 0}  # tokens written per split
+        self.characters: dict[str, int] | None = {TRAIN: 0, TEST: 0}  # None once a batch came without
         self._digests = {name: hashlib.sha256() for name in _ORDER}
         self._next_offset = {TRAIN: HEADER_BYTES, TEST: HEADER_BYTES + 8 * (self.stories[TRAIN] + 1)}
         self._tokens_start = HEADER_BYTES + 8 * (num_stories + 2)
@@ -124,12 +122,14 @@ class DatasetWriter:
         self._digests[f"{split}_offsets"].update(data.data)
         self._next_offset[split] += data.nbytes
 
-    def write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
-        """One batch of stories: ids back to back, ``offsets`` (one more than stories, from 0)."""
+    def write(self, ids: np.ndarray, offsets: np.ndarray, characters: np.ndarray | None = None) -> None:
+        """One batch of stories: ids back to back, ``offsets`` (one more than stories, from 0)
+        and each story's characters (``characters``, [stories]; when every batch has them, the
+        splits' totals go into the Parquet file's metadata: ``split_characters``)."""
         with io_faults(self.path):
-            self._write(ids, offsets)
+            self._write(ids, offsets, characters)
 
-    def _write(self, ids: np.ndarray, offsets: np.ndarray) -> None:
+    def _write(self, ids: np.ndarray, offsets: np.ndarray, characters: np.ndarray | None) -> None:
         ids, offsets = np.asarray(ids), np.asarray(offsets, dtype=np.int64)  # [tokens], [stories + 1]
         count = len(offsets) - 1
         if count < 1:
@@ -156,6 +156,11 @@ class DatasetWriter:
             self._digests[f"{name}_tokens"].update(values[part[0] : part[-1]].data)
             self._append_offsets(name, part[1:] - part[0] + self.tokens[name])
             self.tokens[name] += int(part[-1] - part[0])
+        if characters is None or len(characters) != count:
+            self.characters = None
+        elif self.characters is not None:
+            self.characters[TRAIN] += int(np.sum(characters[:train_rows], dtype=np.int64))
+            self.characters[TEST] += int(np.sum(characters[train_rows:], dtype=np.int64))
         lengths = np.diff(offsets)
         self._min = int(lengths.min()) if self._min is None else min(self._min, int(lengths.min()))
         self._max = max(self._max, int(lengths.max()))
@@ -175,6 +180,8 @@ class DatasetWriter:
         os.close(self._fd)
         self._fd = None
         self._parquet.add_key_value_metadata({**self.metadata, DIGEST_KEY: digest.encode()})
+        if self.characters is not None:
+            self._parquet.add_key_value_metadata({CHARACTERS_KEY: json.dumps(self.characters).encode()})
         self._parquet.close()
         with open(self.path, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -209,6 +216,7 @@ class DatasetWriter:
             "min_story_tokens": self._min or 0,
             "mean_story_tokens": tokens / self.rows if self.rows else 0.0,
             "max_story_tokens": self._max,
+            **({f"{s}_characters": n for s, n in self.characters.items()} if self.characters else {}),
         }
 
     def abort(self) -> None:
@@ -233,55 +241,6 @@ class DatasetWriter:
         except BaseException:
             self.abort()
             raise
-
-
-ENCODE_BATCH_ROWS = 16_384  # stories encoded and written (one Parquet row group) at a time
-
-
-def write_dataset(
-    tokenizer,
-    stories: TableFile | str | os.PathLike,
-    config: DatasetConfig,
-    path: str | os.PathLike,
-    batch_rows: int = ENCODE_BATCH_ROWS,
-    metadata: dict[str, str] | None = None,
-) -> tuple[TableFile, dict]:
-    """The tokenized-dataset step: every story of a story file (``write_stories``'s) encoded with
-    ``tokenizer`` (a ``BPETokenizer``), ``batch_rows`` at a time, into the Parquet file ``path``
-    and its memory-mappable companion; the first ``config.training_percentage`` stories train.
-
-    Returns the ``TableFile`` and facts: stories and tokens per split, ``encoding_seconds``,
-    shortest / mean / longest story and the content ``digest``. A character the tokenizer never
-    saw raises ``ValueError`` naming the story (counted from 0 over the whole file). ``metadata``
-    goes into the Parquet footer (the dataset's provenance).
-
-    Example:
-        >>> import tempfile, pyarrow as pa
-        >>> from gpt_pipeline.data.story_files import write_texts
-        >>> from gpt_pipeline.tokenizer import BPETokenizer
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> stories = write_texts(folder / "s.parquet", [pa.array(["ab", "ba", "abab"])])
-        >>> table_file, facts = write_dataset(BPETokenizer.train(["ab"], 3), stories,
-        ...                                   DatasetConfig(training_percentage=0.5), folder / "d.parquet")
-        >>> pq.read_table(table_file.path).to_pydict(), facts["train_tokens"]
-        ({'tokens': [[2], [1, 0], [2, 2]], 'split': ['train', 'test', 'test']}, 1)
-    """
-    config.validate()
-    table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
-    seconds, row = 0.0, 0
-    with DatasetWriter(path, table_file.num_rows, tokenizer.vocab_size, config.training_percentage,
-                       metadata) as writer:
-        for batch in text_batches(table_file, batch_rows):
-            started = time.perf_counter()
-            try:
-                ids, offsets = tokenizer.encode_flat(batch)
-            except ValueError as error:  # "text i: ..." counts from this batch's first story
-                raise ValueError(re.sub(r"^text (\d+):", lambda m: f"story {row + int(m[1])}:", str(error))) from None
-            seconds += time.perf_counter() - started
-            writer.write(ids, offsets)
-            row += len(batch)
-    written, facts = writer.result
-    return written, {**facts, "encoding_seconds": seconds}
 
 
 def open_token_arrays(table_file: TableFile) -> tuple[TokenArray, TokenArray] | None:
@@ -312,6 +271,35 @@ def open_token_arrays(table_file: TableFile) -> tuple[TokenArray, TokenArray] | 
             raise DataError(f"{path}: {split}_offsets do not run from 0 to {len(tokens)}")
         splits.append(TokenArray(tokens=tokens, offsets=offsets))
     return splits[0], splits[1]
+
+
+def split_characters(table_file) -> dict[str, int] | None:
+    """``{"train": n, "test": m}``: the characters of each split as ``DatasetWriter`` recorded
+    them in the Parquet file's metadata; None for files written without them (older files, or
+    files not written by ``DatasetWriter``).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "d.parquet"
+        >>> with DatasetWriter(path, num_stories=3, vocab_size=8, training_percentage=0.7) as w:
+        ...     w.write(np.array([1, 2, 3, 4, 5], np.uint16), np.array([0, 2, 3, 5]), np.array([5, 1, 4]))
+        >>> split_characters(w.result[0]), w.result[1]["test_characters"]
+        ({'train': 6, 'test': 4}, 4)
+    """
+    raw = (pq.read_metadata(table_file.path).metadata or {}).get(CHARACTERS_KEY)
+    if raw is None:
+        return None
+    counts = json.loads(raw)
+    if not isinstance(counts, dict) or any(not isinstance(counts.get(s), int) or counts[s] < 0 for s in SPLITS):
+        raise DataError(f"{table_file.path}: bad split_characters metadata {raw.decode()!r}")
+    return {s: counts[s] for s in SPLITS}
+
+
+def content_digest(table_file) -> str | None:
+    """The content digest ``DatasetWriter`` stored in the Parquet file's metadata (the dataset's
+    ``content_digest``), or None for a file written otherwise."""
+    raw = (pq.read_metadata(table_file.path).metadata or {}).get(DIGEST_KEY)
+    return raw.decode() if raw else None
 
 
 def _read_header(path: Path) -> tuple[dict, int]:

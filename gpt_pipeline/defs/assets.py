@@ -20,7 +20,8 @@ import polars as pl
 
 from gpt_pipeline import provenance, quality
 from gpt_pipeline.data import config as data_config
-from gpt_pipeline.data.dataset_files import load_splits, write_dataset
+from gpt_pipeline.data.dataset_files import load_splits
+from gpt_pipeline.data.encode import write_dataset
 from gpt_pipeline.data.story_files import write_stories
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.defs.checks import (

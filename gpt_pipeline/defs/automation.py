@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._check import CheckError
 import yaml
 
 from gpt_pipeline.defs.configs import (
@@ -82,8 +83,13 @@ def sweep_run_requests(run_key_prefix: str, learning_rates: tuple[float, ...]) -
 
 
 def _tick(context: dg.ScheduleEvaluationContext) -> str:
-    """The tick's scheduled time, for run keys ("manual" when evaluated by hand)."""
-    return context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+    """The tick's scheduled time, for run keys ("manual" when evaluated by hand: a context built
+    without ``scheduled_execution_time``, whose property then raises ``CheckError``)."""
+    try:
+        scheduled = context.scheduled_execution_time
+    except CheckError:
+        return "manual"
+    return scheduled.isoformat() if scheduled else "manual"
 
 
 @dg.schedule(

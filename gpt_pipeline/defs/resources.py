@@ -38,12 +38,15 @@ class MLflowResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def asset_run(self, context: dg.AssetExecutionContext) -> Iterator[TrackedRun]:
-        """An MLflow run for this materialization, named ``<asset>-<dagster run id prefix>``."""
+        """An MLflow run for this materialization, named ``<asset>-<dagster run id prefix>``,
+        tagged with the Dagster run and its own tags that start with ``gpt_pipeline/``
+        (``gpt_pipeline/sweep``, ``gpt_pipeline/variant``, ...)."""
         key = context.asset_key.to_user_string()
         tags = {
             "dagster.run_id": context.run_id,
             "dagster.asset_key": key,
             "dagster.job": context.job_name or "",
+            **{k: v for k, v in (context.run.tags or {}).items() if k.startswith("gpt_pipeline/")},
         }
         with self.tracker().run(f"{key}-{context.run_id[:8]}", tags=tags) as run:
             context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")

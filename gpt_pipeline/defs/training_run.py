@@ -9,6 +9,7 @@ with ``k8s``) whose rank 0 progress comes back here and is logged to MLflow and 
 as in one process.
 """
 
+import base64
 import hashlib
 import os
 import platform
@@ -30,12 +31,13 @@ from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import data_dir, exclusive
+from gpt_pipeline.data.dataset_files import content_digest, split_characters
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.tracking.plots import loss_curve_png
-from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
 from gpt_pipeline.tokenizer.bundle import write_bundle
-from gpt_pipeline.tracking.registry import register_training
+from gpt_pipeline.tracking.registry import log_and_register
+from gpt_pipeline.training.metrics import characters_of, evaluation_metrics, significant, token_characters
 from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 from gpt_pipeline.training.progress import progress_line
 
@@ -58,15 +60,39 @@ def checkpoint_dir(
 
     The data is hashed a few MB at a time (the same digest as hashing it whole), so that
     memory-mapped splits are read, not copied."""
+    digest = data_digest(train, test)
+    if initial_checkpoint:
+        digest.update(Path(initial_checkpoint).read_bytes())
+    return data_dir() / "checkpoints" / "trained_model" / fingerprint(
+        model_config, result_settings(train_config), digest.hexdigest())
+
+
+def data_digest(train: TokenArray, test: TokenArray):
+    """SHA-256 (a ``hashlib`` object) of both splits' tokens and offsets."""
     digest = hashlib.sha256()
     for part in (train.tokens, train.offsets, test.tokens, test.offsets):
         step = max(1, (1 << 24) // max(1, part.itemsize))
         for start in range(0, len(part), step):
             digest.update(np.ascontiguousarray(part[start : start + step]).data)
-    if initial_checkpoint:
-        digest.update(Path(initial_checkpoint).read_bytes())
-    return data_dir() / "checkpoints" / "trained_model" / fingerprint(
-        model_config, result_settings(train_config), digest.hexdigest())
+    return digest
+
+
+def split_character_counts(context, dataset_file, train: TokenArray, test: TokenArray, tokenizer) -> dict[str, int]:
+    """Each split's characters: as the dataset file recorded them (``split_characters``), else
+    (a file written before they were recorded, or no file) counted from the tokens' texts, which
+    is exact (decoding concatenates them), with a warning."""
+    recorded = split_characters(dataset_file) if isinstance(dataset_file, TableFile) else None
+    if recorded is not None:
+        return recorded
+    context.log.warning("the tokenized dataset records no character counts of its splits (a file written "
+                        "before they were, or none): counting them from the tokens for bits per character")
+    lengths = token_characters([tokenizer.token_text(i) for i in range(tokenizer.vocab_size)])
+    return {"train": characters_of(train.tokens, lengths), "test": characters_of(test.tokens, lengths)}
+
+
+def loss_curve_markdown(curve: Path) -> str:
+    """A PNG as a Markdown image with the picture inline (``data:`` URI), for Dagster metadata."""
+    return f"![loss curve](data:image/png;base64,{base64.b64encode(curve.read_bytes()).decode()})"
 
 
 def result_settings(train_config: TrainConfig) -> dict:
@@ -117,35 +143,40 @@ def run_training(
                 f"not the configured {model_config.to_dict()}"
             )
     folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint)
+    characters = split_character_counts(context, dataset_file, train_data, test_data, tokenizer)
+    tokens = {"train": len(train_data.tokens), "test": len(test_data.tokens)}
+    stored_digest = content_digest(dataset_file) if isinstance(dataset_file, TableFile) else None
+    dataset = ("tokenized_dataset", stored_digest or data_digest(train_data, test_data).hexdigest())
+    final_step = train_config.training_iterations  # its figures are logged with the model, below
     with mlflow.asset_run(context) as run, exclusive(folder):
         params = {**model_config.to_dict(), **train_config.to_dict()}
         run.log_params(params)
         run.set_tags({"checkpoint_dir": str(folder), **system_facts(train_config.device)})
+        if isinstance(dataset_file, TableFile):
+            run.log_dataset(*dataset, source=str(dataset_file.path))
         reported: set[int] = set()
 
         def report(evaluation: Evaluation) -> None:
             reported.add(evaluation.step)
             if launcher == "in_process":  # a Pipes worker logs its own line through Pipes
                 context.log.info(progress_line(evaluation, train_config.training_iterations))
-            run.log_metrics(
-                {
-                    "train_loss": evaluation.train_loss,
-                    "test_loss": evaluation.test_loss,
-                    "tokens_per_second": evaluation.tokens_per_second or float("nan"),
-                    "learning_rate": evaluation.learning_rate,
-                },
-                step=evaluation.step,
-            )
+            if evaluation.step != final_step:
+                run.log_metrics(evaluation_metrics(evaluation, tokens, characters), step=evaluation.step)
 
         if launcher != "in_process":  # workers that read the dataset file themselves
             result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
                                       initial_checkpoint, launcher, k8s)
         else:
             result = train(model_config, train_config, train_data, test_data, folder, report, initial_model,
-                           on_progress=lambda progress: context.log.info(progress.line()))
+                           on_progress=lambda progress: context.log.info(progress.line()),
+                           characters=characters)
         for evaluation in result.evaluations:  # restored from a checkpoint when resuming
-            if evaluation.step not in reported:
-                run.log_metrics({"train_loss": evaluation.train_loss, "test_loss": evaluation.test_loss}, evaluation.step)
+            if evaluation.step not in reported and evaluation.step != final_step:
+                metrics = evaluation_metrics(evaluation, tokens, characters)
+                run.log_metrics({k: v for k, v in metrics.items() if k != "tokens_per_second"}, evaluation.step)
+        final = evaluation_metrics(result.evaluations[-1], tokens, characters)
+        if result.evaluations[-1].step not in reported:  # restored: its throughput was another session's
+            final.pop("tokens_per_second")
         device = str(next(result.model.parameters()).device)
         run.set_tags({"system.device": device})
         baseline = quality.unigram_loss(train_data, test_data, model_config.vocab_size)
@@ -153,12 +184,17 @@ def run_training(
         summary = {
             "final_train_loss": result.train_loss,
             "final_test_loss": result.test_loss,
+            "final_train_bits_per_character": final["train_bits_per_character"],
+            "final_test_bits_per_character": final["test_bits_per_character"],
             "unigram_test_loss": baseline,
             "training_seconds": result.seconds,
             "tokens_per_second": result.tokens_per_second or float("nan"),
             "parameters": result.model.num_parameters(),
         }
-        run.log_metrics(summary)
+        # tokens_per_second is in the history already (the final evaluation's): no repeat at step 0
+        run.log_metrics({k: v for k, v in summary.items() if k != "tokens_per_second"})
+        if not outcome.passed:
+            run.log_metrics(final, step=result.steps, dataset=dataset)
         yield from gate(BEATS_UNIGRAM, outcome)  # a failing model is never logged as a model
         run.log_artifact(folder / "final.safetensors", "checkpoint")
         run.log_dict(params, "config.json")
@@ -166,14 +202,16 @@ def run_training(
             bundle = Path(tmp) / "tokenizer"
             write_bundle(tokenizer, bundle)
             run.log_artifact(bundle, "tokenizer")
-            curve = loss_curve_png(
-                [(e.step, e.train_loss, e.test_loss) for e in result.evaluations],
-                Path(tmp) / "loss_curve.png",
-                title=f"trained_model {context.run_id[:8]}",
-            )
+            points = [(e.step, e.train_loss, e.test_loss) for e in result.evaluations]
+            curve = loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run_id[:8]}")
             run.log_artifact(curve)
-            model_uri = log_pyfunc_model(run, folder / "final.safetensors", bundle)
-        version = register_training(run, result.test_loss, model_uri)
+            curve_markdown = loss_curve_markdown(  # small: it travels inline in the Dagster metadata
+                loss_curve_png(points, Path(tmp) / "small" / "loss_curve.png", title="loss", dpi=60))
+            model_uri, version, reused = log_and_register(
+                run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
+                result.test_loss, params, final, step=result.steps, dataset=dataset)
+        if reused:
+            context.log.info(f"weights unchanged: registered model version {version.version} ({model_uri}) reused")
         if export_hf:
             with tempfile.TemporaryDirectory() as tmp:
                 run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
@@ -181,20 +219,27 @@ def run_training(
         {"step": e.step, "train_loss": round(e.train_loss, 4), "test_loss": round(e.test_loss, 4)}
         for e in result.evaluations
     ]
+
+    def shown(value: float) -> dg.MetadataValue:  # rounded for reading; MLflow has the exact value
+        return dg.MetadataValue.float(significant(float(value)))
+
     output = dg.Output(
         result.model,
         metadata={
-            "train_loss": dg.MetadataValue.float(result.train_loss),
-            "test_loss": dg.MetadataValue.float(result.test_loss),
-            "unigram_test_loss": dg.MetadataValue.float(baseline),
+            "train_loss": shown(result.train_loss),
+            "test_loss": shown(result.test_loss),
+            **{key: shown(final[key]) for key in ("train_bits_per_character", "test_bits_per_character")
+               if final[key] is not None},
+            "unigram_test_loss": shown(baseline),
             "parameters": dg.MetadataValue.int(summary["parameters"]),
             "steps": dg.MetadataValue.int(result.steps),
-            "tokens_per_second": dg.MetadataValue.float(summary["tokens_per_second"]),
-            "training_seconds": dg.MetadataValue.float(result.seconds),
+            "tokens_per_second": shown(summary["tokens_per_second"]),
+            "training_seconds": shown(result.seconds),
             "device": device,
             "resumed_from_step": dg.MetadataValue.int(-1 if result.resumed_from is None else result.resumed_from),
             "checkpoint_dir": dg.MetadataValue.path(str(folder)),
             "loss_history": dg.MetadataValue.json(history),
+            "loss_curve": dg.MetadataValue.md(curve_markdown),
             "mlflow_model_uri": dg.MetadataValue.text(model_uri),
             "registered_model_version": dg.MetadataValue.int(int(version.version)),
             "mlflow_run_id": dg.MetadataValue.text(run.run_id),

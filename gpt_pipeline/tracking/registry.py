@@ -7,15 +7,23 @@ then ``elect_champion`` points the alias ``champion`` at the version with the lo
 ``make serve`` serves it (``mlflow models serve -m models:/gpt-pipeline@champion``, docs/serving.md),
 resolving the alias when the server starts.
 
+A version is registered once per set of weights: ``weights_digest`` (of the model's tensors) is
+the version tag ``weights_digest``, and a registration whose weights have a version already
+(a rematerialization that changed nothing, resumed at its last step) returns that version.
+
 Several processes may register at once (a sweep, a schedule and a user): every store call is
 retried on transient failures (SQLite "database is locked", a version number taken by a
 concurrent writer), registration is idempotent (a model already registered returns its version)
 and the election re-reads the versions after moving the alias until what it reads agrees, so the
-last writer always decides with every version in view. It does not log models or runs.
+last writer always decides with every version in view. ``log_and_register`` logs a training's
+pyfunc model, its parameters and final metrics (linked to the logged model, so that
+``mlflow.search_logged_models(order_by=[{"field_name": "metrics.test_bits_per_character"}])``
+ranks trained models) and registers it; nothing else here logs models or runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -24,17 +32,20 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from mlflow.entities import LoggedModelOutput
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag  # noqa: F401 - used by the examples
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gpt_pipeline.tracking.pyfunc import MODEL_NAME as LOGGED_MODEL_NAME
+from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
 
 MODEL_NAME = "gpt-pipeline"  # the registered model
 CHAMPION_ALIAS = "champion"  # alias of the version with the lowest test loss
 TEST_LOSS_TAG = "test_loss"  # version tag: the training's final test loss
 RUN_ID_TAG = "run_id"  # version tag: the training run
 MODEL_ID_TAG = "model_id"  # version tag: the logged model it registers
+WEIGHTS_DIGEST_TAG = "weights_digest"  # version tag: weights_digest of its model's tensors
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
@@ -170,6 +181,34 @@ def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
             raise
 
 
+def weights_digest(state_dict) -> str:
+    """SHA-256 over a model's tensors (``model.state_dict()``): names, dtypes, shapes and bytes,
+    in name order. Equal for the same weights whatever file, device or run they come from.
+
+    Example:
+        >>> import torch
+        >>> a = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+        >>> weights_digest(a) == weights_digest({"b": torch.zeros(3), "w": torch.ones(2, 3)})
+        True
+        >>> weights_digest(a) == weights_digest({**a, "b": torch.full((3,), 1e-9)})
+        False
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def version_with_weights(client: MlflowClient, digest: str, model_name: str = MODEL_NAME) -> ModelVersion | None:
+    """The oldest version of ``model_name`` whose ``weights_digest`` tag is ``digest``, or None."""
+    return next((v for v in model_versions(client, model_name)
+                 if (v.tags or {}).get(WEIGHTS_DIGEST_TAG) == digest), None)
+
+
 def run_logged_model_uri(client: MlflowClient, run_id: str, name: str = LOGGED_MODEL_NAME) -> str:
     """``models:/<id>`` of the latest logged model called ``name`` that ``run_id`` produced."""
     run = client.get_run(run_id)
@@ -190,9 +229,13 @@ def register_training(
     test_loss: float,
     model_uri: str | None = None,
     model_name: str = MODEL_NAME,
+    weights: str | None = None,
 ) -> ModelVersion:
     """Register ``run``'s pyfunc model (``model_uri``, by default the run's logged model
     ``model``) as a version of ``model_name`` tagged with ``test_loss``; move ``champion``.
+
+    ``weights`` (``weights_digest`` of the model) is tagged too, and when a version already has
+    that digest it is returned as it is: the same weights are never registered twice.
 
     ``run`` is anything with ``client`` and ``run_id`` (``tracking.TrackedRun``). Registering
     the same model twice returns the existing version. Returns the version (its ``aliases``
@@ -210,11 +253,16 @@ def register_training(
     # source with the global tracking URI, which need not be this client's.
     source = retrying(lambda: client.get_logged_model(model_id)).artifact_location
     _ensure_registered_model(client, model_name)
-    tags = {TEST_LOSS_TAG: repr(float(test_loss)), RUN_ID_TAG: run.run_id, MODEL_ID_TAG: model_id}
+    tags = {TEST_LOSS_TAG: repr(float(test_loss)), RUN_ID_TAG: run.run_id, MODEL_ID_TAG: model_id,
+            **({WEIGHTS_DIGEST_TAG: weights} if weights else {})}
 
     def existing() -> ModelVersion | None:
         return next((v for v in model_versions(client, model_name) if v.source == source), None)
 
+    same_weights = version_with_weights(client, weights, model_name) if weights else None
+    if same_weights is not None:
+        elect_champion(client, model_name)
+        return same_weights
     version = existing()
     attempts = 6
     for attempt in range(attempts):
@@ -248,3 +296,38 @@ def _link_logged_model(client: MlflowClient, model_id: str, model_name: str, ver
         if entry in known:
             return
         retrying(lambda: client.set_logged_model_tags(model_id, {key: json.dumps([*known, entry])}))
+
+
+def log_and_register(
+    run,
+    checkpoint_path,
+    tokenizer_path,
+    state_dict,
+    test_loss: float,
+    params: dict,
+    metrics: dict,
+    step: int = 0,
+    dataset: tuple[str, str] | None = None,
+    model_name: str = MODEL_NAME,
+) -> tuple[str, ModelVersion, bool]:
+    """Log ``run``'s (a ``tracking.TrackedRun``) pyfunc model with ``params`` and its final
+    ``metrics`` at ``step`` (measured on ``dataset``, (name, digest)), and register it; return
+    ``(model URI, version, reused)``.
+
+    When a version already has these weights (``weights_digest`` of ``state_dict``: a
+    rematerialization that changed nothing), nothing new is logged or registered: the run's
+    output is that version's logged model, its metrics are the run's only, and ``reused`` is True.
+    """
+    digest = weights_digest(state_dict)
+    same = version_with_weights(run.client, digest, model_name)
+    model_id = ((same.tags or {}).get(MODEL_ID_TAG) or getattr(same, "model_id", None)) if same else None
+    if model_id:
+        retrying(lambda: run.client.log_outputs(run.run_id, [LoggedModelOutput(model_id, step=step)]))
+        run.log_metrics(metrics, step=step, dataset=dataset)
+        elect_champion(run.client, model_name)
+        return f"models:/{model_id}", same, True
+    model_uri = log_pyfunc_model(run, checkpoint_path, tokenizer_path, step=step)
+    model_id = model_uri.removeprefix("models:/")
+    run.log_model_params(model_id, params)
+    run.log_metrics(metrics, step=step, model_id=model_id, dataset=dataset)
+    return model_uri, register_training(run, test_loss, model_uri, model_name, weights=digest), False

@@ -12,6 +12,8 @@ about Dagster: the Dagster resource in ``gpt_pipeline.defs.resources`` and the C
   ``$GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT`` when set (e.g. ``s3://bucket/mlflow``), else beside a
   SQLite file, else in ``<project root>/mlruns/artifacts``. Behind an MLflow server
   (``http(s)://``) the server decides where artifacts go.
+- Experiment: tagged ``mlflow.experimentKind = custom_model_development`` (when created, or
+  found without it), so the MLflow UI opens it on its training runs and models.
 - Runs: :meth:`Tracker.run` is a context manager that yields a :class:`TrackedRun` and always
   ends the run, FINISHED on success and FAILED on any exception (KeyboardInterrupt included),
   so no run is left RUNNING by a failure in this process.
@@ -43,6 +45,8 @@ ARTIFACT_ROOT_ENV = "GPT_PIPELINE_MLFLOW_ARTIFACT_ROOT"
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _STORE_LOCK_KEY = 0x6770745F706970  # any constant: the PostgreSQL advisory lock of store creation
 _MAX_PARAM_LENGTH = 6000
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+DATASET_DIGEST_LENGTH = 32  # MLflow stores dataset digests in 36 characters
 
 
 class TrackingError(RuntimeError):
@@ -212,19 +216,48 @@ class TrackedRun:
             with signals_deferred():
                 self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log finite numeric metrics at ``step`` (non-finite values are skipped, not stored)."""
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float | None],
+        step: int | None = None,
+        model_id: str | None = None,
+        dataset: tuple[str, str] | None = None,
+    ) -> None:
+        """Log finite numeric metrics at ``step`` (None and non-finite values are skipped, not
+        stored); with ``model_id`` they are also the metrics of that logged model (what
+        ``mlflow.search_logged_models`` ranks by), with ``dataset`` (name, digest) measured on it."""
         import time
 
         stamp = int(time.time() * 1000)
+        name, digest = dataset or (None, None)
         items = [
-            Metric(k, float(v), stamp, step or 0)
+            Metric(k, float(v), stamp, step or 0, model_id=model_id, dataset_name=name,
+                   dataset_digest=digest[:DATASET_DIGEST_LENGTH] if digest else None)
             for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))
         ]
         if items:
             with signals_deferred():
                 self.client.log_batch(self.run_id, metrics=items)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """Record the dataset at ``source`` (a path or URI) with content ``digest`` as an input of
+        the run (``context``: what the run used it for), shown in the run's Datasets section."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = MetaDataset(LocalArtifactDatasetSource(str(source)), name=name,
+                              digest=digest[:DATASET_DIGEST_LENGTH])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        with signals_deferred():
+            self.client.log_inputs(self.run_id, datasets=[entry])
+
+    def log_model_params(self, model_id: str, params: Mapping[str, Any]) -> None:
+        """``params`` as the parameters of the logged model ``model_id`` (shown and searchable with it)."""
+        with signals_deferred():
+            self.client.log_model_params(model_id, {k: _param_value(v) for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         with signals_deferred():
@@ -274,10 +307,13 @@ class Tracker:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
             return self.client.create_experiment(
-                self.experiment_name, artifact_location=artifact_root(self.tracking_uri)
+                self.experiment_name, artifact_location=artifact_root(self.tracking_uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except Exception:
             # Another process created it between our lookup and our create.

@@ -62,8 +62,8 @@ class TrainConfig:
                         "above 1 they meet at rdzv_endpoint.", ge=1)
     node_rank: int = param(0, "This machine's rank among the nnodes (0: the one that evaluates, "
                            "checkpoints and reports; Dagster runs node 0).", ge=0)
-    rdzv_endpoint: str = param("", "host:port of node 0's rendezvous store (torchrun --rdzv-endpoint); "
-                               "required when nnodes > 1.")
+    rdzv_endpoint: str = param("", "host:port of node 0's rendezvous store (torchrun's rendezvous "
+                               "endpoint); required when nnodes > 1.")
 
     def validate(self) -> TrainConfig:
         """``ValueError`` naming the first bad field (``fields.check``), then the rules that tie

@@ -48,6 +48,7 @@ from gpt_pipeline.training.checkpoint import (
     training_checkpoints,
 )
 from gpt_pipeline.fields import result_fields
+from gpt_pipeline.training.metrics import bits_per_character
 from gpt_pipeline.training.progress import Progress
 from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model.gpt import GPT, GPTConfig
@@ -88,6 +89,8 @@ class Evaluation:
     elapsed_seconds: float  # wall time of the run so far, earlier (resumed) sessions included
     remaining_seconds: float | None  # estimate for the steps left; None before any step
     learning_rate: float = 0.0  # the learning rate of the next step
+    train_bits_per_character: float | None = None  # training.metrics.bits_per_character, when the
+    test_bits_per_character: float | None = None  # split's characters are known (train(characters=))
 
 
 @dataclass
@@ -217,6 +220,7 @@ def train(
     replica: Replica | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     progress_seconds: float = 5.0,
+    characters: dict[str, int] | None = None,
 ) -> TrainResult:
     """Train a ``GPT`` on ``train_data``, evaluating on both splits (see the module docstring).
 
@@ -229,7 +233,9 @@ def train(
     (``resume=False``) deletes them first, so that a later resume never mixes two runs.
     ``replica`` is this process's part in a data-parallel run (``gpt_pipeline.training.distributed``
     passes it in each torchrun worker); without one, ``num_processes`` must be 1. In other
-    processes than rank 0 the result has no evaluations and NaN losses.
+    processes than rank 0 the result has no evaluations and NaN losses. ``characters``
+    (``{"train": n, "test": m}``, the splits' characters) adds bits per character to every
+    evaluation (``gpt_pipeline.training.metrics``).
     """
     model_config.validate()
     config = train_config.validate()
@@ -308,6 +314,9 @@ def train(
             remaining_seconds=(seconds_per_step * (config.training_iterations - step)
                                if seconds_per_step else None),
             learning_rate=learning_rate_at(min(step, config.training_iterations - 1), config),
+            **({f"{split}_bits_per_character": bits_per_character(loss, len(data.tokens), characters[split])
+                for split, data, loss in (("train", train_data, losses[0]), ("test", test_data, losses[1]))}
+               if characters else {}),
         )
         evaluations.append(evaluation)
         logger.info("step %d: train loss %.4f, test loss %.4f", step, *losses)

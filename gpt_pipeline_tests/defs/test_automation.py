@@ -87,3 +87,20 @@ def test_sensor_skips_without_a_source(monkeypatch):
     with dg.instance_for_test() as instance:
         result = automation.raw_source_sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
     assert result.run_requests == [] and "GPT_PIPELINE_SOURCE_PARQUET" in result.skip_message
+
+
+def test_every_schedule_and_sensor_evaluates_with_a_bare_context(monkeypatch):
+    """Evaluated by hand (no scheduled time, no instance): run keys say "manual", no CheckError."""
+    monkeypatch.delenv("GPT_PIPELINE_SOURCE_PARQUET", raising=False)
+    monkeypatch.delenv("GPT_PIPELINE_SCHEDULE_CONFIG", raising=False)
+    for schedule in automation.SCHEDULES:
+        result = schedule.evaluate_tick(dg.build_schedule_context())
+        assert result.run_requests, schedule.name
+        for request in result.run_requests:
+            assert "manual" in request.run_key
+            _assert_valid(request.run_config)
+    sweep = automation.learning_rate_sweep.evaluate_tick(dg.build_schedule_context()).run_requests
+    assert [r.tags["gpt_pipeline/sweep"] for r in sweep] == ["sweep-manual"] * 3
+    for sensor in automation.SENSORS:
+        result = sensor.evaluate_tick(dg.build_sensor_context())
+        assert result.skip_message or result.run_requests, sensor.name

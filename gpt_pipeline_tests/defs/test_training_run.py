@@ -26,3 +26,25 @@ def test_dagster_log_shows_evaluations_and_the_resume(tmp_path, isolated_storage
         resumed = [m for m in _messages(instance, again.run_id) if m.startswith("resumed from")]
         assert len(resumed) == 1 and resumed[0].startswith("resumed from step 40/40 (checkpoint in ")
         assert "checkpoints/trained_model/" in resumed[0]
+
+
+def test_character_counts_of_an_older_dataset_file_are_counted_from_its_tokens(tmp_path):
+    """A dataset written before the character counts were recorded: counted from the tokens'
+    texts (exact), with a warning."""
+    import pyarrow.parquet as pq
+
+    from gpt_pipeline.data.dataset_files import load_splits
+    from gpt_pipeline.data.splits import build_dataset_table
+    from gpt_pipeline.data.table_file import TableFile
+    from gpt_pipeline.defs.training_run import split_character_counts
+    from gpt_pipeline.tokenizer import BPETokenizer
+
+    stories = ["the cat sat", "a hat", "the hat sat on the cat", "that"]
+    tokenizer = BPETokenizer.train(stories, 20)
+    path = tmp_path / "old.parquet"
+    pq.write_table(build_dataset_table(tokenizer.encode_batch(stories), tokenizer.vocab_size, 0.75), path)
+    table_file = TableFile(path)
+    train, test = load_splits(table_file)
+    context = dg.build_asset_context()
+    counts = split_character_counts(context, table_file, train, test, tokenizer)
+    assert counts == {"train": sum(map(len, stories[:3])), "test": len(stories[3])}

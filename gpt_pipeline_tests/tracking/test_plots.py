@@ -37,3 +37,11 @@ def test_bad_evaluations(tmp_path):
     with pytest.raises(ValueError, match=r"got \[-1\]"):
         loss_curve_png([(-1, 1.0, 1.0)], tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_dpi_scales_the_picture(tmp_path):
+    points = [(0, 5.6, 5.7), (20, 4.1, 4.3)]
+    small = loss_curve_png(points, tmp_path / "small.png", dpi=60)
+    full = loss_curve_png(points, tmp_path / "full.png")
+    assert _png_size(small.read_bytes()) == (384, 240) and _png_size(full.read_bytes()) == (640, 400)
+    assert small.stat().st_size < min(full.stat().st_size, 30_000)

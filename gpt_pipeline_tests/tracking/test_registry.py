@@ -153,3 +153,40 @@ def test_two_processes_registering_at_once(tmp_path):
     best = champion(client)
     assert float(best.tags["test_loss"]) == min(losses)
     assert best.tags["model_id"] == models[losses.index(min(losses))][1].removeprefix("models:/")
+
+
+def test_the_same_weights_are_registered_once(tmp_path):
+    import torch
+
+    from gpt_pipeline.tracking.registry import WEIGHTS_DIGEST_TAG, log_and_register, weights_digest
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    data = tiny_data(tmp_path / "data")
+    trained = log_training(tracker, data, GOOD_LR, tmp_path)
+    weights = trained.result.model.state_dict()
+    logged_before = len(tracker.client.search_logged_models([tracker.experiment_id]))
+
+    def materialize(state_dict):
+        with tracker.run("trained_model") as run:
+            uri_, version, reused = log_and_register(
+                run, trained.checkpoint, data.tokenizer_path, state_dict, trained.result.test_loss,
+                {"learning_rate": GOOD_LR}, {"test_bits_per_character": 1.5}, step=30)
+        return run, uri_, version, reused
+
+    first_run, first_uri, first, reused = materialize(weights)
+    assert not reused and first.tags[WEIGHTS_DIGEST_TAG] == weights_digest(weights)
+    again_run, again_uri, again, reused = materialize({k: v.clone() for k, v in weights.items()})
+    assert reused and again.version == first.version and again_uri == first_uri
+    assert len(model_versions(tracker.client)) == 1
+    assert len(tracker.client.search_logged_models([tracker.experiment_id])) == logged_before + 1
+    outputs = tracker.client.get_run(again_run.run_id).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [first_uri.removeprefix("models:/")]
+    assert tracker.client.get_run(again_run.run_id).data.metrics == {"test_bits_per_character": 1.5}
+
+    changed = {k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}
+    _, changed_uri, other, reused = materialize(changed)
+    assert not reused and other.version != first.version and changed_uri != first_uri
+    assert len(model_versions(tracker.client)) == 2
+    assert weights_digest(changed) != weights_digest(weights) == weights_digest(
+        {k: v.to(torch.float32) for k, v in weights.items()})

@@ -242,7 +242,8 @@ def test_result_fields_key_checkpoints_and_resume():
     from gpt_pipeline.training.loop import resume_fields
 
     every = [f.name for f in fields.fields_of(TrainConfig)]
-    assert fields.result_fields(TrainConfig) == tuple(n for n in every if n not in ("device", "resume"))
+    placement = ("device", "resume", "nnodes", "node_rank", "rdzv_endpoint")  # where and whether, not what
+    assert fields.result_fields(TrainConfig) == tuple(n for n in every if n not in placement)
     # the fields a resumed run must share with its checkpoint, as before they were derived
     assert resume_fields(TrainConfig()) == ("learning_rate", "contexts_per_batch", "seed", "lr_schedule",
                                             "warmup_iterations", "min_learning_rate", "grad_clip",
@@ -280,3 +281,21 @@ def test_resume_is_reported_with_its_step(tmp_path):
     assert seen[0].resumed_from == 40 and seen[0].step == 40 and seen[0].elapsed_seconds > 0
     assert seen[0].line().startswith(f"resumed from step 40/60 (checkpoint in {tmp_path}; ")
     assert [p.step for p in seen[1:]] == list(range(41, 61)) and seen[1].resumed_from is None
+
+
+def test_evaluations_carry_bits_per_character_of_each_split(tmp_path):
+    """Each evaluation's bpc is its loss / ln 2 x the split's tokens / its characters; without
+    characters there is none."""
+    import math
+
+    characters = {"train": 3 * len(TRAIN.tokens), "test": 2 * len(TEST.tokens)}  # 3 and 2 characters a token
+    config = TrainConfig(**{**FAST, "training_iterations": 20, "evaluation_interval": 10})
+    result = train(MODEL, config, TRAIN, TEST, tmp_path / "c", characters=characters)
+    assert [e.step for e in result.evaluations] == [0, 10, 20]
+    for e in result.evaluations:
+        assert e.train_bits_per_character == pytest.approx(e.train_loss / math.log(2) / 3, rel=1e-12)
+        assert e.test_bits_per_character == pytest.approx(e.test_loss / math.log(2) / 2, rel=1e-12)
+    resumed = train(MODEL, config, TRAIN, TEST, tmp_path / "c", characters=characters)
+    assert resumed.evaluations == result.evaluations  # restored from the checkpoint with their bpc
+    plain = train(MODEL, config, TRAIN, TEST)
+    assert all(e.test_bits_per_character is None for e in plain.evaluations)
