@@ -25,7 +25,7 @@ from dataclasses import asdict
 
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from gpt_pipeline.pipeline import progress_line
+from gpt_pipeline.training.progress import progress_line
 from gpt_pipeline.training.distributed import done_record, exit_now, parse_arguments, ranks, run_worker
 from gpt_pipeline.training.loop import Evaluation
 from gpt_pipeline.training.torchrun import die_with_parent, record_error

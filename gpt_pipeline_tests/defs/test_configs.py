@@ -28,7 +28,7 @@ from gpt_pipeline.defs.training_run import result_settings
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
-from gpt_pipeline.pipeline import fingerprint
+from gpt_pipeline.training.checkpoint import fingerprint
 from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
 from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG

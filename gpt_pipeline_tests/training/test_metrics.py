@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from gpt_pipeline.data.dataset_files import load_splits, split_characters
-from gpt_pipeline.pipeline import write_tokenized_stories
+import pyarrow as pa
+
+from gpt_pipeline.data.config import DatasetConfig
+from gpt_pipeline.data.encode import write_dataset
+from gpt_pipeline.data.story_files import write_texts
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.training.metrics import bits_per_character, characters_of, significant, token_characters
 
@@ -20,7 +24,9 @@ def test_known_answer_from_a_stored_dataset(tmp_path):
     tokenizer = BPETokenizer.train(["aaaa", "aaaa aa"], 4)
     assert [tokenizer.token_text(i) for i in range(4)] == [" ", "a", "aa", "aaaa"]
     stories = ["aaaa"] * 10 + ["aaaa aa"] * 2
-    table_file, stats = write_tokenized_stories(tokenizer, stories, 10 / 12, tmp_path / "d.parquet")
+    story_file = write_texts(tmp_path / "s.parquet", [pa.array(stories)])
+    table_file, stats = write_dataset(tokenizer, story_file, DatasetConfig(training_percentage=10 / 12),
+                                      tmp_path / "d.parquet")
     assert split_characters(table_file) == {"train": 40, "test": 14}
     assert (stats["train_tokens"], stats["test_tokens"], stats["test_characters"]) == (10, 6, 14)
     train, test = load_splits(table_file)
