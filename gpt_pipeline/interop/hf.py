@@ -201,7 +201,7 @@ def generate_sliding(
     ``gpt_pipeline.model.generation``'s, so the text equals ``generate_text(our model, ...)``
     for the same seed. No length limit; slower than ``generate()`` (no key/value cache).
     """
-    from gpt_pipeline.model.generation import sample_next, validate_sampling
+    from gpt_pipeline.model.generation import sample_next, seeded_generator, validate_sampling
 
     validate_sampling(max_new_tokens, temperature, top_k)
     model, tokenizer = pipeline.model, pipeline.tokenizer
@@ -209,11 +209,7 @@ def generate_sliding(
     if not ids:
         raise ValueError(f"prompt must be a non-empty string of known characters, got {prompt!r}")
     device = model.lm_head.weight.device
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    generator = seeded_generator(device, seed)
     window = model.config.n_positions
     out = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
     was_training = model.training

@@ -58,6 +58,22 @@ def sample_next(
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)  # [B]
 
 
+def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Generator:
+    """The sampling generator on ``device``: seeded with ``seed``, or from the OS when ``None``.
+
+    Example:
+        >>> a, b = seeded_generator("cpu", 3), seeded_generator("cpu", 3)
+        >>> torch.rand(2, generator=a).tolist() == torch.rand(2, generator=b).tolist()
+        True
+    """
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 def generate_text(
     model: "GPT",  # gpt_pipeline.model.gpt.GPT (not imported: it calls this module)
     tokenizer: TextTokenizer,
@@ -84,11 +100,7 @@ def generate_text(
     if not ids:
         raise ValueError(f"prompt {prompt!r} encodes to no tokens")
     device = model.linear_head.weight.device
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    generator = seeded_generator(device, seed)
     idx = torch.tensor([list(ids)] * num_samples, dtype=torch.long, device=device)  # [S, T]
     out = model.generate(idx, token_count, temperature, top_k, generator)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out.cpu()]
