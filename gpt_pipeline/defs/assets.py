@@ -1,8 +1,12 @@
 """The five assets of the gpt-rs lineage, group ``gpt``.
 
-raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_model -> sample_generations
+stories_source -> raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_model[variant]
+    -> sample_generations[variant];  trained_model[every variant] -> champion_model (``defs.champion``)
 
-Each asset reads its config, validates it before any expensive work, calls its step in the core
+``trained_model`` and ``sample_generations`` are partitioned by the sweep's variants
+(``defs.sweeps``); the data assets are shared by every variant. Each asset resolves its config
+(field defaults, the sweep's base, the run config, the variant's overrides: ``resolve_config``),
+validates it before any expensive work, calls its step in the core
 (``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
 ``data.dataset_files.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
 functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
@@ -42,6 +46,8 @@ from gpt_pipeline.defs.configs import (
 )
 from gpt_pipeline.defs.launchers import retry_transient
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sources import RETRAIN, SOURCE_KEY, TRAINING_POOL
+from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import generate_samples, unseen_characters
@@ -74,6 +80,8 @@ def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
     kinds={"pyarrow", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="2",
+    deps=[SOURCE_KEY],
+    automation_condition=RETRAIN,
     description="Stories, one per row in a `text` column: a Parquet file's text column (null and "
     "empty entries dropped) or, with no path, the embedded corpus the project generates itself. "
     "Streamed batch by batch into the stored file: no corpus size has to fit in memory.",
@@ -81,7 +89,8 @@ def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
 def raw_stories(
     context: dg.AssetExecutionContext, config: RawStoriesConfig, mlflow: MLflowResource
 ) -> dg.Output[TableFile]:
-    with user_errors(), mlflow.asset_run(context) as run:
+    config = resolve_config(context, "raw_stories", config)
+    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
         run.log_params(config.model_dump())
         scratch = scratch_dir()
         path = scratch / "raw_stories.parquet"
@@ -115,6 +124,7 @@ def raw_stories(
     owners=OWNERS,
     code_version="2",
     check_specs=[ROUND_TRIP],
+    automation_condition=RETRAIN,
     description="gpt-rs's byte-pair-encoding tokenizer over characters, trained on every story: "
     "no merges across spaces, quotes or newlines; ties go to the largest pair. Stored as a "
     "tokenizer bundle: our versioned JSON, a vocabulary listing (.vocab.txt) and a Hugging Face "
@@ -126,7 +136,8 @@ def bpe_tokenizer(
     raw_stories: TableFile,
     mlflow: MLflowResource,
 ):
-    with user_errors(), mlflow.asset_run(context) as run:
+    config = resolve_config(context, "bpe_tokenizer", config)
+    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
         run.log_params(config.model_dump())
         stories = provenance.of(raw_stories, "raw_stories")
         tokenizer, stats = train_tokenizer(raw_stories, core_config(tokenizer_config.TokenizerConfig, config))
@@ -161,6 +172,7 @@ def bpe_tokenizer(
     owners=OWNERS,
     code_version="2",
     check_specs=[IDS_IN_VOCAB],
+    automation_condition=RETRAIN,
     description="Every story encoded with the tokenizer: a list<uint16> `tokens` column (uint32 "
     "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train). "
     "Encoded and written batch by batch (one row group each), with the token arrays that "
@@ -173,9 +185,10 @@ def tokenized_dataset(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
+    config = resolve_config(context, "tokenized_dataset", config)
     with user_errors():  # stored inputs that do not belong together: refused before any work
         inputs = checked_inputs(context, "tokenized_dataset", raw_stories=raw_stories, bpe_tokenizer=bpe_tokenizer)
-    with user_errors(), mlflow.asset_run(context) as run:
+    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
         run.log_params(config.model_dump())
         scratch = scratch_dir()
         try:
@@ -215,10 +228,14 @@ LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stor
     owners=OWNERS,
     code_version="2",
     check_specs=[BEATS_UNIGRAM],
+    partitions_def=VARIANTS,
+    pool=TRAINING_POOL,
+    automation_condition=RETRAIN,
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
     "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
-    "checkpoint each time (a rematerialization resumes from the last one). Stored as one "
-    "safetensors file with its config in the metadata.",
+    "checkpoint each time (a rematerialization resumes from the last one). One partition per "
+    "variant of the sweep, stored as trained_model/<variant>.safetensors with its config in the "
+    "metadata. Trainings take turns in the pool 'training'.",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
@@ -227,12 +244,14 @@ def trained_model(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
+    config = resolve_config(context, "trained_model", config)
     with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
+        parent = mlflow.sweep_parent(SWEEP.name, inputs["tokenized_dataset"].digest)
         outcome = yield from run_training(
             context,
             mlflow,
@@ -246,6 +265,8 @@ def trained_model(
             dataset_file=tokenized_dataset,
             launcher=config.launcher,
             k8s=config.k8s,
+            tags={**sweep_tags(context), "gpt_pipeline/overrides": SWEEP.describe(context.partition_key)},
+            parent_run_id=parent,
         )
         model = outcome.output.value
         record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
@@ -261,8 +282,11 @@ def trained_model(
     owners=OWNERS,
     code_version="2",
     check_specs=[GENERATIONS_DECODE],
-    description="Stories the trained model writes from the prompts (gpt-rs's sampling: window of "
-    "the last context_length tokens, temperature, multinomial; optionally top-k).",
+    partitions_def=VARIANTS,
+    automation_condition=RETRAIN,
+    description="Stories the variant's trained model writes from the prompts (gpt-rs's sampling: "
+    "window of the last context_length tokens, temperature, multinomial; optionally top-k), "
+    "stored as sample_generations/<variant>.parquet.",
 )
 def sample_generations(
     context: dg.AssetExecutionContext,
@@ -271,16 +295,17 @@ def sample_generations(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
+    config = resolve_config(context, "sample_generations", config)
     with user_errors():
         inputs = checked_inputs(context, "sample_generations", trained_model=trained_model, bpe_tokenizer=bpe_tokenizer)
         generation_config = config.generation_config()
         generation_config.validate()
         skipped = unseen_characters(bpe_tokenizer, generation_config.prompts)
-        with mlflow.asset_run(context) as run:
+        training_run = upstream_mlflow_run(context, "trained_model")  # this variant's, never another's
+        with mlflow.asset_run(context, tags=sweep_tags(context), parent_run_id=training_run) as run:
             run.log_params(config.model_dump())
             frame = generate_samples(trained_model, bpe_tokenizer, generation_config)
             run.log_table(frame, "generations.json")
-            training_run = upstream_mlflow_run(context, "trained_model")
             if training_run:  # the training's run shows what its model writes, too
                 run.client.log_table(training_run, data=frame.to_pandas(), artifact_file="generations.json")
             outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), bpe_tokenizer)
@@ -326,11 +351,15 @@ def lineage(record: provenance.Provenance) -> dict[str, dg.MetadataValue]:
 
 
 def upstream_mlflow_run(context: dg.AssetExecutionContext, asset: str) -> str | None:
-    """The MLflow run id recorded in ``asset``'s latest materialization, if any."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
+    """The MLflow run id recorded in the latest materialization of ``asset``'s partition of the
+    same key as this step's (a variant reads its own training run, whatever ran since), if any."""
+    partition = context.partition_key if context.has_partition_key else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1).records
+    if not records or records[0].asset_materialization is None:
         return None
-    value = event.asset_materialization.metadata.get("mlflow_run_id")
+    value = records[0].asset_materialization.metadata.get("mlflow_run_id")
     return value.value if value is not None else None
 
 

@@ -1,7 +1,8 @@
 """The one IO manager: every asset is a file under a base location, named after its key.
 
 ``AssetFileIOManager`` owns all path logic of the pipeline's stored assets:
-``<base>/<asset key>.<suffix>``, where the base is, in order: the ``base_url`` config field,
+``<base>/<asset key>.<suffix>``, and ``<base>/<asset key>/<partition>.<suffix>`` for a partition
+(a sweep's variant: ``data/trained_model/lr_low.safetensors``), where the base is, in order: the ``base_url`` config field,
 ``$GPT_PIPELINE_STORAGE_URL``, or the data directory (``$GPT_PIPELINE_DATA_DIR`` or
 ``<project root>/data``, see ``gpt_pipeline.storage.data_dir``). The suffix follows the value's
 type (``gpt_pipeline.defs.formats``):
@@ -89,13 +90,18 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
             return remote.location(url, self.storage_options)
         return remote.local_path(url)
 
-    def path_for(self, asset_key: dg.AssetKey, suffix: str) -> Union[Path, UPath]:
+    def path_for(self, asset_key: dg.AssetKey, suffix: str, partition: str | None = None) -> Union[Path, UPath]:
+        """``<base>/<key>.<suffix>``, or ``<base>/<key>/<partition>.<suffix>`` for a partition
+        (partition keys of this project are safe file names: ``defs.sweeps``)."""
+        if partition is not None:
+            return self.base_dir().joinpath(*asset_key.path, partition + suffix)
         return self.base_dir().joinpath(*asset_key.path).with_suffix(suffix)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         fmt = format_for_value(obj)
+        partition = context.asset_partition_key if context.has_asset_partitions else None
         with storage_failures(context):
-            path = self.path_for(context.asset_key, fmt.suffix)
+            path = self.path_for(context.asset_key, fmt.suffix, partition)
             if isinstance(path, Path):
                 extras = {name: str(p) for name, p in fmt.write(path, obj).items()}
                 size = path.stat().st_size
@@ -122,11 +128,19 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
         return {name: by_file[p.name] for name, p in written.items()}, size
 
     def load_input(self, context: dg.InputContext) -> Any:
-        fmt = format_for_type(context.dagster_type.typing_type)
+        partition = context.asset_partition_key if context.has_asset_partitions else None
+        return self.load_stored(context.asset_key, context.dagster_type.typing_type, partition, context)
+
+    def load_stored(self, asset_key: dg.AssetKey, typing_type: Any = None, partition: str | None = None,
+                    context: dg.InputContext | None = None) -> Any:
+        """The stored value of ``asset_key`` (its ``partition``), read as ``typing_type`` (any
+        stored format when None): what ``load_input`` returns, for an asset that picks which
+        partition to read itself (``champion_model``)."""
+        fmt = format_for_type(typing_type)
         candidates = [fmt] if fmt else list(FORMATS)
         for candidate in candidates:
             with storage_failures(context):
-                path = self.path_for(context.asset_key, candidate.suffix)
+                path = self.path_for(asset_key, candidate.suffix, partition)
                 if isinstance(path, Path):
                     if path.exists():
                         # A truncated or foreign file fails the step with its own message; a
@@ -135,7 +149,7 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
                             return candidate.read(path)
                 elif remote.exists(path):
                     return self._download(candidate, path)
-        key = "/".join(context.asset_key.path)
+        key = "/".join(asset_key.path) + (f"[{partition}]" if partition is not None else "")
         base = self.base_dir()
         if isinstance(base, Path) and not base.is_dir():  # a Failure: the step's error is this line
             raise dg.Failure(description=f"cannot load {key!r}: the data directory {base} does not exist "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
+from gpt_pipeline.tracking.parents import PARENT_TAG, sweep_parent_run
 from gpt_pipeline.tracking.tracker import EXPERIMENT_NAME, TrackedRun, Tracker
 
 
@@ -36,18 +37,28 @@ class MLflowResource(dg.ConfigurableResource):
     def run_url(self, run: TrackedRun) -> str:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
+    def sweep_parent(self, sweep: str, data_digest: str) -> str:
+        """The run id of the sweep's parent run on this data (``tracking.parents``)."""
+        return sweep_parent_run(self.tracker(), sweep, data_digest)
+
     @contextlib.contextmanager
-    def asset_run(self, context: dg.AssetExecutionContext) -> Iterator[TrackedRun]:
-        """An MLflow run for this materialization, named ``<asset>-<dagster run id prefix>``,
-        tagged with the Dagster run and its own tags that start with ``gpt_pipeline/``
-        (``gpt_pipeline/sweep``, ``gpt_pipeline/variant``, ...)."""
+    def asset_run(self, context: dg.AssetExecutionContext, tags: dict[str, str] | None = None,
+                  parent_run_id: str | None = None) -> Iterator[TrackedRun]:
+        """An MLflow run for this materialization, named ``<asset>[-<partition>]-<dagster run id
+        prefix>``, tagged with the Dagster run, its own tags that start with ``gpt_pipeline/``,
+        ``tags`` (``gpt_pipeline/sweep``, ``gpt_pipeline/variant``, ...), and nested under
+        ``parent_run_id`` when given."""
         key = context.asset_key.to_user_string()
+        partition = f"-{context.partition_key}" if context.has_partition_key else ""
         tags = {
             "dagster.run_id": context.run_id,
             "dagster.asset_key": key,
             "dagster.job": context.job_name or "",
+            **({"dagster.partition": context.partition_key} if context.has_partition_key else {}),
             **{k: v for k, v in (context.run.tags or {}).items() if k.startswith("gpt_pipeline/")},
+            **(tags or {}),
+            **({PARENT_TAG: parent_run_id} if parent_run_id else {}),
         }
-        with self.tracker().run(f"{key}-{context.run_id[:8]}", tags=tags) as run:
+        with self.tracker().run(f"{key}{partition}-{context.run_id[:8]}", tags=tags) as run:
             context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")
             yield run

@@ -1,6 +1,6 @@
 """The ``trained_model`` asset's work: one MLflow run around ``gpt_pipeline.training.loop.train``.
 
-Checkpoints go to ``<data dir>/checkpoints/trained_model/<hash of config and data>/``, so a
+Checkpoints go to ``<data dir>/checkpoints/trained_model/[<variant>/]<hash of config and data>/``, so a
 rematerialization of the same configuration on the same data resumes from the last one, and two
 runs of one configuration take turns on that folder (a file lock) instead of mixing their files.
 The config's ``launcher`` picks where the training runs (``gpt_pipeline.defs.launchers``): in this
@@ -10,6 +10,7 @@ as in one process.
 """
 
 import base64
+import dataclasses
 import hashlib
 import os
 import platform
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from gpt_pipeline import quality
+from gpt_pipeline.defs.sources import TRAINING_POOL
+from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV, training_threads
 from gpt_pipeline.fields import result_fields
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
@@ -54,17 +57,33 @@ def checkpoint_dir(
     train: TokenArray,
     test: TokenArray,
     initial_checkpoint: str | None = None,
+    variant: str | None = None,
 ) -> Path:
-    """Where this configuration's checkpoints live: keyed by every field that changes the
-    training's result (``resume`` does not), the data itself and the starting weights.
+    """Where this configuration's checkpoints live: keyed by the variant (each its own folder),
+    every field that changes the training's result (``resume`` does not), the data itself and
+    the starting weights.
 
     The data is hashed a few MB at a time (the same digest as hashing it whole), so that
     memory-mapped splits are read, not copied."""
     digest = data_digest(train, test)
     if initial_checkpoint:
         digest.update(Path(initial_checkpoint).read_bytes())
-    return data_dir() / "checkpoints" / "trained_model" / fingerprint(
+    folder = data_dir() / "checkpoints" / "trained_model"
+    return (folder / variant if variant else folder) / fingerprint(
         model_config, result_settings(train_config), digest.hexdigest())
+
+
+def trainings_at_once(context: dg.AssetExecutionContext) -> int:
+    """How many trainings this machine runs at once: ``$GPT_PIPELINE_TRAININGS_AT_ONCE`` (set by
+    ``gpt-pipeline sweep --parallel N``), else the limit of the Dagster pool ``training``, else 1."""
+    raw = os.environ.get(TRAININGS_AT_ONCE_ENV, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    try:
+        limit = context.instance.event_log_storage.get_concurrency_info(TRAINING_POOL).limit
+    except Exception:  # noqa: BLE001 - a storage without pools: no limit known
+        limit = None
+    return max(1, int(limit or 1))
 
 
 def data_digest(train: TokenArray, test: TokenArray):
@@ -125,13 +144,20 @@ def run_training(
     dataset_file: TableFile | str | os.PathLike | None = None,
     launcher: str = "auto",
     k8s=None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
     A generator: it yields the failed check result (then raises) when the model does not beat
     the unigram baseline, so that nothing is stored. Unless ``launcher`` resolves to
     ``in_process``, the training runs in Dagster Pipes workers (``train_in_workers``) that read
-    ``dataset_file``, the stored dataset."""
+    ``dataset_file``, the stored dataset. The MLflow run gets ``tags`` and is nested under
+    ``parent_run_id`` (the sweep's run); a partition (the variant) has checkpoints of its own;
+    ``threads`` 0 becomes the cores divided by ``trainings_at_once``."""
+    if train_config.threads == 0 and train_config.device in ("auto", "cpu"):
+        train_config = dataclasses.replace(
+            train_config, threads=training_threads(0, trainings_at_once(context)))
     validate_training_data(train_data, test_data, model_config, train_config.contexts_per_batch)
     launcher = resolve_launcher(launcher, train_config)
     initial_model = None
@@ -142,13 +168,14 @@ def run_training(
                 f"initial_checkpoint {initial_checkpoint!r} has config {initial_model.config.to_dict()}, "
                 f"not the configured {model_config.to_dict()}"
             )
-    folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint)
+    variant = context.partition_key if context.has_partition_key else None
+    folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint, variant)
     characters = split_character_counts(context, dataset_file, train_data, test_data, tokenizer)
     tokens = {"train": len(train_data.tokens), "test": len(test_data.tokens)}
     stored_digest = content_digest(dataset_file) if isinstance(dataset_file, TableFile) else None
     dataset = ("tokenized_dataset", stored_digest or data_digest(train_data, test_data).hexdigest())
     final_step = train_config.training_iterations  # its figures are logged with the model, below
-    with mlflow.asset_run(context) as run, exclusive(folder):
+    with mlflow.asset_run(context, tags=tags, parent_run_id=parent_run_id) as run, exclusive(folder):
         params = {**model_config.to_dict(), **train_config.to_dict()}
         run.log_params(params)
         run.set_tags({"checkpoint_dir": str(folder), **system_facts(train_config.device)})

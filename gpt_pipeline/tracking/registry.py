@@ -1,11 +1,12 @@
 """The MLflow model registry: a version of ``gpt-pipeline`` per training, and the ``champion`` alias.
 
 ``register_training`` registers a training run's pyfunc model (``tracking_pyfunc``) as a new
-version of the registered model, with the run's final test loss as the version tag ``test_loss``,
-then ``elect_champion`` points the alias ``champion`` at the version with the lowest test loss
-(ties: the older version keeps it), so ``models:/gpt-pipeline@champion`` is always the best model:
-``make serve`` serves it (``mlflow models serve -m models:/gpt-pipeline@champion``, docs/serving.md),
-resolving the alias when the server starts.
+version of the registered model, with the run's final test loss as the version tag ``test_loss``.
+It does not move the alias ``champion``: the ``champion_model`` asset elects the champion among
+the variants trained on the current data, by bits per character (comparable across tokenizers,
+unlike losses per token), and calls ``set_champion``; ``make serve`` serves it
+(``mlflow models serve -m models:/gpt-pipeline@champion``, docs/serving.md), resolving the alias
+when the server starts.
 
 A version is registered once per set of weights: ``weights_digest`` (of the model's tensors) is
 the version tag ``weights_digest``, and a registration whose weights have a version already
@@ -13,9 +14,8 @@ the version tag ``weights_digest``, and a registration whose weights have a vers
 
 Several processes may register at once (a sweep, a schedule and a user): every store call is
 retried on transient failures (SQLite "database is locked", a version number taken by a
-concurrent writer), registration is idempotent (a model already registered returns its version)
-and the election re-reads the versions after moving the alias until what it reads agrees, so the
-last writer always decides with every version in view. ``log_and_register`` logs a training's
+concurrent writer) and registration is idempotent (a model already registered returns its
+version). ``log_and_register`` logs a training's
 pyfunc model, its parameters and final metrics (linked to the logged model, so that
 ``mlflow.search_logged_models(order_by=[{"field_name": "metrics.test_bits_per_character"}])``
 ranks trained models) and registers it; nothing else here logs models or runs.
@@ -41,7 +41,7 @@ from gpt_pipeline.tracking.pyfunc import MODEL_NAME as LOGGED_MODEL_NAME
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
 
 MODEL_NAME = "gpt-pipeline"  # the registered model
-CHAMPION_ALIAS = "champion"  # alias of the version with the lowest test loss
+CHAMPION_ALIAS = "champion"  # alias of the version champion_model elected
 TEST_LOSS_TAG = "test_loss"  # version tag: the training's final test loss
 RUN_ID_TAG = "run_id"  # version tag: the training run
 MODEL_ID_TAG = "model_id"  # version tag: the logged model it registers
@@ -95,35 +95,6 @@ def _check_name(model_name: str) -> None:
         )
 
 
-def version_test_loss(version: ModelVersion) -> float | None:
-    """The finite ``test_loss`` tag of a version, or None when it has none or a bad one.
-
-    Example:
-        >>> version_test_loss(ModelVersion("m", "1", 0, tags=[ModelVersionTag("test_loss", "2.5")]))
-        2.5
-        >>> version_test_loss(ModelVersion("m", "2", 0, tags=[ModelVersionTag("test_loss", "nan")])) is None
-        True
-    """
-    try:
-        loss = float((version.tags or {})[TEST_LOSS_TAG])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return loss if math.isfinite(loss) else None
-
-
-def best_version(versions: list[ModelVersion]) -> ModelVersion | None:
-    """The version with the lowest test loss; ties go to the oldest (lowest number).
-
-    Example:
-        >>> vs = [ModelVersion("m", str(n), 0, tags=[ModelVersionTag("test_loss", loss)])
-        ...       for n, loss in [(1, "3.0"), (2, "2.0"), (3, "2.0"), (4, "x")]]
-        >>> best_version(vs).version
-        '2'
-    """
-    scored = [(loss, int(v.version), v) for v in versions if (loss := version_test_loss(v)) is not None]
-    return min(scored, key=lambda item: item[:2])[2] if scored else None
-
-
 def model_versions(client: MlflowClient, model_name: str = MODEL_NAME) -> list[ModelVersion]:
     """Every version of ``model_name`` (all pages), oldest first; [] if it is not registered."""
     _check_name(model_name)
@@ -149,25 +120,11 @@ def champion(client: MlflowClient, model_name: str = MODEL_NAME) -> ModelVersion
         raise
 
 
-def elect_champion(
-    client: MlflowClient, model_name: str = MODEL_NAME, rounds: int = 20
-) -> ModelVersion | None:
-    """Point ``champion`` at the best version (see ``best_version``) and return it.
-
-    Reads, moves the alias if needed, and repeats until a read finds the alias already on the
-    best version, so a concurrent election that wrote a stale choice is corrected by whichever
-    process writes last. None when no version has a test loss.
-    """
-    for _ in range(rounds):
-        best = best_version(model_versions(client, model_name))
-        if best is None:
-            return None
-        current = champion(client, model_name)
-        if current is not None and current.version == best.version:
-            return best
-        retrying(lambda: client.set_registered_model_alias(model_name, CHAMPION_ALIAS, best.version))
-        time.sleep(random.random() * 0.02)  # let a concurrent writer finish before we re-read
-    raise RuntimeError(f"alias {CHAMPION_ALIAS!r} of {model_name!r} kept changing over {rounds} rounds")
+def set_champion(client: MlflowClient, version: str | int, model_name: str = MODEL_NAME) -> ModelVersion:
+    """Point ``champion`` at ``version`` of ``model_name`` and return that version."""
+    _check_name(model_name)
+    retrying(lambda: client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version)))
+    return retrying(lambda: client.get_model_version(model_name, str(version)))
 
 
 def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
@@ -232,7 +189,7 @@ def register_training(
     weights: str | None = None,
 ) -> ModelVersion:
     """Register ``run``'s pyfunc model (``model_uri``, by default the run's logged model
-    ``model``) as a version of ``model_name`` tagged with ``test_loss``; move ``champion``.
+    ``model``) as a version of ``model_name`` tagged with ``test_loss``.
 
     ``weights`` (``weights_digest`` of the model) is tagged too, and when a version already has
     that digest it is returned as it is: the same weights are never registered twice.
@@ -261,7 +218,6 @@ def register_training(
 
     same_weights = version_with_weights(client, weights, model_name) if weights else None
     if same_weights is not None:
-        elect_champion(client, model_name)
         return same_weights
     version = existing()
     attempts = 6
@@ -282,7 +238,6 @@ def register_training(
         if (version.tags or {}).get(key) != value:
             retrying(lambda k=key, v=value: client.set_model_version_tag(model_name, version.version, k, v))
     _link_logged_model(client, model_id, model_name, version.version)
-    elect_champion(client, model_name)
     return version
 
 
@@ -324,7 +279,6 @@ def log_and_register(
     if model_id:
         retrying(lambda: run.client.log_outputs(run.run_id, [LoggedModelOutput(model_id, step=step)]))
         run.log_metrics(metrics, step=step, dataset=dataset)
-        elect_champion(run.client, model_name)
         return f"models:/{model_id}", same, True
     model_uri = log_pyfunc_model(run, checkpoint_path, tokenizer_path, step=step)
     model_id = model_uri.removeprefix("models:/")

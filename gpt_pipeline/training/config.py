@@ -38,6 +38,10 @@ class TrainConfig:
                       affects_result=True)
     device: str = param("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     resume: bool = param(True, "Continue from the latest checkpoint of this configuration, if any.")
+    threads: int = param(0, "CPU threads of this training (torch.set_num_threads); 0: the machine's "
+                         "cores divided by the trainings allowed at once (the Dagster pool 'training', "
+                         "or gpt-pipeline sweep --parallel N), so that trainings side by side do not "
+                         "oversubscribe the cores.", ge=0)
     lr_schedule: str = param("constant", "constant (gpt-rs) or cosine (linear warm-up, then cosine decay "
                              "to min_learning_rate).", choices=("constant", "cosine"), affects_result=True)
     warmup_iterations: int = param(0, "Linear warm-up steps from learning_rate / warmup to learning_rate.",

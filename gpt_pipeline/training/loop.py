@@ -50,7 +50,7 @@ from gpt_pipeline.training.checkpoint import (
 from gpt_pipeline.fields import result_fields
 from gpt_pipeline.training.metrics import bits_per_character
 from gpt_pipeline.training.progress import Progress
-from gpt_pipeline.devices import resolve_device  # noqa: F401 - also part of this module's API
+from gpt_pipeline.devices import resolve_device, training_threads  # noqa: F401 - also part of this module's API
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
 from gpt_pipeline.training.config import (  # noqa: F401 - also part of this module's API
@@ -246,6 +246,8 @@ def train(
     main = replica.rank == 0
     validate_training_data(train_data, test_data, model_config, config.contexts_per_batch)
     device = resolve_device(config.device)
+    if device.type == "cpu" and replica.world_size == 1:  # torchrun workers take their share already
+        torch.set_num_threads(training_threads(config.threads))
     if initial_model is not None and initial_model.config != model_config:
         raise ValueError(f"initial_model has config {initial_model.config}, expected {model_config}")
     use_bf16 = config.precision == "bfloat16" and device.type == "cuda"

@@ -1,106 +1,115 @@
-"""Schedules and the source sensor, evaluated with Dagster's test contexts."""
+"""Retraining: the weekly schedule and the declarative automation of a changed source, evaluated
+with Dagster's own test contexts and evaluator against a real instance."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 
 import dagster as dg
 import polars as pl
-import yaml
 
 from gpt_pipeline.defs import automation
+from gpt_pipeline.defs.sources import SOURCE_ENV, SOURCE_KEY, file_state
 from gpt_pipeline.definitions import defs
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 JOB = defs.resolve_job_def("train_gpt_job")
+LINEAGE = {"raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
+           "champion_model"}
 
 
-def _assert_valid(run_config):
-    assert dg.validate_run_config(JOB, run_config)
-
-
-def test_schedules_are_stopped_and_their_run_config_validates():
+def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
     for schedule in automation.SCHEDULES:
         assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    assert automation.weekly_retrain.cron_schedule == "0 3 * * 0"
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0))
-    request = automation.weekly_retrain.evaluate_tick(context).run_requests[0]
-    _assert_valid(request.run_config)
-    config = request.run_config["ops"]["trained_model"]["config"]
-    assert config["learning_rate"] == 2e-4 and config["embedding_size"] == 128  # the class defaults
-
-
-def test_schedule_config_file_overrides_defaults(tmp_path, monkeypatch):
-    override = tmp_path / "retrain.yaml"
-    override.write_text(yaml.safe_dump({"ops": {"trained_model": {"config": {"training_iterations": 50}}}}))
-    monkeypatch.setenv("GPT_PIPELINE_SCHEDULE_CONFIG", str(override))
-    run_config = automation.scheduled_run_config()
-    assert run_config["ops"]["trained_model"]["config"]["training_iterations"] == 50
-    assert run_config["ops"]["trained_model"]["config"]["block_count"] == 8
-    _assert_valid(run_config)
-
-
-def test_sweep_launches_one_run_per_learning_rate(monkeypatch):
-    monkeypatch.setenv("GPT_PIPELINE_SWEEP_LEARNING_RATES", "0.001,0.003")
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 28, 4, 0))
-    requests = automation.learning_rate_sweep.evaluate_tick(context).run_requests
-    rates = [r.run_config["ops"]["trained_model"]["config"]["learning_rate"] for r in requests]
-    assert rates == [0.001, 0.003]
-    assert len({r.run_key for r in requests}) == 2
-    for request in requests:
-        _assert_valid(request.run_config)
-
-
-def test_sensor_requests_one_run_per_change(tmp_path, monkeypatch):
-    source = tmp_path / "stories.parquet"
-    pl.DataFrame({"text": ["one story"]}).write_parquet(source)
-    monkeypatch.setenv("GPT_PIPELINE_SOURCE_PARQUET", str(source))
-    with dg.instance_for_test() as instance:
-        cursor = None
-        keys = []
-
-        def tick():
-            nonlocal cursor
-            context = dg.build_sensor_context(instance=instance, cursor=cursor)
-            result = automation.raw_source_sensor.evaluate_tick(context)
-            cursor = result.cursor
-            keys.extend(r.run_key for r in result.run_requests)
-            return result.run_requests
-
-        first = tick()
-        assert len(first) == 1
-        assert first[0].run_config["ops"]["raw_stories"]["config"]["path"] == str(source)
-        _assert_valid(first[0].run_config)
-        assert tick() == []  # nothing changed
-        stat = source.stat()
-        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-        assert tick() == []  # touched, same content: no run
-        pl.DataFrame({"text": ["one story", "and another"]}).write_parquet(source)
-        assert len(tick()) == 1
-        assert tick() == []
-        assert len(set(keys)) == 2
-
-
-def test_sensor_skips_without_a_source(monkeypatch):
-    monkeypatch.delenv("GPT_PIPELINE_SOURCE_PARQUET", raising=False)
-    monkeypatch.delenv("GPT_PIPELINE_SCHEDULE_CONFIG", raising=False)
-    with dg.instance_for_test() as instance:
-        result = automation.raw_source_sensor.evaluate_tick(dg.build_sensor_context(instance=instance))
-    assert result.run_requests == [] and "GPT_PIPELINE_SOURCE_PARQUET" in result.skip_message
-
-
-def test_every_schedule_and_sensor_evaluates_with_a_bare_context(monkeypatch):
-    """Evaluated by hand (no scheduled time, no instance): run keys say "manual", no CheckError."""
-    monkeypatch.delenv("GPT_PIPELINE_SOURCE_PARQUET", raising=False)
-    monkeypatch.delenv("GPT_PIPELINE_SCHEDULE_CONFIG", raising=False)
-    for schedule in automation.SCHEDULES:
         result = schedule.evaluate_tick(dg.build_schedule_context())
-        assert result.run_requests, schedule.name
-        for request in result.run_requests:
-            assert "manual" in request.run_key
-            _assert_valid(request.run_config)
-    sweep = automation.learning_rate_sweep.evaluate_tick(dg.build_schedule_context()).run_requests
-    assert [r.tags["gpt_pipeline/sweep"] for r in sweep] == ["sweep-manual"] * 3
+        assert [r.run_key for r in result.run_requests] == ["weekly-manual"], schedule.name
+    assert automation.weekly_sweep.cron_schedule == "0 3 * * 0"
+    ticked = automation.weekly_sweep.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0)))
+    request = ticked.run_requests[0]
+    assert request.run_key == "weekly-2026-11-29T03:00:00" and request.tags["gpt_pipeline/sweep"] == "default"
+    assert automation.weekly_sweep.job_name == "sweep_job"
     for sensor in automation.SENSORS:
-        result = sensor.evaluate_tick(dg.build_sensor_context())
-        assert result.skip_message or result.run_requests, sensor.name
+        assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+        # Declarative automation's sensor is evaluated by Dagster's own evaluator, not evaluate_tick
+        # ("cannot be evaluated like regular user-space sensors"): on a bare instance it requests
+        # nothing but an observation of the source (its five-minute cron), and raises nothing.
+        assert isinstance(sensor, dg.AutomationConditionSensorDefinition), sensor.name
+        with dg.instance_for_test() as instance:
+            result = dg.evaluate_automation_conditions(defs, instance)
+        assert {key.to_user_string() for key in _requested_keys(result)} <= {"stories_source"}
+
+
+def test_sweep_job_without_a_sweep_file_fails_with_one_line(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = defs.resolve_job_def("sweep_job").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "no sweep file: start the code location with $GPT_PIPELINE_SWEEP" in failure.step_failure_data.error.message
+
+
+def _requested_keys(result) -> set[dg.AssetKey]:
+    keys = set()
+    for entity_key in defs.resolve_asset_graph().get_all_asset_keys():
+        if result.get_num_requested(entity_key) > 0:
+            keys.add(entity_key)
+    return keys
+
+
+def _observe(instance) -> str:
+    result = JOB.execute_in_process(instance=instance, asset_selection=[SOURCE_KEY])
+    assert result.success
+    return instance.fetch_observations(SOURCE_KEY, limit=1).records[0].asset_observation.data_version
+
+
+def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path, isolated_storage, monkeypatch):
+    source = tmp_path / "stories.parquet"
+    texts = [f"Once upon a time there was a cat and a dog, number {i}. The dog liked to play in the sun." for i in range(200)]
+    pl.DataFrame({"text": texts}).write_parquet(source)
+    monkeypatch.setenv(SOURCE_ENV, str(source))
+    config = copy.deepcopy(TINY_RUN_CONFIG)
+    config["ops"]["raw_stories"]["config"] = {"path": str(source)}
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        first_version = _observe(instance)
+        assert first_version == file_state(source)["sha256"]
+        assert JOB.execute_in_process(run_config=config, instance=instance, partition_key="default").success
+        settled = dg.evaluate_automation_conditions(defs, instance)
+        settled = dg.evaluate_automation_conditions(defs, instance, cursor=settled.cursor)
+        assert _requested_keys(settled) <= {SOURCE_KEY}  # everything is up to date
+
+        stat = source.stat()  # a touch: same bytes, a later modification time
+        os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+        assert _observe(instance) == first_version
+        touched = dg.evaluate_automation_conditions(defs, instance, cursor=settled.cursor)
+        assert {k.to_user_string() for k in _requested_keys(touched)} & LINEAGE == set()
+
+        pl.DataFrame({"text": [t.replace("cat", "bird") for t in texts]}).write_parquet(source)
+        assert _observe(instance) != first_version
+        ticks, cursor = [], touched.cursor
+        for _ in range(5):  # evaluate, run what it requests (as the sensor would), until nothing is
+            result = dg.evaluate_automation_conditions(defs, instance, cursor=cursor)
+            cursor = result.cursor
+            requested = {key: result.get_requested_partitions(key) for key in _requested_keys(result)
+                         if key != SOURCE_KEY}
+            if not requested:
+                break
+            ticks.append({key.to_user_string(): sorted(p for p in parts if p) for key, parts in requested.items()})
+            partitions = {p for parts in requested.values() for p in parts}
+            assert len(partitions) <= 1, requested  # one run per partition; one variant here
+            run = JOB.execute_in_process(instance=instance, asset_selection=list(requested),
+                                         partition_key=partitions.pop() if partitions else None,
+                                         run_config=_config_for(config, requested))
+            assert run.success
+    assert ticks == [
+        {"raw_stories": [], "bpe_tokenizer": [], "tokenized_dataset": []},
+        {"trained_model": ["default"], "sample_generations": ["default"]},
+        {"champion_model": []},
+    ], ticks
+
+
+def _config_for(config: dict, requested) -> dict:
+    names = {key.to_user_string() for key in requested}
+    return {"ops": {name: value for name, value in config["ops"].items() if name in names}}

@@ -1,0 +1,185 @@
+"""``champion_model``: the best variant of the sweep, promoted.
+
+It depends on every variant (partition) of ``trained_model``. Among the variants whose latest
+model was trained on the current ``tokenized_dataset``, it picks the lowest
+``test_bits_per_character`` (comparable across vocabularies, unlike a loss per token; ties go to
+the first variant in the sweep file), stores that model as ``data/champion_model.safetensors``,
+points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipeline@champion``),
+and shows the comparison in its metadata: every variant with its overrides, test loss, bits per
+character, tokens/s, training seconds and MLflow run, and for a variant without a model on the
+current data, why (its last failure, or "stale"). Its blocking check ``champion_generates``
+loads what it stores and generates from it.
+"""
+
+
+from datetime import timedelta
+
+import dagster as dg
+import torch
+
+from gpt_pipeline import provenance
+from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link
+from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
+from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sources import RETRAIN_CHAMPION
+from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, Sweep
+from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.gpt import GPT
+from gpt_pipeline.quality import Gate
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tracking.registry import set_champion
+
+CHAMPION_GENERATES = blocking_check(
+    "champion_model", "champion_generates", "The elected model loads from its stored file and writes text."
+)
+COLUMNS = ("rank", "variant", "overrides", "test_loss", "test_bits_per_character", "tokens_per_second",
+           "training_seconds", "mlflow_run", "note")
+
+
+def _value(metadata: dict, key: str):
+    entry = metadata.get(key)
+    return None if entry is None else entry.value
+
+
+def failure_reason(instance: dg.DagsterInstance, variant: str, after: float | None) -> str | None:
+    """The first line of the latest failure of ``trained_model[variant]`` newer than ``after``
+    (a timestamp), or None."""
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": variant},
+                                           statuses=[dg.DagsterRunStatus.FAILURE]), limit=5)
+    for run in runs:
+        for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+            event = record.event_log_entry
+            if event.step_key != "trained_model" or (after is not None and event.timestamp <= after):
+                continue
+            error = event.dagster_event.step_failure_data.error
+            while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
+                error = error.cause
+            line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
+            return f"failed (run {run.run_id[:8]}): " + line.removeprefix(
+                "dagster._core.definitions.events.Failure: ")
+    return None
+
+
+def standings(instance: dg.DagsterInstance, sweep: Sweep, data_digest: str | None) -> list[dict]:
+    """One row per variant, ranked: those trained on the data with ``data_digest`` by test bits per
+    character, then those without such a model (``note`` says why)."""
+    rows = []
+    for order, variant in enumerate(sweep.variants):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[variant]), limit=1).records
+        meta = records[0].asset_materialization.metadata if records else {}
+        row = {"order": order, "variant": variant, "overrides": sweep.describe(variant),
+               **{key: _value(meta, key) for key in ("test_loss", "test_bits_per_character", "tokens_per_second",
+                                                    "training_seconds", "mlflow_run", "mlflow_run_id",
+                                                    "registered_model_version", "content_digest")},
+               "note": ""}
+        failure = failure_reason(instance, variant, records[0].timestamp if records else None)
+        if not records:
+            row["note"] = failure or "not trained yet"
+        elif _value(meta, "made_from.tokenized_dataset") != data_digest:
+            row["note"] = failure or "stale: trained on other data"
+        elif row["test_bits_per_character"] is None:
+            row["note"] = "no test_bits_per_character recorded"
+        elif failure:
+            row["note"] = f"its last retraining {failure}; ranked with its previous model"
+        rows.append(row)
+    ranked = sorted((r for r in rows if not r["note"] or r["note"].startswith("its last")),
+                    key=lambda r: (r["test_bits_per_character"], r["order"]))
+    for rank, row in enumerate(ranked, start=1):
+        row["rank"] = rank
+    return ranked + [{**r, "rank": None} for r in rows if r not in ranked]
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    """The standings as a Markdown table (the Dagster UI renders it on ``champion_model``)."""
+    def cell(row, key):
+        value = row.get(key)
+        if key == "mlflow_run":
+            return f"[{(row.get('mlflow_run_id') or '')[:8]}]({value})" if value else ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value).replace("|", "\\|")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row, key) for key in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def generates(model: GPT, tokenizer: BPETokenizer) -> Gate:
+    """The model writes at least one character after a prompt (``Once``, or its first token)."""
+    try:
+        prompt = "Once" if tokenizer.encode("Once") else tokenizer.token_text(0)
+    except ValueError:  # a vocabulary without these characters
+        prompt = tokenizer.token_text(0)
+    try:
+        text = generate_text(model, tokenizer, prompt, 8, temperature=1.0, seed=0)[0]
+    except Exception as error:  # noqa: BLE001 - any failure is the check's finding
+        return Gate(False, f"generation failed: {type(error).__name__}: {error}")
+    added = len(text) - len(prompt)
+    return Gate(added > 0, f"wrote {added} characters after {prompt!r}", {"characters": added})
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "safetensors", "mlflow"},
+    owners=OWNERS,
+    code_version="1",
+    deps=[dg.AssetDep("trained_model", partition_mapping=dg.AllPartitionMapping()), "tokenized_dataset"],
+    check_specs=[CHAMPION_GENERATES],
+    automation_condition=RETRAIN_CHAMPION,
+    freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)),
+    description="The variant of trained_model with the lowest test bits per character among those "
+    "trained on the current data: stored as champion_model.safetensors, aliased 'champion' in the "
+    "MLflow registry, with every variant's standing in its metadata.",
+)
+def champion_model(
+    context: dg.AssetExecutionContext,
+    bpe_tokenizer: BPETokenizer,
+    mlflow: MLflowResource,
+    io_manager: dg.ResourceParam[AssetFileIOManager],
+):
+    dataset = context.instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
+    digest = _value(dataset.asset_materialization.metadata, "content_digest") if dataset else None
+    rows = standings(context.instance, SWEEP, digest)
+    table = comparison_markdown(rows)
+    context.log.info("standings:\n" + table)
+    best = rows[0] if rows and rows[0]["rank"] == 1 else None
+    if best is None:
+        raise dg.Failure(description="champion_model: no variant has a model trained on the current data: "
+                         + "; ".join(f"{r['variant']}: {r['note']}" for r in rows), allow_retries=False)
+    with user_errors():
+        model = io_manager.load_stored(dg.AssetKey("trained_model"), GPT, best["variant"])
+        record = provenance.made("champion_model", provenance.weights_digest(model),
+                                 {"trained_model": best["content_digest"] or "", "tokenized_dataset": digest or ""})
+        if best["content_digest"] and provenance.weights_digest(model) != best["content_digest"]:
+            raise ValueError(f"trained_model[{best['variant']}] changed since its materialization "
+                             "(a run is writing it): materialize champion_model again when it is done")
+        outcome = generates(model, bpe_tokenizer)
+        yield from gate(CHAMPION_GENERATES, outcome)
+        tracker = mlflow.tracker()
+        version = best["registered_model_version"]
+        if version is not None:
+            set_champion(tracker.client, version)
+        with mlflow.asset_run(context, tags={"gpt_pipeline/sweep": SWEEP.name, "gpt_pipeline/champion": best["variant"]},
+                              parent_run_id=mlflow.sweep_parent(SWEEP.name, digest or "")) as run:
+            run.log_metrics({"champion_test_bits_per_character": best["test_bits_per_character"]})
+            run.log_text(table, "standings.md")
+            run.log_dict({"standings": [{k: r.get(k) for k in (*COLUMNS, "mlflow_run_id")} for r in rows]},
+                         "standings.json")
+    yield dg.Output(
+        provenance.attach(model.to(torch.device("cpu")), record),
+        data_version=dg.DataVersion(record.digest),
+        metadata={
+            "champion": best["variant"],
+            "overrides": best["overrides"],
+            "test_bits_per_character": dg.MetadataValue.float(float(best["test_bits_per_character"])),
+            "registered_model_version": dg.MetadataValue.int(int(version) if version is not None else -1),
+            "standings": dg.MetadataValue.md(table),
+            **lineage(record),
+            **run_link(mlflow, run),
+        },
+    )
+    yield check_result(CHAMPION_GENERATES, outcome)
+
+
+CHAMPION_ASSETS = [champion_model]

@@ -1,0 +1,284 @@
+"""Sweeps: variants of one lineage, each a partition of ``trained_model`` and ``sample_generations``.
+
+A sweep file (YAML) names its variants, each a set of overrides per asset in run-config shape,
+on top of a base run config:
+
+    name: learning_rates            # optional; default: the file's stem
+    base: quickstart.yaml           # optional: a run config file (relative to this file) or an
+                                    # inline run config {ops: {asset: {config: {...}}}}
+    variants:
+      lr_low:  {trained_model: {learning_rate: 0.001}}
+      lr_high: {trained_model: {learning_rate: 0.01}, sample_generations: {temperature: 0.9}}
+
+The code location reads the sweep in ``$GPT_PIPELINE_SWEEP`` when it loads (else the default
+sweep: one variant ``default`` with no base, so every field keeps its default, gpt-rs's example
+values, unless the run config sets it: ``make run`` passes ``configs/quickstart.yaml``); its
+variant names are the static partitions ``VARIANTS``. ``raw_stories``, ``bpe_tokenizer`` and ``tokenized_dataset`` are shared
+by every variant (set them in ``base``); ``trained_model`` and ``sample_generations`` are
+partitioned, and a variant's overrides are bound to its partition: a backfill, a schedule or
+declarative automation materializes it without any run config.
+
+An asset's config, from weakest to strongest (``resolve_config``): the field defaults, the
+sweep's base, the run config the run was launched with, the variant's overrides.
+
+A bad sweep file is refused before anything runs (``SweepError``, one line naming the variant
+and the field): an unknown asset or field, a value of the wrong type or out of its bounds,
+duplicate or empty variant names, a name that cannot be a partition key and a file name.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pydantic
+import yaml
+
+from gpt_pipeline import fields
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+from gpt_pipeline.defs.configs import (
+    RawStoriesConfig,
+    SampleGenerationsConfig,
+    TokenizedDatasetConfig,
+    TokenizerConfig,
+    TrainedModelConfig,
+)
+from gpt_pipeline.model.gpt import GPTConfig
+from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
+from gpt_pipeline.training.config import TrainConfig
+
+SWEEP_ENV = "GPT_PIPELINE_SWEEP"
+DEFAULT_VARIANT = "default"
+SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
+                 "tokenized_dataset": TokenizedDatasetConfig}
+VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig}
+ASSET_CONFIGS = {**SHARED_ASSETS, **VARIANT_ASSETS}
+CORE_CONFIGS = {"raw_stories": (StoriesConfig,), "bpe_tokenizer": (TokenizerSettings,),
+                "tokenized_dataset": (DatasetConfig,), "trained_model": (GPTConfig, TrainConfig),
+                "sample_generations": (GenerationConfig,)}
+# a partition key and a file name at once: no path separator, no "..", no leading dot
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,63}")
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run, in one line."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's name, base run config (``{asset: {field: value}}``) and variants
+    (``{variant: {asset: {field: value}}}``), in file order."""
+
+    name: str
+    base: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {DEFAULT_VARIANT: {}})
+    path: Path | None = None
+
+    def overrides(self, variant: str, asset: str) -> dict[str, Any]:
+        return dict(self.variants.get(variant, {}).get(asset, {}))
+
+    def describe(self, variant: str) -> str:
+        """The variant's overrides in one line, e.g. ``trained_model.learning_rate=0.01``."""
+        parts = [f"{asset}.{key}={value}" for asset, values in self.variants.get(variant, {}).items()
+                 for key, value in values.items()]
+        return ", ".join(parts) or "(base)"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (YAML keeps the last)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise SweepError(f"{key!r} is written twice (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _run_config_ops(run_config: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``{asset: {field: value}}`` of a run config ``{ops: {asset: {config: {...}}}}``."""
+    if run_config is None:
+        return {}
+    if not isinstance(run_config, dict) or set(run_config) - {"ops", "resources", "execution", "loggers"}:
+        raise SweepError(f"{where}: a run config must be a mapping {{ops: {{asset: {{config: ...}}}}}}")
+    ops = run_config.get("ops") or {}
+    result = {}
+    for asset, entry in ops.items():
+        if asset not in ASSET_CONFIGS:
+            raise SweepError(f"{where}: unknown asset {asset!r} (assets: {', '.join(ASSET_CONFIGS)})")
+        if not isinstance(entry, dict) or set(entry) - {"config"} or not isinstance(entry.get("config") or {}, dict):
+            raise SweepError(f"{where}: ops.{asset} must be {{config: {{field: value}}}}")
+        result[asset] = dict(entry.get("config") or {})
+    return result
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run config YAML file, ``{}`` when empty; ``SweepError`` when missing or not YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"run config {str(path)!r} does not exist")
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as error:
+        raise SweepError(f"run config {str(path)!r} is not YAML: {str(error).splitlines()[0]}") from None
+
+
+def _type_problem(asset: str, name: str, value: Any) -> str | None:
+    """What is wrong with the type of ``value`` for the core field ``name`` (as Dagster's config
+    types see it: no string for a number, no number for a flag), or None."""
+    for cls in CORE_CONFIGS[asset]:
+        field = next((f for f in fields.fields_of(cls) if f.name == name), None)
+        if field is None:
+            continue
+        base, optional = fields.field_type(cls, field)
+        if value is None:
+            return None if optional else "must be set, got None"
+        expected = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list,), list: (list,)}
+        allowed = expected.get(base)
+        if allowed and (not isinstance(value, allowed) or (base is not bool and isinstance(value, bool))):
+            return f"must be {'a list' if base in (tuple, list) else base.__name__}, got {value!r}"
+    return None
+
+
+def check_config(asset: str, values: dict[str, Any], where: str) -> None:
+    """Refuse an unknown field, a value of the wrong type or out of its bounds, and the rules
+    that tie the asset's fields together, naming the field."""
+    cls = ASSET_CONFIGS[asset]
+    unknown = sorted(set(values) - set(cls.model_fields))
+    if unknown:
+        raise SweepError(f"{where}: {asset} has no field {unknown[0]!r}")
+    for name, value in values.items():
+        problem = _type_problem(asset, name, value)
+        if problem:
+            raise SweepError(f"{where}: {asset}.{name} {problem}")
+    try:
+        config = cls.model_validate(values, strict=True)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "?"
+        raise SweepError(f"{where}: {asset}.{name}: {first['msg']}, got {first.get('input')!r}") from None
+    try:
+        if asset == "trained_model":
+            config.gpt_config(vocab_size=256).validate()
+            config.training_config().validate()
+        elif asset == "sample_generations":
+            config.generation_config().validate()
+    except ValueError as error:
+        raise SweepError(f"{where}: {asset}: {error}") from None
+
+
+def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) -> Sweep:
+    """A ``Sweep`` from a sweep file's content (``folder``: where a ``base`` file name is
+    relative to), checked whole (see the module docstring)."""
+    where = str(path) if path else "sweep"
+    if not isinstance(data, dict):
+        raise SweepError(f"sweep {where}: expected a mapping with 'variants', got {type(data).__name__}")
+    unknown = sorted(set(data) - {"name", "base", "variants"})
+    if unknown:
+        raise SweepError(f"sweep {where}: unknown key {unknown[0]!r} (keys: name, base, variants)")
+    name = data.get("name", name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise SweepError(f"sweep {where}: name {name!r} must be letters, digits, _ . = + - (no leading dot, no '..')")
+    base_value = data.get("base")
+    if isinstance(base_value, str):
+        base = _run_config_ops(read_run_config(folder / base_value), f"sweep {where}: base {base_value!r}")
+    else:
+        base = _run_config_ops(base_value, f"sweep {where}: base")
+    for asset, values in base.items():
+        check_config(asset, values, f"sweep {where}: base")
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise SweepError(f"sweep {where}: 'variants' must name at least one variant")
+    checked: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant, overrides in variants.items():
+        if not isinstance(variant, str) or not variant.strip():
+            raise SweepError(f"sweep {where}: variant name {variant!r} is empty or not a string")
+        if not _NAME.fullmatch(variant) or ".." in variant:
+            raise SweepError(f"sweep {where}: variant {variant!r}: a name must be 1-64 letters, digits, "
+                             "_ . = + - with no leading dot and no '..' (it becomes a partition key and a file name)")
+        where_variant = f"sweep {where}: variant {variant!r}"
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise SweepError(f"{where_variant}: expected {{asset: {{field: value}}}}, got {overrides!r}")
+        for asset, values in overrides.items():
+            if asset in SHARED_ASSETS:
+                raise SweepError(f"{where_variant}: {asset} is shared by every variant: set it under 'base'")
+            if asset not in VARIANT_ASSETS:
+                raise SweepError(f"{where_variant}: unknown asset {asset!r} (a variant sets "
+                                 f"{' or '.join(VARIANT_ASSETS)})")
+            if not isinstance(values, dict):
+                raise SweepError(f"{where_variant}: {asset} must be {{field: value}}, got {values!r}")
+            check_config(asset, {**base.get(asset, {}), **values}, where_variant)
+        checked[variant] = copy.deepcopy(overrides)
+    return Sweep(name, base, checked, path)
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """The sweep file at ``path``, checked whole; ``SweepError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {str(path)!r} does not exist")
+    try:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except SweepError as error:
+        raise SweepError(f"sweep {path}: {error}") from None
+    except yaml.YAMLError as error:
+        raise SweepError(f"sweep {path} is not YAML: {str(error).splitlines()[0]}") from None
+    return parse_sweep(data, path.stem, path.parent, path)
+
+
+def default_sweep() -> Sweep:
+    """One variant ``default``, no base, no overrides."""
+    return Sweep("default")
+
+
+def active_sweep() -> Sweep:
+    """The sweep of ``$GPT_PIPELINE_SWEEP`` when set, else ``default_sweep()``."""
+    path = os.environ.get(SWEEP_ENV)
+    return load_sweep(path) if path else default_sweep()
+
+
+SWEEP = active_sweep()
+VARIANTS = dg.StaticPartitionsDefinition(list(SWEEP.variants))
+
+
+def given_config(context: dg.AssetExecutionContext, asset: str) -> dict[str, Any]:
+    """The fields of ``asset`` that the run's own run config sets (not the defaults)."""
+    ops = (context.run.run_config or {}).get("ops") or {}
+    return dict(((ops.get(asset) or {}).get("config")) or {})
+
+
+def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Config, sweep: Sweep = SWEEP):
+    """``config`` (defaults and the run's run config, resolved by Dagster) with the sweep's base
+    under the fields the run config does not set, and the variant's overrides over all."""
+    given = given_config(context, asset)
+    values = config.model_dump()
+    values.update({key: value for key, value in sweep.base.get(asset, {}).items() if key not in given})
+    if context.has_partition_key:
+        values.update(sweep.overrides(context.partition_key, asset))
+    return type(config).model_validate(values)
+
+
+def variant_of(context: dg.AssetExecutionContext) -> str | None:
+    return context.partition_key if context.has_partition_key else None
+
+
+def sweep_tags(context: dg.AssetExecutionContext, sweep: Sweep = SWEEP) -> dict[str, str]:
+    """``gpt_pipeline/sweep`` and, for a variant, ``gpt_pipeline/variant``: on every MLflow run."""
+    tags = {"gpt_pipeline/sweep": sweep.name}
+    variant = variant_of(context)
+    if variant is not None:
+        tags["gpt_pipeline/variant"] = variant
+    return tags

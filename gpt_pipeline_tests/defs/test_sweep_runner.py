@@ -1,0 +1,136 @@
+"""`gpt-pipeline sweep` end to end: variants in processes of their own, at the same time, against
+one real Dagster instance and one real MLflow store; then the champion."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import dagster as dg
+import mlflow
+import polars as pl
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from gpt_pipeline import provenance
+from gpt_pipeline.cli import main
+from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.model.gpt import GPT
+from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
+from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+RATES = {"lr_a": 0.002, "lr_b": 0.004, "lr_c": 0.008}
+DATA_ASSETS = ("raw_stories", "bpe_tokenizer", "tokenized_dataset")
+
+
+@pytest.fixture
+def sweep_home(tmp_path, isolated_storage, monkeypatch):
+    """A Dagster home whose pools take one step at a time (as `make`'s), and a base run config."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    base = copy.deepcopy(TINY_RUN_CONFIG)
+    base["ops"]["sample_generations"]["config"]["prompts"] = ["Once", "The dog", "A cat"]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    return tmp_path
+
+
+def _sweep(folder, variants: dict) -> str:
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "test_sweep", "base": "base.yaml", "variants": variants}))
+    return str(path)
+
+
+def _run_records(instance, variant):
+    return instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": variant}))
+
+
+def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_home, isolated_storage, capsys):
+    data, mlruns = isolated_storage
+    sweep = _sweep(sweep_home, {name: {"trained_model": {"learning_rate": rate}} for name, rate in RATES.items()})
+    assert main(["sweep", "--sweep", sweep, "--parallel", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep wall time" in out and all(name in out for name in RATES)
+
+    instance = dg.DagsterInstance.get()
+    for asset in DATA_ASSETS:  # materialized once for the whole sweep
+        records = instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+        assert len(records) == 1, asset
+    runs = {variant: _run_records(instance, variant) for variant in RATES}
+    assert all(len(records) == 1 for records in runs.values())
+    starts = [records[0].start_time for records in runs.values()]
+    ends = [records[0].end_time for records in runs.values()]
+    assert max(starts) < min(ends), "the three variants did not run at the same time"
+
+    storage = AssetFileIOManager()
+    tokenizer = storage.load_stored(dg.AssetKey("bpe_tokenizer"), BPETokenizer)
+    models = {v: storage.load_stored(dg.AssetKey("trained_model"), GPT, v) for v in RATES}
+    digests = {v: provenance.weights_digest(m) for v, m in models.items()}
+    assert len(set(digests.values())) == 3  # three distinct stored models
+    assert {p.name for p in (data / "trained_model").iterdir()} == {f"{v}.safetensors" for v in RATES}
+
+    uri = f"sqlite:///{mlruns / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gpt-pipeline")
+    generation_settings = {**TINY_RUN_CONFIG["ops"]["sample_generations"]["config"],
+                           "prompts": ("Once", "The dog", "A cat")}
+    by_variant = {}
+    for variant, model in models.items():
+        stored = pl.read_parquet(data / "sample_generations" / f"{variant}.parquet")
+        again = generate_samples(model, tokenizer, GenerationConfig(**generation_settings))
+        assert stored["text"].to_list() == again["text"].to_list(), variant  # from its own model
+        (training,) = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`dagster.asset_key` = 'trained_model' and tags.`gpt_pipeline/variant` = '{variant}'")
+        by_variant[variant] = training
+        assert training.data.tags["gpt_pipeline/sweep"] == "test_sweep"
+        assert float(training.data.params["learning_rate"]) == RATES[variant]
+        (sweep_home / variant).mkdir()
+        logged = client.download_artifacts(training.info.run_id, "generations.json", str(sweep_home / variant))
+        table = json.loads(open(logged).read())
+        texts = [row[table["columns"].index("text")] for row in table["data"]]
+        assert texts == stored["text"].to_list(), variant  # its run holds its own generations only
+        (generation_run,) = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`dagster.asset_key` = 'sample_generations' and tags.`gpt_pipeline/variant` = '{variant}'")
+        assert generation_run.data.tags["mlflow.parentRunId"] == training.info.run_id
+    parents = {run.data.tags["mlflow.parentRunId"] for run in by_variant.values()}
+    assert len(parents) == 1  # one parent run for the sweep
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["gpt_pipeline/role"] == "sweep" and parent.data.tags["gpt_pipeline/sweep"] == "test_sweep"
+
+    bits = {v: run.data.metrics["final_test_bits_per_character"] for v, run in by_variant.items()}
+    best = min(bits, key=bits.get)
+    champion = client.get_model_version_by_alias("gpt-pipeline", "champion")
+    assert champion.run_id == by_variant[best].info.run_id
+    assert provenance.weights_digest(storage.load_stored(dg.AssetKey("champion_model"), GPT)) == digests[best]
+    champion_event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    assert champion_event.asset_materialization.metadata["champion"].value == best
+
+    mlflow.set_tracking_uri(uri)
+    ranked = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+                                         order_by=[{"field_name": "metrics.test_bits_per_character"}])
+    assert [m.source_run_id for m in ranked] == [by_variant[v].info.run_id for v in sorted(bits, key=bits.get)]
+
+
+def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, capsys):
+    sweep = _sweep(sweep_home, {
+        "good": {"trained_model": {"learning_rate": 0.004}},
+        # one step of training does not beat the unigram baseline: beats_unigram refuses it
+        "too_short": {"trained_model": {"training_iterations": 1, "evaluation_interval": 1}},
+    })
+    assert main(["sweep", "--sweep", sweep, "--parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    ranking = out[out.index("rank  variant"):]
+    good = next(line for line in ranking.splitlines() if " good " in f" {line} ")
+    short = next(line for line in ranking.splitlines() if "too_short" in line)
+    assert good.startswith("1 ") and short.startswith("- ")
+    assert "beats_unigram" in short and "failed" in short
+    instance = dg.DagsterInstance.get()
+    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["champion"].value == "good"
+    assert "too_short" in metadata["standings"].value and "beats_unigram" in metadata["standings"].value

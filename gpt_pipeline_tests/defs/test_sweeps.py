@@ -1,0 +1,88 @@
+"""Sweep files: what is refused before anything runs, and how a variant's config is bound."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gpt_pipeline.cli import main
+from gpt_pipeline.defs.sweeps import SweepError, load_sweep
+
+
+def _write(tmp_path, text: str, name: str = "sweep.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_sweep_file_is_read_with_its_base(tmp_path):
+    _write(tmp_path, yaml.safe_dump({"ops": {"trained_model": {"config": {"training_iterations": 50}},
+                                             "raw_stories": {"config": {"num_stories": 300}}}}), "base.yaml")
+    sweep = load_sweep(_write(tmp_path, """
+base: base.yaml
+variants:
+  lr_low:  {trained_model: {learning_rate: 0.001}}
+  lr_high: {trained_model: {learning_rate: 0.01}, sample_generations: {temperature: 0.9}}
+  plain:
+"""))
+    assert sweep.name == "sweep" and list(sweep.variants) == ["lr_low", "lr_high", "plain"]
+    assert sweep.base == {"trained_model": {"training_iterations": 50}, "raw_stories": {"num_stories": 300}}
+    assert sweep.overrides("lr_high", "sample_generations") == {"temperature": 0.9}
+    assert sweep.describe("lr_high") == "trained_model.learning_rate=0.01, sample_generations.temperature=0.9"
+    assert sweep.describe("plain") == "(base)"
+
+
+BAD_SWEEPS = {
+    "unknown asset": ("variants:\n  a: {trained_modle: {learning_rate: 0.01}}\n",
+                      "variant 'a': unknown asset 'trained_modle'"),
+    "shared asset in a variant": ("variants:\n  a: {bpe_tokenizer: {vocab_size: 512}}\n",
+                                  "variant 'a': bpe_tokenizer is shared by every variant: set it under 'base'"),
+    "unknown field": ("variants:\n  a: {trained_model: {learning_rat: 0.01}}\n",
+                      "variant 'a': trained_model has no field 'learning_rat'"),
+    "wrong type": ("variants:\n  a: {trained_model: {training_iterations: many}}\n",
+                   "variant 'a': trained_model.training_iterations must be int, got 'many'"),
+    "a string for a number": ("variants:\n  a: {trained_model: {learning_rate: '0.01'}}\n",
+                              "variant 'a': trained_model.learning_rate must be float, got '0.01'"),
+    "out of bounds": ("variants:\n  a: {trained_model: {learning_rate: -1}}\n",
+                      "variant 'a': trained_model.learning_rate: Input should be greater than 0, got -1"),
+    "bad choice": ("variants:\n  a: {trained_model: {lr_schedule: linear}}\n",
+                   "variant 'a': trained_model.lr_schedule: Input should be 'constant' or 'cosine'"),
+    "fields that disagree": ("variants:\n  a: {trained_model: {embedding_size: 30, head_count: 4}}\n",
+                             "variant 'a': trained_model: "),
+    "duplicate name": ("variants:\n  a: {trained_model: {learning_rate: 0.01}}\n  a: {}\n",
+                       "'a' is written twice (line 3)"),
+    "empty name": ("variants:\n  '': {trained_model: {learning_rate: 0.01}}\n", "variant name '' is empty"),
+    "path separator": ("variants:\n  lr/low: {}\n", "variant 'lr/low': a name must be"),
+    "dot dot": ("variants:\n  a..b: {}\n", "variant 'a..b': a name must be"),
+    "leading dot": ("variants:\n  .hidden: {}\n", "variant '.hidden': a name must be"),
+    "no variants": ("variants: {}\n", "'variants' must name at least one variant"),
+    "unknown key": ("variant:\n  a: {}\n", "unknown key 'variant'"),
+    "missing base": ("base: nowhere.yaml\nvariants:\n  a: {}\n", "run config"),
+    "bad base field": ("base: {ops: {raw_stories: {config: {num_storys: 3}}}}\nvariants:\n  a: {}\n",
+                       "base: raw_stories has no field 'num_storys'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
+def test_a_bad_sweep_file_is_refused_in_one_line_before_anything_runs(case, tmp_path, capsys, monkeypatch):
+    text, expected = BAD_SWEEPS[case]
+    path = _write(tmp_path, text)
+    with pytest.raises(SweepError) as error:
+        load_sweep(path)
+    message = str(error.value)
+    assert expected in message and "\n" not in message, message
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    assert main(["sweep", "--sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()  # nothing ran
+
+
+def test_a_missing_sweep_file_and_a_bad_parallel_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["sweep", "--sweep", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    path = _write(tmp_path, "variants:\n  a: {}\n")
+    assert main(["sweep", "--sweep", str(path), "--parallel", "0"]) == 2
+    assert "--parallel must be at least 1, got 0" in capsys.readouterr().err
