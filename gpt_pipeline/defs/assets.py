@@ -251,7 +251,6 @@ def trained_model(
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
-        parent = mlflow.sweep_parent(SWEEP.name, inputs["tokenized_dataset"].digest)
         outcome = yield from run_training(
             context,
             mlflow,
@@ -266,7 +265,8 @@ def trained_model(
             launcher=config.launcher,
             k8s=config.k8s,
             tags={**sweep_tags(context), "gpt_pipeline/overrides": SWEEP.describe(context.partition_key)},
-            parent_run_id=parent,
+            # created once the training data is checked: a refused config leaves no parent run
+            parent_run_id=lambda: mlflow.sweep_parent(SWEEP.name, inputs["tokenized_dataset"].digest),
         )
         model = outcome.output.value
         record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
@@ -295,22 +295,33 @@ def sample_generations(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    config = resolve_config(context, "sample_generations", config)
+    yield from write_generations(context, config, trained_model, bpe_tokenizer, mlflow, "trained_model",
+                                 GENERATIONS_DECODE)
+
+
+def write_generations(context: dg.AssetExecutionContext, config: SampleGenerationsConfig, model: GPT,
+                      tokenizer: BPETokenizer, mlflow: MLflowResource, model_asset: str,
+                      check: dg.AssetCheckSpec):
+    """The work of ``sample_generations`` (a variant's model) and ``champion_generations`` (the
+    champion's): generate, log to MLflow (nested under the model's own run, which gets the table
+    too), gate on ``check``, then yield the frame with its metadata."""
+    asset = context.asset_key.to_user_string()
+    config = resolve_config(context, asset, config, like=None if asset == "sample_generations" else "sample_generations")
     with user_errors():
-        inputs = checked_inputs(context, "sample_generations", trained_model=trained_model, bpe_tokenizer=bpe_tokenizer)
+        inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer})
         generation_config = config.generation_config()
         generation_config.validate()
-        skipped = unseen_characters(bpe_tokenizer, generation_config.prompts)
-        training_run = upstream_mlflow_run(context, "trained_model")  # this variant's, never another's
-        with mlflow.asset_run(context, tags=sweep_tags(context), parent_run_id=training_run) as run:
+        skipped = unseen_characters(tokenizer, generation_config.prompts)
+        model_run = upstream_mlflow_run(context, model_asset)  # the same partition's: never another's
+        with mlflow.asset_run(context, tags=sweep_tags(context), parent_run_id=model_run) as run:
             run.log_params(config.model_dump())
-            frame = generate_samples(trained_model, bpe_tokenizer, generation_config)
+            frame = generate_samples(model, tokenizer, generation_config)
             run.log_table(frame, "generations.json")
-            if training_run:  # the training's run shows what its model writes, too
-                run.client.log_table(training_run, data=frame.to_pandas(), artifact_file="generations.json")
-            outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), bpe_tokenizer)
-            yield from gate(GENERATIONS_DECODE, outcome)
-            record = provenance.made("sample_generations", provenance.frame_digest(frame), inputs)
+            if model_run:  # the model's run shows what its model writes, too
+                run.client.log_table(model_run, data=frame.to_pandas(), artifact_file="generations.json")
+            outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), tokenizer)
+            yield from gate(check, outcome)
+            record = provenance.made(asset, provenance.frame_digest(frame), inputs)
     for row in frame.iter_rows(named=True):
         context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
     yield dg.Output(
@@ -326,7 +337,7 @@ def sample_generations(
             **run_link(mlflow, run),
         },
     )
-    yield check_result(GENERATIONS_DECODE, outcome)
+    yield check_result(check, outcome)
 
 
 def checked_inputs(context: dg.AssetExecutionContext, asset: str, **values) -> dict[str, provenance.Provenance]:

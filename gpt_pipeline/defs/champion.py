@@ -9,6 +9,10 @@ and shows the comparison in its metadata: every variant with its overrides, test
 character, tokens/s, training seconds and MLflow run, and for a variant without a model on the
 current data, why (its last failure, or "stale"). Its blocking check ``champion_generates``
 loads what it stores and generates from it.
+
+``champion_generations``, unpartitioned, is what the champion writes from the prompts (the
+``sample_generations`` step on ``champion_model``): a downstream consumer of the champion, as the
+pyfunc model ``models:/gpt-pipeline@champion`` is outside Dagster.
 """
 
 
@@ -18,11 +22,12 @@ import dagster as dg
 import torch
 
 from gpt_pipeline import provenance
-from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link
+from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_generations
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
+from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.sources import RETRAIN_CHAMPION
+from gpt_pipeline.defs.sources import RETRAIN, RETRAIN_CHAMPION
 from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, Sweep
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT
@@ -32,6 +37,9 @@ from gpt_pipeline.tracking.registry import set_champion
 
 CHAMPION_GENERATES = blocking_check(
     "champion_model", "champion_generates", "The elected model loads from its stored file and writes text."
+)
+CHAMPION_GENERATIONS_DECODE = blocking_check(
+    "champion_generations", "generations_decode", "Every generation is non-empty and decodes."
 )
 COLUMNS = ("rank", "variant", "overrides", "test_loss", "test_bits_per_character", "tokens_per_second",
            "training_seconds", "mlflow_run", "note")
@@ -149,8 +157,9 @@ def champion_model(
                          + "; ".join(f"{r['variant']}: {r['note']}" for r in rows), allow_retries=False)
     with user_errors():
         model = io_manager.load_stored(dg.AssetKey("trained_model"), GPT, best["variant"])
-        record = provenance.made("champion_model", provenance.weights_digest(model),
-                                 {"trained_model": best["content_digest"] or "", "tokenized_dataset": digest or ""})
+        record = provenance.made("champion_model", provenance.weights_digest(model), {
+            "trained_model": best["content_digest"] or "", "tokenized_dataset": digest or "",
+            "bpe_tokenizer": provenance.of(bpe_tokenizer, "bpe_tokenizer").digest})
         if best["content_digest"] and provenance.weights_digest(model) != best["content_digest"]:
             raise ValueError(f"trained_model[{best['variant']}] changed since its materialization "
                              "(a run is writing it): materialize champion_model again when it is done")
@@ -182,4 +191,25 @@ def champion_model(
     yield check_result(CHAMPION_GENERATES, outcome)
 
 
-CHAMPION_ASSETS = [champion_model]
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pytorch", "parquet", "mlflow"},
+    owners=OWNERS,
+    code_version="1",
+    check_specs=[CHAMPION_GENERATIONS_DECODE],
+    automation_condition=RETRAIN,
+    description="Stories the champion writes from the prompts (sample_generations' config and "
+    "sampling, on champion_model): stored as champion_generations.parquet.",
+)
+def champion_generations(
+    context: dg.AssetExecutionContext,
+    config: SampleGenerationsConfig,
+    champion_model: GPT,
+    bpe_tokenizer: BPETokenizer,
+    mlflow: MLflowResource,
+):
+    yield from write_generations(context, config, champion_model, bpe_tokenizer, mlflow, "champion_model",
+                                 CHAMPION_GENERATIONS_DECODE)
+
+
+CHAMPION_ASSETS = [champion_model, champion_generations]

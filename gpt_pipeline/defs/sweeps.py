@@ -260,15 +260,24 @@ def given_config(context: dg.AssetExecutionContext, asset: str) -> dict[str, Any
     return dict(((ops.get(asset) or {}).get("config")) or {})
 
 
-def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Config, sweep: Sweep = SWEEP):
+def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Config, sweep: Sweep = SWEEP,
+                   like: str | None = None):
     """``config`` (defaults and the run's run config, resolved by Dagster) with the sweep's base
-    under the fields the run config does not set, and the variant's overrides over all."""
+    under the fields the run config does not set, and the variant's overrides over all.
+
+    ``like``: an asset configured as another (``champion_generations`` as ``sample_generations``):
+    the other's base and run config apply first, then this asset's own run config."""
     given = given_config(context, asset)
     values = config.model_dump()
+    if like is not None:
+        values.update(sweep.base.get(like, {}))
+        values.update(given_config(context, like))
+        values.update(given)
+        return type(config)(**values)
     values.update({key: value for key, value in sweep.base.get(asset, {}).items() if key not in given})
     if context.has_partition_key:
         values.update(sweep.overrides(context.partition_key, asset))
-    return type(config).model_validate(values)
+    return type(config)(**values)
 
 
 def variant_of(context: dg.AssetExecutionContext) -> str | None:

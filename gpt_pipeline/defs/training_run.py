@@ -15,7 +15,7 @@ import hashlib
 import os
 import platform
 import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +145,7 @@ def run_training(
     launcher: str = "auto",
     k8s=None,
     tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
+    parent_run_id: str | Callable[[], str] | None = None,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
@@ -153,7 +153,8 @@ def run_training(
     the unigram baseline, so that nothing is stored. Unless ``launcher`` resolves to
     ``in_process``, the training runs in Dagster Pipes workers (``train_in_workers``) that read
     ``dataset_file``, the stored dataset. The MLflow run gets ``tags`` and is nested under
-    ``parent_run_id`` (the sweep's run); a partition (the variant) has checkpoints of its own;
+    ``parent_run_id`` (the sweep's run, or a function that finds or creates it: called only once
+    the inputs are checked, so a refused input leaves no parent run); a partition (the variant) has checkpoints of its own;
     ``threads`` 0 becomes the cores divided by ``trainings_at_once``."""
     if train_config.threads == 0 and train_config.device in ("auto", "cpu"):
         train_config = dataclasses.replace(
@@ -175,6 +176,8 @@ def run_training(
     stored_digest = content_digest(dataset_file) if isinstance(dataset_file, TableFile) else None
     dataset = ("tokenized_dataset", stored_digest or data_digest(train_data, test_data).hexdigest())
     final_step = train_config.training_iterations  # its figures are logged with the model, below
+    if callable(parent_run_id):
+        parent_run_id = parent_run_id()
     with mlflow.asset_run(context, tags=tags, parent_run_id=parent_run_id) as run, exclusive(folder):
         params = {**model_config.to_dict(), **train_config.to_dict()}
         run.log_params(params)

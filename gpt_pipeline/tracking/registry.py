@@ -131,7 +131,8 @@ def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
     try:
         retrying(lambda: client.create_registered_model(
             model_name, description="gpt-rs's transformer trained by gpt-pipeline; alias "
-            f"'{CHAMPION_ALIAS}' is the version with the lowest test loss.",
+            f"'{CHAMPION_ALIAS}' is the best variant's version (lowest test bits per character), elected by "
+            "the champion_model asset.",
         ))
     except MlflowException as error:
         if _code(error) not in _ALREADY_EXISTS and "already exists" not in str(error).lower():
