@@ -32,7 +32,7 @@ from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
-from gpt_pipeline.tracking.registry import register_training
+from gpt_pipeline.tracking.registry import register_training, set_champion
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.training.checkpoint import save_checkpoint
 
@@ -111,7 +111,7 @@ def main() -> None:
     tracking_uri = f"sqlite:///{directory}/mlflow.db"
     with Tracker(tracking_uri).run("bench_serving") as run:
         uri = log_pyfunc_model(run, directory / "model.safetensors", directory / "bpe_tokenizer.json")
-        register_training(run, 5.0, uri)
+        set_champion(run.client, register_training(run, 5.0, uri).version)  # what champion_model does
     serve_requests(directory, tracking_uri, args.requests)
 
     import transformers

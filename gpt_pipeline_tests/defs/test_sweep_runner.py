@@ -134,3 +134,20 @@ def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, caps
     metadata = event.asset_materialization.metadata
     assert metadata["champion"].value == "good"
     assert "too_short" in metadata["standings"].value and "beats_unigram" in metadata["standings"].value
+
+
+def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_only(sweep_home):
+    from gpt_pipeline.definitions import defs
+    from gpt_pipeline.defs.sources import TRAINING_POOL
+    from gpt_pipeline.defs.sweep_runner import _PoolLimit
+    from gpt_pipeline.devices import training_threads
+
+    assert defs.resolve_assets_def("trained_model").op.pool == TRAINING_POOL
+    instance = dg.DagsterInstance.get()
+    info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
+    assert info.limit == 1 and info.using_default_limit  # the home's dagster.yaml: one at a time
+    with _PoolLimit(instance, 3):
+        assert instance.event_log_storage.get_concurrency_info(TRAINING_POOL).limit == 3
+    info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
+    assert info.limit == 1 and info.using_default_limit  # set back
+    assert training_threads(0, at_once=3, cores=16) == 5 and training_threads(0, at_once=1, cores=2) == 2
