@@ -121,7 +121,8 @@ def fresh_mlflow_store(directory: str | os.PathLike) -> str:
 
 
 def run_statuses(uri: str) -> dict[str, str]:
-    """``<asset key>-<run id prefix>`` (the run name) -> status, for every run in the store."""
+    """``<asset key>@<run id prefix>`` -> status, for every run in the store (``?@...`` for a run
+    of no asset: the sweep's parent run, FINISHED when created)."""
     return {f"{r.data.tags.get('dagster.asset_key', '?')}@{r.info.run_id[:8]}": r.info.status for r in mlflow_runs(uri)}
 
 

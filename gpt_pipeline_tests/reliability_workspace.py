@@ -14,6 +14,7 @@ from gpt_pipeline.cli import _config_problem
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
 from gpt_pipeline_tests.reliability_support import error_chain, run_statuses, step_failures, tree_digest
 
 RESOURCES = {"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()}
@@ -37,7 +38,9 @@ class Workspace:
 
     def materialize(self, asset: str, config: dict):
         """The run's result, or the ``DagsterInvalidConfigError`` that refused its run config
-        (a value out of a field's bounds or choices) before any step ran."""
+        (a value out of a field's bounds or choices) before any step ran. A variant asset
+        (``trained_model``, ``sample_generations``) is materialized for the default sweep's one
+        variant."""
         try:
             return dg.materialize(
                 ASSETS,
@@ -46,6 +49,7 @@ class Workspace:
                 instance=self.baseline.instance,
                 run_config={"ops": {asset: {"config": config}}},
                 raise_on_error=False,
+                partition_key=DEFAULT_VARIANT if asset in VARIANT_ASSETS else None,
             )
         except dg.DagsterInvalidConfigError as refused:
             return refused

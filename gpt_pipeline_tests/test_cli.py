@@ -51,7 +51,8 @@ def test_command_help_documents_options(capsys, command, options):
 
 
 def _help_entries(text: str) -> dict[str, str]:
-    """``--flag METAVAR`` -> its help text (whitespace joined) from argparse's ``--help`` output."""
+    """``--flag METAVAR`` -> its help text (whitespace joined, words broken at a hyphen rejoined)
+    from argparse's ``--help`` output."""
     entries, current = {}, None
     for line in text.splitlines():
         stripped = line.strip()
@@ -60,7 +61,10 @@ def _help_entries(text: str) -> dict[str, str]:
             current = head.split(", ")[0]
             entries[current] = rest.strip()
         elif current and line.startswith(" " * 10) and stripped:
-            entries[current] = f"{entries[current]} {stripped}".strip()
+            previous = entries[current]
+            # argparse wraps after a hyphen inside a word ("gpt-" / "pipeline"): no space there
+            joiner = "" if previous[-2:-1].isalnum() and previous.endswith("-") else " "
+            entries[current] = f"{previous}{joiner}{stripped}".strip()
         else:
             current = None
     return entries

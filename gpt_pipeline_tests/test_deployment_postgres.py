@@ -39,6 +39,8 @@ from mlflow.tracking import MlflowClient
 from pytest_postgresql import factories
 
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
+from gpt_pipeline.tracking.parents import PARENT_TAG, ROLE_TAG
 from gpt_pipeline.tracking.tracker import Tracker, TrackingError, artifact_root
 from gpt_pipeline_tests.postgres_support import (
     HOST,
@@ -54,7 +56,9 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
-ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+# the assets of train_gpt_job (stories_source is observed, not materialized)
+ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
+              "champion_model", "champion_generations"]
 
 
 # The throwaway server (session-scoped: pytest-postgresql's factory), password logins over TCP
@@ -132,7 +136,7 @@ def test_lineage_runs_on_the_documented_postgres_deployment(tmp_path, monkeypatc
             {"key": "gpt_pipeline/training", "value": "gpu", "limit": 1}
         ]
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance
+            run_config=TINY_RUN_CONFIG, instance=instance, partition_key=DEFAULT_VARIANT
         )
         assert result.success
         run_id = result.run_id
@@ -144,6 +148,7 @@ def test_lineage_runs_on_the_documented_postgres_deployment(tmp_path, monkeypatc
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             assert event is not None and event.run_id == run_id, key
             assert "mlflow_run" in event.asset_materialization.metadata
+            assert event.asset_materialization.partition == (DEFAULT_VARIANT if key in VARIANT_ASSETS else None), key
 
     # ... because it is in PostgreSQL, not in a SQLite file that Dagster fell back to.
     assert {"runs", "event_logs", "jobs", "instigators"} <= postgres.tables("dagster")
@@ -165,6 +170,9 @@ def test_lineage_runs_on_the_documented_postgres_deployment(tmp_path, monkeypatc
     assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(ASSET_KEYS)
     assert all(r.info.status == "FINISHED" for r in runs)
     training = next(r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model")
+    # nested under the sweep's parent run, in the same PostgreSQL store
+    parent = client.get_run(training.data.tags[PARENT_TAG])
+    assert parent.data.tags[ROLE_TAG] == "sweep" and parent.info.status == "FINISHED"
     assert training.data.params["vocab_size"] == "300"
     assert [m.step for m in client.get_metric_history(training.info.run_id, "test_loss")] == [0, 20, 40]
     train_loss = client.get_metric_history(training.info.run_id, "train_loss")

@@ -22,6 +22,7 @@ import pytest
 from gpt_pipeline.training.checkpoint import save_checkpoint
 from gpt_pipeline.cli import main
 from gpt_pipeline.data.splits import build_dataset_table
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT
 from gpt_pipeline.tokenizer.bundle import read_bundle, write_bundle
 from gpt_pipeline_tests.reliability_support import child_env, tree_digest, write_run_config
 from gpt_pipeline_tests.test_reliability_inputs import (  # noqa: F401 - baseline and ws are fixtures
@@ -53,8 +54,8 @@ def cli(ws):
     write_bundle(read_bundle(ws.data / "bpe_tokenizer.json"), dataset)
     shutil.copy(ws.data / "tokenized_dataset.parquet", dataset / "dataset.parquet")
     checkpoint = ws.tmp / "model.safetensors"
-    shutil.copy(ws.data / "trained_model.safetensors", checkpoint)
-    (run,) = (ws.data / "checkpoints" / "trained_model").iterdir()
+    shutil.copy(ws.data / "trained_model" / f"{DEFAULT_VARIANT}.safetensors", checkpoint)
+    (run,) = (ws.data / "checkpoints" / "trained_model" / DEFAULT_VARIANT).iterdir()
     shutil.copytree(run, ws.tmp / "run")
     return CliFiles(dataset, checkpoint, ws.tmp / "run")
 

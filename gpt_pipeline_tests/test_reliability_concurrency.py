@@ -2,7 +2,8 @@
 
 - Two ``train_gpt_job`` runs (``gpt-pipeline materialize``) started together, sharing the data
   directory, the Dagster home and a brand-new MLflow SQLite store: both succeed, every stored file
-  is complete and loadable, and MLflow holds both runs' five runs, FINISHED, in one experiment.
+  is complete and loadable, and MLflow holds both runs' asset runs, FINISHED, in one experiment,
+  with both trainings nested under one sweep parent run (never two for the same sweep and data).
 - Four processes that open ``gpt_pipeline.tracking.tracker.Tracker`` on a store that does not exist yet,
   released at the same instant: all four succeed and agree on one experiment.
 """
@@ -17,6 +18,8 @@ import polars as pl
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT
+from gpt_pipeline.tracking.parents import PARENT_TAG, ROLE_TAG
 from gpt_pipeline.training.checkpoint import load_checkpoint, read_checkpoint
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import (
@@ -29,7 +32,9 @@ from gpt_pipeline_tests.reliability_support import (
 )
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
-ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+# every asset of train_gpt_job that logs an MLflow run (stories_source is only observed)
+ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
+              "champion_model", "champion_generations"]
 
 
 def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
@@ -61,10 +66,14 @@ def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
     assert tokenizer.vocab_size == 300
     table = pq.read_table(data / "tokenized_dataset.parquet")
     assert table.num_rows == 200
-    model, _ = load_checkpoint(data / "trained_model.safetensors")
+    model, _ = load_checkpoint(data / "trained_model" / f"{DEFAULT_VARIANT}.safetensors")
     assert model.config.vocab_size == 300
-    generations = pl.read_parquet(data / "sample_generations.parquet")
-    assert generations["prompt"].to_list() == ["Once", "The dog"]
+    champion, _ = load_checkpoint(data / "champion_model.safetensors")
+    assert champion.config == model.config  # the only variant is the champion
+    for generations_file in (data / "sample_generations" / f"{DEFAULT_VARIANT}.parquet",
+                             data / "champion_generations.parquet"):
+        generations = pl.read_parquet(generations_file)
+        assert generations["prompt"].to_list() == ["Once", "The dog"]
     for path in (data / "checkpoints").rglob("*.safetensors"):
         read_checkpoint(path)
 
@@ -72,16 +81,23 @@ def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     experiments = [e.name for e in client.search_experiments()]
     assert experiments.count("gpt-pipeline") == 1
-    runs = mlflow_runs(uri)
-    assert Counter(r.info.status for r in runs) == Counter({"FINISHED": 10}), [
+    everything = mlflow_runs(uri)
+    # the sweep's parent run (no asset: its children carry the work), found or created under a
+    # lock: one for both runs, whose data are the same
+    parents = [r for r in everything if r.data.tags.get(ROLE_TAG) == "sweep"]
+    runs = [r for r in everything if "dagster.asset_key" in r.data.tags]
+    assert len(parents) + len(runs) == len(everything), [r.data.tags for r in everything]
+    assert [p.info.status for p in parents] == ["FINISHED"], [p.data.tags for p in parents]
+    assert Counter(r.info.status for r in runs) == Counter({"FINISHED": 2 * len(ASSET_KEYS)}), [
         (r.data.tags.get("dagster.asset_key"), r.info.status) for r in runs
     ]
     by_dagster_run = Counter(r.data.tags["dagster.run_id"] for r in runs)
-    assert sorted(by_dagster_run.values()) == [5, 5]
+    assert sorted(by_dagster_run.values()) == [len(ASSET_KEYS)] * 2
     for dagster_run in by_dagster_run:
         keys = sorted(r.data.tags["dagster.asset_key"] for r in runs if r.data.tags["dagster.run_id"] == dagster_run)
         assert keys == sorted(ASSET_KEYS)
     training = [r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model"]
+    assert [r.data.tags.get(PARENT_TAG) for r in training] == [parents[0].info.run_id] * 2
     for run in training:
         history = client.get_metric_history(run.info.run_id, "test_loss")
         assert sorted(m.step for m in history) == [0, 20, 40], run.info.run_id

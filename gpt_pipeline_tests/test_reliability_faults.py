@@ -29,6 +29,7 @@ from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
 from gpt_pipeline_tests.reliability_support import (
     kill_running,
     BIG_ASSET,
@@ -121,8 +122,9 @@ def test_sigkill_during_an_io_manager_write_keeps_the_previous_file(tmp_path, mo
 
 
 def _step_checkpoints(data: Path) -> dict[int, Path]:
+    """The step checkpoints of the default variant (``checkpoints/trained_model/<variant>/<fingerprint>/``)."""
     found = {}
-    for path in (data / "checkpoints" / "trained_model").glob("*/*.safetensors"):
+    for path in (data / "checkpoints" / "trained_model" / DEFAULT_VARIANT).glob("*/*.safetensors"):
         if path.stem.isdigit():
             found[int(path.stem)] = path
     return found
@@ -179,7 +181,8 @@ def test_sigkill_during_training_then_rematerialization_resumes(tmp_path, monkey
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("train_gpt_job").execute_in_process(run_config=run_config, instance=instance)
+        result = defs.resolve_job_def("train_gpt_job").execute_in_process(
+            run_config=run_config, instance=instance, partition_key=DEFAULT_VARIANT)
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
         metadata = event.asset_materialization.metadata
@@ -263,6 +266,7 @@ def test_unreachable_mlflow_fails_the_asset_before_training(tmp_path, monkeypatc
         run_config={"ops": {asset: TINY_RUN_CONFIG["ops"][asset]}},
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
+        partition_key=DEFAULT_VARIANT if asset in VARIANT_ASSETS else None,
     )
     assert time.monotonic() - started < 60
     assert not result.success

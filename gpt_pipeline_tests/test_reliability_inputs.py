@@ -26,6 +26,7 @@ import pytest
 
 from gpt_pipeline.training.checkpoint import save_checkpoint
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import fresh_mlflow_store
@@ -45,7 +46,8 @@ def baseline(tmp_path_factory):
         mp.setenv("GPT_PIPELINE_DATA_DIR", str(root / "data"))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("DAGSTER_HOME", raising=False)
-        result = defs.resolve_job_def("train_gpt_job").execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance)
+        result = defs.resolve_job_def("train_gpt_job").execute_in_process(
+            run_config=TINY_RUN_CONFIG, instance=instance, partition_key=DEFAULT_VARIANT)
         assert result.success
         tokenizer = BPETokenizer.load(root / "data" / "bpe_tokenizer.json")
         yield Baseline(root, root / "data", uri, instance, len(tokenizer.alphabet), tokenizer.vocab_size)
@@ -240,7 +242,7 @@ def test_whole_job_with_a_bad_model_config_fails_at_that_step_only(ws):
     run_config["ops"]["trained_model"]["config"]["head_count"] = 3
     before = ws.snapshot()
     result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-        run_config=run_config, instance=ws.baseline.instance, raise_on_error=False
+        run_config=run_config, instance=ws.baseline.instance, raise_on_error=False, partition_key=DEFAULT_VARIANT
     )
     # Stories, tokenizer and dataset are rewritten with the same config: the same bytes.
     ws.assert_step_fails_clearly(result, "trained_model", ["embedding_size=32", "head_count=3"], before)
@@ -264,7 +266,7 @@ CHECKPOINT_CORRUPTIONS = {
 
 @pytest.mark.parametrize("corruption", list(CHECKPOINT_CORRUPTIONS))
 def test_unreadable_checkpoint(ws, corruption):
-    path = ws.data / "trained_model.safetensors"
+    path = ws.data / "trained_model" / f"{DEFAULT_VARIANT}.safetensors"
     CHECKPOINT_CORRUPTIONS[corruption](path)
     before = ws.snapshot()
     result = ws.materialize("sample_generations", {"prompts": ["Once"], "token_count": 5})
@@ -278,7 +280,7 @@ def _mismatched_model(vocab_size: int) -> GPT:
 
 
 def test_checkpoint_whose_vocabulary_does_not_match_the_tokenizer(ws, baseline):
-    save_checkpoint(ws.data / "trained_model.safetensors", _mismatched_model(50))
+    save_checkpoint(ws.data / "trained_model" / f"{DEFAULT_VARIANT}.safetensors", _mismatched_model(50))
     before = ws.snapshot()
     result = ws.materialize("sample_generations", {"prompts": ["Once"], "token_count": 5})
     fragments = [re.compile(r"\b50\b"), re.compile(rf"\b{baseline.vocab_size}\b"), "vocab"]
@@ -315,7 +317,7 @@ def test_unseen_characters_are_dropped_in_skip_mode(ws):
         "sample_generations", {"prompts": [f"Once {SNOWMAN}"], "token_count": 5, "unknown": "skip"}
     )
     assert result.success
-    texts = pq.read_table(ws.data / "sample_generations.parquet").column("text").to_pylist()
+    texts = pq.read_table(ws.data / "sample_generations" / f"{DEFAULT_VARIANT}.parquet").column("text").to_pylist()
     assert len(texts) == 1 and texts[0].startswith(f"Once {SNOWMAN}")
 
 
@@ -337,7 +339,8 @@ def test_unknown_config_key_is_refused_before_any_step(ws, asset):
     before = ws.snapshot()
     with pytest.raises(dg.DagsterInvalidConfigError) as raised:
         defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=run_config, instance=ws.baseline.instance, raise_on_error=False
+            run_config=run_config, instance=ws.baseline.instance, raise_on_error=False,
+            partition_key=DEFAULT_VARIANT,
         )
     assert f'"{UNKNOWN_KEYS[asset]}"' in str(raised.value) and asset in str(raised.value)
     assert ws.snapshot() == before

@@ -28,6 +28,7 @@ from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS, VARIANTS
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.remote import STORAGE_URL_ENV, StorageError
 from gpt_pipeline.data.table_file import TableFile
@@ -109,9 +110,13 @@ def _object(endpoint: str, bucket: str, key: str) -> bytes:
     return _client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def _input_context(key: str, type_: type = object) -> dg.InputContext:
-    """An input of asset ``key`` typed ``type_`` (``object``: a type no format names)."""
-    return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_))
+def _input_context(key: str, type_: type = object, partition: str | None = None) -> dg.InputContext:
+    """An input of asset ``key`` typed ``type_`` (``object``: a type no format names), of the
+    sweep variant ``partition`` when given."""
+    if partition is None:
+        return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_))
+    return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_),
+                                  partition_key=partition, asset_partitions_def=VARIANTS)
 
 
 def _run_config(*keys: str) -> dict:
@@ -138,24 +143,37 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
         "mlflow": MLflowResource(),
     }
     first = dg.materialize(ASSETS, resources=resources, run_config=TINY_RUN_CONFIG,
-                           instance=dg.DagsterInstance.ephemeral())
+                           instance=dg.DagsterInstance.ephemeral(), partition_key=DEFAULT_VARIANT)
     assert first.success
 
     stored = _keys(s3_endpoint, bucket)
+    model_key, generations_key = (f"{PREFIX}/trained_model/{DEFAULT_VARIANT}.safetensors",
+                                  f"{PREFIX}/sample_generations/{DEFAULT_VARIANT}.parquet")
     expected = {f"{PREFIX}/{name}" for name in (
-        "raw_stories.parquet", "bpe_tokenizer.json", "bpe_tokenizer.vocab.txt",
-        "tokenized_dataset.parquet", "trained_model.safetensors", "sample_generations.parquet")}
+        "raw_stories.parquet", "bpe_tokenizer.json", "bpe_tokenizer.vocab.txt", "tokenized_dataset.parquet")}
+    expected |= {model_key, generations_key}  # a variant's asset: <asset>/<variant>.<suffix>
     assert expected <= set(stored), sorted(stored)
+
     # Only assets and their companions: checkpoints and scratch folders stay local.
-    assert all(key.split("/")[-1].split(".")[0] in ASSET_KEYS and key.count("/") == 2 for key in stored), sorted(stored)
+    def asset_file(key: str) -> bool:
+        parts = key.removeprefix(f"{PREFIX}/").split("/")
+        if len(parts) == 2:  # a variant's file
+            return parts[0] in VARIANT_ASSETS and parts[1].split(".")[0] == DEFAULT_VARIANT
+        return len(parts) == 1 and parts[0].split(".")[0] in ASSET_KEYS and parts[0].split(".")[0] not in VARIANT_ASSETS
+
+    assert all(key.startswith(f"{PREFIX}/") and asset_file(key) for key in stored), sorted(stored)
     assert all(size > 0 for size in stored.values())
-    # No asset file went to the local data directory (only checkpoints and scratch stay local).
+    # No asset file went to the local data directory (only checkpoints, scratch and the lock
+    # files of this machine's processes, such as the sweep parent run's, stay local).
     local = [p.relative_to(data) for p in data.rglob("*") if p.is_file()]
-    assert [p for p in local if p.parts[0] not in ("checkpoints", ".scratch")] == []
+    assert [p for p in local if p.parts[0] not in ("checkpoints", ".scratch")
+            and not (p.parts[0] == ".locks" and p.name == ".lock")] == []
     for event in first.get_asset_materialization_events():
         metadata = event.materialization.metadata
         key = event.asset_key.to_user_string()
-        assert metadata["path"].value.startswith(f"{url}/{key}."), metadata["path"]
+        stem = f"{key}/{event.partition}" if key in VARIANT_ASSETS else key
+        assert event.partition == (DEFAULT_VARIANT if key in VARIANT_ASSETS else None)
+        assert metadata["path"].value.startswith(f"{url}/{stem}."), metadata["path"]
         assert metadata["size_bytes"].value == stored[metadata["path"].value.removeprefix(f"s3://{bucket}/")]
 
     # A second IO manager (as another process would) loads what the run stored.
@@ -163,12 +181,12 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
     tokenizer = reader.load_input(_input_context("bpe_tokenizer", BPETokenizer))
     body = _object(s3_endpoint, bucket, f"{PREFIX}/bpe_tokenizer.json")
     assert tokenizer.vocab_size == 300 and tokenizer.to_json() == body.decode("utf-8")
-    model = reader.load_input(_input_context("trained_model", GPT))
+    model = reader.load_input(_input_context("trained_model", GPT, DEFAULT_VARIANT))
     model_file = tmp_path / "model.safetensors"
-    model_file.write_bytes(_object(s3_endpoint, bucket, f"{PREFIX}/trained_model.safetensors"))
+    model_file.write_bytes(_object(s3_endpoint, bucket, model_key))
     expected_model = load_checkpoint(model_file)[0]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected_model.state_dict().values()))
-    generations = pl.read_parquet(_object(s3_endpoint, bucket, f"{PREFIX}/sample_generations.parquet"))
+    generations = pl.read_parquet(_object(s3_endpoint, bucket, generations_key))
     assert generations["prompt"].to_list() == ["Once", "The dog"]
     dataset = pl.read_parquet(_object(s3_endpoint, bucket, f"{PREFIX}/tokenized_dataset.parquet"))
 
@@ -177,18 +195,18 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
     monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "elsewhere"))
     downstream = ["tokenized_dataset", "sample_generations"]
     again = dg.materialize(ASSETS, selection=downstream, resources=resources, run_config=_run_config(*downstream),
-                           instance=dg.DagsterInstance.ephemeral())
+                           instance=dg.DagsterInstance.ephemeral(), partition_key=DEFAULT_VARIANT)
     assert again.success
     assert sorted(e.asset_key.to_user_string() for e in again.get_asset_materialization_events()) == sorted(downstream)
-    regenerated = pl.read_parquet(_object(s3_endpoint, bucket, f"{PREFIX}/sample_generations.parquet"))
+    regenerated = pl.read_parquet(_object(s3_endpoint, bucket, generations_key))
     assert regenerated.equals(generations)
     assert pl.read_parquet(_object(s3_endpoint, bucket, f"{PREFIX}/tokenized_dataset.parquet")).equals(dataset)
 
     # Without the stored model the downstream asset has nothing to read: the error names S3.
-    _client(s3_endpoint).delete_object(Bucket=bucket, Key=f"{PREFIX}/trained_model.safetensors")
+    _client(s3_endpoint).delete_object(Bucket=bucket, Key=model_key)
     missing = dg.materialize(ASSETS, selection=["sample_generations"], resources=resources,
                              run_config=_run_config("sample_generations"), instance=dg.DagsterInstance.ephemeral(),
-                             raise_on_error=False)
+                             raise_on_error=False, partition_key=DEFAULT_VARIANT)
     assert not missing.success
     failure = next(e for e in missing.all_events if e.is_step_failure)
     assert f"no stored file under {url}" in str(failure.step_failure_data.error)

@@ -61,6 +61,22 @@ def _keyword_is(call: ast.Call, name: str, value) -> bool:
     return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is value for k in call.keywords)
 
 
+SAFE_LOADERS = ("SafeLoader", "CSafeLoader")
+
+
+def _safe_loader_classes(tree: ast.AST) -> set[str]:
+    """The classes ``tree`` defines that derive from ``yaml.SafeLoader`` (or ``CSafeLoader``),
+    directly or through another such class of the same source: a ``Loader=`` that is safe too."""
+    classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    safe: set[str] = set()
+    while True:
+        more = {c.name for c in classes if c.name not in safe and any(
+            _dotted(base).endswith(SAFE_LOADERS) or _dotted(base) in safe for base in c.bases)}
+        if not more:
+            return safe
+        safe |= more
+
+
 def unsafe_loads(source: str) -> list[str]:
     """What in ``source`` loads pickles (or serves everyone): one ``line: what`` per finding.
 
@@ -69,7 +85,9 @@ def unsafe_loads(source: str) -> list[str]:
         ['2: torch.load without weights_only=True']
     """
     found = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    safe_loaders = _safe_loader_classes(tree)
+    for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Import):
             found += [f"{line}: import {a.name}" for a in node.names if a.name.split(".")[0] in PICKLE_MODULES]
@@ -91,7 +109,8 @@ def unsafe_loads(source: str) -> list[str]:
             elif name == "numpy.load" and _keyword_is(node, "allow_pickle", True):
                 found.append(f"{line}: numpy.load with allow_pickle=True")
             elif name == "yaml.load" and not any(
-                k.arg == "Loader" and _dotted(k.value).endswith(("SafeLoader", "CSafeLoader")) for k in node.keywords
+                k.arg == "Loader" and (_dotted(k.value).endswith(SAFE_LOADERS) or _dotted(k.value) in safe_loaders)
+                for k in node.keywords
             ):
                 found.append(f"{line}: yaml.load without a SafeLoader")
         elif isinstance(node, ast.Constant) and node.value == "0.0.0.0":
@@ -114,6 +133,8 @@ def unsafe_loads(source: str) -> list[str]:
         "import numpy as np\nx = np.load('a.npy', allow_pickle=True)",
         "import pandas as pd\nx = pd.read_pickle('f.pkl')",
         "import yaml\nx = yaml.load(open('c.yaml'))",
+        "import yaml\nclass L(yaml.Loader): pass\nx = yaml.load(open('c.yaml'), Loader=L)",
+        "import yaml\nclass L(yaml.UnsafeLoader): pass\nclass M(L): pass\nx = yaml.load(open('c.yaml'), Loader=M)",
         "import yaml\nx = yaml.unsafe_load(open('c.yaml'))",
         "import mlflow\nm = mlflow.pytorch.load_model('runs:/x/model')",
         "HOST = '0.0.0.0'",
@@ -130,6 +151,9 @@ def test_scanner_flags_unsafe_snippets(snippet):
         "import numpy as np\nx = np.load('a.npy')",
         "import yaml\nx = yaml.safe_load(open('c.yaml'))",
         "import yaml\nx = yaml.load(open('c.yaml'), Loader=yaml.SafeLoader)",
+        # a SafeLoader subclass (sweeps.py's loader that refuses a key written twice), directly or not
+        "import yaml\nclass L(yaml.SafeLoader): pass\nx = yaml.load(open('c.yaml'), Loader=L)",
+        "import yaml\nclass L(yaml.SafeLoader): pass\nclass M(L): pass\nx = yaml.load(open('c.yaml'), Loader=M)",
         "from safetensors.torch import load_file\nx = load_file('m.safetensors')",
         "import json\nx = json.loads('{}')",
         "HOST = '127.0.0.1'",

@@ -1,7 +1,11 @@
-"""End to end against the real servers: ``dagster dev`` runs ``train_gpt_job`` launched through
-its GraphQL API, then ``mlflow server`` on the same SQLite store serves the training run, its
-metric history and its artifacts through MLflow's REST API. Both servers are stopped in a
-``finally``, and no process they started may outlive the test.
+"""End to end against the real servers: ``dagster dev``, its code location loaded with a sweep of
+two variants (``$GPT_PIPELINE_SWEEP``), runs a backfill of group ``gpt`` launched through its
+GraphQL API as the Dagster UI launches one (the data assets once, both variant partitions of
+``trained_model`` and ``sample_generations``, then ``champion_model``; no run config: the sweep
+binds each variant's config to its partition); then ``mlflow server`` on the same SQLite store
+serves the training runs, a metric history, the artifacts and the ``champion`` alias through
+MLflow's REST API. Both servers are stopped in a ``finally``, and no process they started may
+outlive the test.
 
 Every process the test starts carries a marker in its environment (inherited by its children,
 grandchildren included), so leaks are found by reading ``/proc``, whatever session or process
@@ -26,14 +30,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dagster_graphql import DagsterGraphQLClient
+import yaml
 
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MARKER = "GPT_PIPELINE_E2E_MARKER"
-BUDGET_SECONDS = 170  # the whole test; make test allows 3 minutes
+# The whole test. The backfill takes five iterations of Dagster's backfill daemon, which runs one
+# every 30 s (a fixed interval): it finds the backfill, then requests the data assets, the two
+# variants, the champion, and marks it complete; about 150 s of the usual 180 s here.
+BUDGET_SECONDS = 230
 
 
 def _free_port() -> int:
@@ -131,15 +138,66 @@ def _http_json(url: str, payload: dict | None = None, timeout: float = 10.0) -> 
         return json.loads(response.read())
 
 
-def _graphql(port: int, query: str) -> dict:
-    return _http_json(f"http://127.0.0.1:{port}/graphql", {"query": query})["data"]
+def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    payload = {"query": query, **({"variables": variables} if variables is not None else {})}
+    answer = _http_json(f"http://127.0.0.1:{port}/graphql", payload)
+    if answer.get("errors"):
+        raise AssertionError(f"GraphQL errors: {answer['errors']}")
+    return answer["data"]
 
 
 WORKSPACE_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "\
     "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
-MATERIALIZATION_QUERY = """{ assetOrError(assetKey: {path: ["trained_model"]}) { ... on Asset {
-  assetMaterializations(limit: 1) { runId
+# What the UI's "Materialize all" reads of the group's assets before it picks a launch.
+ASSET_NODES_QUERY = """{ assetNodes { assetKey { path } groupName isObservable isExecutable
+  isMaterializable jobNames partitionDefinition { type } partitionKeysByDimension { partitionKeys } } }"""
+# The UI's mutation (ui-core/src/instance/backfill/BackfillUtils.tsx), as it sends it.
+LAUNCH_BACKFILL_MUTATION = """mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionSetNotFoundError { message }
+    ... on PartitionKeysNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on PipelineNotFoundError { message }
+    ... on RunConflict { message }
+    ... on ConflictingExecutionParamsError { message }
+    ... on RunConfigValidationInvalid { errors { message path reason } }
+    ... on PythonError { message stack }
+  } }"""
+BACKFILL_QUERY = """query Backfill($id: String!) { partitionBackfillOrError(backfillId: $id) {
+  __typename ... on PythonError { message }
+  ... on PartitionBackfill { status isAssetBackfill error { message }
+    runs { runId status startTime endTime tags { key value } }
+    assetBackfillData { assetBackfillStatuses { __typename
+      ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted
+        numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed }
+      ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed } } } } } }"""
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+MATERIALIZATIONS_QUERY = """query Materializations($key: [String!]!) { assetOrError(assetKey: {path: $key}) {
+  ... on Asset { assetMaterializations { runId partition
     metadataEntries { label ... on TextMetadataEntry { text } } } } } }"""
+DATA_ASSETS = ("raw_stories", "bpe_tokenizer", "tokenized_dataset")
+VARIANT_ASSETS = ("trained_model", "sample_generations")
+CHAMPION_ASSETS = ("champion_model", "champion_generations")
+ALL_ASSETS = (*DATA_ASSETS, *VARIANT_ASSETS, *CHAMPION_ASSETS)
+# Two variants of one sweep: the test's tiny config as the base, learning rates apart.
+VARIANT_RATES = {"lr_low": 0.003, "lr_high": 0.006}
+
+
+def _write_sweep(folder: Path) -> Path:
+    (folder / "base.yaml").write_text(yaml.safe_dump(TINY_RUN_CONFIG))
+    sweep = folder / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "e2e", "base": "base.yaml",
+        "variants": {v: {"trained_model": {"learning_rate": rate}} for v, rate in VARIANT_RATES.items()},
+    }, sort_keys=False))
+    return sweep
+
+
+def _materializations(port: int, asset: str) -> list[dict]:
+    found = _graphql(port, MATERIALIZATIONS_QUERY, {"key": [asset]})["assetOrError"]["assetMaterializations"]
+    return [{**m, "metadata": {e["label"]: e.get("text") for e in m["metadataEntries"]}} for m in found]
 
 
 def _location_loaded(port: int) -> bool:
@@ -150,18 +208,24 @@ def _location_loaded(port: int) -> bool:
     return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:gql")  # dagster_graphql's use of gql
 def test_dagster_run_then_mlflow_rest(tmp_path):
-    deadline = time.monotonic() + BUDGET_SECONDS
+    started = time.monotonic()
+    deadline = started + BUDGET_SECONDS
+    phases: dict[str, float] = {}  # seconds since the start, printed at the end (pytest -s)
     token = uuid.uuid4().hex
     store = tmp_path / "mlruns" / "mlflow.db"
     tracking_uri = f"sqlite:///{store}"
     (tmp_path / "dagster_home").mkdir()
+    # The instance `make dagster-ui` uses (the Makefile's dagster.yaml): pools take one step at a
+    # time, so the two variants' trainings take turns in the pool "training".
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
     env = {
         **os.environ,
         MARKER: token,
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "GPT_PIPELINE_DATA_DIR": str(tmp_path / "data"),
+        "GPT_PIPELINE_SWEEP": str(_write_sweep(tmp_path)),  # the code location's variants
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner worker pool beside the server
         "PYTHONUNBUFFERED": "1",
@@ -170,7 +234,7 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
     dagster_log, mlflow_log = tmp_path / "dagster.log", tmp_path / "mlflow.log"
     servers: list[subprocess.Popen] = []
     try:
-        # --- Dagster: load the code location, launch the job through GraphQL, wait for success.
+        # --- Dagster: load the code location, backfill the group through GraphQL, wait for success.
         dagster = _start(
             [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(dagster_port),
              "-w", str(REPO_ROOT / "workspace.yaml")],
@@ -179,25 +243,85 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
         servers.append(dagster)
         _wait_for("dagster dev loads the code location", lambda: _location_loaded(dagster_port),
                   deadline, dagster, dagster_log)
+        phases["location loaded"] = time.monotonic() - started
         commands = list(_marked_processes(token).values())
         assert sum("code-server start" in c for c in commands) == 1, commands
         assert sum("dagster_webserver" in c for c in commands) == 1, commands
         assert sum("dagster._daemon" in c for c in commands) == 1, commands
 
-        client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_port)
-        dagster_run_id = client.submit_job_execution("train_gpt_job", run_config=TINY_RUN_CONFIG)
-        status = _wait_for(
-            "train_gpt_job finishes",
-            lambda: (s := client.get_run_status(dagster_run_id).value) in ("SUCCESS", "FAILURE", "CANCELED")
-            and s,
-            deadline, dagster, dagster_log,
-        )
-        assert status == "SUCCESS", _tail(dagster_log, 80)
-        latest = _graphql(dagster_port, MATERIALIZATION_QUERY)["assetOrError"]["assetMaterializations"][0]
-        assert latest["runId"] == dagster_run_id
-        linked_run = {e["label"]: e.get("text") for e in latest["metadataEntries"]}["mlflow_run_id"]
+        # What "Materialize all…" on group gpt launches, as Dagster 1.13's UI decides it (ui-core
+        # LaunchAssetExecutionButton: optionsForExecuteButton keeps the executable assets that are
+        # not observable, so not stories_source; stateForLaunchingAssets: they share one
+        # partitioning or none, and their first job in common, jobNames sorted, is the hidden
+        # __ASSET_JOB; LaunchAssetChoosePartitionsDialog's onLaunchAsBackfill for such a target):
+        # a pure asset backfill of the partitions chosen in the dialog (here all of them), with the
+        # UI's tag and, no config saved in the dialog, no runConfigData. One backfill holds the
+        # unpartitioned and the partitioned assets alike: Dagster runs the data assets once, then
+        # each variant (trained_model and sample_generations of one partition in one run), then
+        # champion_model with champion_generations.
+        nodes = [n for n in _graphql(dagster_port, ASSET_NODES_QUERY)["assetNodes"] if n["groupName"] == "gpt"]
+        assert {n["assetKey"]["path"][0] for n in nodes if n["isObservable"]} == {"stories_source"}
+        selected = [n for n in nodes if n["isExecutable"] and not n["isObservable"]]
+        assert {n["assetKey"]["path"][0] for n in selected} == set(ALL_ASSETS)
+        assert all(n["jobNames"][0] == "__ASSET_JOB" for n in selected), [n["jobNames"] for n in selected]
+        partitioned = [n for n in selected if n["partitionDefinition"]]
+        assert {n["assetKey"]["path"][0] for n in partitioned} == set(VARIANT_ASSETS)
+        assert all(n["partitionDefinition"]["type"] == "STATIC" for n in partitioned)
+        partition_keys = partitioned[0]["partitionKeysByDimension"][0]["partitionKeys"]
+        assert partition_keys == list(VARIANT_RATES)  # the sweep file's variants, in its order
+        backfill_params = {
+            "tags": [{"key": "dagster/from_ui", "value": "true"}],
+            "assetSelection": [{"path": n["assetKey"]["path"]} for n in selected],
+            "partitionNames": partition_keys,
+            "fromFailure": False,
+        }
+        launched = _graphql(dagster_port, LAUNCH_BACKFILL_MUTATION,
+                            {"backfillParams": backfill_params})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+        phases["backfill launched"] = time.monotonic() - started
 
-        # --- MLflow: serve the same store, read the run back over REST.
+        def backfill_done():
+            found = _graphql(dagster_port, BACKFILL_QUERY, {"id": backfill_id})["partitionBackfillOrError"]
+            assert found["__typename"] == "PartitionBackfill", found
+            return found if found["status"] in BACKFILL_DONE else None
+
+        backfill = _wait_for("the backfill completes", backfill_done, deadline, dagster, dagster_log)
+        phases["backfill done"] = time.monotonic() - started
+        assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, _tail(dagster_log, 80))
+        assert backfill["isAssetBackfill"] and backfill["error"] is None
+        statuses = {s["assetKey"]["path"][0]: s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
+        assert set(statuses) == set(ALL_ASSETS)
+        for asset in (*DATA_ASSETS, *CHAMPION_ASSETS):
+            assert statuses[asset]["__typename"] == "UnpartitionedAssetStatus", statuses[asset]
+            assert statuses[asset]["materialized"] and not statuses[asset]["failed"], statuses[asset]
+        for asset in VARIANT_ASSETS:
+            assert {k: statuses[asset][k] for k in ("numPartitionsTargeted", "numPartitionsMaterialized",
+                                                    "numPartitionsFailed", "numPartitionsInProgress")} \
+                == {"numPartitionsTargeted": 2, "numPartitionsMaterialized": 2,
+                    "numPartitionsFailed": 0, "numPartitionsInProgress": 0}, statuses[asset]
+        runs = {r["runId"]: r for r in backfill["runs"]}
+        assert all(r["status"] == "SUCCESS" for r in runs.values()), runs
+        # Every materialization came from the backfill's runs: the data assets once each (one run,
+        # not once per variant), each variant partition once, the champion and its generations once.
+        materialized = {a: _materializations(dagster_port, a) for a in ALL_ASSETS}
+        for asset, events in materialized.items():
+            assert {e["runId"] for e in events} <= set(runs), (asset, events, runs)
+        for asset in (*DATA_ASSETS, *CHAMPION_ASSETS):
+            assert [e["partition"] for e in materialized[asset]] == [None], (asset, materialized[asset])
+        assert len({materialized[a][0]["runId"] for a in DATA_ASSETS}) == 1  # shared by every variant
+        for asset in VARIANT_ASSETS:
+            assert sorted(e["partition"] for e in materialized[asset]) == sorted(VARIANT_RATES), materialized[asset]
+        assert (tmp_path / "data" / "champion_model.safetensors").is_file()
+        assert (tmp_path / "data" / "champion_generations.parquet").is_file()
+        for variant in VARIANT_RATES:
+            assert (tmp_path / "data" / "trained_model" / f"{variant}.safetensors").is_file()
+            assert (tmp_path / "data" / "sample_generations" / f"{variant}.parquet").is_file()
+        trainings = {e["partition"]: e for e in materialized["trained_model"]}
+        elected = materialized["champion_model"][0]["metadata"]["champion"]
+        champion_runs = {a: materialized[a][0]["metadata"]["mlflow_run_id"] for a in CHAMPION_ASSETS}
+
+        # --- MLflow: serve the same store, read the runs back over REST.
         mlflow = _start(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri,
              "--default-artifact-root", (store.parent / "artifacts").as_uri(),
@@ -211,21 +335,37 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
             lambda: _http_json(f"{api}/experiments/get-by-name?experiment_name=gpt-pipeline")["experiment"],
             deadline, mlflow, mlflow_log,
         )
-        found = _http_json(f"{api}/runs/search", {
-            "experiment_ids": [experiment["experiment_id"]],
-            "filter": "tags.`dagster.asset_key` = 'trained_model'",
-        })["runs"]
-        assert len(found) == 1
-        run = found[0]
-        run_id = run["info"]["run_id"]
-        assert run_id == linked_run  # the Dagster asset's metadata links to this MLflow run
-        assert run["info"]["status"] == "FINISHED"
-        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        assert tags["dagster.run_id"] == dagster_run_id
-        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+
+        def training_run(variant: str) -> dict:
+            found = _http_json(f"{api}/runs/search", {
+                "experiment_ids": [experiment["experiment_id"]],
+                "filter": f"tags.`dagster.asset_key` = 'trained_model' and tags.`gpt_pipeline/variant` = '{variant}'",
+            })["runs"]
+            assert len(found) == 1, found
+            return found[0]
+
         model_config = TINY_RUN_CONFIG["ops"]["trained_model"]["config"]
-        assert float(params["learning_rate"]) == model_config["learning_rate"]
-        assert int(params["training_iterations"]) == model_config["training_iterations"]
+        by_variant = {variant: training_run(variant) for variant in VARIANT_RATES}
+        parents = set()
+        for variant, found in by_variant.items():
+            tags = {t["key"]: t["value"] for t in found["data"]["tags"]}
+            params = {p["key"]: p["value"] for p in found["data"]["params"]}
+            assert found["info"]["run_id"] == trainings[variant]["metadata"]["mlflow_run_id"]  # linked from Dagster
+            assert tags["dagster.run_id"] == trainings[variant]["runId"]
+            assert tags["gpt_pipeline/sweep"] == "e2e" and tags["dagster.partition"] == variant
+            assert float(params["learning_rate"]) == VARIANT_RATES[variant]  # the variant's override
+            assert int(params["training_iterations"]) == model_config["training_iterations"]  # the sweep's base
+            parents.add(tags["mlflow.parentRunId"])
+        assert len(parents) == 1  # both variants nested under the sweep's one parent run
+        parent = _http_json(f"{api}/runs/get?run_id={parents.pop()}")["run"]
+        parent_tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+        assert parent_tags["gpt_pipeline/role"] == "sweep" and "dagster.asset_key" not in parent_tags
+
+        variant = next(iter(VARIANT_RATES))
+        run = by_variant[variant]
+        run_id = run["info"]["run_id"]
+        assert run["info"]["status"] == "FINISHED"
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert int(params["vocab_size"]) == TINY_RUN_CONFIG["ops"]["bpe_tokenizer"]["config"]["vocab_size"]
 
         history = _http_json(f"{api}/metrics/get-history?run_id={run_id}&metric_key=test_loss")["metrics"]
@@ -245,11 +385,26 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
         query = urllib.parse.urlencode({"run_id": run_id, "path": "config.json"})
         url = f"http://127.0.0.1:{mlflow_port}/get-artifact?{query}"
         with urllib.request.urlopen(url, timeout=10) as response:
-            assert json.loads(response.read())["learning_rate"] == model_config["learning_rate"]
+            assert json.loads(response.read())["learning_rate"] == VARIANT_RATES[variant]
         assert "loss_curve.png" in top and "generations.json" in top
+
+        # The champion alias: the training run of the variant with the lower test bits per character.
+        bits = {v: {m["key"]: m["value"] for m in r["data"]["metrics"]}["final_test_bits_per_character"]
+                for v, r in by_variant.items()}
+        assert len(set(bits.values())) == len(bits), bits  # no tie (a tie elects by file order)
+        winner = min(bits, key=bits.get)
+        assert elected == winner, (elected, bits)
         best = _http_json(f"{api}/registered-models/alias?name=gpt-pipeline&alias=champion")["model_version"]
-        assert best["run_id"] == run_id
-        assert float({t["key"]: t["value"] for t in best["tags"]}["test_loss"]) == latest_metrics["test_loss"]
+        assert best["run_id"] == by_variant[winner]["info"]["run_id"]
+        winner_metrics = {m["key"]: m["value"] for m in by_variant[winner]["data"]["metrics"]}
+        assert float({t["key"]: t["value"] for t in best["tags"]}["test_loss"]) == winner_metrics["test_loss"]
+        generations = _http_json(f"{api}/runs/get?run_id={champion_runs['champion_generations']}")["run"]
+        assert {t["key"]: t["value"] for t in generations["data"]["tags"]}["mlflow.parentRunId"] \
+            == champion_runs["champion_model"]  # nested under the champion's own run
+        phases["mlflow checked"] = time.monotonic() - started
+        first = min(r["startTime"] for r in runs.values())
+        print("phases (s):", {k: round(v) for k, v in phases.items()}, "runs (s after the first start):",
+              sorted((round(r["startTime"] - first), round(r["endTime"] - first)) for r in runs.values()))
     finally:
         stopped_cleanly = [_stop(server) for server in reversed(servers)]
         survivors = _wait_all_exited(token)

@@ -267,6 +267,9 @@ def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Con
 
     ``like``: an asset configured as another (``champion_generations`` as ``sample_generations``):
     the other's base and run config apply first, then this asset's own run config."""
+    if asset in VARIANT_ASSETS and not context.has_partition_key:
+        raise dg.Failure(description=f"{asset} has one partition per variant of sweep {sweep.name}: launch it "
+                         f"with a partition key ({', '.join(sweep.variants)})", allow_retries=False)
     given = given_config(context, asset)
     values = config.model_dump()
     if like is not None:

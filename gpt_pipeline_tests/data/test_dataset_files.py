@@ -197,7 +197,8 @@ def test_trained_model_materializes_from_the_memory_mapped_dataset(isolated_stor
     keys = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model"]
     ops = {key: TINY_RUN_CONFIG["ops"][key] for key in keys}
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(ASSETS, selection=keys, resources=resources, run_config={"ops": ops}, instance=instance)
+    result = dg.materialize(ASSETS, selection=keys, resources=resources, run_config={"ops": ops}, instance=instance,
+                            partition_key="default")  # trained_model's only variant
     assert result.success
 
     stored = TableFile.stored_at(data / "tokenized_dataset.parquet")
@@ -220,7 +221,7 @@ def test_trained_model_materializes_from_the_memory_mapped_dataset(isolated_stor
         handle.truncate(companion.stat().st_size - 2)
     again = dg.materialize(ASSETS, selection=["trained_model"], resources=resources,
                            run_config={"ops": {"trained_model": ops["trained_model"]}}, instance=instance,
-                           raise_on_error=False)
+                           raise_on_error=False, partition_key="default")
     assert not again.success
     (failure,) = [e for e in again.all_events if e.event_type_value == "STEP_FAILURE"]
     assert f"{ARRAYS}: tensor 'test_tokens'" in failure.step_failure_data.error.message

@@ -19,6 +19,8 @@ CHECKS = {
     "tokenized_dataset": "token_ids_in_vocab",
     "trained_model": "beats_unigram",
     "sample_generations": "generations_decode",
+    "champion_model": "champion_generates",
+    "champion_generations": "generations_decode",
 }
 
 
@@ -28,7 +30,7 @@ def _digest(path) -> str:
 
 def _run(instance, run_config):
     return defs.resolve_job_def("train_gpt_job").execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False
+        run_config=run_config, instance=instance, raise_on_error=False, partition_key="default"
     )
 
 
@@ -46,8 +48,10 @@ def test_failing_check_blocks_downstream_and_keeps_last_good_model(tmp_path, iso
             assert any(
                 ev.check_name == check and ev.passed and ev.asset_key == dg.AssetKey(asset) for ev in evaluations
             ), check
-        model_digest = _digest(data / "trained_model.safetensors")
-        generations_digest = _digest(data / "sample_generations.parquet")
+        model_digest = _digest(data / "trained_model" / "default.safetensors")
+        generations_digest = _digest(data / "sample_generations" / "default.parquet")
+        champion_digest = _digest(data / "champion_model.safetensors")
+        champion_generations_digest = _digest(data / "champion_generations.parquet")
 
         # One step at a negligible learning rate: the model is still at chance level, which a
         # unigram model beats, so the blocking check must fail.
@@ -62,9 +66,11 @@ def test_failing_check_blocks_downstream_and_keeps_last_good_model(tmp_path, iso
                           and e.event_specific_data.check_name == "beats_unigram")
         assert not evaluation.event_specific_data.passed
         executed = {e.step_key for e in bad.all_events if e.event_type_value == "STEP_START"}
-        assert "sample_generations" not in executed
-        assert _digest(data / "trained_model.safetensors") == model_digest
-        assert _digest(data / "sample_generations.parquet") == generations_digest
+        assert not executed & {"sample_generations", "champion_model", "champion_generations"}
+        assert _digest(data / "trained_model" / "default.safetensors") == model_digest
+        assert _digest(data / "sample_generations" / "default.parquet") == generations_digest
+        assert _digest(data / "champion_model.safetensors") == champion_digest
+        assert _digest(data / "champion_generations.parquet") == champion_generations_digest
 
 
 def test_gates_known_answers():

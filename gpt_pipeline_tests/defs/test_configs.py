@@ -16,7 +16,7 @@ from dagster._config.pythonic_config import infer_schema_from_config_class
 
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
-from gpt_pipeline.defs.automation import ASSET_CONFIGS
+from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
 from gpt_pipeline.defs.configs import (
     RawStoriesConfig,
     SampleGenerationsConfig,

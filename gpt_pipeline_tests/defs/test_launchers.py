@@ -44,7 +44,7 @@ def _run_config(**changes) -> dict:
 def _materialize(run_config: dict, instance: dg.DagsterInstance) -> dg.ExecuteInJobResult:
     return dg.materialize(ASSETS, selection=[*UPSTREAM, "trained_model"], run_config=run_config,
                           resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
-                          instance=instance, raise_on_error=False)
+                          instance=instance, raise_on_error=False, partition_key="default")
 
 
 def _training_runs(mlruns: Path) -> list:
@@ -87,7 +87,7 @@ def _kill_worker_after_checkpoint(data: Path, step: int, killed: list, stop: thr
     """SIGKILL the Pipes worker of this process once checkpoint ``step`` exists."""
     me = psutil.Process()
     while not stop.is_set():
-        if list((data / "checkpoints" / "trained_model").glob(f"*/{step}.safetensors")):
+        if list((data / "checkpoints" / "trained_model" / "default").glob(f"*/{step}.safetensors")):
             for child in me.children(recursive=True):
                 if "gpt_pipeline.defs.pipes_worker" in " ".join(child.cmdline()):
                     child.send_signal(signal.SIGKILL)

@@ -1,5 +1,6 @@
 """The whole lineage materialized into a temp directory with a real Dagster instance and a real
-MLflow SQLite store: files, metadata, MLflow params and metrics."""
+MLflow SQLite store: files, metadata, MLflow params and metrics. ``trained_model`` and
+``sample_generations`` are partitioned by the sweep's variants (by default one, ``default``)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,31 @@ from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+MATERIALIZED = [*ASSET_KEYS, "champion_model", "champion_generations"]  # what a train_gpt_job run materializes
+PARTITIONED = {"trained_model", "sample_generations"}
 
 
 def test_definitions_form_one_lineage():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(ASSET_KEYS)
-    for upstream, downstream in zip(ASSET_KEYS, ASSET_KEYS[1:]):
+    assert keys == {"stories_source", *MATERIALIZED}
+    chain = ["stories_source", *ASSET_KEYS]
+    for upstream, downstream in zip(chain, chain[1:]):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
         assert upstream in parents
-    for key in ASSET_KEYS:
+    champion_parents = {k.to_user_string() for k in graph.get(dg.AssetKey("champion_model")).parent_keys}
+    assert "trained_model" in champion_parents and "sample_generations" not in champion_parents
+    assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("champion_generations")).parent_keys
+    assert graph.get(dg.AssetKey("stories_source")).is_observable
+    for key in ["stories_source", *MATERIALIZED]:
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == "gpt"
-    assert defs.resolve_job_def("train_gpt_job") is not None
+        if key in PARTITIONED:
+            assert node.partitions_def.get_partition_keys() == ["default"], key
+        else:
+            assert node.partitions_def is None, key
+    job = defs.resolve_job_def("train_gpt_job")
+    assert job is not None and job.partitions_def.get_partition_keys() == ["default"]
 
 
 def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
@@ -35,12 +48,13 @@ def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance
+            run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default"
         )
         assert result.success
-        for key in ASSET_KEYS:
+        for key in MATERIALIZED:
             materialization = instance.get_latest_materialization_event(dg.AssetKey(key))
             assert materialization is not None, key
+            assert materialization.asset_materialization.partition == ("default" if key in PARTITIONED else None)
             metadata = materialization.asset_materialization.metadata
             assert metadata["size_bytes"].value > 0
             assert "mlflow_run" in metadata
@@ -56,19 +70,29 @@ def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
     assert str(table.schema.field("tokens").type) == "list<element: uint16>"
     assert table.column("split").to_pylist().count("train") == 180
     assert tokenizer.decode(table.column("tokens")[0].as_py()) == stories["text"][0]
-    with safe_open(data / "trained_model.safetensors", "pt") as handle:
+    with safe_open(data / "trained_model" / "default.safetensors", "pt") as handle:
         assert "gpt_config" in "".join(handle.metadata() or {})
-    generations = pl.read_parquet(data / "sample_generations.parquet")
+    with safe_open(data / "champion_model.safetensors", "pt") as handle:
+        assert "gpt_config" in "".join(handle.metadata() or {})
+    generations = pl.read_parquet(data / "sample_generations" / "default.parquet")
     assert generations["prompt"].to_list() == ["Once", "The dog"]
     assert all(text.startswith(p) for text, p in zip(generations["text"], generations["prompt"]))
+    # The champion is the only variant's model: it writes the same stories (sample_generations' config).
+    assert pl.read_parquet(data / "champion_generations.parquet").equals(generations)
 
     # MLflow: one run per asset, tagged with the Dagster run; the training run has its history.
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("gpt-pipeline")
     runs = client.search_runs([experiment.experiment_id], f"tags.`dagster.run_id` = '{run_id}'")
-    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(ASSET_KEYS)
+    assert sorted(r.data.tags["dagster.asset_key"] for r in runs) == sorted(MATERIALIZED)
     assert all(r.info.status == "FINISHED" for r in runs)
     training = next(r for r in runs if r.data.tags["dagster.asset_key"] == "trained_model")
+    generating = next(r for r in runs if r.data.tags["dagster.asset_key"] == "sample_generations")
+    assert training.info.run_name == f"trained_model-default-{run_id[:8]}"
+    assert generating.data.tags["mlflow.parentRunId"] == training.info.run_id  # nested under its training
+    assert generating.data.tags["gpt_pipeline/variant"] == training.data.tags["gpt_pipeline/variant"] == "default"
+    sweep = client.get_run(training.data.tags["mlflow.parentRunId"])  # the sweep's parent run
+    assert sweep.data.tags["gpt_pipeline/role"] == "sweep" and "dagster.asset_key" not in sweep.data.tags
     assert training.data.params["vocab_size"] == "300"
     assert training.data.params["embedding_size"] == "32"
     assert training.data.params["learning_rate"] == "0.003"
@@ -91,12 +115,12 @@ def test_trained_model_starts_from_a_checkpoint_and_exports_to_hugging_face(tmp_
     home.mkdir()
     job = defs.resolve_job_def("train_gpt_job")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        assert job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance).success
+        assert job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default").success
         start = tmp_path / "start.safetensors"
-        start.write_bytes((data / "trained_model.safetensors").read_bytes())
+        start.write_bytes((data / "trained_model" / "default.safetensors").read_bytes())
         config = copy.deepcopy(TINY_RUN_CONFIG)
         config["ops"]["trained_model"]["config"].update(initial_checkpoint=str(start), export_hf=True)
-        second = job.execute_in_process(run_config=config, instance=instance)
+        second = job.execute_in_process(run_config=config, instance=instance, partition_key="default")
         assert second.success
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("gpt-pipeline")

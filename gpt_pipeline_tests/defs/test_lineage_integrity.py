@@ -37,6 +37,7 @@ from gpt_pipeline_tests.reliability_support import (
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 ASSETS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
+PARTITIONED = {"trained_model", "sample_generations"}  # by the sweep's variants: here the one, "default"
 JOB = defs.resolve_job_def("train_gpt_job")
 
 
@@ -49,10 +50,12 @@ def _new_corpus_config(**dataset_config) -> dict:
 
 
 def _run(instance, config: dict, select: list[str] | None = None):
+    """The job (every asset, or ``select``); the ``default`` partition when a variant's asset runs."""
     ops = {k: v for k, v in config["ops"].items() if select is None or k in select}
     return JOB.execute_in_process(
         run_config={"ops": ops}, instance=instance, raise_on_error=False,
         asset_selection=None if select is None else [dg.AssetKey(k) for k in select],
+        partition_key="default" if select is None or PARTITIONED & set(select) else None,
     )
 
 
@@ -84,8 +87,9 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 
 def _stored(data: Path) -> dict[str, str]:
-    """Digests of the stored asset files (not checkpoints, scratch or temporary files)."""
-    return {k: v for k, v in tree_digest(data).items() if "/" not in k and not k.startswith(".")}
+    """Digests of the stored asset files, the partitions' too (not checkpoints, scratch or temporary files)."""
+    return {k: v for k, v in tree_digest(data).items() if not k.startswith(".")
+            and ("/" not in k or k.split("/")[0] in PARTITIONED)}
 
 
 def test_a_partial_failure_is_refused_downstream_until_the_dataset_is_rematerialized(tmp_path, isolated_storage):
@@ -102,10 +106,10 @@ def test_a_partial_failure_is_refused_downstream_until_the_dataset_is_rematerial
         assert BPETokenizer.load(data / "bpe_tokenizer.json").provenance["inputs"] == {"raw_stories": first["raw_stories"]}
         footer = pq.read_metadata(data / "tokenized_dataset.parquet").metadata
         assert json.loads(footer[PROVENANCE_KEY.encode()])["inputs"]["bpe_tokenizer"] == old_tokenizer
-        model_record = json.loads(read_checkpoint_metadata(data / "trained_model.safetensors")[PROVENANCE_KEY])
+        model_record = json.loads(read_checkpoint_metadata(data / "trained_model" / "default.safetensors")[PROVENANCE_KEY])
         assert model_record["digest"] == first["trained_model"]
         assert model_record["inputs"] == {"bpe_tokenizer": old_tokenizer, "tokenized_dataset": first["tokenized_dataset"]}
-        generations = pq.read_metadata(data / "sample_generations.parquet").metadata
+        generations = pq.read_metadata(data / "sample_generations" / "default.parquet").metadata
         assert json.loads(generations[PROVENANCE_KEY.encode()])["digest"] == first["sample_generations"]
 
         # The same inputs again: the same content, so the same data versions, and downstream

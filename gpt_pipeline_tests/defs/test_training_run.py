@@ -16,16 +16,17 @@ def _messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 def test_dagster_log_shows_evaluations_and_the_resume(tmp_path, isolated_storage):
     job = defs.resolve_job_def("train_gpt_job")
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        first = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance)
+        first = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default")
         assert first.success
         lines = _messages(instance, first.run_id)
         assert [m.split(":")[0] for m in lines if "train loss" in m] == ["step 0/40", "step 20/40", "step 40/40"]
         assert not any(m.startswith("resumed from") for m in lines)
-        again = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance)  # same config, same data
+        # same config, same data, same variant
+        again = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default")
         assert again.success
         resumed = [m for m in _messages(instance, again.run_id) if m.startswith("resumed from")]
         assert len(resumed) == 1 and resumed[0].startswith("resumed from step 40/40 (checkpoint in ")
-        assert "checkpoints/trained_model/" in resumed[0]
+        assert "checkpoints/trained_model/default/" in resumed[0]  # the variant's own checkpoints
 
 
 def test_character_counts_of_an_older_dataset_file_are_counted_from_its_tokens(tmp_path):

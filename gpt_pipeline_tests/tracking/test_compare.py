@@ -9,7 +9,7 @@ import pytest
 
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.tracking.compare import add_compare_command, compare_runs, differing_params, format_comparison
-from gpt_pipeline.tracking.registry import register_training
+from gpt_pipeline.tracking.registry import register_training, set_champion
 from gpt_pipeline_tests.tracking_helpers import BAD_LR, GOOD_LR, log_training, tiny_data
 
 
@@ -25,8 +25,9 @@ def test_two_trainings_ranked_with_the_params_that_differ(tmp_path, monkeypatch,
     data = tiny_data(tmp_path)
     worse = log_training(tracker, data, BAD_LR, tmp_path)  # logged first: ranking is not log order
     better = log_training(tracker, data, GOOD_LR, tmp_path)
-    for training in (worse, better):
-        register_training(training.run, training.result.test_loss, training.model_uri)
+    register_training(worse.run, worse.result.test_loss, worse.model_uri)
+    best = register_training(better.run, better.result.test_loss, better.model_uri)
+    set_champion(tracker.client, best.version)  # as champion_model elects it: registering does not
     # Runs that are not finished trainings stay out: another asset's, and a failed training.
     with tracker.run("bpe_tokenizer-x", tags={"dagster.asset_key": "bpe_tokenizer"}) as other:
         other.log_params({"vocab_size": 999})

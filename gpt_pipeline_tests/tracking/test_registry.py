@@ -1,5 +1,6 @@
-"""The model registry against a real MLflow SQLite store: a version per training, ``champion``
-on the lowest test loss, idempotent and safe when processes register at the same time."""
+"""The model registry against a real MLflow SQLite store: a version per training, idempotent and
+safe when processes register at the same time; registration never moves ``champion``, only
+``set_champion`` does (the ``champion_model`` asset elects)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from gpt_pipeline.tracking.registry import (
     CHAMPION_ALIAS,
     MODEL_NAME,
     champion,
-    elect_champion,
     model_versions,
     register_training,
     retrying,
+    set_champion,
 )
 from gpt_pipeline_tests.tracking_helpers import BAD_LR, GOOD_LR, log_training, tiny_data
 
@@ -35,7 +36,7 @@ def _bare_model(tracker: Tracker, name: str = "model"):
     return run, f"models:/{logged.model_id}"
 
 
-def test_two_trainings_champion_is_the_better_one(tmp_path, monkeypatch):
+def test_two_trainings_registered_and_the_champion_set_is_served(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(uri)
     data = tiny_data(tmp_path)
@@ -49,10 +50,14 @@ def test_two_trainings_champion_is_the_better_one(tmp_path, monkeypatch):
     assert first.tags["test_loss"] == repr(better.result.test_loss)
     assert first.tags["run_id"] == better.run.run_id
     assert first.tags["model_id"] == better.model_uri.removeprefix("models:/")
-    assert champion(tracker.client).version == first.version  # a worse newcomer does not take it
+    assert champion(tracker.client) is None  # registering elects nothing: champion_model does
+
+    assert set_champion(tracker.client, first.version).version == first.version
+    assert champion(tracker.client).version == first.version
 
     again = register_training(better.run, better.result.test_loss, better.model_uri)
     assert again.version == first.version and len(model_versions(tracker.client)) == 2
+    assert champion(tracker.client).version == first.version
     logged = tracker.client.get_logged_model(better.model_uri.removeprefix("models:/"))
     assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": MODEL_NAME, "version": 1}]
 
@@ -63,15 +68,27 @@ def test_two_trainings_champion_is_the_better_one(tmp_path, monkeypatch):
     assert model.metadata.run_id == better.run.run_id
 
 
-def test_champion_follows_the_lowest_loss(tmp_path):
+def test_registration_never_moves_the_alias_only_set_champion_does(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
-    assert elect_champion(tracker.client) is None and champion(tracker.client) is None
-    expected_after_each = []
-    for loss, expected in [(3.0, 1), (2.0, 2), (2.5, 2), (2.0, 2), (1.0, 5)]:  # ties keep the older
+    assert champion(tracker.client) is None
+    for loss in [3.0, 2.0]:
         run, uri = _bare_model(tracker)
         register_training(run, loss, uri)
-        expected_after_each.append((int(champion(tracker.client).version), expected))
-    assert [got for got, _ in expected_after_each] == [e for _, e in expected_after_each]
+        assert champion(tracker.client) is None  # not even the best version so far
+    chosen = set_champion(tracker.client, 1)  # any version, not necessarily the lowest loss
+    assert int(chosen.version) == 1 and float(chosen.tags["test_loss"]) == 3.0
+    champions_after_each = []
+    for loss in [2.5, 2.0, 1.0]:  # lower losses registered after: the alias stays where it was set
+        run, uri = _bare_model(tracker)
+        register_training(run, loss, uri)
+        champions_after_each.append(int(champion(tracker.client).version))
+    assert champions_after_each == [1, 1, 1]
+    run, uri = _bare_model(tracker)
+    register_training(run, 9.0, uri)  # version 6, then the same model again (returns version 6)
+    assert int(register_training(SimpleNamespace(client=tracker.client, run_id=run.run_id), 9.0, uri).version) == 6
+    assert int(champion(tracker.client).version) == 1 and len(model_versions(tracker.client)) == 6
+    assert int(set_champion(tracker.client, "5").version) == 5
+    assert int(champion(tracker.client).version) == 5 and float(champion(tracker.client).tags["test_loss"]) == 1.0
 
 
 def test_rejects_bad_input(tmp_path):
@@ -150,9 +167,11 @@ def test_two_processes_registering_at_once(tmp_path):
     versions = model_versions(client)
     assert sorted(int(v.version) for v in versions) == list(range(1, len(losses) + 1))
     assert sorted(v.tags["model_id"] for v in versions) == sorted(m[1].removeprefix("models:/") for m in models)
-    best = champion(client)
-    assert float(best.tags["test_loss"]) == min(losses)
-    assert best.tags["model_id"] == models[losses.index(min(losses))][1].removeprefix("models:/")
+    loss_of_model = {model_uri.removeprefix("models:/"): loss for _, model_uri, loss in models}
+    assert all(float(v.tags["test_loss"]) == loss_of_model[v.tags["model_id"]] for v in versions)
+    assert all(v.tags["run_id"] == run.run_id for v in versions for run, model_uri, _ in models
+               if model_uri.removeprefix("models:/") == v.tags["model_id"])
+    assert champion(client) is None  # concurrent registrations elect nothing
 
 
 def test_the_same_weights_are_registered_once(tmp_path):
@@ -188,5 +207,6 @@ def test_the_same_weights_are_registered_once(tmp_path):
     _, changed_uri, other, reused = materialize(changed)
     assert not reused and other.version != first.version and changed_uri != first_uri
     assert len(model_versions(tracker.client)) == 2
+    assert champion(tracker.client) is None  # log_and_register, reused or not, leaves the alias alone
     assert weights_digest(changed) != weights_digest(weights) == weights_digest(
         {k: v.to(torch.float32) for k, v in weights.items()})

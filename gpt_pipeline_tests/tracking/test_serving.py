@@ -1,5 +1,6 @@
 """``mlflow models serve`` on the registry's ``champion``, end to end: a tiny model is trained,
-logged and registered in a real SQLite store under ``tmp_path``, the scoring server is started
+logged and registered in a real SQLite store under ``tmp_path`` and made the champion with
+``set_champion`` (as the ``champion_model`` asset does), the scoring server is started
 on 127.0.0.1 (a free port, ``--env-manager local``, as ``make serve`` does) and answers REST
 requests; the texts must be what our own generator produces with the same seeds, and bad
 requests must get HTTP 400 with a one-line message. The server is stopped in a ``finally`` and
@@ -18,7 +19,7 @@ import uuid
 import pytest
 
 from gpt_pipeline.model.generation import generate_text
-from gpt_pipeline.tracking.registry import CHAMPION_ALIAS, MODEL_NAME, champion, register_training
+from gpt_pipeline.tracking.registry import CHAMPION_ALIAS, MODEL_NAME, champion, register_training, set_champion
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline_tests.test_servers_e2e import (
@@ -62,6 +63,8 @@ def served(tmp_path_factory):
     data = tiny_data(directory)
     training = log_training(Tracker(tracking_uri), data, GOOD_LR, directory)
     version = register_training(training.run, training.result.test_loss)
+    assert champion(training.run.client) is None  # registering elects nothing: champion_model does
+    set_champion(training.run.client, version.version)
     assert champion(training.run.client).version == version.version
     token = uuid.uuid4().hex
     env = {**os.environ, MARKER: token, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1",

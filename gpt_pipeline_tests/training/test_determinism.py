@@ -77,11 +77,13 @@ def test_two_runs_with_one_seed_give_identical_files_and_losses(tmp_path):
     assert [step for step, _ in losses_a["test_loss"]] == [0, 20, 40]
     assert losses_a == losses_b
 
-    weights_a = load_file(str(a / "data" / "trained_model.safetensors"))
-    weights_b = load_file(str(b / "data" / "trained_model.safetensors"))
-    assert weights_a.keys() == weights_b.keys()
-    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    for model in ("trained_model/default.safetensors", "champion_model.safetensors"):
+        weights_a = load_file(str(a / "data" / model))
+        weights_b = load_file(str(b / "data" / model))
+        assert weights_a.keys() == weights_b.keys()
+        assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a), model
 
-    generations_a = pl.read_parquet(a / "data" / "sample_generations.parquet")
-    generations_b = pl.read_parquet(b / "data" / "sample_generations.parquet")
-    assert generations_a.equals(generations_b)
+    for generations in ("sample_generations/default.parquet", "champion_generations.parquet"):
+        generations_a = pl.read_parquet(a / "data" / generations)
+        generations_b = pl.read_parquet(b / "data" / generations)
+        assert generations_a.equals(generations_b), generations

@@ -241,12 +241,13 @@ def test_trained_model_with_two_processes_materializes_and_logs_one_run(isolated
         resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
         run_config=_ddp_run_config(),
         instance=dg.DagsterInstance.ephemeral(),
+        partition_key="default",
     )
     assert result.success
     metadata = result.asset_materializations_for_node("trained_model")[0].metadata
     assert metadata["steps"].value == 40
     assert [e["step"] for e in metadata["loss_history"].value] == [0, 20, 40]
-    model, _ = load_checkpoint(data / "trained_model.safetensors")
+    model, _ = load_checkpoint(data / "trained_model" / "default.safetensors")
     assert model.num_parameters() == metadata["parameters"].value
 
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
@@ -260,7 +261,7 @@ def test_trained_model_with_two_processes_materializes_and_logs_one_run(isolated
 
 
 def _step_checkpoints(data: Path) -> list[int]:
-    return [int(p.stem) for p in (data / "checkpoints" / "trained_model").glob("*/*.safetensors") if p.stem.isdigit()]
+    return [int(p.stem) for p in (data / "checkpoints" / "trained_model" / "default").glob("*/*.safetensors") if p.stem.isdigit()]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

@@ -242,7 +242,7 @@ def test_result_fields_key_checkpoints_and_resume():
     from gpt_pipeline.training.loop import resume_fields
 
     every = [f.name for f in fields.fields_of(TrainConfig)]
-    placement = ("device", "resume", "nnodes", "node_rank", "rdzv_endpoint")  # where and whether, not what
+    placement = ("device", "resume", "threads", "nnodes", "node_rank", "rdzv_endpoint")  # where and whether, not what
     assert fields.result_fields(TrainConfig) == tuple(n for n in every if n not in placement)
     # the fields a resumed run must share with its checkpoint, as before they were derived
     assert resume_fields(TrainConfig()) == ("learning_rate", "contexts_per_batch", "seed", "lr_schedule",
