@@ -1,8 +1,9 @@
-"""``gpt-pipeline compare``: the training runs of an MLflow experiment, ranked by test loss.
+"""``gpt-pipeline compare``: the training runs of an MLflow experiment, ranked by test bits per
+character (comparable across vocabularies, unlike a loss per token), then test loss.
 
 ``compare_runs`` reads the finished ``trained_model`` runs (tag ``dagster.asset_key`` =
 ``trained_model``, or any run with a ``test_loss`` metric) and returns one row per run, best
-first, with the params whose values differ between the runs (the ones equal everywhere say
+first, with its sweep variant (tag ``gpt_pipeline/variant``), with the params whose values differ between the runs (the ones equal everywhere say
 nothing about the ranking and are left out). ``format_comparison`` lays the rows out as a text
 table. It only reads the store: it never creates one, logs, or moves aliases.
 
@@ -22,9 +23,11 @@ ASSET_KEY_TAG = "dagster.asset_key"
 TRAINING_ASSET = "trained_model"
 LOSS_METRICS = ("final_test_loss", "test_loss")  # the first present is the run's final test loss
 TRAIN_LOSS_METRICS = ("final_train_loss", "train_loss")
+BITS_METRICS = ("final_test_bits_per_character", "test_bits_per_character")
 EXPERIMENT_NAME = "gpt-pipeline"  # gpt_pipeline.tracking.tracker.EXPERIMENT_NAME (checked by the tests)
 MODEL_NAME = "gpt-pipeline"  # gpt_pipeline.tracking.registry.MODEL_NAME (checked by the tests)
-FIXED_COLUMNS = ("rank", "run_id", "run_name", "started", "test_loss", "train_loss", "champion")
+FIXED_COLUMNS = ("rank", "run_id", "run_name", "started", "variant", "test_bits_per_character", "test_loss",
+                 "train_loss", "champion")
 
 
 def _final(metrics: dict[str, float], names: tuple[str, ...]) -> float | None:
@@ -82,12 +85,13 @@ def _champion_run_id(client, model_name: str) -> str | None:
 def compare_runs(
     tracking_uri: str, experiment: str = EXPERIMENT_NAME, model_name: str = MODEL_NAME
 ) -> list[dict[str, Any]]:
-    """The finished training runs of ``experiment``, lowest final test loss first.
+    """The finished training runs of ``experiment``, lowest final test bits per character first
+    (runs without it after, by test loss).
 
-    Each row: ``rank`` (1 = best), ``run_id``, ``run_name``, ``started`` (UTC, ISO), ``test_loss``
-    and ``train_loss`` (final; None when absent), ``champion`` (the run behind the ``champion``
-    alias of ``model_name``) and one key per param that differs between the runs. Runs without a
-    finite test loss come last. ``ValueError`` when the store or the experiment does not exist.
+    Each row: ``rank`` (1 = best), ``run_id``, ``run_name``, ``started`` (UTC, ISO), ``variant``
+    (None outside a sweep), ``test_bits_per_character``, ``test_loss`` and ``train_loss`` (final;
+    None when absent), ``champion`` (the run behind the ``champion`` alias of ``model_name``) and
+    one key per param that differs between the runs. Runs without a finite test loss come last. ``ValueError`` when the store or the experiment does not exist.
     """
     from mlflow.tracking import MlflowClient
 
@@ -114,12 +118,15 @@ def compare_runs(
             "run_id": run.info.run_id,
             "run_name": run.info.run_name or "",
             "started": _utc(run.info.start_time),
+            "variant": run.data.tags.get("gpt_pipeline/variant"),
+            "test_bits_per_character": _final(run.data.metrics, BITS_METRICS),
             "test_loss": test_loss,
             "train_loss": _final(run.data.metrics, TRAIN_LOSS_METRICS),
             "champion": run.info.run_id == champion_run,
             **{name: run.data.params.get(name) for name in columns},
         })
-    rows.sort(key=lambda row: (row["test_loss"] is None, row["test_loss"] or 0.0, row["started"]))
+    rows.sort(key=lambda row: (row["test_bits_per_character"] is None, row["test_bits_per_character"] or 0.0,
+                               row["test_loss"] is None, row["test_loss"] or 0.0, row["started"]))
     return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
 
 
@@ -134,24 +141,29 @@ def _cell(value: Any) -> str:
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    """The rows of ``compare_runs`` as a text table: rank, champion mark, losses, the differing
-    params, run name and id; one line per run under a header.
+    """The rows of ``compare_runs`` as a text table: rank, champion mark, variant, bits per
+    character (``test_bpc``), losses, the differing params, run name and id; one line per run
+    under a header.
 
     Example:
         >>> print(format_comparison([
-        ...     {"rank": 1, "run_id": "ab12", "run_name": "b", "started": "t", "test_loss": 2.0,
-        ...      "train_loss": 1.9, "champion": True, "learning_rate": "0.01"},
-        ...     {"rank": 2, "run_id": "cd34", "run_name": "a", "started": "t", "test_loss": 2.5,
-        ...      "train_loss": None, "champion": False, "learning_rate": "0.0001"}]))
-        rank  champion  test_loss  train_loss  learning_rate  run_name  run_id
-        1     *         2.0000     1.9000      0.01           b         ab12
-        2               2.5000     -           0.0001         a         cd34
+        ...     {"rank": 1, "run_id": "ab12", "run_name": "b", "started": "t", "variant": "lr_high",
+        ...      "test_bits_per_character": 1.1, "test_loss": 2.0, "train_loss": 1.9, "champion": True,
+        ...      "learning_rate": "0.01"},
+        ...     {"rank": 2, "run_id": "cd34", "run_name": "a", "started": "t", "variant": None,
+        ...      "test_bits_per_character": None, "test_loss": 2.5, "train_loss": None, "champion": False,
+        ...      "learning_rate": "0.0001"}]))
+        rank  champion  variant  test_bpc  test_loss  train_loss  learning_rate  run_name  run_id
+        1     *         lr_high  1.1000    2.0000     1.9000      0.01           b         ab12
+        2               -        -         2.5000     -           0.0001         a         cd34
     """
     if not rows:
         return "no finished training runs"
     params = [k for k in rows[0] if k not in FIXED_COLUMNS]
-    header = ["rank", "champion", "test_loss", "train_loss", *params, "run_name", "run_id"]
-    table = [header] + [[_cell(row.get(name)) for name in header] for row in rows]
+    names = ["rank", "champion", "variant", "test_bits_per_character", "test_loss", "train_loss", *params,
+             "run_name", "run_id"]
+    header = [{"test_bits_per_character": "test_bpc"}.get(name, name) for name in names]
+    table = [header] + [[_cell(row.get(name)) for name in names] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table)
 
@@ -160,10 +172,10 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
     """Add ``compare`` to an argparse subparsers object; its handler is ``run_compare``."""
     parser = subparsers.add_parser(
         "compare",
-        help="rank the MLflow training runs by test loss",
+        help="rank the MLflow training runs by test bits per character",
         description="List the finished trained_model runs of the MLflow experiment, lowest final "
-        "test loss first, with the params that differ between them ('*': the run behind the "
-        "registered model's 'champion' alias).",
+        "test bits per character first (then test loss), with their sweep variant and the params "
+        "that differ between them ('*': the run behind the registered model's 'champion' alias).",
     )
     parser.add_argument("--tracking-uri", metavar="URI", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else "

@@ -1,5 +1,6 @@
 """``gpt-pipeline compare`` against a real MLflow SQLite store: two trainings with different
-learning rates ranked by test loss, the differing params as columns, the champion marked."""
+learning rates ranked by test bits per character (then test loss), the differing params as
+columns, the champion marked."""
 
 from __future__ import annotations
 
@@ -45,30 +46,34 @@ def test_two_trainings_ranked_with_the_params_that_differ(tmp_path, monkeypatch,
     assert rows[1]["train_loss"] == pytest.approx(worse.result.train_loss)
     assert [r["champion"] for r in rows] == [True, False]
     assert [r["learning_rate"] for r in rows] == [str(GOOD_LR), str(BAD_LR)]
-    params = set(rows[0]) - {"rank", "run_id", "run_name", "started", "test_loss", "train_loss", "champion"}
+    params = set(rows[0]) - {"rank", "run_id", "run_name", "started", "variant", "test_bits_per_character",
+                             "test_loss", "train_loss", "champion"}
     assert params == {"learning_rate"}  # everything else is equal in both runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the default store of the command
     args = _parser().parse_args(["compare"])
     args.handler(args)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "champion", "test_loss", "train_loss", "learning_rate", "run_name", "run_id"]
-    assert lines[1].split() == ["1", "*", f"{better.result.test_loss:.4f}", f"{better.result.train_loss:.4f}",
+    assert lines[0].split() == ["rank", "champion", "variant", "test_bpc", "test_loss", "train_loss",
+                                "learning_rate", "run_name", "run_id"]
+    assert lines[1].split() == ["1", "*", "-", "-", f"{better.result.test_loss:.4f}", f"{better.result.train_loss:.4f}",
                                 str(GOOD_LR), f"trained_model-lr{GOOD_LR}", better.run.run_id]
     assert lines[2].split()[0] == "2" and lines[2].split()[-1] == worse.run.run_id and len(lines) == 3
 
 
 def test_format_comparison_known_answer():
     rows = [
-        {"rank": 1, "run_id": "r1", "run_name": "long-name", "started": "t", "test_loss": 1.23456,
-         "train_loss": 1.2, "champion": False, "block_count": "2", "learning_rate": "0.001"},
-        {"rank": 2, "run_id": "r2", "run_name": "n", "started": "t", "test_loss": None,
-         "train_loss": None, "champion": False, "block_count": None, "learning_rate": "0.01"},
+        {"rank": 1, "run_id": "r1", "run_name": "long-name", "started": "t", "variant": "v1",
+         "test_bits_per_character": 0.98765, "test_loss": 1.23456, "train_loss": 1.2, "champion": False,
+         "block_count": "2", "learning_rate": "0.001"},
+        {"rank": 2, "run_id": "r2", "run_name": "n", "started": "t", "variant": None,
+         "test_bits_per_character": None, "test_loss": None, "train_loss": None, "champion": False,
+         "block_count": None, "learning_rate": "0.01"},
     ]
     assert format_comparison(rows) == (
-        "rank  champion  test_loss  train_loss  block_count  learning_rate  run_name   run_id\n"
-        "1               1.2346     1.2000      2            0.001          long-name  r1\n"
-        "2               -          -           -            0.01           n          r2"
+        "rank  champion  variant  test_bpc  test_loss  train_loss  block_count  learning_rate  run_name   run_id\n"
+        "1               v1       0.9877    1.2346     1.2000      2            0.001          long-name  r1\n"
+        "2               -        -         -          -           -            0.01           n          r2"
     )
     assert format_comparison([]) == "no finished training runs"
 
@@ -97,3 +102,17 @@ def test_missing_store_or_experiment(tmp_path):
     with pytest.raises(ValueError, match="experiment 'gpt-pipeline' does not exist"):
         compare_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert compare_runs(f"sqlite:///{tmp_path}/mlflow.db", "other") == []
+
+
+def test_bits_per_character_rank_before_a_loss_per_token(tmp_path):
+    """Two vocabularies: the run with the lower loss per token has the higher bits per character
+    (its tokens are shorter), and ranks second."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    for name, loss, bits in (("small_vocab", 1.5, 1.4), ("large_vocab", 3.0, 1.1)):
+        with tracker.run(f"trained_model-{name}", tags={"dagster.asset_key": "trained_model",
+                                                        "gpt_pipeline/variant": name}) as run:
+            run.log_params({"vocab_size": {"small_vocab": 256, "large_vocab": 4096}[name]})
+            run.log_metrics({"final_test_loss": loss, "final_test_bits_per_character": bits})
+    rows = compare_runs(uri)
+    assert [(r["variant"], r["test_bits_per_character"]) for r in rows] == [("large_vocab", 1.1), ("small_vocab", 1.4)]
