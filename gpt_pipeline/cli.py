@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(trained_model and sample_generations); default: the only one, when there is one")
     mat.add_argument("--quiet", action="store_true", help="Dagster's log at warnings only, no generations printed")
 
-    from gpt_pipeline.defs.sweep_runner import add_sweep_command
+    from gpt_pipeline.defs.sweep_command import add_sweep_command
     from gpt_pipeline.interop.commands import add_interop_commands
     from gpt_pipeline.tracking.compare import add_compare_command
 

@@ -27,7 +27,7 @@ from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_er
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.sources import RETRAIN, RETRAIN_CHAMPION
+from gpt_pipeline.defs.sources import RETRAIN_CHAMPION, following
 from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, Sweep
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT
@@ -197,7 +197,7 @@ def champion_model(
     owners=OWNERS,
     code_version="1",
     check_specs=[CHAMPION_GENERATIONS_DECODE],
-    automation_condition=RETRAIN,
+    automation_condition=following("champion_model"),
     description="Stories the champion writes from the prompts (sample_generations' config and "
     "sampling, on champion_model): stored as champion_generations.parquet.",
 )

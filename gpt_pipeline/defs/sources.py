@@ -31,11 +31,17 @@ EMBEDDED_VERSION = "embedded-corpus"  # the corpus the code generates: it change
 # assets never share a run, so the change travels one tick per step: the data assets, then every
 # variant, then the champion.
 RETRAIN = dg.AutomationCondition.eager()
-# champion_model follows the variants only: an update of tokenized_dataset alone would elect among
-# models of the old data; it waits while any variant is in progress.
-RETRAIN_CHAMPION = dg.AutomationCondition.eager().replace(
-    "any_deps_updated",
-    dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("trained_model")))
+
+
+def following(asset: str) -> dg.AutomationCondition:
+    """``eager()``, updated by ``asset`` alone: champion_model follows the variants (an update of
+    tokenized_dataset alone would elect among models of the old data; it waits while any variant
+    is in progress), champion_generations follows champion_model (not a new tokenizer alone)."""
+    return dg.AutomationCondition.eager().replace(
+        "any_deps_updated", dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(asset)))
+
+
+RETRAIN_CHAMPION = following("trained_model")
 TRAINING_POOL = "training"  # trainings on one machine take turns (dagster.yaml's pool limit)
 
 

@@ -17,7 +17,7 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 JOB = defs.resolve_job_def("train_gpt_job")
 LINEAGE = {"raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
-           "champion_model"}
+           "champion_model", "champion_generations"}
 
 
 def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
@@ -106,7 +106,7 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
     assert ticks == [
         {"raw_stories": [], "bpe_tokenizer": [], "tokenized_dataset": []},
         {"trained_model": ["default"], "sample_generations": ["default"]},
-        {"champion_model": []},
+        {"champion_model": [], "champion_generations": []},
     ], ticks
 
 

@@ -110,7 +110,8 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
     champion_event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
     assert champion_event.asset_materialization.metadata["champion"].value == best
 
-    mlflow.set_tracking_uri(uri)
+    # mlflow's module functions use $MLFLOW_TRACKING_URI (isolated_storage's, the sweep's store); no
+    # mlflow.set_tracking_uri, which would outlive this test
     ranked = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                          order_by=[{"field_name": "metrics.test_bits_per_character"}])
     assert [m.source_run_id for m in ranked] == [by_variant[v].info.run_id for v in sorted(bits, key=bits.get)]

@@ -1,0 +1,35 @@
+"""``gpt-pipeline sweep``: the command's arguments; the work is ``defs.sweep_runner.run_sweep``.
+
+Nothing heavy is imported with this module (Dagster and the assets load when a sweep runs), so
+that adding the command costs the other commands nothing.
+"""
+
+from __future__ import annotations
+
+
+def _sweep_command(args) -> None:
+    from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
+
+    rows, times = run_sweep(args.sweep, args.config, args.parallel, args.storage_url)
+    print("\n" + ranking_table(rows))
+    print(f"\nsweep wall time {times['total']:.1f} s (data {times['data']:.1f} s, variants "
+          f"{times['variants']:.1f} s at --parallel {args.parallel}, champion {times['champion']:.1f} s)")
+    if not any(row["rank"] for row in rows):
+        raise RuntimeError("no variant produced a model: see the notes above")
+
+
+def add_sweep_command(commands) -> None:
+    """``gpt-pipeline sweep --sweep FILE [--config BASE] [--parallel N]``."""
+    sweep = commands.add_parser(
+        "sweep",
+        help="materialize a sweep: the data once, the variants N at a time, then the champion",
+        description="Run every variant of a sweep file in the Dagster instance at $DAGSTER_HOME: "
+        "raw_stories, bpe_tokenizer and tokenized_dataset once, trained_model and sample_generations "
+        "of each variant in processes of their own (N at a time, the cores divided among them), then "
+        "champion_model, and print the ranking by test bits per character.",
+    )
+    sweep.add_argument("--sweep", required=True, metavar="FILE", help="the sweep file (YAML: name, base, variants)")
+    sweep.add_argument("--config", metavar="YAML", help="a run config over the sweep's base (ops: {asset: {config: ...}})")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="variants trained at once (default 1)")
+    sweep.add_argument("--storage-url", metavar="URL", help="where assets are stored (as materialize's)")
+    sweep.set_defaults(handler=_sweep_command)
