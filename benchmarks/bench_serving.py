@@ -31,6 +31,7 @@ from gpt_pipeline.interop.hf import export, generate_sliding
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
+from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
 from gpt_pipeline.tracking.registry import register_training, set_champion
 from gpt_pipeline.tracking.tracker import Tracker
@@ -103,7 +104,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     tokenizer = BPETokenizer.train(generate_stories(2000), 1024)
-    tokenizer.save(directory / "bpe_tokenizer.json")
+    write_bundle(tokenizer, directory)  # directory / "bpe_tokenizer.json", with its companions
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=1024, embedding_size=96, context_length=64, head_count=4,
                           block_count=3)).eval()
