@@ -221,12 +221,9 @@ DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset fol
 
 
 def _failure_line(error) -> str:
-    """The first line of a step's error, looking through Dagster's "Error occurred while
-    executing op" (or loading an input, or storing an output) wrapper to the error it wraps."""
-    while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
-        error = error.cause  # DagsterExecutionStepExecutionError, ...LoadInputError, ...HandleOutputError
-    line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-    return line.removeprefix("dagster._core.definitions.events.Failure: ").removeprefix(f"{error.cls_name}: ")
+    from gpt_pipeline.defs.checks import failure_line
+
+    return failure_line(error)
 
 
 def _tokenize(args: argparse.Namespace) -> None:

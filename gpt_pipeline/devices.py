@@ -63,6 +63,11 @@ def training_threads(requested: int = 0, at_once: int | None = None, cores: int 
     if requested > 0:
         return requested
     if at_once is None:
-        raw = os.environ.get(TRAININGS_AT_ONCE_ENV, "").strip()
-        at_once = int(raw) if raw.isdigit() and int(raw) > 0 else 1
+        at_once = trainings_at_once_declared() or 1
     return max(1, (cores or cpu_cores()) // max(1, at_once))
+
+
+def trainings_at_once_declared() -> int | None:
+    """``$GPT_PIPELINE_TRAININGS_AT_ONCE`` when it is a positive integer, else None."""
+    raw = os.environ.get(TRAININGS_AT_ONCE_ENV, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None

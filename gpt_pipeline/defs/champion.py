@@ -23,12 +23,12 @@ import torch
 
 from gpt_pipeline import provenance
 from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_generations
-from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
+from gpt_pipeline.defs.checks import blocking_check, check_result, failure_line, gate, user_errors
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN_CHAMPION, following
-from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, Sweep
+from gpt_pipeline.defs.sweeps import SWEEP, Sweep
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.quality import Gate
@@ -60,12 +60,7 @@ def failure_reason(instance: dg.DagsterInstance, variant: str, after: float | No
             event = record.event_log_entry
             if event.step_key != "trained_model" or (after is not None and event.timestamp <= after):
                 continue
-            error = event.dagster_event.step_failure_data.error
-            while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
-                error = error.cause
-            line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-            return f"failed (run {run.run_id[:8]}): " + line.removeprefix(
-                "dagster._core.definitions.events.Failure: ")
+            return f"failed (run {run.run_id[:8]}): " + failure_line(event.dagster_event.step_failure_data.error)
     return None
 
 

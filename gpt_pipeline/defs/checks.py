@@ -81,3 +81,13 @@ def current_asset() -> str:
         return dg.AssetExecutionContext.get().asset_key.to_user_string()
     except Exception:  # no step running, or not an asset step
         return "asset"
+
+
+def failure_line(error) -> str:
+    """The first line of a step's error (a ``SerializableErrorInfo``), looking through Dagster's
+    "Error occurred while executing op" (or loading an input, or storing an output) wrapper to
+    the error it wraps."""
+    while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
+        error = error.cause  # DagsterExecutionStepExecutionError, ...LoadInputError, ...HandleOutputError
+    line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
+    return line.removeprefix("dagster._core.definitions.events.Failure: ").removeprefix(f"{error.cls_name}: ")

@@ -25,7 +25,7 @@ import torch
 
 from gpt_pipeline import quality
 from gpt_pipeline.defs.sources import TRAINING_POOL
-from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV, training_threads
+from gpt_pipeline.devices import trainings_at_once_declared, training_threads
 from gpt_pipeline.fields import result_fields
 from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
@@ -76,9 +76,9 @@ def checkpoint_dir(
 def trainings_at_once(context: dg.AssetExecutionContext) -> int:
     """How many trainings this machine runs at once: ``$GPT_PIPELINE_TRAININGS_AT_ONCE`` (set by
     ``gpt-pipeline sweep --parallel N``), else the limit of the Dagster pool ``training``, else 1."""
-    raw = os.environ.get(TRAININGS_AT_ONCE_ENV, "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
+    declared = trainings_at_once_declared()
+    if declared:
+        return declared
     try:
         limit = context.instance.event_log_storage.get_concurrency_info(TRAINING_POOL).limit
     except Exception:  # noqa: BLE001 - a storage without pools: no limit known

@@ -22,7 +22,7 @@ from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.tracking.registry import CHAMPION_ALIAS, MODEL_NAME, champion, register_training, set_champion
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.training.checkpoint import load_checkpoint
-from gpt_pipeline_tests.test_servers_e2e import (
+from gpt_pipeline_tests.server_processes import (
     BIN,
     MARKER,
     _free_port,
