@@ -8,12 +8,16 @@ multinomial draw. gpt-rs samples one prompt at a time, so its tokens/s is the sa
 number of prompts; ``GPT.generate`` samples a batch of prompts in one call.
 
 Printed: tokens/s of the peer and of ours for 1 prompt and for ``--batches`` prompts in one call
-(medians of ``--repeats``), the ratio ours / peer, whether greedy decoding picks the same tokens
+(medians of ``--repeats``; ``GPT.generate`` runs every block in one call of the C kernel of
+``native_decode``, and ``decode.generate``, the same loop through PyTorch operators, is timed
+for one prompt beside it), the ratio ours / peer, whether greedy decoding picks the same tokens
 (and sampling with the same seed, one prompt), and the fraction of the floor. The floor: with a
 key/value cache while the window fills (one position per token), then, once the window is full,
 a whole-window forward per token (gpt-rs's learned absolute positions move every position:
-~2 x block parameters x context_length FLOPs), the head for one position; its time at the FLOP
-rate of the same products (the window's four linear layers, same shapes, measured in this run).
+~2 x block parameters x context_length FLOPs), the head for one position; its time at this
+machine's sustained FLOP rate for the same products (the window's four linear layers with
+``RATE_ROWS`` rows, where a product is large enough to run near the cores' peak; measured in this
+run). A batch of prompts has the same floor per prompt.
 
     .venv/bin/python benchmarks/bench_generate.py [--tokens 256] [--batches 8,16] [--repeats 3] [--threads 2]
         [--clock wall|cpu]
@@ -31,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: gpt_pipeline_tests
 
-from gpt_pipeline.model import fused  # noqa: E402
+from gpt_pipeline.model import decode, fused  # noqa: E402
 from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 from gpt_pipeline_tests import reference  # noqa: E402
 from gpt_pipeline_tests.reference import ReferenceGPT  # noqa: E402
@@ -61,6 +65,9 @@ def floor_flops(c: GPTConfig, prompt: int, count: int) -> float:
             total += 2 * block_parameters(c) * ctx + L * 4 * (ctx * (ctx + 1) // 2) * C
         total += 2 * C * c.vocab_size  # the head, one position
     return total
+
+
+RATE_ROWS = 4096  # rows of the products the machine's FLOP rate is measured on
 
 
 def product_rate(c: GPTConfig, rows: int, seconds: float = 0.3, clock=time.perf_counter) -> float:
@@ -119,34 +126,34 @@ def main() -> None:
     batches = [1] + [int(b) for b in args.batches.split(",") if b]
     runs = {"gpt-rs loop (reference), 1 prompt": (
         lambda g: reference.generate(peer, prompt, args.tokens, 0.7, g), 1)}
+    runs["decode.generate (PyTorch operators), 1 prompt"] = (  # GPT.generate without the C kernel
+        lambda g: decode.generate(ours, torch.tensor([prompt]), args.tokens, 0.7, None, g), 1)
     for b in batches:
         runs[f"GPT.generate, {b} prompt{'s' if b > 1 else ''} in one call"] = (
             lambda g, b=b: ours.generate(torch.tensor([prompt] * b), args.tokens, 0.7, None, g), b)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    product = {b: 0.0 for b in batches}  # best FLOP/s of the same products, measured between the runs
+    rate = 0.0  # best FLOP/s of the same products at RATE_ROWS rows, measured between the runs
     for repeat in range(args.repeats + 1):
         for name, (run, _) in runs.items():
             start = clock()
             run(torch.Generator().manual_seed(repeat))
             if repeat:  # the first round warms up
                 times[name].append(clock() - start)
-        for b in batches:
-            product[b] = max(product[b], product_rate(config, b * config.context_length, clock=clock))
+        rate = max(rate, product_rate(config, RATE_ROWS, clock=clock))
     floor = floor_flops(config, len(prompt), args.tokens)
     print(f"threads={torch.get_num_threads()} tokens={args.tokens} repeats={args.repeats} clock={args.clock} "
-          f"floor={floor / 1e9:.2f} GFLOP per prompt")
+          f"floor={floor / 1e9:.2f} GFLOP per prompt, {floor / rate * 1e3:.0f} ms at {rate / 1e9:.0f} GFLOP/s "
+          f"(the same products, {RATE_ROWS} rows)")
     rates = {}
     for name, (_, b) in runs.items():
         median = statistics.median(times[name])
         rates[name] = b * args.tokens / median
-        rate = product[b]
-        print(f"{name:42s} {median * 1e3:8.0f} ms {rates[name]:8.0f} tokens/s  "
-              f"floor {b * floor / rate * 1e3:6.0f} ms at {rate / 1e9:4.0f} GFLOP/s "
-              f"(same products, {b * config.context_length} rows): {b * floor / rate / median:5.1%} of the floor")
+        print(f"{name:47s} {median * 1e3:8.0f} ms {rates[name]:8.0f} tokens/s  "
+              f"floor {b * floor / rate * 1e3:6.0f} ms: {b * floor / rate / median:5.1%} of the floor")
     base = rates["gpt-rs loop (reference), 1 prompt"]
     for name, rate in rates.items():
         if not name.startswith("gpt-rs"):
-            print(f"ratio ours / gpt-rs's loop: {name:42s} {rate / base:6.2f}x")
+            print(f"ratio ours / gpt-rs's loop: {name:47s} {rate / base:6.2f}x")
 
 
 if __name__ == "__main__":

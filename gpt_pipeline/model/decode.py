@@ -14,7 +14,9 @@ tokens through the model at positions 0.., the logits at the last position, ``sa
 - a batch of prompts (of equal length) is sampled at once.
 
 Inference only: the model must be in eval mode (no dropout). ``gpt.py`` enters here through
-``fast.generate``; ``gpt_pipeline_tests/reference.py``'s sampler is the oracle it is tested against.
+``fast.generate`` when the C kernel of ``native_decode`` (the same loop, every block in one call)
+cannot run: off CPU, not float32, no compiler, or ``GPT_PIPELINE_NATIVE=0``.
+``gpt_pipeline_tests/reference.py``'s sampler is the oracle both are tested against.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ answer is ``None``:
 - ``loss(model, hidden, targets)``: CPU float32, the head fused with the cross-entropy
   (``fused.HeadCrossEntropy``: no ``[B, T, V]`` logits);
 - ``generate(model, ...)``: sampling with a key/value cache while the window fills and only the
-  last position through the last block and the head (``decode``).
+  last position through the last block and the head: every block in one call of the C kernel of
+  ``native_decode`` on CPU float32, else ``decode`` (PyTorch operators).
 
 Each computes the plain math from the same random draws, in the same order (the attention
 dropout excepted: it is drawn for the weights on and below the diagonal, in the kernel's layout,
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gpt_pipeline.model import decode, native_attention
+from gpt_pipeline.model import decode, native_attention, native_decode
 from gpt_pipeline.model.fused import (FeedForwardResidual, HeadCrossEntropy, LinearFunction,
                                       ProjectionResidual)
 from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
@@ -113,7 +114,9 @@ def loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | N
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
              generator: torch.Generator | None) -> torch.Tensor | None:
-    """``gpt.GPT.generate``'s tokens with a key/value cache (``decode.generate``), or ``None``."""
+    """``gpt.GPT.generate``'s tokens with a key/value cache: through the C kernel of
+    ``native_decode`` where it runs (CPU float32), else ``decode.generate``; ``None`` in ``plain()``."""
     if not _enabled:
         return None
-    return decode.generate(model, idx, max_new_tokens, temperature, top_k, generator)
+    out = native_decode.generate(model, idx, max_new_tokens, temperature, top_k, generator)
+    return out if out is not None else decode.generate(model, idx, max_new_tokens, temperature, top_k, generator)

@@ -6,9 +6,9 @@ The cache is ``GPT_PIPELINE_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/gpt_pi
 (``~/.cache/...``) or, where that cannot be written, ``<tmp>/gpt_pipeline_kernels_<uid>``; a
 folder that is not the user's own, or that others may write to, is refused (a library planted
 there would run as the user). The file name carries a hash of everything that shapes the binary
-(source, defines, flags, compiler version, CPU flags), so a changed source or another machine
-never loads a stale library; it is written to a temporary name and renamed, so concurrent
-builders are safe. Compiling takes about half a second and happens on first use.
+(source and the headers it includes, defines, flags, compiler version, CPU flags), so a changed
+source or another machine never loads a stale library; it is written to a temporary name and
+renamed, so concurrent builders are safe. Compiling takes about half a second and happens on first use.
 
 What it does not do: decide when a kernel is worth using, or fall back: ``load`` returns ``None``
 and ``unavailable(name, defines)`` says why (no compiler, a failed build, ``GPT_PIPELINE_NATIVE=0``);
@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -109,7 +110,7 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
     flags = [*FLAGS, *(X86_FLAGS if platform.machine() in {"x86_64", "AMD64"} else ()),
              *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
     digest = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(flags).encode(), _compiler_version(cc), _cpu_flags()):
+    for part in (*_source_parts(source), " ".join(flags).encode(), _compiler_version(cc), _cpu_flags()):
         digest.update(part)
         digest.update(b"\0")
     tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items()))
@@ -129,6 +130,14 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
         except OSError as error:
             raise _Unavailable(f"cannot open {target}: {error}") from None
     raise _Unavailable("; ".join(reasons))
+
+
+def _source_parts(source: Path) -> list[bytes]:
+    """The bytes of ``source`` and of the headers it includes from ``native/`` (``#include "x.h"``),
+    in order: what the library's name hashes, so a changed header rebuilds every kernel using it."""
+    text = source.read_bytes()
+    headers = re.findall(rb'^#include "([^"]+)"', text, flags=re.MULTILINE)
+    return [text, *((SOURCES / name.decode()).read_bytes() for name in headers)]
 
 
 def _private_folder(folder: Path) -> None:

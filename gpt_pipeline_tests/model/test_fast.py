@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.model import fast
+from gpt_pipeline.model import fast, native_build, native_decode
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline_tests import reference
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
@@ -73,11 +73,17 @@ def test_plain_training_forward_equals_gpt_rs_model_mask_for_mask():
         assert (model(idx) - expected).abs().max() > 1e-2  # other masks, other logits
 
 
+@pytest.mark.parametrize("kernel", ["native", "pytorch"])
 @pytest.mark.parametrize("prompt_length", [1, 3, 8])
-def test_cached_generation_equals_the_plain_loop_draw_for_draw(prompt_length):
-    """A batch of prompts, sampled past the context window: the key/value cache and the plain loop
-    (``GPT.generate`` under ``fast.plain()``) pick the same tokens from the same generator."""
+def test_cached_generation_equals_the_plain_loop_draw_for_draw(prompt_length, kernel, monkeypatch):
+    """A batch of prompts, sampled past the context window: the key/value cache (through the C
+    kernel of ``native_decode``, or with ``GPT_PIPELINE_NATIVE=0`` through ``decode``'s PyTorch
+    operators) and the plain loop (``GPT.generate`` under ``fast.plain()``) pick the same tokens
+    from the same generator."""
+    if kernel == "pytorch":
+        monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")
     model = _model(5)
+    assert (native_decode.unavailable(model.eval()) is None) == (kernel == "native" and native_build.compiler() is not None)
     prompts = torch.randint(0, 40, (4, prompt_length), generator=torch.Generator().manual_seed(6))
     out = model.generate(prompts, 20, 1.0, generator=torch.Generator().manual_seed(7))
     with fast.plain():

@@ -1,0 +1,164 @@
+"""Sampling from a ``GPT`` through the C kernel ``native/decode.c``: gpt-rs's tokens, one call per token.
+
+What this module does: ``generate`` is ``decode.generate`` (a key/value cache while the window
+fills, the whole window once it slides, the last position alone through the last block and the
+head) with every block, the final LayerNorm and the head in one compiled call per new token, so
+that a token costs its arithmetic rather than ~100 PyTorch operators. ``sample_next`` still picks
+each token, so the random stream is the one of ``GPT.generate``'s plain loop. On gpt-rs's example
+config, one prompt, 2 threads, it samples about 4x as fast as the PyTorch path of ``decode`` and
+8x as fast as gpt-rs's loop (``benchmarks/bench_generate.py``, figures in ``docs/benchmarks.md``).
+
+``Session`` holds one call's buffers (the caches, the scratch, the logits) and the model's weights
+in the kernel's layout (the products' weights transposed to ``[in, out]``, made once per model
+and made again when a parameter changes). ``supports(model)`` says whether the kernel can run:
+float32 on CPU, eval mode, a head size that is a multiple of 4 and a compiled kernel
+(``unavailable`` says why not); ``generate`` returns ``None`` otherwise and ``fast.generate``
+falls back on ``decode``. Inference only: no gradients, no dropout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+import torch
+
+from gpt_pipeline.model import native_build
+from gpt_pipeline.model.generation import sample_next
+from gpt_pipeline.model.native_attention import vector_length
+
+_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+PER_BLOCK = 12  # pointers per block, in decode.c's order
+
+
+def kernel(head_size: int) -> ctypes.CDLL | None:
+    """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
+    vl = vector_length(head_size)
+    if vl is None:
+        return None
+    lib = native_build.load("decode", {"HS": head_size, "VL": vl})
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.decode_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64,
+                                       _I64, _I64, _I64, _I64, _I64, _F, _INT]
+        lib.decode_forward.restype = _INT
+        lib.decode_scratch_floats.argtypes = [_I64, _I64, _I64, _I64, _I64, _INT]
+        lib.decode_scratch_floats.restype = _I64
+        lib._typed = True
+    return lib
+
+
+def unavailable(model) -> str | None:
+    """Why ``generate`` cannot run ``model`` through the kernel (one line), or ``None``."""
+    weight = model.linear_head.weight
+    if weight.device.type != "cpu" or any(p.dtype != torch.float32 for p in model.parameters()):
+        return f"the kernel takes float32 on CPU, the model is {weight.dtype} on {weight.device}"
+    if model.training:
+        return "the model is in training mode (dropout on)"
+    head_size = model.config.head_size
+    if vector_length(head_size) is None:
+        return f"head size {head_size} is not a multiple of 4"
+    return native_build.unavailable("decode", {"HS": head_size, "VL": vector_length(head_size)})
+
+
+def supports(model) -> bool:
+    return unavailable(model) is None
+
+
+_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (versions, tensors, pointers)
+
+
+def _versions(model) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
+    """``model``'s weights in the kernel's layout and the array of their blocks' pointers, made
+    once and made again when any parameter was changed in place or replaced."""
+    versions = _versions(model)
+    cached = _weights.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        per_block = []
+        for block in model.blocks:
+            attention, ff = block.attention, block.feed_forward
+            per_block += [block.layer_norm_1.weight, block.layer_norm_1.bias,
+                          attention.qkv.weight.t(), attention.qkv.bias,  # [C, 3C]: [in, out]
+                          attention.projection.weight.t(), attention.projection.bias,  # [C, C]
+                          block.layer_norm_2.weight, block.layer_norm_2.bias,
+                          ff.input.weight.t(), ff.input.bias,  # [C, F]
+                          ff.output.weight.t(), ff.output.bias]  # [F, C]
+        tensors = [t.detach().contiguous().clone() for t in per_block]
+        tensors += [model.linear_head.weight.detach().t().contiguous()]  # [C, V]
+    pointers = (ctypes.c_void_p * len(per_block))(*(t.data_ptr() for t in tensors[:-1]))
+    _weights[model] = (versions, tensors, pointers)
+    return tensors, pointers
+
+
+class Session:
+    """One sampling call's state for ``batch`` prompts: caches ``[L, B, ctx, C]``, the kernel's
+    scratch, the logits ``[B, V]`` and the weights; ``logits(ids, start)`` runs the model.
+
+    Example:
+        >>> from gpt_pipeline.model.gpt import GPT, GPTConfig
+        >>> model = GPT(GPTConfig(vocab_size=10, embedding_size=16, context_length=4, head_count=1,
+        ...                       block_count=1)).eval()
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> if supports(model):  # where a C compiler built the kernel
+        ...     logits = Session(model, 1).logits(ids, 0)
+        ...     assert torch.allclose(logits, model(ids)[:, -1], atol=1e-5)
+    """
+
+    def __init__(self, model, batch: int):
+        c = model.config
+        self.model, self.batch, self.threads = model, batch, torch.get_num_threads()
+        self.lib = kernel(c.head_size)
+        self.weights, self.pointers = packed_weights(model)
+        F = c.embedding_size * c.feed_forward_multiplier
+        cache = (c.block_count, batch, c.context_length, c.embedding_size)
+        self.keys, self.values = torch.empty(cache), torch.empty(cache)
+        self.scratch = torch.empty(self.lib.decode_scratch_floats(batch, c.context_length, c.embedding_size, F,
+                                                                  c.context_length, self.threads))
+        self.out = torch.empty(batch, c.vocab_size)
+        self.sizes = (c.block_count, c.embedding_size, c.head_count, F, c.vocab_size, c.context_length)
+        self.eps = model.layer_norm.eps
+
+    def logits(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits ``[B, V]`` at the last of ``ids`` ``[B, T]`` (int64, rows contiguous), at positions
+        ``start ..``; the keys and values of positions ``0 .. start - 1`` must be those of this
+        session's earlier calls, the ones of ``ids`` are added. The tensor is reused by the next call."""
+        B, T = ids.shape
+        L, C, H, F, V, ctx = self.sizes
+        if B != self.batch or ids.dtype != torch.int64 or ids.stride(1) != 1 or not 0 <= start <= ctx - T:
+            raise ValueError(f"native decode takes int64 ids [{self.batch}, T] with start + T <= {ctx}, "
+                             f"got {ids.dtype} {tuple(ids.shape)} at start={start}")
+        m = self.model
+        status = self.lib.decode_forward(
+            self.pointers, m.token_embedding.weight.data_ptr(), m.position_embedding.weight.data_ptr(),
+            m.layer_norm.weight.data_ptr(), m.layer_norm.bias.data_ptr(), self.weights[-1].data_ptr(),
+            ids.data_ptr(), ids.stride(0), self.keys.data_ptr(), self.values.data_ptr(), self.out.data_ptr(),
+            self.scratch.data_ptr(), B, T, start, L, C, H, F, V, ctx, self.eps, self.threads)
+        if status != 0:
+            raise IndexError(f"token ids must be in 0..{V - 1}, got {ids.min().item()}..{ids.max().item()}")
+        return self.out
+
+
+@torch.no_grad()
+def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.7, top_k: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """``decode.generate``'s tokens (``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled
+    ones) through the kernel, or ``None`` where it cannot run (``unavailable``)."""
+    if not supports(model):
+        return None
+    context_length = model.config.context_length
+    B, T = idx.shape
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
+    out[:, :T] = idx
+    session = Session(model, B)
+    for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
+        if n <= context_length:  # the window starts at position 0 and only grows: the prompt, then one a time
+            logits = session.logits(out[:, :n], 0) if n == T else session.logits(out[:, n - 1 : n], n - 1)
+        else:  # the window slides: every position moves, the whole window again
+            logits = session.logits(out[:, n - context_length : n], 0)
+        out[:, n] = sample_next(logits, temperature, top_k, generator)
+    return out.to(idx.device)
