@@ -25,6 +25,8 @@ import torch
 from gpt_pipeline.model import native_build
 
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+SIGNATURES = {"attention_forward": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]),
+              "attention_backward": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT])}
 
 
 def vector_length(head_size: int, widest: int | None = None) -> int | None:
@@ -47,13 +49,7 @@ def kernel(head_size: int) -> ctypes.CDLL | None:
     vl = vector_length(head_size)
     if vl is None:
         return None
-    lib = native_build.load("attention", {"HS": head_size, "VL": vl})
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.attention_forward.argtypes = [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]
-        lib.attention_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]
-        lib.attention_forward.restype = lib.attention_backward.restype = _INT
-        lib._typed = True
-    return lib
+    return native_build.load("attention", {"HS": head_size, "VL": vl}, SIGNATURES)
 
 
 def unavailable(head_size: int) -> str | None:

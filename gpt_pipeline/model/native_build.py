@@ -69,10 +69,13 @@ def compiler() -> str | None:
     return None
 
 
-def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
+Signatures = dict[str, tuple[type, list[type]]]  # function -> (ctypes result type, argument types)
+
+
+def load(name: str, defines: dict[str, int], signatures: Signatures | None = None) -> ctypes.CDLL | None:
     """The compiled ``native/<name>.c`` with ``-D<key>=<value>`` for ``defines``, or ``None``
     (see ``unavailable``). Built once per machine and configuration, then cached on disk;
-    opened once per process.
+    opened once per process. ``signatures`` types the library's functions (once per library).
 
     Example:
         >>> lib = load("attention", {"HS": 32, "VL": 16})
@@ -87,7 +90,12 @@ def load(name: str, defines: dict[str, int]) -> ctypes.CDLL | None:
             except _Unavailable as why:
                 _loaded[key], _why[key] = None, str(why)
                 _log.warning("native %s kernel %s unavailable (%s): using the PyTorch path", name, defines, why)
-        return _loaded[key]
+        lib = _loaded[key]
+        if lib is not None and signatures and not hasattr(lib, "_typed"):
+            for function, (result, arguments) in signatures.items():
+                getattr(lib, function).restype, getattr(lib, function).argtypes = result, arguments
+            lib._typed = True
+        return lib
 
 
 def unavailable(name: str, defines: dict[str, int]) -> str | None:

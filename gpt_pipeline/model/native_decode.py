@@ -28,7 +28,8 @@ from gpt_pipeline.model.generation import sample_next
 from gpt_pipeline.model.native_attention import vector_length
 
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-PER_BLOCK = 12  # pointers per block, in decode.c's order
+SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9 + [_F, _INT]),
+              "decode_scratch_floats": (_I64, [_I64] * 5 + [_INT])}
 
 
 def kernel(head_size: int) -> ctypes.CDLL | None:
@@ -36,15 +37,7 @@ def kernel(head_size: int) -> ctypes.CDLL | None:
     vl = vector_length(head_size)
     if vl is None:
         return None
-    lib = native_build.load("decode", {"HS": head_size, "VL": vl})
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.decode_forward.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64,
-                                       _I64, _I64, _I64, _I64, _I64, _F, _INT]
-        lib.decode_forward.restype = _INT
-        lib.decode_scratch_floats.argtypes = [_I64, _I64, _I64, _I64, _I64, _INT]
-        lib.decode_scratch_floats.restype = _I64
-        lib._typed = True
-    return lib
+    return native_build.load("decode", {"HS": head_size, "VL": vl}, SIGNATURES)
 
 
 def unavailable(model) -> str | None:
@@ -54,10 +47,10 @@ def unavailable(model) -> str | None:
         return f"the kernel takes float32 on CPU, the model is {weight.dtype} on {weight.device}"
     if model.training:
         return "the model is in training mode (dropout on)"
-    head_size = model.config.head_size
-    if vector_length(head_size) is None:
+    head_size, vl = model.config.head_size, vector_length(model.config.head_size)
+    if vl is None:
         return f"head size {head_size} is not a multiple of 4"
-    return native_build.unavailable("decode", {"HS": head_size, "VL": vector_length(head_size)})
+    return native_build.unavailable("decode", {"HS": head_size, "VL": vl})
 
 
 def supports(model) -> bool:
@@ -73,7 +66,8 @@ def _versions(model) -> tuple:
 
 def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
     """``model``'s weights in the kernel's layout and the array of their blocks' pointers, made
-    once and made again when any parameter was changed in place or replaced."""
+    once and made again when any parameter was changed in place or replaced (the products'
+    weights are transposed copies; LayerNorms and biases are the parameters themselves)."""
     versions = _versions(model)
     cached = _weights.get(model)
     if cached is not None and cached[0] == versions:
@@ -88,7 +82,7 @@ def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
                           block.layer_norm_2.weight, block.layer_norm_2.bias,
                           ff.input.weight.t(), ff.input.bias,  # [C, F]
                           ff.output.weight.t(), ff.output.bias]  # [F, C]
-        tensors = [t.detach().contiguous().clone() for t in per_block]
+        tensors = [t.detach().contiguous() for t in per_block]  # a copy of the transposed, the rest as they are
         tensors += [model.linear_head.weight.detach().t().contiguous()]  # [C, V]
     pointers = (ctypes.c_void_p * len(per_block))(*(t.data_ptr() for t in tensors[:-1]))
     _weights[model] = (versions, tensors, pointers)
