@@ -27,8 +27,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 DATA_DIR_ENV = "GPT_PIPELINE_DATA_DIR"
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
+
+
+def process_umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` (Linux): ``os.umask`` can only be
+    read by setting it, a race with any thread creating files; elsewhere it is set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class StorageFault(OSError):
@@ -169,9 +182,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": sweepers in other processes leave it alone
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every asset private to its writer
+        os.fchmod(fd, 0o666 & ~process_umask())  # mkstemp's 0600 would make every asset private to its writer
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # again: some writers (safetensors) replace the file
+        os.chmod(tmp, 0o666 & ~process_umask())  # again: some writers (safetensors) replace the file
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 
 from gpt_pipeline.storage import atomic_write, atomic_write_text, data_dir, project_root
@@ -46,3 +47,14 @@ def test_checkpoints_get_the_same_permissions_as_every_other_file(tmp_path):
     os.umask(umask)
     path = save_checkpoint(tmp_path / "m.safetensors", GPT(GPTConfig(vocab_size=8, embedding_size=8, block_count=1)))
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # safetensors' own 0600 is replaced
+
+
+def test_process_umask_reads_the_umask_without_changing_it():
+    from gpt_pipeline.storage import process_umask
+
+    old = os.umask(0o027)
+    try:
+        assert process_umask() == 0o027
+        assert process_umask() == 0o027  # reading did not change it
+    finally:
+        os.umask(old)

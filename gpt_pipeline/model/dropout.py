@@ -4,8 +4,8 @@
 which cost about a seventh of a training step on a 2-core CPU. ``dropped_positions`` draws the
 gaps between dropped positions instead (geometric gaps: the same distribution from about p as
 many random numbers). On CPU the dropped positions are applied directly, with no mask tensor:
-``DropPositions`` (dropout of a tensor) and ``ResidualDropAdd`` (``branch + dropout(x)``, gpt-rs's
-residual) scale and zero in one pass, forward and backward. Elsewhere ``Dropout`` builds a scaled
+``DropPositions`` scales and zeroes in one pass, forward and backward (``fused.py`` does the
+same inside its fused products). Elsewhere ``Dropout`` builds a scaled
 mask. Same semantics as ``nn.Dropout`` either way: kept elements are scaled by 1 / (1 - p).
 Nothing else lives here.
 """
@@ -95,14 +95,6 @@ class Dropout(nn.Module):
             return None
         return dropped_positions(n, self.p, self.generator)
 
-    def as_mask(self, drawn: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-        """``drawn`` (from :meth:`draw`) as a scaled mask shaped like ``like``."""
-        if drawn is None or drawn.dtype != torch.long:
-            return drawn
-        mask = torch.full(like.shape, self.scale, dtype=like.dtype, device=like.device)
-        mask.view(-1).index_fill_(0, drawn, 0.0)
-        return mask
-
     def apply(self, x: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor:
         """``x`` with the elements ``drawn`` dropped and the rest scaled by 1 / (1 - p)."""
         if drawn is None:
@@ -110,14 +102,6 @@ class Dropout(nn.Module):
         if drawn.dtype == torch.long:
             return DropPositions.apply(x, drawn, self.scale)
         return x * drawn
-
-    def add_to(self, branch: torch.Tensor, x: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor:
-        """``branch + dropout(x)`` with ``drawn`` as the dropout, in one pass over memory on CPU."""
-        if drawn is None:
-            return branch + x
-        if drawn.dtype == torch.long:
-            return ResidualDropAdd.apply(branch, x, drawn, self.scale)
-        return branch + x * drawn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.apply(x, self.draw(x))
@@ -162,28 +146,3 @@ class DropPositions(torch.autograd.Function):
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
         return scaled_except(grad, positions, ctx.scale), None, None
-
-
-class ResidualDropAdd(torch.autograd.Function):
-    """``branch + dropout(x)``: ``x * scale`` added to ``branch``, except at the flat
-    ``positions``, where the result is ``branch`` alone (x dropped).
-
-    Example:
-        >>> b, x = torch.zeros(4, requires_grad=True), torch.ones(4, requires_grad=True)
-        >>> ResidualDropAdd.apply(b, x, torch.tensor([2]), 2.0).tolist()
-        [2.0, 2.0, 0.0, 2.0]
-    """
-
-    @staticmethod
-    def forward(ctx, branch, x, positions, scale):
-        out = torch.add(branch, x, alpha=scale)
-        flat = out.view(-1)
-        flat.index_copy_(0, positions, branch.reshape(-1).index_select(0, positions))
-        ctx.save_for_backward(positions)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (positions,) = ctx.saved_tensors
-        return grad, scaled_except(grad, positions, ctx.scale), None, None

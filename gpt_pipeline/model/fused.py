@@ -46,7 +46,15 @@ def _onednn_linear_works() -> bool:
         return False
 
 
-ONEDNN = _onednn_linear_works()  # False: every product goes through torch.mm (MKL or OpenBLAS)
+ONEDNN: bool | None = None  # probed on first use (tests set it); False: every product goes through torch.mm
+
+
+def onednn() -> bool:
+    """Whether products go through oneDNN's fused linear: probed once, on first use."""
+    global ONEDNN
+    if ONEDNN is None:
+        ONEDNN = _onednn_linear_works()
+    return ONEDNN
 
 
 def _cpu_float32(x: torch.Tensor) -> bool:
@@ -64,7 +72,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu
         >>> linear(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]), torch.ones(2), relu=True).tolist()
         [[4.0, 0.0]]
     """
-    if ONEDNN and _cpu_float32(x):
+    if _cpu_float32(x) and onednn():
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     out = torch.mm(x.reshape(-1, x.size(-1)), w.t())  # [N, out]
     if b is not None:
@@ -81,7 +89,7 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.T
         >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
         [[2.0, 7.0]]
     """
-    if ONEDNN and _cpu_float32(x):
+    if _cpu_float32(x) and onednn():
         if alpha != 1.0:
             w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")

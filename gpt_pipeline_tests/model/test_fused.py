@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_pipeline.model import fused, native_attention
-from gpt_pipeline.model.dropout import DropPositions, ResidualDropAdd, dropped_positions, scaled_except
+from gpt_pipeline.model.dropout import DropPositions, dropped_positions, scaled_except
 from gpt_pipeline.model.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear, linear_add
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
@@ -17,7 +17,7 @@ from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 @pytest.fixture(params=["onednn", "torch.mm"])
 def products(request, monkeypatch):
     """Run a test with oneDNN's fused linear and again with the ``torch.mm`` fallback."""
-    if request.param == "onednn" and not fused.ONEDNN:
+    if request.param == "onednn" and not fused.onednn():
         pytest.skip("this torch build has no oneDNN fused linear")
     monkeypatch.setattr(fused, "ONEDNN", request.param == "onednn")
     return request.param
@@ -36,7 +36,7 @@ def attention(request, monkeypatch):
 
 
 def test_onednn_is_used_wherever_torch_has_it():
-    assert fused.ONEDNN == torch.backends.mkldnn.is_available()
+    assert fused.onednn() == torch.backends.mkldnn.is_available()
 
 
 def test_linear_and_linear_add_known_answers(products):
@@ -107,19 +107,14 @@ def test_projection_residual_and_linear_equal_the_plain_layers(products):
     assert scaled_except(y, None, 1.0) is y
 
 
-def test_drop_positions_and_residual_add_equal_a_mask():
+def test_drop_positions_equals_a_mask():
     g = torch.Generator().manual_seed(1)
-    x, branch = torch.randn(4, 5, 6, generator=g), torch.randn(4, 5, 6, generator=g)
+    x = torch.randn(4, 5, 6, generator=g)
     positions, scale = dropped_positions(x.numel(), 0.25, g), 4 / 3
     mask = _mask(x.shape, positions, scale)
     out, (grad,) = _grads(lambda x: DropPositions.apply(x, positions, scale), x)
     ref_out, (ref_grad,) = _grads(lambda x: x * mask, x)
     assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
-    out, grads = _grads(lambda b, x: ResidualDropAdd.apply(b, x, positions, scale), branch, x)
-    ref_out, ref_grads = _grads(lambda b, x: b + x * mask, branch, x)
-    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
-    assert torch.equal(out.view(-1)[positions], branch.view(-1)[positions])  # dropped: branch alone
 
 
 def test_a_training_step_equals_the_plain_composition_mask_for_mask(products, attention):
