@@ -14,11 +14,14 @@ import dagster as dg
 
 from gpt_pipeline.training.metrics import figure_text
 
+# The UI's metadata column is about 380 px wide in a 1440 px window: each table keeps to five
+# narrow columns, so none is cut off on the right (test_first_hour_e2e measures it).
 STANDINGS_COLUMNS = (  # (header, row key)
     ("rank", "rank"), ("variant", "variant"), ("test_bpc", "test_bits_per_character"),
-    ("test_loss", "test_loss"), ("tokens/s", "tokens_per_second"), ("train_s", "training_seconds"),
-    ("mlflow_run", "mlflow_run_id"), ("overrides / note", "note"),
+    ("test_loss", "test_loss"), ("tokens/s", "tokens_per_second"),
 )
+VARIANT_COLUMNS = (("variant", "variant"), ("train_s", "training_seconds"), ("mlflow_run", "mlflow_run_id"),
+                   ("overrides / note", "note"))
 
 
 def loss_table(evaluations: Sequence) -> dg.MetadataValue:
@@ -31,20 +34,26 @@ def loss_table(evaluations: Sequence) -> dg.MetadataValue:
     return dg.MetadataValue.table(records, schema=schema)
 
 
-def standings_table(rows: Sequence[dict]) -> dg.MetadataValue:
-    """The champion's standings (``defs.champion.standings``' rows) as a table: a ranked
-    variant's overrides, or why a variant has no rank, in the last column."""
-    def cell(row: dict, key: str) -> str:
-        if key == "rank":
-            return str(row["rank"]) if row.get("rank") else "-"
-        if key == "variant":
-            return str(row["variant"])
-        if key == "mlflow_run_id":
-            return (row.get(key) or "-")[:8]
-        if key == "note":
-            return row.get("note") or row.get("overrides") or ""
-        return figure_text(key, row.get(key)) if row.get("rank") else "-"
+def _cell(row: dict, key: str) -> str:
+    if key == "rank":
+        return str(row["rank"]) if row.get("rank") else "-"
+    if key == "variant":
+        return str(row["variant"])
+    if key == "mlflow_run_id":
+        return (row.get(key) or "-")[:8]
+    if key == "note":
+        return row.get("note") or row.get("overrides") or ""
+    return figure_text(key, row.get(key)) if row.get("rank") else "-"
 
-    schema = dg.TableSchema(columns=[dg.TableColumn(header, "string") for header, _ in STANDINGS_COLUMNS])
-    records = [dg.TableRecord({header: cell(row, key) for header, key in STANDINGS_COLUMNS}) for row in rows]
-    return dg.MetadataValue.table(records, schema=schema)
+
+def _table(rows: Sequence[dict], columns: tuple[tuple[str, str], ...]) -> dg.MetadataValue:
+    schema = dg.TableSchema(columns=[dg.TableColumn(header, "string") for header, _ in columns])
+    return dg.MetadataValue.table([dg.TableRecord({header: _cell(row, key) for header, key in columns})
+                                   for row in rows], schema=schema)
+
+
+def standings_tables(rows: Sequence[dict]) -> dict[str, dg.MetadataValue]:
+    """The champion's standings (``defs.champion.standings``' rows) as two tables: ``standings``
+    (rank and figures) and ``variants`` (training seconds, MLflow run, a ranked variant's overrides
+    or why a variant has no rank)."""
+    return {"standings": _table(rows, STANDINGS_COLUMNS), "variants": _table(rows, VARIANT_COLUMNS)}
