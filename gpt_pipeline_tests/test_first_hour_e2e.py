@@ -183,15 +183,19 @@ def test_the_uis_show_what_the_readme_says(project):
 
             # MLflow: the experiment as it opens (printed), its training runs, one training run.
             page.goto(f"{mlflow_url}/#/experiments/{experiment}")
-            page.get_by_text("gpt-pipeline").first.wait_for()
+            page.get_by_text("gpt-pipeline").first.wait_for(timeout=60_000)
             page.wait_for_timeout(3000)
             landing = page.url
             shot("mlflow_experiment_landing")
+            # Its runs: the trainings are the children of the sweep's parent run (README, Experiments),
+            # which the table lists with the other assets' runs.
             page.goto(f"{mlflow_url}/#/experiments/{experiment}/runs")
-            page.get_by_text(re.compile(r"^trained_model-")).first.wait_for()
-            assert re.search(r"trained_model-default-", page.inner_text("body"))
+            page.get_by_text(re.compile(r"sweep-default@")).first.wait_for(timeout=60_000)
+            body = page.inner_text("body")
+            assert "tokenized_dataset-default-" in body and "champion_generations-default-" in body, body[:2000]
             shot("mlflow_experiment")
             page.goto(f"{mlflow_url}/#/experiments/{experiment}/runs/{training_run}")
+            page.get_by_text(re.compile(r"trained_model-default-")).first.wait_for(timeout=60_000)
             page.get_by_text("test_loss").first.wait_for()
             shot("mlflow_training_run", 1400)
             browser.close()

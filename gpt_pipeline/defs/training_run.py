@@ -246,8 +246,9 @@ def run_training(
         if export_hf:
             with tempfile.TemporaryDirectory() as tmp:
                 run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
-    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:  # as every table rounds it;
-        value = figure(name, value)  # MLflow has the exact value. None (not measured): no entry
+    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:
+        """Rounded as every table shows it (MLflow has the exact value); no entry when not measured."""
+        value = figure(name, value)
         return {} if value is None else {name: dg.MetadataValue.float(float(value))}
 
     resumed = result.resumed_from is not None
