@@ -60,7 +60,9 @@ def project(tmp_path_factory):
     (root / "dagster_home").mkdir()
     (root / "dagster_home" / "dagster.yaml").write_text(  # the Makefile's
         "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
-    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_RUN_CONFIG))
+    mlflow_port = _free_port()  # the MLflow UI the metadata links to (and shows the loss curve from)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(
+        {**TINY_RUN_CONFIG, "resources": {"mlflow": {"config": {"ui_url": f"http://127.0.0.1:{mlflow_port}"}}}}))
     env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "GPT_PIPELINE_DATA_DIR": str(root / "data"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "PYTHONUNBUFFERED": "1",
            # as `make run` sets them
@@ -69,11 +71,11 @@ def project(tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "gpt_pipeline", "materialize", "--config", str(root / "tiny.yaml")],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return root, env, done
+    return root, env, done, mlflow_port
 
 
 def test_materialize_prints_what_a_user_reads(project):
-    _, _, done = project
+    _, _, done, _ = project
     lines = done.stdout.splitlines()
     headlines = [line for line in lines if re.match(r"^[a-z_]+(\[\w+\])?: ", line)]
     assert sorted(line.split(": ")[0] for line in headlines) == sorted(ASSETS), done.stdout  # one each
@@ -99,12 +101,12 @@ def _launchpad_yaml(page) -> str:
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found (apt-get install chromium; .ci/run does)")
 def test_the_uis_show_what_the_readme_says(project):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (test extra)")
-    root, env, _ = project
+    root, env, _, mlflow_port = project
     started = time.monotonic()
     deadline = started + 150
     token = uuid.uuid4().hex
     env = {**env, MARKER: token, "VIRTUAL_ENV": str(BIN.parent), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    dagster_port, mlflow_port = _free_port(), _free_port()
+    dagster_port = _free_port()
     dagster_log, mlflow_log = root / "dg.log", root / "mlflow.log"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     servers = []
@@ -156,7 +158,11 @@ def test_the_uis_show_what_the_readme_says(project):
             assert re.search(r"step\s+train_loss\s+test_loss", body), body[:3000]
             assert re.search(r"\n40\s+\d\.\d{4}\s+\d\.\d{4}", body), body[:3000]
             assert '"train_loss"' not in body and "resumed_from_step" not in body  # nothing resumed
-            shot("dagster_trained_model", 1900)
+            # the loss curve in place: the picture MLflow serves, loaded
+            _wait_for("the loss curve shows", lambda: page.evaluate(
+                "() => [...document.images].some(i => i.src.includes('get-artifact?path=loss_curve.png') "
+                "&& i.complete && i.naturalWidth > 300)"), deadline, mlflow, mlflow_log)
+            shot("dagster_trained_model", 2300)
 
             # champion_model: the standings, every column in view (inside the metadata cell).
             visit(f"{dagster_url}/assets/champion_model?view=overview", "standings", "variants")
@@ -229,6 +235,7 @@ COMMAND_PLAN: list[tuple[str, str | None]] = [  # (regex matching a command, Non
     (r"^gpt-pipeline (generate|tokenize|compare)\b", None),
     (r"^gpt-pipeline (import-gpt-rs|export-hf) \.\.\.", "placeholder arguments (`...`); each has --help and tests"),
     (r"^\.venv/bin/gpt-pipeline export-hf ", None),
+    (r"benchmarks/gpu_check\.py", "needs a CUDA GPU"),
     (r"^(\.venv/bin/)?python .*benchmarks/|^PYTHONPATH=\S+ \.venv/bin/python benchmarks/",
      "a benchmark: minutes, timed on a quiet machine (docs/benchmarks.md)"),
     (r"^mlflow server .*postgresql", "needs the PostgreSQL and S3 of a deployment: test_deployment_postgres"),
@@ -284,7 +291,7 @@ def test_readme_and_docs_commands_run_as_written(project):
     """In a project folder after a materialization (data/, mlruns/, .venv as a link to this one),
     each command to run runs with .venv/bin first on PATH and exits 0; the skipped ones are printed
     one a line with why."""
-    root, env, _ = project
+    root, env, _, _ = project
     (root / ".venv").exists() or (root / ".venv").symlink_to(BIN.parent)
     env = {**env, "PATH": f"{root / '.venv' / 'bin'}:{env['PATH']}"}
     skipped = []

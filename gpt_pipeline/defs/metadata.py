@@ -9,6 +9,7 @@ columns. Every figure is written by ``training.metrics.figure_text``, as in the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import quote
 
 import dagster as dg
 
@@ -22,6 +23,19 @@ STANDINGS_COLUMNS = (  # (header, row key)
 )
 VARIANT_COLUMNS = (("variant", "variant"), ("train_s", "training_seconds"), ("mlflow_run", "mlflow_run_id"),
                    ("overrides / note", "note"))
+
+
+def mlflow_picture(ui_url: str, run_id: str, artifact: str) -> str:
+    """Markdown showing an image artifact of an MLflow run, as the MLflow UI at ``ui_url`` serves
+    it (its ``get-artifact`` route), with a link to the run.
+
+    Example:
+        >>> print(mlflow_picture("http://127.0.0.1:5000/", "ab12", "loss_curve.png"))
+        ![loss_curve.png of MLflow run ab12 (shown while the MLflow UI runs)](http://127.0.0.1:5000/get-artifact?path=loss_curve.png&run_uuid=ab12)
+    """
+    base = ui_url.rstrip("/")
+    return (f"![{artifact} of MLflow run {run_id} (shown while the MLflow UI runs)]"
+            f"({base}/get-artifact?path={quote(artifact)}&run_uuid={quote(run_id)})")
 
 
 def loss_table(evaluations: Sequence) -> dg.MetadataValue:

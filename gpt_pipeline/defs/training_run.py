@@ -31,7 +31,7 @@ from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
-from gpt_pipeline.defs.metadata import loss_table
+from gpt_pipeline.defs.metadata import loss_table, mlflow_picture
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import data_dir, exclusive
@@ -44,6 +44,9 @@ from gpt_pipeline.tracking.registry import log_and_register
 from gpt_pipeline.training.metrics import characters_of, evaluation_metrics, figure, token_characters
 from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 from gpt_pipeline.training.progress import progress_line
+
+
+SMALL_CURVE = "loss_curve_small.png"  # the loss curve the Dagster UI shows, an artifact of the run
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,10 @@ def run_training(
             points = [(e.step, e.train_loss, e.test_loss) for e in result.evaluations]
             curve = loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run_id[:8]}")
             run.log_artifact(curve)
-            curve_markdown = loss_curve_markdown(  # small: it travels inline in the Dagster metadata
-                loss_curve_png(points, Path(tmp) / "small" / "loss_curve.png", title="loss", dpi=80))
+            # small (360 x 240 pixels): it fits the Dagster UI's metadata column, and travels inline
+            small = loss_curve_png(points, Path(tmp) / SMALL_CURVE, title="loss", dpi=80, inches=(4.5, 3.0))
+            run.log_artifact(small)
+            curve_markdown = loss_curve_markdown(small)
             model_uri, version, reused = log_and_register(
                 run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
                 result.test_loss, params, final, step=result.steps, dataset=dataset)
@@ -259,8 +264,12 @@ def run_training(
             **shown("test_loss", result.test_loss),
             **{key: value for key in ("train_bits_per_character", "test_bits_per_character")
                for key, value in shown(key, final[key]).items()},
-            "loss_history": loss_table(result.evaluations),  # a table: the UI shows it inline
-            "loss_curve": dg.MetadataValue.md(curve_markdown),  # a picture: behind "[Show Markdown]"
+            # The curve inline (short Markdown: the UI renders it in place) while the MLflow UI
+            # serves the run's loss_curve.png; the figures as a table; the picture itself behind
+            # "[Show Markdown]" (its inline data is too long to render in place).
+            "loss_curve": dg.MetadataValue.md(mlflow_picture(mlflow.ui_url, run.run_id, SMALL_CURVE)),
+            "loss_history": loss_table(result.evaluations),
+            "loss_curve_png": dg.MetadataValue.md(curve_markdown),
             **shown("unigram_test_loss", baseline),
             "parameters": dg.MetadataValue.int(summary["parameters"]),
             "steps": dg.MetadataValue.int(result.steps),

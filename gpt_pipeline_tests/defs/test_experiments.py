@@ -218,7 +218,10 @@ def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, i
     assert [o.model_id for o in outputs] == [model.model_id]
 
     # Dagster: an inline PNG loss curve, figures rounded as every table shows them, bpc shown.
-    curve = metadata["loss_curve"].value
+    # the curve in place: the run's loss_curve.png as the MLflow UI serves it (the run has it)
+    assert metadata["loss_curve"].value.endswith(f"/get-artifact?path=loss_curve_small.png&run_uuid={run.info.run_id})")
+    assert {"loss_curve.png", "loss_curve_small.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    curve = metadata["loss_curve_png"].value
     prefix = "![loss curve](data:image/png;base64,"
     assert curve.startswith(prefix) and curve.endswith(")")
     png = base64.b64decode(curve[len(prefix):-1])
