@@ -161,7 +161,7 @@ def test_the_uis_show_what_the_readme_says(project):
                 assert '"train_loss"' not in body and "resumed_from_step" not in body  # nothing resumed
                 # the loss curve in place: the picture MLflow serves, loaded
                 _wait_for("the loss curve shows", lambda: page.evaluate(
-                    "() => [...document.images].some(i => i.src.includes('get-artifact?path=loss_curve.png') "
+                    "() => [...document.images].some(i => i.src.includes('get-artifact?path=loss_curve_small.png') "
                     "&& i.complete && i.naturalWidth > 300)"), time.monotonic() + 60, mlflow, mlflow_log)
                 shot("dagster_trained_model", 2300)
 
