@@ -25,13 +25,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	mkdir -p data mlruns
-	$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
+	@mkdir -p data mlruns
+	@# one line per asset, the training's progress and the stories; MLflow's own chatter off
+	@MLFLOW_LOGGING_LEVEL=WARNING MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
+		$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
 	@echo ""
-	@echo "Dagster UI (assets, runs, metadata):  make dagster-ui   -> http://$(HOST):3000"
-	@echo "    (DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dg dev -h $(HOST) -p 3000)"
-	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
-	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
+	@echo "Dagster UI (assets, runs, metadata, the full event log):  make dagster-ui  -> http://$(HOST):3000"
+	@echo "MLflow UI (training runs, loss curves, models):          make mlflow-ui   -> http://$(HOST):5000"
+	@echo "More stories from the champion:  $(VENV)/bin/gpt-pipeline generate --model data/champion_model.safetensors --input 'Once'"
 
 # A sweep (README.md, "Experiments"): the data once, the variants PARALLEL at a time (the cores
 # divided among them), then the champion; prints the ranking.

@@ -10,7 +10,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 
     gpt-pipeline tokenize [--data-parquet F] [--vocab-size N] [--output-dir D]
     gpt-pipeline train --dataset-dir D [--learning-rate ...] [--output-dir R]
-    gpt-pipeline generate --dataset-dir D --transformer-safetensors S --input TEXT
+    gpt-pipeline generate --model data/champion_model.safetensors --input TEXT   (or models:/gpt-pipeline@champion)
     gpt-pipeline materialize [--config configs/quickstart.yaml]   (the Dagster job, in process)
     gpt-pipeline import-gpt-rs --dataset-file D.ron --transformer-config-file C.ron ...
     gpt-pipeline export-hf --model CHECKPOINT --tokenizer TOKENIZER --output DIR
@@ -109,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a prompt with a trained model",
         description="Sample text from a trained checkpoint, as gpt-rs's generate does.",
     )
-    gen.add_argument("--dataset-dir", required=True, metavar="DIR", help="output of `tokenize` "
-                     "(for the tokenizer)")
-    gen.add_argument("--transformer-safetensors", required=True, metavar="FILE", help="checkpoint")
+    gen.add_argument("--transformer-safetensors", "--model", required=True, metavar="FILE|URI",
+                     help="the model: a checkpoint (train's final.safetensors, data/champion_model.safetensors, "
+                     "data/trained_model/VARIANT.safetensors) or a registered model, models:/gpt-pipeline@champion")
+    gen.add_argument("--tokenizer", metavar="FILE|DIR", help="a bpe_tokenizer.json or its folder (default: "
+                     "--dataset-dir's; a models:/ URI's own; else the one stored beside the model or in the data directory)")
+    gen.add_argument("--dataset-dir", metavar="DIR", help="output of `tokenize` (for its tokenizer)")
+    gen.add_argument("--tracking-uri", metavar="URI", help="MLflow store of a models:/ URI (default: "
+                     "$MLFLOW_TRACKING_URI, else sqlite:///<project>/mlruns/mlflow.db)")
     gen.add_argument("--input", required=True, metavar="TEXT", help="the prompt")
     _add_dataclass_options(gen, GenerationConfig, {"prompts"}, "sampling")
 
@@ -159,6 +164,8 @@ def _materialize(args: argparse.Namespace) -> None:
     import yaml
 
     from gpt_pipeline.definitions import build_defs
+    from gpt_pipeline.defs.checks import failure_line
+    from gpt_pipeline.defs.console import reader_logger
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
     from gpt_pipeline.defs.sweeps import SWEEP, VARIANT_ASSETS
 
@@ -193,10 +200,11 @@ def _materialize(args: argparse.Namespace) -> None:
     if partition is not None and partition not in SWEEP.variants:
         raise ValueError(f"--partition {partition!r} is not a variant of sweep {SWEEP.name} "
                          f"({', '.join(SWEEP.variants)})")
-    if args.quiet:
-        run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
+    run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if args.quiet else "INFO"}}}}
     try:
-        result = build_defs(storage).resolve_job_def(args.job).execute_in_process(
+        job = build_defs(storage).resolve_job_def(args.job).with_logger_defs({"console": reader_logger})
+        result = job.execute_in_process(
             run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
             partition_key=partition,
         )
@@ -205,7 +213,7 @@ def _materialize(args: argparse.Namespace) -> None:
         raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = _failure_line(failure.step_failure_data.error) if failure else "see the Dagster logs"
+        reason = failure_line(failure.step_failure_data.error) if failure else "see the Dagster logs"
         raise RuntimeError(f"job {args.job} failed: {reason}")
     if args.quiet or (selection is not None and dg.AssetKey("sample_generations") not in selection):
         print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
@@ -218,12 +226,6 @@ def _materialize(args: argparse.Namespace) -> None:
 
 
 DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset folder
-
-
-def _failure_line(error) -> str:
-    from gpt_pipeline.defs.checks import failure_line
-
-    return failure_line(error)
 
 
 def _tokenize(args: argparse.Namespace) -> None:
@@ -348,21 +350,24 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from gpt_pipeline import provenance
     from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
+    from gpt_pipeline.tokenizer.bundle import read_bundle
+    from gpt_pipeline.tracking.generate_command import generation_inputs
     from gpt_pipeline.training.checkpoint import load_checkpoint
 
-    from gpt_pipeline import provenance
-
-    path, tokenizer = _load_dataset_dir(args.dataset_dir)
     config = GenerationConfig(
         prompts=(args.input,), token_count=args.token_count, temperature=args.temperature,
         top_k=args.top_k, num_samples=args.num_samples, seed=args.seed, unknown=args.unknown,
     )
     config.validate()
-    model, _ = load_checkpoint(args.transformer_safetensors)
-    inputs = {"trained_model": provenance.of(model, "trained_model"), "bpe_tokenizer": provenance.of(tokenizer, "bpe_tokenizer")}
-    _checked("generate", inputs, {"trained_model": args.transformer_safetensors, "bpe_tokenizer": str(_bundle_file(path))},
-             "pass the --dataset-dir the model was trained on, or train it again on this one")
+    with generation_inputs(args.transformer_safetensors, args.tokenizer, args.dataset_dir, args.tracking_uri) as found:
+        tokenizer = read_bundle(found.tokenizer)
+        model, _ = load_checkpoint(found.model)
+    if not found.same_origin:
+        inputs = {"trained_model": provenance.of(model, "trained_model"), "bpe_tokenizer": provenance.of(tokenizer, "bpe_tokenizer")}
+        _checked("generate", inputs, {"trained_model": found.model_label, "bpe_tokenizer": found.tokenizer_label},
+                 "pass the --tokenizer (or --dataset-dir) the model was trained with")
     frame = generate_samples(model, tokenizer, config)
     print("\n\n".join(frame["text"]))
 

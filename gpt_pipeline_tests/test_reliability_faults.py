@@ -188,7 +188,7 @@ def test_sigkill_during_training_then_rematerialization_resumes(tmp_path, monkey
         metadata = event.asset_materialization.metadata
     assert metadata["resumed_from_step"].value == last
     history = metadata["loss_history"].value
-    assert [entry["step"] for entry in history] == list(range(0, 201, TRAINING_EVALUATION_INTERVAL))
+    assert [entry.data["step"] for entry in history.records] == list(range(0, 201, TRAINING_EVALUATION_INTERVAL))
     for path in data.rglob("*.safetensors"):
         read_checkpoint(path)
     assert temp_files(data) == [], "temporary files of the killed run are still there"

@@ -173,7 +173,7 @@ def bpe_tokenizer(
     code_version="2",
     check_specs=[IDS_IN_VOCAB],
     automation_condition=RETRAIN,
-    description="Every story encoded with the tokenizer: a list<uint16> `tokens` column (uint32 "
+    description="Every story encoded with the tokenizer: a `list<uint16>` `tokens` column (`uint32` "
     "above 65,536 tokens) and gpt-rs's split (`split`: the first training_percentage train). "
     "Encoded and written batch by batch (one row group each), with the token arrays that "
     "training memory-maps beside it (`tokenized_dataset.token_arrays.safetensors`).",
@@ -234,7 +234,7 @@ LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stor
     description="gpt-rs's causal decoder transformer trained on the train split (AdamW, gradient "
     "values clamped to 0.5), evaluated on both splits every evaluation_interval steps, with a "
     "checkpoint each time (a rematerialization resumes from the last one). One partition per "
-    "variant of the sweep, stored as trained_model/<variant>.safetensors with its config in the "
+    "variant of the sweep, stored as `trained_model/<variant>.safetensors` with its config in the "
     "metadata. Trainings take turns in the pool 'training'.",
 )
 def trained_model(
@@ -286,7 +286,7 @@ def trained_model(
     automation_condition=RETRAIN,
     description="Stories the variant's trained model writes from the prompts (gpt-rs's sampling: "
     "window of the last context_length tokens, temperature, multinomial; optionally top-k), "
-    "stored as sample_generations/<variant>.parquet.",
+    "stored as `sample_generations/<variant>.parquet`.",
 )
 def sample_generations(
     context: dg.AssetExecutionContext,

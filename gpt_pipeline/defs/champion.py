@@ -26,6 +26,7 @@ from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_gen
 from gpt_pipeline.defs.checks import blocking_check, check_result, failure_line, gate, user_errors
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.metadata import standings_tables
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN_CHAMPION, following
 from gpt_pipeline.defs.sweeps import SWEEP, Sweep
@@ -34,6 +35,7 @@ from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.quality import Gate
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tracking.registry import set_champion
+from gpt_pipeline.training.metrics import figure_text
 
 CHAMPION_GENERATES = blocking_check(
     "champion_model", "champion_generates", "The elected model loads from its stored file and writes text."
@@ -95,13 +97,14 @@ def standings(instance: dg.DagsterInstance, sweep: Sweep, data_digest: str | Non
 
 
 def comparison_markdown(rows: list[dict]) -> str:
-    """The standings as a Markdown table (the Dagster UI renders it on ``champion_model``)."""
+    """The standings as a Markdown table (the run log and MLflow's standings.md; the Dagster UI shows
+    ``defs.metadata.standings_tables``)."""
     def cell(row, key):
         value = row.get(key)
         if key == "mlflow_run":
             return f"[{(row.get('mlflow_run_id') or '')[:8]}]({value})" if value else ""
         if isinstance(value, float):
-            return f"{value:.4g}"
+            return figure_text(key, value)
         return "" if value is None else str(value).replace("|", "\\|")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row, key) for key in COLUMNS) + " |" for row in rows]
@@ -178,7 +181,7 @@ def champion_model(
             "overrides": best["overrides"],
             "test_bits_per_character": dg.MetadataValue.float(float(best["test_bits_per_character"])),
             "registered_model_version": dg.MetadataValue.int(int(version) if version is not None else -1),
-            "standings": dg.MetadataValue.md(table),
+            **standings_tables(rows),
             **lineage(record),
             **run_link(mlflow, run),
         },

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import dagster as dg
 import pydantic
+import yaml
 from dagster._config.config_type import ConfigScalar, ConfigScalarKind, ScalarUnion
 from dagster._config.errors import PostProcessingError
 from dagster._config.source import IntSourceType
@@ -37,12 +38,14 @@ from pydantic_core import core_schema
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.k8s import K8sLaunchConfig
+from gpt_pipeline.storage import project_root
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
 from gpt_pipeline.training.config import TrainConfig
 
 _BOUND_NAMES = ("gt", "ge", "lt", "le")
+QUICKSTART = project_root() / "configs" / "quickstart.yaml"  # the run config of `make run`
 
 
 class _Bounded:
@@ -125,22 +128,41 @@ def _default(field: dataclasses.Field) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def pydantic_fields(cls: type, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """``create_model`` field definitions of the dataclass ``cls``'s fields, less ``skip``."""
+def pydantic_fields(cls: type, skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None
+                    ) -> dict[str, tuple[Any, Any]]:
+    """``create_model`` field definitions of the dataclass ``cls``'s fields, less ``skip``; a
+    field named in ``defaults`` defaults to that value instead of its declared default."""
+    defaults = defaults or {}
     return {
         field.name: (_annotation(cls, field),
-                     pydantic.Field(default=_default(field), description=fields.describe(field) or None))
+                     pydantic.Field(default=defaults.get(field.name, _default(field)),
+                                    description=fields.describe(field) or None))
         for field in fields.fields_of(cls) if field.name not in skip
     }
 
 
+def quickstart_defaults(asset: str) -> dict[str, Any]:
+    """``asset``'s values in ``configs/quickstart.yaml`` (what ``make run`` runs), which the Dagster
+    config of the asset takes as its defaults: a partitioned job's Launchpad opens with its config
+    schema's defaults (Dagster turns a partitioned job's ``config`` into a per-partition config
+    that the Launchpad loads only once a partition is picked), so these are what it shows, and
+    what a run launched without config (the asset graph's Materialize, automation) trains.
+    Fields it leaves out keep the core's default (gpt-rs's example value)."""
+    if not QUICKSTART.is_file():  # an installed package without the project's configs/
+        return {}
+    ops = (yaml.safe_load(QUICKSTART.read_text()) or {}).get("ops") or {}
+    return dict((ops.get(asset) or {}).get("config") or {})
+
+
 def config_class(name: str, sources: tuple[type, ...], doc: str, base: type = dg.Config,
-                 skip: tuple[str, ...] = (), **extra: tuple[Any, Any]) -> type:
+                 skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
+                 **extra: tuple[Any, Any]) -> type:
     """A Dagster config class ``name`` with the fields of the dataclasses ``sources`` (less
-    ``skip``) and the ``extra`` (annotation, ``pydantic.Field``) fields of its own."""
+    ``skip``; ``defaults`` replaces declared defaults) and the ``extra`` (annotation,
+    ``pydantic.Field``) fields of its own."""
     definitions: dict[str, tuple[Any, Any]] = {}
     for source in sources:
-        for key, definition in pydantic_fields(source, skip).items():
+        for key, definition in pydantic_fields(source, skip, defaults).items():
             if key in definitions:
                 raise ValueError(f"{name}: field {key!r} is declared by two of {sources}")
             definitions[key] = definition
@@ -176,14 +198,16 @@ class _SampleGenerations(CoreConfig):
         return self.core(GenerationConfig)
 
 
-RawStoriesConfig = config_class("RawStoriesConfig", (StoriesConfig,), StoriesConfig.__doc__, CoreConfig)
-TokenizerConfig = config_class("TokenizerConfig", (TokenizerSettings,), TokenizerSettings.__doc__, CoreConfig)
+RawStoriesConfig = config_class("RawStoriesConfig", (StoriesConfig,), StoriesConfig.__doc__, CoreConfig,
+                                defaults=quickstart_defaults("raw_stories"))
+TokenizerConfig = config_class("TokenizerConfig", (TokenizerSettings,), TokenizerSettings.__doc__, CoreConfig,
+                               defaults=quickstart_defaults("bpe_tokenizer"))
 TokenizedDatasetConfig = config_class("TokenizedDatasetConfig", (DatasetConfig,), DatasetConfig.__doc__,
-                                      CoreConfig)
+                                      CoreConfig, defaults=quickstart_defaults("tokenized_dataset"))
 TrainedModelConfig = config_class(
     "TrainedModelConfig", (GPTConfig, TrainConfig),
     "The transformer (GPTConfig; vocab_size comes from the tokenizer) and its training (TrainConfig).",
-    _TrainedModel, skip=("vocab_size",),
+    _TrainedModel, skip=("vocab_size",), defaults=quickstart_defaults("trained_model"),
     initial_checkpoint=(str | None, pydantic.Field(
         default=None,
         description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
@@ -202,5 +226,6 @@ TrainedModelConfig = config_class(
         default_factory=K8sLaunchConfig, description="The training pod of launcher k8s.")),
 )
 SampleGenerationsConfig = config_class("SampleGenerationsConfig", (GenerationConfig,),
-                                       GenerationConfig.__doc__, _SampleGenerations)
+                                       GenerationConfig.__doc__, _SampleGenerations,
+                                       defaults=quickstart_defaults("sample_generations"))
 

@@ -10,16 +10,15 @@ import dagster as dg
 import yaml
 
 from gpt_pipeline.defs.assets import GROUP
-from gpt_pipeline.storage import project_root
-
-QUICKSTART = project_root() / "configs" / "quickstart.yaml"
+from gpt_pipeline.defs.configs import QUICKSTART
 
 train_gpt_job = dg.define_asset_job(
     "train_gpt_job",
     selection=dg.AssetSelection.groups(GROUP),
     executor_def=dg.in_process_executor,
-    # The Launchpad opens with the quickstart config (a few minutes on a CPU) instead of gpt-rs's
-    # example training (60,000 steps); every field can be edited there.
+    # Each partition's config (Dagster loads it in the Launchpad once a partition is picked); before
+    # that the Launchpad shows the config schema's defaults, which are the same values
+    # (``defs.configs.quickstart_defaults``). Every field can be edited there.
     config=yaml.safe_load(QUICKSTART.read_text()) if QUICKSTART.is_file() else None,
     description="Materialize the whole gpt-rs lineage: stories, tokenizer, dataset, model, generations. "
     "The Launchpad starts from configs/quickstart.yaml.",

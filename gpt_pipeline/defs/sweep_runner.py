@@ -32,6 +32,7 @@ from gpt_pipeline.defs.champion import standings
 from gpt_pipeline.defs.sources import TRAINING_POOL
 from gpt_pipeline.defs.sweeps import SWEEP_ENV, SHARED_ASSETS, Sweep, load_sweep
 from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV
+from gpt_pipeline.training.metrics import figure_text
 
 VARIANT_STEP = "trained_model,sample_generations"
 
@@ -138,12 +139,11 @@ def ranking_table(rows: list[dict]) -> str:
     header = ["rank", "variant", "test_bpc", "test_loss", "tokens/s", "train_s", "overrides / note"]
     body = []
     for row in rows:
-        def number(key, spec):
-            value = row.get(key)
-            return format(value, spec) if isinstance(value, (int, float)) and row["rank"] else "-"
-        body.append([str(row["rank"] or "-"), row["variant"], number("test_bits_per_character", ".4f"),
-                     number("test_loss", ".4f"), number("tokens_per_second", ".0f"),
-                     number("training_seconds", ".1f"), row["note"] or row["overrides"]])
+        def number(key):
+            return figure_text(key, row.get(key)) if row["rank"] else "-"
+        body.append([str(row["rank"] or "-"), row["variant"], number("test_bits_per_character"),
+                     number("test_loss"), number("tokens_per_second"),
+                     number("training_seconds"), row["note"] or row["overrides"]])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in [header, *body])
 

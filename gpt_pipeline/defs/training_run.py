@@ -31,6 +31,7 @@ from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
+from gpt_pipeline.defs.metadata import loss_table, mlflow_picture
 from gpt_pipeline.interop import hf
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.storage import data_dir, exclusive
@@ -40,9 +41,12 @@ from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.tracking.plots import loss_curve_png
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.registry import log_and_register
-from gpt_pipeline.training.metrics import characters_of, evaluation_metrics, significant, token_characters
+from gpt_pipeline.training.metrics import characters_of, evaluation_metrics, figure, token_characters
 from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 from gpt_pipeline.training.progress import progress_line
+
+
+SMALL_CURVE = "loss_curve_small.png"  # the loss curve the Dagster UI shows, an artifact of the run
 
 
 @dataclass(frozen=True)
@@ -235,8 +239,10 @@ def run_training(
             points = [(e.step, e.train_loss, e.test_loss) for e in result.evaluations]
             curve = loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run_id[:8]}")
             run.log_artifact(curve)
-            curve_markdown = loss_curve_markdown(  # small: it travels inline in the Dagster metadata
-                loss_curve_png(points, Path(tmp) / "small" / "loss_curve.png", title="loss", dpi=60))
+            # small (360 x 240 pixels): it fits the Dagster UI's metadata column, and travels inline
+            small = loss_curve_png(points, Path(tmp) / SMALL_CURVE, title="loss", dpi=80, inches=(4.5, 3.0))
+            run.log_artifact(small)
+            curve_markdown = loss_curve_markdown(small)
             model_uri, version, reused = log_and_register(
                 run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
                 result.test_loss, params, final, step=result.steps, dataset=dataset)
@@ -245,31 +251,34 @@ def run_training(
         if export_hf:
             with tempfile.TemporaryDirectory() as tmp:
                 run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
-    history = [
-        {"step": e.step, "train_loss": round(e.train_loss, 4), "test_loss": round(e.test_loss, 4)}
-        for e in result.evaluations
-    ]
+    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:
+        """Rounded as every table shows it (MLflow has the exact value); no entry when not measured."""
+        value = figure(name, value)
+        return {} if value is None else {name: dg.MetadataValue.float(float(value))}
 
-    def shown(value: float) -> dg.MetadataValue:  # rounded for reading; MLflow has the exact value
-        return dg.MetadataValue.float(significant(float(value)))
-
+    resumed = result.resumed_from is not None
     output = dg.Output(
         result.model,
         metadata={
-            "train_loss": shown(result.train_loss),
-            "test_loss": shown(result.test_loss),
-            **{key: shown(final[key]) for key in ("train_bits_per_character", "test_bits_per_character")
-               if final[key] is not None},
-            "unigram_test_loss": shown(baseline),
+            **shown("train_loss", result.train_loss),
+            **shown("test_loss", result.test_loss),
+            **{key: value for key in ("train_bits_per_character", "test_bits_per_character")
+               for key, value in shown(key, final[key]).items()},
+            # The curve inline (short Markdown: the UI renders it in place) while the MLflow UI
+            # serves the run's loss_curve.png; the figures as a table; the picture itself behind
+            # "[Show Markdown]" (its inline data is too long to render in place).
+            "loss_curve": dg.MetadataValue.md(mlflow_picture(mlflow.ui_url, run.run_id, SMALL_CURVE)),
+            "loss_history": loss_table(result.evaluations),
+            "loss_curve_png": dg.MetadataValue.md(curve_markdown),
+            **shown("unigram_test_loss", baseline),
             "parameters": dg.MetadataValue.int(summary["parameters"]),
             "steps": dg.MetadataValue.int(result.steps),
-            "tokens_per_second": shown(summary["tokens_per_second"]),
-            "training_seconds": shown(result.seconds),
+            # not measured when a finished checkpoint was resumed (nothing trained in this run)
+            **shown("tokens_per_second", result.tokens_per_second),
+            **shown("training_seconds", result.seconds),
             "device": device,
-            "resumed_from_step": dg.MetadataValue.int(-1 if result.resumed_from is None else result.resumed_from),
+            **({"resumed_from_step": dg.MetadataValue.int(result.resumed_from)} if resumed else {}),
             "checkpoint_dir": dg.MetadataValue.path(str(folder)),
-            "loss_history": dg.MetadataValue.json(history),
-            "loss_curve": dg.MetadataValue.md(curve_markdown),
             "mlflow_model_uri": dg.MetadataValue.text(model_uri),
             "registered_model_version": dg.MetadataValue.int(int(version.version)),
             "mlflow_run_id": dg.MetadataValue.text(run.run_id),

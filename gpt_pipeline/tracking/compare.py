@@ -130,13 +130,15 @@ def compare_runs(
     return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
 
 
-def _cell(value: Any) -> str:
+def _cell(name: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "*" if value else ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        from gpt_pipeline.training.metrics import figure_text
+
+        return figure_text(name, value)
     return str(value)
 
 
@@ -163,7 +165,7 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     names = ["rank", "champion", "variant", "test_bits_per_character", "test_loss", "train_loss", *params,
              "run_name", "run_id"]
     header = [{"test_bits_per_character": "test_bpc"}.get(name, name) for name in names]
-    table = [header] + [[_cell(row.get(name)) for name in names] for row in rows]
+    table = [header] + [[_cell(name, row.get(name)) for name in names] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table)
 

@@ -19,14 +19,14 @@ DPI = 100  # so the PNG is 640 x 400 pixels
 
 def loss_curve_png(
     evaluations: Sequence[tuple[int, float, float]], path: str | os.PathLike, title: str = "loss",
-    dpi: int = DPI,
+    dpi: int = DPI, inches: tuple[float, float] = FIGURE_INCHES,
 ) -> Path:
     """Write the train and test loss against the step as a PNG at ``path`` (atomically).
 
     ``evaluations`` are ``(step, train_loss, test_loss)`` in any order (they are sorted by step);
     non-finite losses are left out of the curve. ``dpi`` scales the picture (``FIGURE_INCHES``
     times it: 640 x 400 pixels by default). Raises ``ValueError`` when there is none or a
-    step is negative or repeated.
+    step is negative or repeated. ``inches``: the figure's width and height.
 
     Example:
         >>> import tempfile; d = tempfile.mkdtemp()
@@ -43,7 +43,7 @@ def loss_curve_png(
     steps = [p[0] for p in points]
     if steps[0] < 0 or len(set(steps)) != len(steps):
         raise ValueError(f"steps must be distinct and >= 0, got {steps}")
-    figure = Figure(figsize=FIGURE_INCHES, dpi=dpi)
+    figure = Figure(figsize=inches, dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for index, label in ((1, "train"), (2, "test")):

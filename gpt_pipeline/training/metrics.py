@@ -76,6 +76,41 @@ def significant(value: float, digits: int = 4) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
+# Decimal places each figure is shown with (everywhere: Dagster metadata, the champion's
+# standings, the sweep's table, `gpt-pipeline compare`); any other figure gets 4.
+FIGURE_DECIMALS = {"tokens_per_second": 0, "training_seconds": 1, "chars_per_token": 2}
+
+
+def figure(name: str, value: float | int | None) -> float | int | None:
+    """``value`` of the figure ``name`` rounded as it is shown (``FIGURE_DECIMALS``); None for a
+    missing or non-finite value; a whole figure (0 decimals) as an int.
+
+    Example:
+        >>> figure("test_loss", 1.08163), figure("tokens_per_second", 37812.6), figure("test_loss", float("nan"))
+        (1.0816, 37813, None)
+    """
+    if value is None or isinstance(value, bool) or not math.isfinite(float(value)):
+        return None
+    decimals = FIGURE_DECIMALS.get(name, 4)
+    return int(round(value)) if decimals == 0 else round(float(value), decimals)
+
+
+def figure_text(name: str, value: float | int | None) -> str:
+    """The figure ``name`` as text, the one way every table writes it: ``-`` when missing,
+    thousands separated when whole.
+
+    Example:
+        >>> figure_text("test_loss", 1.0816349), figure_text("tokens_per_second", 37812.6), figure_text("x", None)
+        ('1.0816', '37,813', '-')
+        >>> figure_text("training_seconds", 62.25)
+        '62.2'
+    """
+    shown = figure(name, value)
+    if shown is None:
+        return "-"
+    return f"{shown:,}" if isinstance(shown, int) else f"{shown:.{FIGURE_DECIMALS.get(name, 4)}f}"
+
+
 def evaluation_metrics(evaluation, tokens: dict[str, int], characters: dict[str, int] | None) -> dict[str, float | None]:
     """The figures of one evaluation (a ``training.loop.Evaluation``) to log: both losses, both
     bits per character (None without ``characters``), throughput (None before any step) and the

@@ -42,6 +42,15 @@ def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
         assert {key.to_user_string() for key in _requested_keys(result)} <= {"stories_source"}
 
 
+def test_the_code_location_has_one_automation_sensor_covering_the_source_and_the_lineage():
+    """No ``default_automation_condition_sensor``: Dagster adds one for any asset with an automation
+    condition that no sensor targets (a selection of groups leaves source assets out by default)."""
+    sensors = defs.get_repository_def().sensor_defs
+    assert [sensor.name for sensor in sensors] == ["retrain_on_new_data"]
+    selected = automation.retrain_on_new_data.asset_selection.resolve(defs.get_repository_def().asset_graph)
+    assert {key.to_user_string() for key in selected} == LINEAGE | {"stories_source"}
+
+
 def test_sweep_job_without_a_sweep_file_fails_with_one_line(tmp_path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = defs.resolve_job_def("sweep_job").execute_in_process(instance=instance, raise_on_error=False)

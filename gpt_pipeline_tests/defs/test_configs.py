@@ -7,10 +7,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+from pathlib import Path
 
 import dagster as dg
 import pydantic
 import pytest
+import yaml
 from dagster._config import ConfigTypeKind
 from dagster._config.pythonic_config import infer_schema_from_config_class
 
@@ -33,6 +35,7 @@ from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
 from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
+QUICKSTART_OPS = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())["ops"]
 DERIVED = [  # (config class, the core classes it derives from, its own fields in order)
     (RawStoriesConfig, (StoriesConfig,), ()),
     (TokenizerConfig, (TokenizerSettings,), ()),
@@ -63,8 +66,15 @@ def test_every_field_comes_from_the_core_declaration(config_class, sources, extr
     assert list(config_class.model_fields) == [f.name for f in declared] + list(extra)
     defaults = config_class()
     schema = infer_schema_from_config_class(config_class).config_type.fields
+    asset = {"RawStoriesConfig": "raw_stories", "TokenizerConfig": "bpe_tokenizer",
+             "TokenizedDatasetConfig": "tokenized_dataset", "TrainedModelConfig": "trained_model",
+             "SampleGenerationsConfig": "sample_generations"}[config_class.__name__]
+    quickstart = QUICKSTART_OPS[asset]["config"]  # `make run`'s values are the Launchpad's defaults
     for field in declared:
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if field.name in quickstart:
+            default = quickstart[field.name]
+            default = tuple(default) if isinstance(default, list) else default
         value = getattr(defaults, field.name)
         assert (tuple(value) if isinstance(value, list) else value) == default, field.name
         assert config_class.model_fields[field.name].description == (fields.describe(field) or None)
@@ -86,13 +96,20 @@ def test_choices_are_enums_and_bounds_are_types_of_the_schema():
     assert generation["prompts"].config_type.inner_type.key == "Array.StringSourceType"  # a list
 
 
+def _quickstart(asset: str, cls: type, **values):
+    """``cls`` with the quickstart's values of ``asset`` (the Dagster defaults) under ``values``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in QUICKSTART_OPS[asset]["config"].items() if k in names}
+    return cls(**{**given, **values})
+
+
 def test_methods_build_the_core_configs():
     config = TrainedModelConfig(embedding_size=32, learning_rate=0.01, lr_schedule="cosine", export_hf=True)
-    assert config.gpt_config(300) == GPTConfig(vocab_size=300, embedding_size=32)
-    assert config.training_config() == TrainConfig(learning_rate=0.01, lr_schedule="cosine")
+    assert config.gpt_config(300) == _quickstart("trained_model", GPTConfig, vocab_size=300, embedding_size=32)
+    assert config.training_config() == _quickstart("trained_model", TrainConfig, learning_rate=0.01, lr_schedule="cosine")
     generation = SampleGenerationsConfig(prompts=["Once", "The dog"], top_k=5).generation_config()
-    assert generation == GenerationConfig(prompts=("Once", "The dog"), top_k=5)
-    assert RawStoriesConfig(num_stories=9).core(StoriesConfig) == StoriesConfig(num_stories=9)
+    assert generation == _quickstart("sample_generations", GenerationConfig, prompts=("Once", "The dog"), top_k=5)
+    assert RawStoriesConfig(num_stories=9).core(StoriesConfig) == _quickstart("raw_stories", StoriesConfig, num_stories=9)
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -136,6 +153,13 @@ query Validate($selector: PipelineSelector!, $runConfigData: RunConfigData!) {
   }
 }
 """
+ROOT_DEFAULTS = """
+query Defaults($selector: PipelineSelector!) {
+  runConfigSchemaOrError(selector: $selector, mode: "default") {
+    ... on RunConfigSchema { rootDefaultYaml }
+  }
+}
+"""
 LAUNCH = """
 mutation Launch($executionParams: ExecutionParams!) {
   launchPipelineExecution(executionParams: $executionParams) {
@@ -165,6 +189,11 @@ def test_graphql_config_validation_and_launch_refuse_bad_values(tmp_path):
             return result.data["isPipelineConfigValid"]
 
         assert validate({})["__typename"] == "PipelineConfigValidationValid"  # every default
+        # The Launchpad opens with rootDefaultYaml (a partitioned job has no preset): make run's config
+        defaults = execute_dagster_graphql(context, ROOT_DEFAULTS, {"selector": selector}).data
+        opened = yaml.safe_load(defaults["runConfigSchemaOrError"]["rootDefaultYaml"])["ops"]
+        for asset, values in QUICKSTART_OPS.items():
+            assert {k: opened[asset]["config"][k] for k in values["config"]} == values["config"], asset
         assert validate(TINY_RUN_CONFIG)["__typename"] == "PipelineConfigValidationValid"
         for asset, field, value in BAD_CHOICES:
             answer = validate(with_value(asset, field, value))

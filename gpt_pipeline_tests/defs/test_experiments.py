@@ -19,6 +19,7 @@ from gpt_pipeline.cli import main
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.model.gpt import GPT
+from gpt_pipeline.training.metrics import FIGURE_DECIMALS, figure
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 # The second training (0.003: final test loss about 5.07) ends worse than the first (0.008: about
@@ -114,8 +115,10 @@ def test_retraining_the_variant_replaces_it_and_the_champion_follows(tmp_path, i
     assert len(texts) == 1 and texts[0].startswith("Once") and len(texts[0]) > len("Once")
 
 
-def _significant_digits(value: float) -> int:
-    return len(f"{value:.12g}".lstrip("-").replace(".", "").lstrip("0").rstrip("0").split("e")[0])
+def _decimals(value: float) -> int:
+    """Decimal places of ``value`` as Python writes it shortest (``1.0816`` -> 4, ``37813.0`` -> 0)."""
+    text = repr(float(value))
+    return 0 if "e" in text else len(text.split(".")[1].rstrip("0"))
 
 
 def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, isolated_storage, monkeypatch):
@@ -210,17 +213,22 @@ def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, i
     assert again["registered_model_version"].value == metadata["registered_model_version"].value == 1
     assert again["mlflow_model_uri"].value == metadata["mlflow_model_uri"].value
     assert again["resumed_from_step"].value == 40
+    assert "tokens_per_second" not in again  # nothing trained in that run: not measured (never nan)
     outputs = client.get_run(runs[1].info.run_id).outputs.model_outputs
     assert [o.model_id for o in outputs] == [model.model_id]
 
-    # Dagster: an inline PNG loss curve, floats rounded to 4 significant digits, bpc shown.
-    curve = metadata["loss_curve"].value
+    # Dagster: an inline PNG loss curve, figures rounded as every table shows them, bpc shown.
+    # the curve in place: the run's loss_curve.png as the MLflow UI serves it (the run has it)
+    assert metadata["loss_curve"].value.endswith(f"/get-artifact?path=loss_curve_small.png&run_uuid={run.info.run_id})")
+    assert {"loss_curve.png", "loss_curve_small.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    curve = metadata["loss_curve_png"].value
     prefix = "![loss curve](data:image/png;base64,"
     assert curve.startswith(prefix) and curve.endswith(")")
     png = base64.b64decode(curve[len(prefix):-1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 30_000
     for key in ("train_loss", "test_loss", "test_bits_per_character", "train_bits_per_character",
                 "unigram_test_loss", "tokens_per_second", "training_seconds"):
-        assert _significant_digits(metadata[key].value) <= 4, (key, metadata[key].value)
+        assert metadata[key].value == figure(key, metadata[key].value), (key, metadata[key].value)
+        assert _decimals(metadata[key].value) <= FIGURE_DECIMALS.get(key, 4), (key, metadata[key].value)
     assert metadata["test_bits_per_character"].value == pytest.approx(bpc[40], rel=5e-4)
     assert metadata["test_loss"].value == pytest.approx(run.data.metrics["final_test_loss"], rel=5e-4)

@@ -69,8 +69,8 @@ def test_a_pipes_training_reports_its_evaluations_to_dagster_and_mlflow(isolated
     result = _materialize(_run_config(launcher="subprocess", num_processes=processes), instance)
     assert result.success
     metadata = result.asset_materializations_for_node("trained_model")[0].metadata
-    assert metadata["steps"].value == 40 and metadata["resumed_from_step"].value == -1
-    assert [e["step"] for e in metadata["loss_history"].value] == [0, 20, 40]
+    assert metadata["steps"].value == 40 and "resumed_from_step" not in metadata  # nothing resumed
+    assert [r.data["step"] for r in metadata["loss_history"].value.records] == [0, 20, 40]
     messages = _log_messages(instance, result.run_id)
     assert any("external process successfully opened dagster pipes" in m for m in messages)
     for step in (0, 20, 40):  # the worker's Pipes log lines, in the Dagster event log

@@ -134,7 +134,9 @@ def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, caps
     event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
     metadata = event.asset_materialization.metadata
     assert metadata["champion"].value == "good"
-    assert "too_short" in metadata["standings"].value and "beats_unigram" in metadata["standings"].value
+    standing = {r.data["variant"]: r.data for r in metadata["standings"].value.records}  # tables
+    details = {r.data["variant"]: r.data for r in metadata["variants"].value.records}
+    assert standing["too_short"]["rank"] == "-" and "beats_unigram" in details["too_short"]["overrides / note"]
 
 
 def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_only(sweep_home):

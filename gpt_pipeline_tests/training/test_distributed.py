@@ -246,7 +246,7 @@ def test_trained_model_with_two_processes_materializes_and_logs_one_run(isolated
     assert result.success
     metadata = result.asset_materializations_for_node("trained_model")[0].metadata
     assert metadata["steps"].value == 40
-    assert [e["step"] for e in metadata["loss_history"].value] == [0, 20, 40]
+    assert [r.data["step"] for r in metadata["loss_history"].value.records] == [0, 20, 40]
     model, _ = load_checkpoint(data / "trained_model" / "default.safetensors")
     assert model.num_parameters() == metadata["parameters"].value
 
