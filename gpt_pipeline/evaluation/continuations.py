@@ -3,12 +3,21 @@ the model (``GPT.generate``) and by the bigram baseline for as many tokens as th
 
 ``held_out_stories`` picks the stories evenly spread over the test split (a story without a
 sentence end, or with no word after its first sentence, is passed over for the next one).
-``model_continuations`` batches the generation: stories whose prompts have the same number of
-tokens are one batch (``GPT.generate`` takes ``[B, T]``), each batch generating as many tokens as
-its longest true continuation, every row then cut to its own length (sampling is sequential, so
-the cut row is what a generation of that length would have drawn in that batch). Each batch
-samples from a generator seeded with ``seed`` + its prompt length: the same stories, model and
-seed give the same continuations.
+``model_continuations`` batches the generation through ``GPT.generate``, which takes prompts of
+one length (``[B, T]``), in two phases. The model only ever sees the last ``context_length``
+tokens (gpt-rs's window), so:
+
+1. while the window fills, stories whose prompts have the same number of tokens are one batch,
+   each generating until it knows ``context_length`` tokens (or its continuation is complete);
+2. then every story still unfinished continues in one batch from its last ``context_length``
+   tokens: what the model sees from there on no longer depends on the prompt's length.
+
+A phase-1 batch generates as many tokens as its longest need, each row cut to its own length
+(sampling is sequential: a cut row is what a shorter generation would have drawn); phase 2 runs
+until the row with the least left is done, drops the rows that are, and goes on with the others
+(each call starts with a whole window, as every step of that phase does anyway). Phase 1's batch
+of prompt length L samples from a generator seeded with ``seed + L``, phase 2 from one seeded
+with ``seed - 1``: the same stories, model and seed give the same continuations.
 """
 
 from __future__ import annotations
@@ -81,19 +90,42 @@ def held_out_stories(test: TokenArray, tokenizer, count: int, max_tokens: int) -
 def model_continuations(model, tokenizer, stories: Sequence[HeldOutStory], temperature: float,
                         top_k: int | None, seed: int) -> list[str]:
     """The model's continuation of each story, as many tokens as its truth (see the module docstring)."""
+    context = model.config.context_length
+    device = model.linear_head.weight.device
+    known = [list(s.prompt_ids) for s in stories]  # each story's tokens so far
+    needed = [len(s.truth_ids) for s in stories]
     groups: dict[int, list[int]] = defaultdict(list)
     for position, story in enumerate(stories):
-        groups[len(story.prompt_ids)].append(position)
-    device = model.linear_head.weight.device
-    texts: list[str] = [""] * len(stories)
+        if len(story.prompt_ids) < context:  # phase 1: until the window is full
+            groups[len(story.prompt_ids)].append(position)
     for length in sorted(groups):
         members = groups[length]
-        idx = torch.tensor([stories[m].prompt_ids for m in members], dtype=torch.long, device=device)
-        steps = max(len(stories[m].truth_ids) for m in members)
-        out = model.generate(idx, steps, temperature, top_k, seeded_generator(device, seed + length)).cpu()
-        for row, member in enumerate(members):
-            texts[member] = tokenizer.decode(out[row, length : length + len(stories[member].truth_ids)].tolist())
-    return texts
+        steps = min(context - length, max(needed[m] for m in members))
+        _extend(model, known, members, steps, temperature, top_k, seeded_generator(device, seed + length))
+
+    def remaining(p: int) -> int:
+        return needed[p] - (len(known[p]) - len(stories[p].prompt_ids))
+
+    generator = seeded_generator(device, seed - 1)
+    active = [p for p in range(len(stories)) if remaining(p) > 0]
+    while active:  # phase 2: one batch from the last context_length tokens of each, less each finished row
+        _extend(model, known, active, min(map(remaining, active)), temperature, top_k, generator, window=context)
+        active = [p for p in active if remaining(p) > 0]
+    return [tokenizer.decode(known[p][len(s.prompt_ids) : len(s.prompt_ids) + needed[p]])
+            for p, s in enumerate(stories)]
+
+
+def _extend(model, known: list[list[int]], members: list[int], steps: int, temperature: float,
+            top_k: int | None, generator: torch.Generator, window: int | None = None) -> None:
+    """Generate ``steps`` tokens after each member's last ``window`` tokens (all, when None: the
+    members' token counts are equal then) in one ``GPT.generate`` call; append to ``known``."""
+    if steps <= 0:
+        return
+    rows = [known[m][-window:] if window else known[m] for m in members]
+    idx = torch.tensor(rows, dtype=torch.long, device=model.linear_head.weight.device)
+    out = model.generate(idx, steps, temperature, top_k, generator).cpu()
+    for row, member in enumerate(members):
+        known[member].extend(out[row, idx.size(1):].tolist())
 
 
 def bigram_continuations(bigram: Bigram, tokenizer, stories: Sequence[HeldOutStory], temperature: float,

@@ -49,24 +49,37 @@ def test_held_out_stories_skip_stories_without_a_second_part_and_cap_the_truth(t
     assert all(len(s.truth_ids) == 3 and s.truth == tokenizer.decode(s.truth_ids) for s in capped)
 
 
-def test_batched_continuations_are_what_generate_text_writes_for_each_group(tokenizer):
+def model(tokenizer, context_length):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, embedding_size=16, context_length=8, head_count=2,
-                          block_count=1))
+    return GPT(GPTConfig(vocab_size=tokenizer.vocab_size, embedding_size=16, context_length=context_length,
+                         head_count=2, block_count=1))
+
+
+def test_while_the_window_fills_each_prompt_length_is_one_batch_seeded_with_it(tokenizer):
+    wide = model(tokenizer, 64)  # every story ends before its window is full: phase 1 only
     stories = held_out_stories(split(tokenizer), tokenizer, count=10, max_tokens=1000)
-    texts = model_continuations(model, tokenizer, stories, temperature=0.9, top_k=None, seed=11)
-    again = model_continuations(model, tokenizer, stories, temperature=0.9, top_k=None, seed=11)
-    assert texts == again and len(texts) == len(stories)
+    assert all(len(s.prompt_ids) + len(s.truth_ids) <= 64 for s in stories)
+    texts = model_continuations(wide, tokenizer, stories, temperature=0.9, top_k=None, seed=11)
+    assert texts == model_continuations(wide, tokenizer, stories, temperature=0.9, top_k=None, seed=11)
     lengths = [len(s.prompt_ids) for s in stories]
-    for story, text in zip(stories, texts):
-        if lengths.count(len(story.prompt_ids)) == 1:  # alone in its batch: generate_text with the batch's seed
-            expected = generate_text(model, tokenizer, story.prompt, len(story.truth_ids), temperature=0.9,
-                                     seed=11 + len(story.prompt_ids))[0]
-            assert story.prompt + text == expected
-    greedy = model_continuations(model, tokenizer, stories, temperature=1.0, top_k=1, seed=0)
-    for story, text in zip(stories, greedy):  # greedy: the batch does not matter, each row is its own
-        assert story.prompt + text == generate_text(model, tokenizer, story.prompt, len(story.truth_ids),
+    alone = [(s, t) for s, t in zip(stories, texts) if lengths.count(len(s.prompt_ids)) == 1]
+    assert alone
+    for story, text in alone:  # alone in its batch: generate_text with the batch's seed
+        expected = generate_text(wide, tokenizer, story.prompt, len(story.truth_ids), temperature=0.9,
+                                 seed=11 + len(story.prompt_ids))[0]
+        assert story.prompt + text == expected
+
+
+def test_after_the_window_fills_the_stories_continue_in_one_batch_as_each_would_alone(tokenizer):
+    narrow = model(tokenizer, 4)  # windows fill after 4 tokens: most of each continuation is phase 2
+    stories = held_out_stories(split(tokenizer), tokenizer, count=10, max_tokens=1000)
+    greedy = model_continuations(narrow, tokenizer, stories, temperature=1.0, top_k=1, seed=0)
+    for story, text in zip(stories, greedy):  # greedy: no draw, so each row is what it writes alone
+        assert story.prompt + text == generate_text(narrow, tokenizer, story.prompt, len(story.truth_ids),
                                                     top_k=1)[0]
+    sampled = model_continuations(narrow, tokenizer, stories, temperature=0.9, top_k=None, seed=5)
+    assert sampled == model_continuations(narrow, tokenizer, stories, temperature=0.9, top_k=None, seed=5)
+    assert sampled != model_continuations(narrow, tokenizer, stories, temperature=0.9, top_k=None, seed=6)
 
 
 def test_bigram_continuations_are_seeded_and_as_long_as_the_truth(tokenizer):
