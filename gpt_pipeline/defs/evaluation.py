@@ -215,13 +215,12 @@ def evaluation_standing(instance: dg.DagsterInstance, variant: str, model_digest
     figures: dict[str, float | None] = dict.fromkeys(STANDING_COLUMNS)
     if not model_digest:
         return figures, None
-    records = instance.get_event_records(
-        dg.EventRecordsFilter(dg.DagsterEventType.ASSET_CHECK_EVALUATION, asset_key=MODEL_CHECK.asset_key),
-        limit=_CHECK_HISTORY, ascending=False)
-    for record in records:
-        check = record.event_log_entry.dagster_event.event_specific_data
-        judged = check.metadata.get(MODEL_DIGEST)
-        if check.check_name == CHECK_NAME and judged is not None and judged.value == model_digest:
+    history = instance.event_log_storage.get_asset_check_execution_history(MODEL_CHECK.key, limit=_CHECK_HISTORY)
+    for record in history:  # newest first; planned executions carry no evaluation
+        event = record.event.dagster_event if record.event is not None else None
+        check = event.event_specific_data if event is not None else None
+        judged = getattr(check, "metadata", {}).get(MODEL_DIGEST)
+        if isinstance(check, dg.AssetCheckEvaluation) and judged is not None and judged.value == model_digest:
             if not check.passed:
                 return figures, f"evaluation failed: {check.description}"
             break
