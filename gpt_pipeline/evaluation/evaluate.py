@@ -123,8 +123,8 @@ def collapse_gate(evaluation: Evaluation, config: EvaluationConfig) -> Gate:
         >>> config = EvaluationConfig(max_repeated_4gram_excess=0.15, max_unseen_word_excess=0.1)
         >>> collapse_gate(made(0.05, 0.03), config).passed, collapse_gate(made(0.4, 0.03), config).passed
         (True, False)
-        >>> collapse_gate(made(0.05, 0.3), config).description
-        'unseen-word rate 0.3 is 0.29 above the true continuations' 0.01 (at most 0.1)'
+        >>> print(collapse_gate(made(0.05, 0.3), config).description)
+        unseen-word rate 0.3 is 0.29 above the true continuations' 0.01 (at most 0.1)
     """
     model, reference = evaluation.texts["model"], evaluation.texts["reference"]
     limits = {"repeated_4gram_rate": ("repeated 4-gram rate", config.max_repeated_4gram_excess),
