@@ -13,9 +13,11 @@ Each evaluates its model with the tokenizer and the tokenized dataset's splits, 
   the bigram's) as Parquet, with the figures' table, the curve by position (model vs bigram)
   and five continuations beside their true ones in the metadata.
 
-They are in a group of their own (``evaluation``), so that ``train_gpt_job`` keeps its assets;
-``gpt-pipeline materialize --select model_evaluation`` (or the UI) runs them, and declarative
-automation follows the models.
+They are in a group of their own (``evaluation``) with no automation condition, so that
+``train_gpt_job`` and declarative automation keep their assets (a tiny test model would fail the
+check and with it every run that includes it). ``evaluate_job`` runs them:
+``gpt-pipeline materialize --job evaluate_job --select model_evaluation --partition VARIANT``
+(``--select champion_evaluation`` for the champion), or the UI.
 """
 
 import dataclasses
@@ -32,7 +34,6 @@ from gpt_pipeline.defs.assets import OWNERS, checked_inputs, lineage, run_link, 
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
 from gpt_pipeline.defs.configs import CoreConfig, config_class
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.sources import RETRAIN, following
 from gpt_pipeline.defs.sweeps import VARIANTS, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import loss_curve_markdown
 from gpt_pipeline.evaluation.config import EvaluationConfig
@@ -156,7 +157,6 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
     code_version="1",
     check_specs=[MODEL_CHECK],
     partitions_def=VARIANTS,
-    automation_condition=RETRAIN,
     description="The variant's model judged by its stories: test bits per character and its curve by "
     "position beside a bigram baseline's; held-out test stories cut after their first sentence and "
     "continued, with distinct-n, repeated 4-grams, invented words, sentence ends and length and "
@@ -181,7 +181,6 @@ def model_evaluation(
     owners=OWNERS,
     code_version="1",
     check_specs=[CHAMPION_CHECK],
-    automation_condition=following("champion_model"),
     description="The champion judged as model_evaluation judges a variant (its config and figures), "
     "stored as champion_evaluation.parquet.",
 )
@@ -198,6 +197,11 @@ def champion_evaluation(
 
 
 EVALUATION_ASSETS = [model_evaluation, champion_evaluation]
+evaluate_job = dg.define_asset_job(
+    "evaluate_job", selection=dg.AssetSelection.groups(EVALUATION_GROUP), executor_def=dg.in_process_executor,
+    description="Evaluate the variants' models (model_evaluation, one partition per variant) and the "
+    "champion (champion_evaluation): likelihood against a bigram, continuations of held-out stories.")
+EVALUATION_JOBS = [evaluate_job]
 
 
 # --- what champion_model reads ------------------------------------------------------------------
