@@ -28,7 +28,7 @@ class EvaluationConfig:
         4096, "Most windows of the test split (context_length + 1 tokens each) read for the "
         "likelihood and its curve by position; spread evenly over the split when it has more.", ge=1)
     max_repeated_4gram_excess: float = param(
-        0.15, "The check fails when the continuations' repeated 4-gram rate exceeds the true "
+        0.1, "The check fails when the continuations' repeated 4-gram rate exceeds the true "
         "continuations' by more than this.", ge=0, le=1)
     max_unseen_word_excess: float = param(
         0.1, "The check fails when the share of the continuations' words never seen in the "
