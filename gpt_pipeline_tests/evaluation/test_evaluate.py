@@ -5,7 +5,6 @@ few dozen steps fail it; the figures and the report hold together."""
 import math
 
 import pytest
-import torch
 
 from gpt_pipeline import quality
 from gpt_pipeline.data.corpus import generate_stories
