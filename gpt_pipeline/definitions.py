@@ -13,6 +13,7 @@ from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.automation import JOBS as AUTOMATION_JOBS
 from gpt_pipeline.defs.automation import SCHEDULES, SENSORS
 from gpt_pipeline.defs.champion import CHAMPION_ASSETS
+from gpt_pipeline.defs.evaluation import EVALUATION_ASSETS, EVALUATION_JOBS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.jobs import JOBS
 from gpt_pipeline.defs.resources import MLflowResource
@@ -24,8 +25,8 @@ def build_defs(io_manager: AssetFileIOManager | None = None) -> dg.Definitions:
     that stores under ``$GPT_PIPELINE_STORAGE_URL`` when set (a local folder or an fsspec URL such
     as ``s3://bucket/prefix``), else under the data directory."""
     return dg.Definitions(
-        assets=[stories_source, *ASSETS, *CHAMPION_ASSETS],
-        jobs=[*JOBS, *AUTOMATION_JOBS],
+        assets=[stories_source, *ASSETS, *CHAMPION_ASSETS, *EVALUATION_ASSETS],
+        jobs=[*JOBS, *AUTOMATION_JOBS, *EVALUATION_JOBS],
         schedules=SCHEDULES,
         sensors=SENSORS,
         resources={"io_manager": io_manager or AssetFileIOManager(), "mlflow": MLflowResource()},

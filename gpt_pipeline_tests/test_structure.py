@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gpt_pipeline"
 ORCHESTRATION = ("dagster", "dagster_graphql", "dagster_pipes", "dagster_k8s", "dagster_postgres", "mlflow")
 # where orchestration may be imported: the Dagster and MLflow layers, and the entry points
 ALLOWED = ("defs", "tracking", "cli", "definitions", "__main__")
-LAYERS = ("model", "tokenizer", "data", "training", "tracking", "defs", "interop")
+LAYERS = ("model", "tokenizer", "data", "training", "tracking", "defs", "interop", "evaluation")
 MAX_LINES = 400
 MAX_LOOSE = 10
 

@@ -8,7 +8,9 @@ points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipe
 and shows the comparison in its metadata: every variant with its overrides, test loss, bits per
 character, tokens/s, training seconds and MLflow run, and for a variant without a model on the
 current data, why (its last failure, or "stale"). Its blocking check ``champion_generates``
-loads what it stores and generates from it.
+loads what it stores and generates from it. A variant whose current model failed the blocking
+check of ``model_evaluation`` (its continuations collapse) is not ranked, and the standings show
+each variant's headline evaluation figures (``defs.evaluation.evaluation_standing``).
 
 ``champion_generations``, unpartitioned, is what the champion writes from the prompts (the
 ``sample_generations`` step on ``champion_model``): a downstream consumer of the champion, as the
@@ -25,6 +27,7 @@ from gpt_pipeline import provenance
 from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_generations
 from gpt_pipeline.defs.checks import blocking_check, check_result, failure_line, gate, user_errors
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
+from gpt_pipeline.defs.evaluation import STANDING_COLUMNS, evaluation_standing
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.metadata import standings_tables
 from gpt_pipeline.defs.resources import MLflowResource
@@ -44,7 +47,7 @@ CHAMPION_GENERATIONS_DECODE = blocking_check(
     "champion_generations", "generations_decode", "Every generation is non-empty and decodes."
 )
 COLUMNS = ("rank", "variant", "overrides", "test_loss", "test_bits_per_character", "tokens_per_second",
-           "training_seconds", "mlflow_run", "note")
+           "training_seconds", *STANDING_COLUMNS, "mlflow_run", "note")
 
 
 def _value(metadata: dict, key: str):
@@ -88,6 +91,11 @@ def standings(instance: dg.DagsterInstance, sweep: Sweep, data_digest: str | Non
             row["note"] = "no test_bits_per_character recorded"
         elif failure:
             row["note"] = f"its last retraining {failure}; ranked with its previous model"
+        # model_evaluation (defs.evaluation): its headline figures; a failed check excludes the model
+        figures, evaluation_failed = evaluation_standing(instance, variant, row["content_digest"])
+        row.update(figures)
+        if evaluation_failed and (not row["note"] or row["note"].startswith("its last")):
+            row["note"] = evaluation_failed
         rows.append(row)
     ranked = sorted((r for r in rows if not r["note"] or r["note"].startswith("its last")),
                     key=lambda r: (r["test_bits_per_character"], r["order"]))

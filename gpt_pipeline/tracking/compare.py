@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -83,7 +84,7 @@ def _champion_run_id(client, model_name: str) -> str | None:
 
 
 def compare_runs(
-    tracking_uri: str, experiment: str = EXPERIMENT_NAME, model_name: str = MODEL_NAME
+    tracking_uri: str, experiment: str = EXPERIMENT_NAME, model_name: str = MODEL_NAME, by: str | None = None
 ) -> list[dict[str, Any]]:
     """The finished training runs of ``experiment``, lowest final test bits per character first
     (runs without it after, by test loss).
@@ -124,10 +125,69 @@ def compare_runs(
             "train_loss": _final(run.data.metrics, TRAIN_LOSS_METRICS),
             "champion": run.info.run_id == champion_run,
             **{name: run.data.params.get(name) for name in columns},
+            **({"by": (metric_named(by, run.data.metrics), by)} if by else {}),
         })
     rows.sort(key=lambda row: (row["test_bits_per_character"] is None, row["test_bits_per_character"] or 0.0,
                                row["test_loss"] is None, row["test_loss"] or 0.0, row["started"]))
+    if by:
+        rows = ranked_by(rows, by)
     return [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
+
+
+# --- ranking by any metric (--by): the evaluation's figures, eval_<name> on the training runs ---
+
+HIGHER_IS_BETTER = ("rouge_l", "distinct_1", "distinct_2", "distinct_3", "sentence_end_rate", "passed",
+                    "tokens_per_second")  # every other metric: lower is better
+EVALUATION_PREFIX = "eval_"  # gpt_pipeline.defs.evaluation.PREFIX (checked by the tests)
+
+
+def metric_named(name: str, metrics: dict[str, float]) -> tuple[str, float] | None:
+    """``(metric, value)`` of ``name`` in a run's ``metrics``: the metric itself, else the
+    evaluation's ``eval_<name>``; None when the run has neither (or its value is not finite).
+
+    Example:
+        >>> metric_named("rouge_l", {"eval_rouge_l": 0.2}), metric_named("test_loss", {"test_loss": 1.5})
+        (('eval_rouge_l', 0.2), ('test_loss', 1.5))
+    """
+    for key in (name, EVALUATION_PREFIX + name):
+        value = metrics.get(key)
+        if value is not None and math.isfinite(value):
+            return key, float(value)
+    return None
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` ranks first (ROUGE-L, distinct-n, ...; not a loss).
+
+    Example:
+        >>> higher_is_better("eval_rouge_l"), higher_is_better("eval_repeated_4gram_rate")
+        (True, False)
+    """
+    return metric.removeprefix(EVALUATION_PREFIX) in HIGHER_IS_BETTER
+
+
+def ranked_by(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """``rows`` (each with ``"by"``: ``metric_named``'s answer and the name asked for) best first
+    by that metric, runs without it last, the earlier order kept among equals; each row gets the
+    metric's value under the metric's name. ``ValueError`` when no run has the metric.
+
+    Example:
+        >>> rows = [{"run_id": "a", "by": (("eval_rouge_l", 0.1), "rouge_l")},
+        ...         {"run_id": "b", "by": (None, "rouge_l")}, {"run_id": "c", "by": (("eval_rouge_l", 0.3), "rouge_l")}]
+        >>> [(r["run_id"], r.get("eval_rouge_l")) for r in ranked_by(rows, "rouge_l")]
+        [('c', 0.3), ('a', 0.1), ('b', None)]
+    """
+    found = {row["by"][0][0] for row in rows if row["by"][0] is not None}
+    if not found:
+        raise ValueError(f"--by {by}: no training run has a metric {by!r} or {EVALUATION_PREFIX + by!r} "
+                         "(materialize model_evaluation for the variants first)")
+    metric = sorted(found)[0]
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    out = []
+    for row in rows:
+        named = row.pop("by")[0]
+        out.append({**row, metric: named[1] if named else None})
+    return sorted(out, key=lambda row: (row[metric] is None, sign * (row[metric] or 0.0)))
 
 
 def _cell(name: str, value: Any) -> str:
@@ -184,6 +244,11 @@ def add_compare_command(subparsers) -> argparse.ArgumentParser:
                         "sqlite:///<project>/mlruns/mlflow.db)")
     parser.add_argument("--experiment", default=EXPERIMENT_NAME,
                         help=f"MLflow experiment (default: {EXPERIMENT_NAME})")
+    parser.add_argument("--by", metavar="NAME", default=None,
+                        help="rank by this metric of the training runs instead, best first: any metric "
+                        "logged on them, e.g. an evaluation figure (rouge_l, repeated_4gram_rate, "
+                        "unseen_word_rate, distinct_2, ...: eval_<NAME>, logged by model_evaluation); "
+                        "higher first for ROUGE-L, distinct-n and sentence_end_rate, lower first otherwise")
     parser.set_defaults(handler=run_compare)
     return parser
 
@@ -192,5 +257,8 @@ def run_compare(args: argparse.Namespace) -> None:
     """Print the comparison for ``args.tracking_uri`` (None: the default store)."""
     from gpt_pipeline.tracking.tracker import default_tracking_uri
 
-    rows = compare_runs(args.tracking_uri or default_tracking_uri(), args.experiment)
+    by = getattr(args, "by", None)
+    if by is not None and not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,250}", by):
+        raise ValueError(f"--by {by!r} is not a metric name (letters, digits, _ . - /)")
+    rows = compare_runs(args.tracking_uri or default_tracking_uri(), args.experiment, by=by)
     print(format_comparison(rows))

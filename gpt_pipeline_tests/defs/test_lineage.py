@@ -17,12 +17,17 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
 MATERIALIZED = [*ASSET_KEYS, "champion_model", "champion_generations"]  # what a train_gpt_job run materializes
 PARTITIONED = {"trained_model", "sample_generations"}
+EVALUATED = {"model_evaluation", "champion_evaluation"}  # group evaluation, run by evaluate_job
 
 
 def test_definitions_form_one_lineage():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"stories_source", *MATERIALIZED}
+    assert keys == {"stories_source", *MATERIALIZED, *EVALUATED}
+    assert {k.to_user_string() for k in graph.get(dg.AssetKey("model_evaluation")).parent_keys} == {
+        "trained_model", "bpe_tokenizer", "tokenized_dataset"}
+    assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("champion_evaluation")).parent_keys
+    assert graph.get(dg.AssetKey("model_evaluation")).partitions_def.get_partition_keys() == ["default"]
     chain = ["stories_source", *ASSET_KEYS]
     for upstream, downstream in zip(chain, chain[1:]):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
