@@ -13,7 +13,7 @@ import polars as pl
 from gpt_pipeline.defs import automation
 from gpt_pipeline.defs.sources import SOURCE_ENV, SOURCE_KEY, file_state
 from gpt_pipeline.definitions import defs
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 JOB = defs.resolve_job_def("train_gpt_job")
 LINEAGE = {"raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
@@ -75,7 +75,7 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         first_version = _observe(instance)
         assert first_version == file_state(source)["sha256"]
-        assert JOB.execute_in_process(run_config=config, instance=instance, partition_key="default").success
+        assert JOB.execute_in_process(run_config=config, instance=with_default_variant(instance), partition_key="default").success
         settled = dg.evaluate_automation_conditions(defs, instance)
         settled = dg.evaluate_automation_conditions(defs, instance, cursor=settled.cursor)
         assert _requested_keys(settled) <= {SOURCE_KEY}  # everything is up to date
@@ -99,7 +99,7 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
             ticks.append({key.to_user_string(): sorted(p for p in parts if p) for key, parts in requested.items()})
             partitions = {p for parts in requested.values() for p in parts}
             assert len(partitions) <= 1, requested  # one run per partition; one variant here
-            run = JOB.execute_in_process(instance=instance, asset_selection=list(requested),
+            run = JOB.execute_in_process(instance=with_default_variant(instance), asset_selection=list(requested),
                                          partition_key=partitions.pop() if partitions else None,
                                          run_config=_config_for(config, requested))
             assert run.success
