@@ -52,10 +52,11 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
-# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one); with
-# SWEEP=configs/sweep.yaml its variants are that file's (backfill them from the UI).
+# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
+#
+# Variants are the instance's dynamic partitions (added by sweeps, searches and `make run`).
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(if $(filter command line,$(origin SWEEP)),GPT_PIPELINE_SWEEP=$(abspath $(SWEEP))) $(DG) dev -h $(HOST) -p 3000
+	$(DG) dev -h $(HOST) -p 3000
 
 # The MLflow UI for one user: without MLflow 3's job runner (seven huey workers for GenAI jobs
 # this project never starts; deploy/mlflow.env turns it off the same way) and with one web
