@@ -30,7 +30,7 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	@echo ""
 	@echo "Dagster UI (assets, runs, metadata):  make dagster-ui   -> http://$(HOST):3000"
 	@echo "    (DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dg dev -h $(HOST) -p 3000)"
-	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000"
+	@echo "MLflow UI (runs, losses, artifacts):  make mlflow-ui    -> http://$(HOST):5000/#/experiments?workflowType=machine_learning"
 	@echo "    ($(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host $(HOST) --port 5000)"
 
 # A sweep (README.md, "Experiments"): the data once, the variants PARALLEL at a time (the cores

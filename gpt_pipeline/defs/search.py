@@ -37,9 +37,10 @@ def trial_variant(sweep: Sweep, number: int) -> str:
     return f"{sweep.name[:56]}-t{number:03d}"
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _cpu() -> float:
+    """CPU seconds of this process and its children (a trial runs in one or the other)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 class Search:
@@ -116,16 +117,28 @@ class Search:
             self.study.tell(number, state=state.FAIL)
             return "failed"
 
+    def best(self) -> str:
+        """The study's standing in a line: trials finished, pruned, and the best so far."""
+        state = self.optuna.trial.TrialState
+        trials = self._trials()
+        done = [t for t in trials if t.state == state.COMPLETE]
+        pruned = sum(t.state == state.PRUNED for t in trials)
+        if not done:
+            return f"{len(trials)} trials, {pruned} pruned, none finished yet"
+        top = min(done, key=lambda t: t.value)
+        return (f"{len(done)} finished, {pruned} pruned; best {top.user_attrs.get(VARIANT_ATTR)} "
+                f"test bits per character {top.value:.4f}")
+
     def run(self, launch: Callable[[str], bool], parallel: int = 1) -> list[int]:
         """Run trials (``parallel`` at once) until the budget is spent; return the numbers run here."""
         def worker() -> None:
             while (claimed := self.claim()) is not None:
                 number, variant, trial = claimed
                 self.ran.append(number)
-                before = _children_cpu()
+                before = _cpu()
                 succeeded = launch(variant)
-                line = self.finish(number, variant, trial, _children_cpu() - before, succeeded)
-                self.log(f"trial {number} ({variant}): {line}")
+                line = self.finish(number, variant, trial, _cpu() - before, succeeded)
+                self.log(f"trial {number} ({variant}): {line}; {self.best()}")
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             for future in [pool.submit(worker) for _ in range(parallel)]:

@@ -17,6 +17,8 @@ in the ranking says why.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -52,17 +54,45 @@ class StepResult:
     last_line: str
 
 
-def _materialize(args: list[str], env: dict[str, str], name: str, log: Callable[[str], None]) -> StepResult:
+def _materialize(args: list[str], env: dict[str, str], name: str, log: Callable[[str], None],
+                 in_process: bool = False) -> StepResult:
+    """``gpt-pipeline materialize ARGS``: in a process of its own, or (``in_process``: one step at
+    a time) in this one, which saves the seconds of importing torch, Dagster and MLflow again."""
     started = time.monotonic()
-    process = subprocess.run([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
-                             capture_output=True, text=True)
+    if in_process:
+        returncode, stdout, stderr = _materialize_here(args, env)
+    else:
+        process = subprocess.run([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
+                                 capture_output=True, text=True)
+        returncode, stdout, stderr = process.returncode, process.stdout, process.stderr
     seconds = time.monotonic() - started
-    lines = [line for line in (process.stderr + process.stdout).splitlines() if line.strip()]
-    errors = [line for line in process.stderr.splitlines() if line.startswith("gpt-pipeline")]
+    lines = [line for line in (stderr + stdout).splitlines() if line.strip()]
+    errors = [line for line in stderr.splitlines() if line.startswith("gpt-pipeline")]
     last = (errors or lines or [""])[-1].strip()
-    log(f"{name}: {'done' if process.returncode == 0 else 'FAILED'} in {seconds:.1f} s"
-        + ("" if process.returncode == 0 else f": {last}"))
-    return StepResult(name, process.returncode, seconds, last)
+    log(f"{name}: {'done' if returncode == 0 else 'FAILED'} in {seconds:.1f} s"
+        + ("" if returncode == 0 else f": {last}"))
+    return StepResult(name, returncode, seconds, last)
+
+
+def _materialize_here(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    from gpt_pipeline.cli import main
+
+    changed = {key: env[key] for key in ("DAGSTER_HOME", TRAININGS_AT_ONCE_ENV) if os.environ.get(key) != env.get(key)}
+    previous = {key: os.environ.get(key) for key in changed}
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update(changed)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            returncode = main(["materialize", *args])
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if returncode == 130:
+        raise KeyboardInterrupt
+    return returncode, out.getvalue(), err.getvalue()
 
 
 class _PoolLimit:
@@ -144,7 +174,7 @@ def run_sweep(
         data_config.write_text(yaml.safe_dump({**user, "ops": ops}))
         variant_args = ["--config", str(base_config)] if base_config else []
         data = _materialize(["--select", ",".join(SHARED_ASSETS), "--config", str(data_config), *common],
-                            env, "data assets", log)
+                            env, "data assets", log, in_process=True)
         times["data"] = data.seconds
         if data.returncode != 0:
             raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
@@ -155,7 +185,7 @@ def run_sweep(
 
         def launch(variant: str) -> bool:
             result = _materialize(["--select", VARIANT_STEP, "--partition", variant, *variant_args, *common], env,
-                                  f"variant {variant}", log)
+                                  f"variant {variant}", log, in_process=parallel == 1)
             if result.returncode != 0:
                 failed[variant] = result.last_line
             return result.returncode == 0
@@ -167,7 +197,8 @@ def run_sweep(
             if sweep.search is not None:
                 Search(sweep, instance, log).run(launch, parallel)
         times["variants"] = time.monotonic() - variants_started
-        champion = _materialize(["--select", "champion_model", *variant_args, *common], env, "champion_model", log)
+        champion = _materialize(["--select", "champion_model", *variant_args, *common], env, "champion_model", log,
+                                in_process=True)
     times["champion"] = champion.seconds
     times["total"] = time.monotonic() - started
     rows = standings(instance, current_data_digest(instance))

@@ -29,7 +29,7 @@ def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
     ticked = automation.weekly_sweep.evaluate_tick(
         dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0)))
     request = ticked.run_requests[0]
-    assert request.run_key == "weekly-2026-11-29T03:00:00" and request.tags["gpt_pipeline/sweep"] == "default"
+    assert request.run_key == "weekly-2026-11-29T03:00:00" and request.tags["gpt_pipeline/schedule"] == "weekly"
     assert automation.weekly_sweep.job_name == "sweep_job"
     for sensor in automation.SENSORS:
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
@@ -42,12 +42,20 @@ def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
         assert {key.to_user_string() for key in _requested_keys(result)} <= {"stories_source"}
 
 
-def test_sweep_job_without_a_sweep_file_fails_with_one_line(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = defs.resolve_job_def("sweep_job").execute_in_process(instance=instance, raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "no sweep file: start the code location with $GPT_PIPELINE_SWEEP" in failure.step_failure_data.error.message
+def test_sweep_job_with_a_missing_or_bad_sweep_file_fails_with_one_line(tmp_path, isolated_storage, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "bad.yaml").write_text("search: {n_trials: 0, space: {trained_model.learning_rate: {low: 0.1, high: 0.2}}}\n")
+    for sweep_file, expected in ((str(tmp_path / "none.yaml"), "does not exist"),
+                                 (str(tmp_path / "bad.yaml"), "search.n_trials must be a whole number of at least 1")):
+        with dg.instance_for_test() as instance:
+            result = defs.resolve_job_def("sweep_job").execute_in_process(
+                instance=instance, raise_on_error=False,
+                run_config={"ops": {"run_sweep_file": {"config": {"sweep_file": sweep_file}}}})
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        message = failure.step_failure_data.error.message
+        assert expected in message and "\n" not in message.strip(), message
+    assert not (tmp_path / "home").exists() and not isolated_storage[0].exists()  # nothing ran
 
 
 def _requested_keys(result) -> set[dg.AssetKey]:
