@@ -1,18 +1,22 @@
-"""Run a whole sweep: the data assets once, the variants N at a time, then the champion.
+"""Run a whole sweep: the data assets once, the variants and search trials, then the champion.
 
-``run_sweep`` is what ``gpt-pipeline sweep`` and the ``weekly_sweep`` schedule's job call. Every
-step is a ``gpt-pipeline materialize`` in a process of its own, recorded in the same Dagster
-instance (``$DAGSTER_HOME``) and MLflow store:
+``run_sweep`` is what ``gpt-pipeline sweep`` and the job ``sweep_job`` call. Every step is a
+``gpt-pipeline materialize`` (a Dagster run) recorded in one Dagster instance (``$DAGSTER_HOME``,
+else the project's ``dagster_home/``, as ``make`` uses) and one MLflow store:
 
-1. ``raw_stories``, ``bpe_tokenizer``, ``tokenized_dataset`` (one run: one materialization each);
-2. ``trained_model`` and ``sample_generations`` of each variant (one run per partition), at
-   most ``parallel`` at once, each training with the cores divided by ``parallel``
-   (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training`` raised to ``parallel`` for the
-   sweep's duration (then set back);
-3. ``champion_model``, even when some variants failed: it elects among those that succeeded.
+1. ``raw_stories``, ``bpe_tokenizer``, ``tokenized_dataset`` with the sweep's base as run config
+   (one run: one materialization each);
+2. each listed variant, recorded and added as a partition (``defs.variants``), then
+   ``trained_model`` and ``sample_generations`` of it (one run per partition), at most
+   ``parallel`` at once: one at a time in this process, several each in a process of its own with
+   the cores divided among them (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training``
+   raised to ``parallel`` for the sweep's duration (then set back);
+3. the search's trials, if the file declares one (``defs.search``), the same way;
+4. ``champion_model``, even when some variants failed: it elects among every variant of the
+   instance (``defs.champion.standings``).
 
 A variant that fails (its model does not beat the unigram baseline, say) fails alone: its line
-in the ranking says why.
+in the ranking says why. Everything the file names is checked before anything runs.
 """
 
 from __future__ import annotations

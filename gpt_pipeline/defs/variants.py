@@ -126,8 +126,13 @@ def save_variant(instance: dg.DagsterInstance, variant: Variant) -> Variant:
 def add_partition(instance: dg.DagsterInstance, name: str) -> None:
     """Add ``name`` (a safe name) to the instance's variants when it is not there yet."""
     record_path(name)  # refuses an unsafe name
-    if not instance.has_dynamic_partition(VARIANTS_NAME, name):
+    if instance.has_dynamic_partition(VARIANTS_NAME, name):
+        return
+    try:
         instance.add_dynamic_partitions(VARIANTS_NAME, [name])
+    except Exception:  # noqa: BLE001 - another process added it meanwhile (a unique key): fine
+        if not instance.has_dynamic_partition(VARIANTS_NAME, name):
+            raise
 
 
 def known_variants(instance: dg.DagsterInstance) -> list[str]:

@@ -138,7 +138,7 @@ def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, i
     home.mkdir()
     job = defs.resolve_job_def("train_gpt_job")
     # The run's own gpt_pipeline/ tags are copied, but the sweep and variant are the code location's
-    # (the sweep of $GPT_PIPELINE_SWEEP and the partition), whatever a launch says.
+    # (the variant's recorded sweep and the partition), whatever a launch says.
     tags = {"gpt_pipeline/sweep": "sweep-test", "gpt_pipeline/variant": "tiny", "gpt_pipeline/schedule": "weekly",
             "other/tag": "x"}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
