@@ -21,10 +21,12 @@ def open_study(name: str, storage: str, pruner: dict | None = None, sampler=None
     (one line naming the database) when the database cannot be opened."""
     import optuna
 
-    from gpt_pipeline.tracking.tracker import redacted
+    from gpt_pipeline.tracking.tracker import redacted, sqlite_path
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        if sqlite_path(storage) is not None:  # a new SQLite file: its folder first
+            sqlite_path(storage).parent.mkdir(parents=True, exist_ok=True)
         return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="minimize",
                                    sampler=sampler, pruner=make_pruner(pruner or {"kind": "none"}))
     except Exception as error:  # noqa: BLE001 - any storage failure becomes one line naming the database
