@@ -39,11 +39,11 @@ from gpt_pipeline.tokenizer.fit import train_tokenizer  # noqa: E402
 from gpt_pipeline.training.loop import StopTraining, train  # noqa: E402
 
 # A model a few times smaller than the quickstart's, evaluated often (the pruner's checkpoints).
-BASE = {"embedding_size": 48, "context_length": 32, "head_count": 4, "block_count": 2, "training_iterations": 300,
-        "evaluation_interval": 25, "evaluation_iterations": 4, "contexts_per_batch": 16, "seed": 11,
+BASE = {"embedding_size": 48, "context_length": 32, "head_count": 4, "block_count": 2, "training_iterations": 600,
+        "evaluation_interval": 50, "evaluation_iterations": 4, "contexts_per_batch": 16, "seed": 11,
         "device": "cpu"}
 SEARCH = {"n_trials": 12, "seed": 0, "sampler": "random",
-          "pruner": {"kind": "median", "n_startup_trials": 3, "n_warmup_steps": 25},
+          "pruner": {"kind": "median", "n_startup_trials": 3, "n_warmup_steps": 50},
           "space": {"trained_model.learning_rate": {"low": 0.0003, "high": 0.03, "log": True},
                     "trained_model.embedding_size": {"choices": [32, 48]}}}
 
@@ -87,6 +87,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, {args.threads} thread(s), torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, train_data, test_data, characters = data(Path(tmp))
+        # untimed: the process's first training pays for warming up torch (a second or two)
+        run_trial({"training_iterations": 20, "evaluation_interval": 10}, tokenizer, (train_data, test_data),
+                  characters, args.threads)
         study = optuna.create_study(direction="minimize", sampler=make_sampler(spec), pruner=make_pruner(spec.pruner))
         sampled, pruned_cpu = [], 0.0
         for _ in range(spec.n_trials):

@@ -116,7 +116,8 @@ def _input_context(key: str, type_: type = object, partition: str | None = None)
     if partition is None:
         return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_))
     return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_),
-                                  partition_key=partition, asset_partitions_def=VARIANTS)
+                                  partition_key=partition, asset_partitions_def=VARIANTS,
+                                  instance=with_default_variant(dg.DagsterInstance.ephemeral()))  # dynamic partitions
 
 
 def _run_config(*keys: str) -> dict:
