@@ -138,6 +138,17 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
     assert all(after[v] == runs_before[v] for v in runs_before if v.startswith("search_test-"))
     _agree_on_the_champion(instance, client, experiment, uri, {*RATES, "default"}, trials=7)
 
+    # MLflow reads like a training project: the search's parent run spans its trials, and the links
+    # from Dagster open the model-training view of MLflow's UI.
+    trials = client.search_runs([experiment.experiment_id], "tags.`gpt_pipeline/sweep` = 'search_test' and "
+                                "tags.`dagster.asset_key` = 'trained_model'")
+    (parent_id,) = {run.data.tags["mlflow.parentRunId"] for run in trials}
+    parent = client.get_run(parent_id).info
+    assert parent.start_time <= min(r.info.start_time for r in trials)
+    assert parent.end_time >= max(r.info.end_time for r in trials)
+    link = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata
+    assert link["mlflow_run"].value.endswith("?workflowType=machine_learning")
+
 
 def _search(folder, n_trials: int) -> str:
     path = folder / "search.yaml"
