@@ -140,6 +140,9 @@ class Search:
                 line = self.finish(number, variant, trial, _cpu() - before, succeeded)
                 self.log(f"trial {number} ({variant}): {line}; {self.best()}")
 
+        if parallel == 1:  # in this thread: Ctrl-C stops the trial at once (it resumes next time)
+            worker()
+            return self.ran
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             for future in [pool.submit(worker) for _ in range(parallel)]:
                 future.result()

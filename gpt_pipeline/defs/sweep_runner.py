@@ -196,8 +196,12 @@ def run_sweep(
 
         variants_started = time.monotonic()
         with _PoolLimit(instance, parallel):
-            with ThreadPoolExecutor(max_workers=parallel) as pool:
-                list(pool.map(launch, sweep.variants))
+            if parallel == 1:  # in this thread: Ctrl-C stops the training at once
+                for variant in sweep.variants:
+                    launch(variant)
+            else:
+                with ThreadPoolExecutor(max_workers=parallel) as pool:
+                    list(pool.map(launch, sweep.variants))
             if sweep.search is not None:
                 Search(sweep, instance, log).run(launch, parallel)
         times["variants"] = time.monotonic() - variants_started
