@@ -94,7 +94,9 @@ def _materialize_here(args: list[str], env: dict[str, str]) -> tuple[int, str, s
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    if returncode == 130:
+    # Ctrl-C: Dagster ends the step with DagsterExecutionInterruptedError and the run as failed;
+    # the sweep stops here too (a search trial stays running, to resume from its checkpoint).
+    if returncode == 130 or (returncode != 0 and "interrupt" in err.getvalue().lower()):
         raise KeyboardInterrupt
     return returncode, out.getvalue(), err.getvalue()
 
