@@ -4,7 +4,8 @@ On the embedded corpus, a sweep file's ``search:`` is sampled by Optuna as ``gpt
 samples it (``defs.search_space``: the sampler, the space and the pruner built from the same
 section), each trial trained by the core loop with the pipeline's pruning hook (test bits per
 character reported at every evaluation, ``StopTraining`` when the pruner says stop). Then the
-same trials (the parameters the search sampled, same seeds) are trained to the end. Printed:
+same trials (the parameters the search sampled, same seeds) are trained to the end, each right
+after its search trial so that both see the same load of a shared machine. Printed:
 the CPU model, each trial, the best test bits per character of both and their CPU seconds.
 The targets: the pruned search's best within 2% of the full runs' best, at most 50% of their
 CPU seconds.
@@ -91,7 +92,7 @@ def main() -> None:
         run_trial({"training_iterations": 20, "evaluation_interval": 10}, tokenizer, (train_data, test_data),
                   characters, args.threads)
         study = optuna.create_study(direction="minimize", sampler=make_sampler(spec), pruner=make_pruner(spec.pruner))
-        sampled, pruned_cpu = [], 0.0
+        sampled, full, pruned_cpu, full_cpu = [], [], 0.0, 0.0
         for _ in range(spec.n_trials):
             trial = study.ask()
             values = suggest(trial, spec)["trained_model"]
@@ -106,14 +107,13 @@ def main() -> None:
             done = steps >= BASE["training_iterations"]
             study.tell(trial, bpc if done else None, state=None if done else optuna.trial.TrialState.PRUNED)
             sampled.append((values, bpc, steps, done))
-            print(f"search trial {trial.number:2d} {values}: {'done' if done else f'pruned at {steps}'}, "
-                  f"test bpc {bpc:.4f}, {cpu:.1f} CPU s", flush=True)
-        full_cpu, full = 0.0, []
-        for number, (values, *_rest) in enumerate(sampled):
-            bpc, _, cpu = run_trial(values, tokenizer, (train_data, test_data), characters, args.threads)
-            full_cpu += cpu
-            full.append(bpc)
-            print(f"full   trial {number:2d} {values}: test bpc {bpc:.4f}, {cpu:.1f} CPU s", flush=True)
+            # the same trial to the end, right after (both see the same load of a shared machine)
+            full_bpc, _, full_seconds = run_trial(values, tokenizer, (train_data, test_data), characters, args.threads)
+            full_cpu += full_seconds
+            full.append(full_bpc)
+            print(f"trial {trial.number:2d} {values}: search {'done' if done else f'pruned at {steps}'}, "
+                  f"test bpc {bpc:.4f}, {cpu:.1f} CPU s; to the end: test bpc {full_bpc:.4f}, "
+                  f"{full_seconds:.1f} CPU s", flush=True)
     best_pruned = min(bpc for _, bpc, _, done in sampled if done)
     best_full = min(full)
     print(f"\npruned search: best test bpc {best_pruned:.4f}, {pruned_cpu:.0f} CPU s, "
