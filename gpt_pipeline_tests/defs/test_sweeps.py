@@ -131,3 +131,12 @@ def test_a_search_is_read_and_a_study_database_that_cannot_be_opened_is_named(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "study database 'sqlite:///" in err[0] and "optuna.db' cannot be opened" in err[0], err
     assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()  # nothing ran
+
+
+def test_the_example_search_reads_over_the_quickstart_config():
+    from gpt_pipeline.storage import project_root
+
+    sweep = load_sweep(project_root() / "configs" / "search.yaml")
+    assert sweep.search.n_trials == 12 and sweep.search.pruner["kind"] == "median" and sweep.variants == {}
+    assert sweep.base["trained_model"]["training_iterations"] == 600  # configs/quickstart.yaml's
+    assert {d.asset for d in sweep.search.space} == {"trained_model", "sample_generations"}
