@@ -8,8 +8,7 @@ else the project's ``dagster_home/``, as ``make`` uses) and one MLflow store:
    (one run: one materialization each);
 2. each listed variant, recorded and added as a partition (``defs.variants``), then
    ``trained_model`` and ``sample_generations`` of it (one run per partition), at most
-   ``parallel`` at once: one at a time in this process, several each in a process of its own with
-   the cores divided among them (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training``
+   ``parallel`` at once, each in a process of its own with the cores divided among them (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training``
    raised to ``parallel`` for the sweep's duration (then set back);
 3. the search's trials, if the file declares one (``defs.search``), the same way;
 4. ``champion_model``, even when some variants failed: it elects among every variant of the
@@ -21,9 +20,8 @@ in the ranking says why. Everything the file names is checked before anything ru
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,47 +56,30 @@ class StepResult:
     last_line: str
 
 
-def _materialize(args: list[str], env: dict[str, str], name: str, log: Callable[[str], None],
-                 in_process: bool = False) -> StepResult:
-    """``gpt-pipeline materialize ARGS``: in a process of its own, or (``in_process``: one step at
-    a time) in this one, which saves the seconds of importing torch, Dagster and MLflow again."""
+def _materialize(args: list[str], env: dict[str, str], name: str, log: Callable[[str], None]) -> StepResult:
+    """``gpt-pipeline materialize ARGS`` in a process of its own (a Dagster run in the instance).
+    Ctrl-C reaches it as it reaches this process; a search trial it interrupts stays running in
+    its study, to resume from its checkpoint."""
     started = time.monotonic()
-    if in_process:
-        returncode, stdout, stderr = _materialize_here(args, env)
-    else:
-        process = subprocess.run([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
-                                 capture_output=True, text=True)
-        returncode, stdout, stderr = process.returncode, process.stdout, process.stderr
+    process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:  # Ctrl-C (or SIGTERM's exception): the run ends as interrupted, then we do
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+        raise
     seconds = time.monotonic() - started
     lines = [line for line in (stderr + stdout).splitlines() if line.strip()]
     errors = [line for line in stderr.splitlines() if line.startswith("gpt-pipeline")]
     last = (errors or lines or [""])[-1].strip()
-    log(f"{name}: {'done' if returncode == 0 else 'FAILED'} in {seconds:.1f} s"
-        + ("" if returncode == 0 else f": {last}"))
-    return StepResult(name, returncode, seconds, last)
-
-
-def _materialize_here(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    from gpt_pipeline.cli import main
-
-    changed = {key: env[key] for key in ("DAGSTER_HOME", TRAININGS_AT_ONCE_ENV) if os.environ.get(key) != env.get(key)}
-    previous = {key: os.environ.get(key) for key in changed}
-    out, err = io.StringIO(), io.StringIO()
-    os.environ.update(changed)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            returncode = main(["materialize", *args])
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    # Ctrl-C: Dagster ends the step with DagsterExecutionInterruptedError and the run as failed;
-    # the sweep stops here too (a search trial stays running, to resume from its checkpoint).
-    if returncode == 130 or (returncode != 0 and "interrupt" in err.getvalue().lower()):
-        raise KeyboardInterrupt
-    return returncode, out.getvalue(), err.getvalue()
+    log(f"{name}: {'done' if process.returncode == 0 else 'FAILED'} in {seconds:.1f} s"
+        + ("" if process.returncode == 0 else f": {last}"))
+    return StepResult(name, process.returncode, seconds, last)
 
 
 class _PoolLimit:
@@ -180,7 +161,7 @@ def run_sweep(
         data_config.write_text(yaml.safe_dump({**user, "ops": ops}))
         variant_args = ["--config", str(base_config)] if base_config else []
         data = _materialize(["--select", ",".join(SHARED_ASSETS), "--config", str(data_config), *common],
-                            env, "data assets", log, in_process=True)
+                            env, "data assets", log)
         times["data"] = data.seconds
         if data.returncode != 0:
             raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
@@ -191,7 +172,7 @@ def run_sweep(
 
         def launch(variant: str) -> bool:
             result = _materialize(["--select", VARIANT_STEP, "--partition", variant, *variant_args, *common], env,
-                                  f"variant {variant}", log, in_process=parallel == 1)
+                                  f"variant {variant}", log)
             if result.returncode != 0:
                 failed[variant] = result.last_line
             return result.returncode == 0
@@ -207,8 +188,7 @@ def run_sweep(
             if sweep.search is not None:
                 Search(sweep, instance, log).run(launch, parallel)
         times["variants"] = time.monotonic() - variants_started
-        champion = _materialize(["--select", "champion_model", *variant_args, *common], env, "champion_model", log,
-                                in_process=True)
+        champion = _materialize(["--select", "champion_model", *variant_args, *common], env, "champion_model", log)
     times["champion"] = champion.seconds
     times["total"] = time.monotonic() - started
     rows = standings(instance, current_data_digest(instance))
