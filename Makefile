@@ -31,7 +31,7 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 		$(PY) -m gpt_pipeline materialize --config configs/quickstart.yaml
 	@echo ""
 	@echo "Dagster UI (assets, runs, metadata, the full event log):  make dagster-ui  -> http://$(HOST):3000"
-	@echo "MLflow UI (training runs, loss curves, models):          make mlflow-ui   -> http://$(HOST):5000"
+	@echo "MLflow UI (training runs, loss curves, models):          make mlflow-ui   -> http://$(HOST):5000/#/experiments?workflowType=machine_learning"
 	@echo "More stories from the champion:  $(VENV)/bin/gpt-pipeline generate --model data/champion_model.safetensors --input 'Once'"
 
 # A sweep (README.md, "Experiments"): the data once, the variants PARALLEL at a time (the cores
@@ -53,10 +53,11 @@ test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
 	$(PY) -m pytest gpt_pipeline_tests -q
 
-# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one); with
-# SWEEP=configs/sweep.yaml its variants are that file's (backfill them from the UI).
+# The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
+#
+# Variants are the instance's dynamic partitions (added by sweeps, searches and `make run`).
 dagster-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(if $(filter command line,$(origin SWEEP)),GPT_PIPELINE_SWEEP=$(abspath $(SWEEP))) $(DG) dev -h $(HOST) -p 3000
+	$(DG) dev -h $(HOST) -p 3000
 
 # The MLflow UI for one user: without MLflow 3's job runner (seven huey workers for GenAI jobs
 # this project never starts; deploy/mlflow.env turns it off the same way) and with one web

@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "separated (as the UI's 'Materialize selected'): the others are read as stored")
     mat.add_argument("--storage-url", metavar="URL", help="store assets in this folder or fsspec URL, e.g. "
                      "s3://bucket/prefix (default: $GPT_PIPELINE_STORAGE_URL, else the data directory)")
-    mat.add_argument("--partition", metavar="VARIANT", help="the sweep's variant to materialize "
-                     "(trained_model and sample_generations); default: the only one, when there is one")
+    mat.add_argument("--partition", metavar="VARIANT", help="the variant to materialize (trained_model and "
+                     "sample_generations): one the instance knows; default: 'default', added when missing")
     mat.add_argument("--quiet", action="store_true", help="Dagster's log at warnings only, no generations printed")
 
     from gpt_pipeline.defs.sweep_command import add_sweep_command
@@ -167,7 +167,9 @@ def _materialize(args: argparse.Namespace) -> None:
     from gpt_pipeline.defs.checks import failure_line
     from gpt_pipeline.defs.console import reader_logger
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
-    from gpt_pipeline.defs.sweeps import SWEEP, VARIANT_ASSETS
+    from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
+    from gpt_pipeline.defs.variants import (DEFAULT_VARIANT, VARIANTS_NAME, add_partition, known_variants,
+                                            record_path)
 
     run_config = {}
     if args.config:
@@ -193,13 +195,15 @@ def _materialize(args: argparse.Namespace) -> None:
         run_config = {**run_config, "ops": {name: ops[name] for name in ops if name in names}}
     partition = args.partition
     if partition is None and (selection is None or names & set(VARIANT_ASSETS)):
-        if len(SWEEP.variants) != 1:
-            raise ValueError(f"sweep {SWEEP.name} has {len(SWEEP.variants)} variants: choose one with "
-                             f"--partition ({', '.join(SWEEP.variants)}), or run them all with `gpt-pipeline sweep`")
-        partition = next(iter(SWEEP.variants))
-    if partition is not None and partition not in SWEEP.variants:
-        raise ValueError(f"--partition {partition!r} is not a variant of sweep {SWEEP.name} "
-                         f"({', '.join(SWEEP.variants)})")
+        partition = DEFAULT_VARIANT  # what `make run` trains: added as a partition beside every other
+    if partition is not None:
+        record_path(partition)  # an unsafe name: refused in one line
+        if partition == DEFAULT_VARIANT:
+            add_partition(instance, partition)
+        elif not instance.has_dynamic_partition(VARIANTS_NAME, partition):
+            known = ", ".join(known_variants(instance)) or "none"
+            raise ValueError(f"--partition {partition!r} is not a variant of this Dagster instance (known: {known}): "
+                             "add variants with `gpt-pipeline sweep`")
     # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
     run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if args.quiet else "INFO"}}}}
     try:

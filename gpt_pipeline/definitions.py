@@ -1,8 +1,9 @@
 """The Dagster code location: ``defs`` holds the lineage's assets, jobs, automation and resources.
 
 ``workspace.yaml`` (and ``dg dev`` / ``dagster dev -m gpt_pipeline.definitions``) load this
-module. The variants of ``trained_model`` and ``sample_generations`` come from the sweep file in
-``$GPT_PIPELINE_SWEEP`` when it loads (``gpt_pipeline.defs.sweeps``).
+module. Nothing is read from the environment or a sweep file to decide what exists: the variants
+of ``trained_model`` and ``sample_generations`` are the instance's dynamic partitions
+(``gpt_pipeline.defs.variants``), added by sweeps, searches and ``gpt-pipeline materialize``.
 """
 
 from __future__ import annotations

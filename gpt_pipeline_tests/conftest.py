@@ -16,9 +16,11 @@ def session_kernel_cache(tmp_path_factory):
 
 @pytest.fixture
 def isolated_storage(tmp_path, monkeypatch):
-    """Asset files under ``tmp_path/data`` and MLflow in ``tmp_path/mlruns/mlflow.db``."""
+    """Asset files under ``tmp_path/data``, MLflow in ``tmp_path/mlruns/mlflow.db`` and Optuna
+    studies in ``tmp_path/mlruns/optuna.db``."""
     data = tmp_path / "data"
     mlruns = tmp_path / "mlruns"
     monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(data))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlruns / 'mlflow.db'}")
+    monkeypatch.setenv("GPT_PIPELINE_STUDY_URL", f"sqlite:///{mlruns / 'optuna.db'}")  # searches' studies
     return data, mlruns

@@ -16,6 +16,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
 from gpt_pipeline_tests.reliability_support import error_chain, run_statuses, step_failures, tree_digest
+from gpt_pipeline_tests.tiny_config import with_default_variant
 
 RESOURCES = {"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()}
 
@@ -46,7 +47,7 @@ class Workspace:
                 ASSETS,
                 selection=[asset],
                 resources=RESOURCES,
-                instance=self.baseline.instance,
+                instance=with_default_variant(self.baseline.instance),
                 run_config={"ops": {asset: {"config": config}}},
                 raise_on_error=False,
                 partition_key=DEFAULT_VARIANT if asset in VARIANT_ASSETS else None,

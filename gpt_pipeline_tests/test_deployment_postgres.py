@@ -52,7 +52,7 @@ from gpt_pipeline_tests.postgres_support import (
     postgres_bin_dir,
 )
 from gpt_pipeline_tests.reliability_support import child_env, race_trackers
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
@@ -136,7 +136,7 @@ def test_lineage_runs_on_the_documented_postgres_deployment(tmp_path, monkeypatc
             {"key": "gpt_pipeline/training", "value": "gpu", "limit": 1}
         ]
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance, partition_key=DEFAULT_VARIANT
+            run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key=DEFAULT_VARIANT
         )
         assert result.success
         run_id = result.run_id

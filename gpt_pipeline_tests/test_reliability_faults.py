@@ -44,7 +44,7 @@ from gpt_pipeline_tests.reliability_support import (
     wait_for,
     write_run_config,
 )
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 BIG_ROWS = 300_000  # about 20 MB of Parquet: a write takes a good fraction of a second here
 TRAINING_EVALUATION_INTERVAL = 20
@@ -182,7 +182,7 @@ def test_sigkill_during_training_then_rematerialization_resumes(tmp_path, monkey
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=run_config, instance=instance, partition_key=DEFAULT_VARIANT)
+            run_config=run_config, instance=with_default_variant(instance), partition_key=DEFAULT_VARIANT)
         assert result.success
         event = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
         metadata = event.asset_materialization.metadata
@@ -264,7 +264,7 @@ def test_unreachable_mlflow_fails_the_asset_before_training(tmp_path, monkeypatc
         selection=[asset],
         resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
         run_config={"ops": {asset: TINY_RUN_CONFIG["ops"][asset]}},
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=with_default_variant(dg.DagsterInstance.ephemeral()),
         raise_on_error=False,
         partition_key=DEFAULT_VARIANT if asset in VARIANT_ASSETS else None,
     )

@@ -31,7 +31,7 @@ from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.reliability_support import fresh_mlflow_store
 from gpt_pipeline_tests.reliability_workspace import Baseline, Workspace
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 TINY_MODEL = TINY_RUN_CONFIG["ops"]["trained_model"]["config"]
 SNOWMAN = "\u2603"  # a character no generated story holds
@@ -47,7 +47,7 @@ def baseline(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("DAGSTER_HOME", raising=False)
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance, partition_key=DEFAULT_VARIANT)
+            run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key=DEFAULT_VARIANT)
         assert result.success
         tokenizer = BPETokenizer.load(root / "data" / "bpe_tokenizer.json")
         yield Baseline(root, root / "data", uri, instance, len(tokenizer.alphabet), tokenizer.vocab_size)
@@ -242,7 +242,7 @@ def test_whole_job_with_a_bad_model_config_fails_at_that_step_only(ws):
     run_config["ops"]["trained_model"]["config"]["head_count"] = 3
     before = ws.snapshot()
     result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-        run_config=run_config, instance=ws.baseline.instance, raise_on_error=False, partition_key=DEFAULT_VARIANT
+        run_config=run_config, instance=with_default_variant(ws.baseline.instance), raise_on_error=False, partition_key=DEFAULT_VARIANT
     )
     # Stories, tokenizer and dataset are rewritten with the same config: the same bytes.
     ws.assert_step_fails_clearly(result, "trained_model", ["embedding_size=32", "head_count=3"], before)
@@ -339,7 +339,7 @@ def test_unknown_config_key_is_refused_before_any_step(ws, asset):
     before = ws.snapshot()
     with pytest.raises(dg.DagsterInvalidConfigError) as raised:
         defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=run_config, instance=ws.baseline.instance, raise_on_error=False,
+            run_config=run_config, instance=with_default_variant(ws.baseline.instance), raise_on_error=False,
             partition_key=DEFAULT_VARIANT,
         )
     assert f'"{UNKNOWN_KEYS[asset]}"' in str(raised.value) and asset in str(raised.value)

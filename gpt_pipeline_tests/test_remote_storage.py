@@ -33,7 +33,7 @@ from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.remote import STORAGE_URL_ENV, StorageError
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
 BUCKET = "gpt-assets"
@@ -116,7 +116,8 @@ def _input_context(key: str, type_: type = object, partition: str | None = None)
     if partition is None:
         return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_))
     return dg.build_input_context(asset_key=dg.AssetKey(key), dagster_type=dg.PythonObjectDagsterType(type_),
-                                  partition_key=partition, asset_partitions_def=VARIANTS)
+                                  partition_key=partition, asset_partitions_def=VARIANTS,
+                                  instance=with_default_variant(dg.DagsterInstance.ephemeral()))  # dynamic partitions
 
 
 def _run_config(*keys: str) -> dict:
@@ -143,7 +144,7 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
         "mlflow": MLflowResource(),
     }
     first = dg.materialize(ASSETS, resources=resources, run_config=TINY_RUN_CONFIG,
-                           instance=dg.DagsterInstance.ephemeral(), partition_key=DEFAULT_VARIANT)
+                           instance=with_default_variant(dg.DagsterInstance.ephemeral()), partition_key=DEFAULT_VARIANT)
     assert first.success
 
     stored = _keys(s3_endpoint, bucket)
@@ -195,7 +196,7 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
     monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "elsewhere"))
     downstream = ["tokenized_dataset", "sample_generations"]
     again = dg.materialize(ASSETS, selection=downstream, resources=resources, run_config=_run_config(*downstream),
-                           instance=dg.DagsterInstance.ephemeral(), partition_key=DEFAULT_VARIANT)
+                           instance=with_default_variant(dg.DagsterInstance.ephemeral()), partition_key=DEFAULT_VARIANT)
     assert again.success
     assert sorted(e.asset_key.to_user_string() for e in again.get_asset_materialization_events()) == sorted(downstream)
     regenerated = pl.read_parquet(_object(s3_endpoint, bucket, generations_key))
@@ -205,7 +206,7 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
     # Without the stored model the downstream asset has nothing to read: the error names S3.
     _client(s3_endpoint).delete_object(Bucket=bucket, Key=model_key)
     missing = dg.materialize(ASSETS, selection=["sample_generations"], resources=resources,
-                             run_config=_run_config("sample_generations"), instance=dg.DagsterInstance.ephemeral(),
+                             run_config=_run_config("sample_generations"), instance=with_default_variant(dg.DagsterInstance.ephemeral()),
                              raise_on_error=False, partition_key=DEFAULT_VARIANT)
     assert not missing.success
     failure = next(e for e in missing.all_events if e.is_step_failure)

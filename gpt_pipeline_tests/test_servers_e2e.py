@@ -1,8 +1,10 @@
-"""End to end against the real servers: ``dagster dev``, its code location loaded with a sweep of
-two variants (``$GPT_PIPELINE_SWEEP``), runs a backfill of group ``gpt`` launched through its
-GraphQL API as the Dagster UI launches one (the data assets once, both variant partitions of
-``trained_model`` and ``sample_generations``, then ``champion_model``; no run config: the sweep
-binds each variant's config to its partition); then ``mlflow server`` on the same SQLite store
+"""End to end against the real servers: ``dagster dev``, its code location loaded (nothing read
+from a sweep file), a sweep's two variants added to the instance as dynamic partitions, the data
+assets launched through GraphQL ``launchRun`` with a run config as the Launchpad launches them;
+a ``launchRun`` of ``trained_model`` with partition key ``../x`` refused before any work; then a
+backfill of the variants and the champion launched as the Dagster UI launches one (both variant
+partitions of ``trained_model`` and ``sample_generations``, then ``champion_model``; no run
+config: each variant's config is bound to its partition); then ``mlflow server`` on the same SQLite store
 serves the training runs, a metric history, the artifacts and the ``champion`` alias through
 MLflow's REST API. Both servers are stopped in a ``finally``, and no process they started may
 outlive the test.
@@ -24,8 +26,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
+from gpt_pipeline.defs.sweeps import load_sweep, variant_record
+from gpt_pipeline.defs.variants import save_variant
 from gpt_pipeline_tests.server_processes import (
     BIN,
     MARKER,
@@ -45,7 +50,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The whole test. The backfill takes five iterations of Dagster's backfill daemon, which runs one
 # every 30 s (a fixed interval): it finds the backfill, then requests the data assets, the two
 # variants, the champion, and marks it complete; about 150 s of the usual 180 s here.
-BUDGET_SECONDS = 230
+# Before the backfill, two runs of their own (the data assets, and the ../x launch refused), about
+# 60 s more.
+BUDGET_SECONDS = 320
 
 
 WORKSPACE_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "\
@@ -110,7 +117,30 @@ def _location_loaded(port: int) -> bool:
     return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
-def test_dagster_run_then_mlflow_rest(tmp_path):
+LAUNCH_RUN_MUTATION = """mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) { __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+    ... on PipelineNotFoundError { message } } }"""
+RUN_QUERY = """query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _launch_run(port: int, assets, run_config: dict, tags: dict) -> dict:
+    params = {"selector": {"repositoryLocationName": "gpt_pipeline", "repositoryName": "__repository__",
+                           "jobName": "__ASSET_JOB", "assetSelection": [{"path": [a]} for a in assets]},
+              "runConfigData": run_config, "mode": "default",
+              "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+    return _graphql(port, LAUNCH_RUN_MUTATION, {"executionParams": params})["launchRun"]
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
     started = time.monotonic()
     deadline = started + BUDGET_SECONDS
     phases: dict[str, float] = {}  # seconds since the start, printed at the end (pytest -s)
@@ -127,7 +157,6 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
         MARKER: token,
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "GPT_PIPELINE_DATA_DIR": str(tmp_path / "data"),
-        "GPT_PIPELINE_SWEEP": str(_write_sweep(tmp_path)),  # the code location's variants
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job-runner worker pool beside the server
         "PYTHONUNBUFFERED": "1",
@@ -161,16 +190,46 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
         # unpartitioned and the partitioned assets alike: Dagster runs the data assets once, then
         # each variant (trained_model and sample_generations of one partition in one run), then
         # champion_model with champion_generations.
+        # The sweep adds its variants to the instance (as `gpt-pipeline sweep` does), data first.
+        monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+        sweep = load_sweep(_write_sweep(tmp_path))
+        with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+            for variant in sweep.variants:
+                save_variant(instance, variant_record(sweep, variant))
+        data_config = {"ops": {a: TINY_RUN_CONFIG["ops"][a] for a in DATA_ASSETS}}
+        data_run = _launch_run(dagster_port, DATA_ASSETS, data_config, {"dagster/from_ui": "true"})
+        assert data_run["__typename"] == "LaunchRunSuccess", data_run
+        data_run_id = data_run["run"]["runId"]
+
+        def run_done(run_id):
+            return lambda: (lambda s: s if s in RUN_DONE else None)(
+                _graphql(dagster_port, RUN_QUERY, {"id": run_id})["runOrError"]["status"])
+
+        assert _wait_for("the data run ends", run_done(data_run_id), deadline, dagster, dagster_log) == "SUCCESS"
+        phases["data run done"] = time.monotonic() - started
+
+        # A partition key that is no variant, and no safe name: refused before any work.
+        before = _files(tmp_path)
+        bad = _launch_run(dagster_port, ["trained_model"], {"ops": {"trained_model": TINY_RUN_CONFIG["ops"]["trained_model"]}},
+                          {"dagster/partition": "../x"})
+        if bad["__typename"] == "LaunchRunSuccess":  # launched: it must fail before any work
+            assert _wait_for("the ../x run ends", run_done(bad["run"]["runId"]), deadline, dagster,
+                             dagster_log) == "FAILURE"
+        new_files = {f for f in _files(tmp_path) - before if not f.startswith(("dagster_home/", "dagster.log"))}
+        assert not new_files, new_files  # no model, checkpoint or file outside data/
+        phases["../x refused"] = time.monotonic() - started
+
         nodes = [n for n in _graphql(dagster_port, ASSET_NODES_QUERY)["assetNodes"] if n["groupName"] == "gpt"]
         assert {n["assetKey"]["path"][0] for n in nodes if n["isObservable"]} == {"stories_source"}
         selected = [n for n in nodes if n["isExecutable"] and not n["isObservable"]]
         assert {n["assetKey"]["path"][0] for n in selected} == set(ALL_ASSETS)
+        selected = [n for n in selected if n["assetKey"]["path"][0] not in DATA_ASSETS]  # materialized above
         assert all(n["jobNames"][0] == "__ASSET_JOB" for n in selected), [n["jobNames"] for n in selected]
         partitioned = [n for n in selected if n["partitionDefinition"]]
         assert {n["assetKey"]["path"][0] for n in partitioned} == set(VARIANT_ASSETS)
-        assert all(n["partitionDefinition"]["type"] == "STATIC" for n in partitioned)
+        assert all(n["partitionDefinition"]["type"] == "DYNAMIC" for n in partitioned)
         partition_keys = partitioned[0]["partitionKeysByDimension"][0]["partitionKeys"]
-        assert partition_keys == list(VARIANT_RATES)  # the sweep file's variants, in its order
+        assert partition_keys == list(VARIANT_RATES)  # the variants the sweep added, in its order
         backfill_params = {
             "tags": [{"key": "dagster/from_ui", "value": "true"}],
             "assetSelection": [{"path": n["assetKey"]["path"]} for n in selected],
@@ -193,8 +252,8 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
         assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, _tail(dagster_log, 80))
         assert backfill["isAssetBackfill"] and backfill["error"] is None
         statuses = {s["assetKey"]["path"][0]: s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
-        assert set(statuses) == set(ALL_ASSETS)
-        for asset in (*DATA_ASSETS, *CHAMPION_ASSETS):
+        assert set(statuses) == {*VARIANT_ASSETS, *CHAMPION_ASSETS}
+        for asset in CHAMPION_ASSETS:
             assert statuses[asset]["__typename"] == "UnpartitionedAssetStatus", statuses[asset]
             assert statuses[asset]["materialized"] and not statuses[asset]["failed"], statuses[asset]
         for asset in VARIANT_ASSETS:
@@ -204,14 +263,14 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
                     "numPartitionsFailed": 0, "numPartitionsInProgress": 0}, statuses[asset]
         runs = {r["runId"]: r for r in backfill["runs"]}
         assert all(r["status"] == "SUCCESS" for r in runs.values()), runs
-        # Every materialization came from the backfill's runs: the data assets once each (one run,
-        # not once per variant), each variant partition once, the champion and its generations once.
+        # Every materialization came from the data run or the backfill's runs: the data assets once
+        # each (one run), each variant partition once, the champion and its generations once.
         materialized = {a: _materializations(dagster_port, a) for a in ALL_ASSETS}
         for asset, events in materialized.items():
-            assert {e["runId"] for e in events} <= set(runs), (asset, events, runs)
+            assert {e["runId"] for e in events} <= {*runs, data_run_id}, (asset, events, runs)
         for asset in (*DATA_ASSETS, *CHAMPION_ASSETS):
             assert [e["partition"] for e in materialized[asset]] == [None], (asset, materialized[asset])
-        assert len({materialized[a][0]["runId"] for a in DATA_ASSETS}) == 1  # shared by every variant
+        assert {materialized[a][0]["runId"] for a in DATA_ASSETS} == {data_run_id}  # shared by every variant
         for asset in VARIANT_ASSETS:
             assert sorted(e["partition"] for e in materialized[asset]) == sorted(VARIANT_RATES), materialized[asset]
         assert (tmp_path / "data" / "champion_model.safetensors").is_file()
@@ -246,6 +305,9 @@ def test_dagster_run_then_mlflow_rest(tmp_path):
             assert len(found) == 1, found
             return found[0]
 
+        assert _http_json(f"{api}/runs/search", {  # the refused ../x run logged nothing
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": "tags.`dagster.partition` = '../x'"}).get("runs", []) == []
         model_config = TINY_RUN_CONFIG["ops"]["trained_model"]["config"]
         by_variant = {variant: training_run(variant) for variant in VARIANT_RATES}
         parents = set()

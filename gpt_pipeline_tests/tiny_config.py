@@ -24,3 +24,12 @@ TINY_RUN_CONFIG = {
         "sample_generations": {"config": {"prompts": ["Once", "The dog"], "token_count": 20, "seed": 5}},
     }
 }
+
+
+def with_default_variant(instance):
+    """``instance`` with the variant ``default`` among its partitions (``defs.variants``: runs of an
+    unknown partition are refused), as ``gpt-pipeline materialize`` adds it."""
+    from gpt_pipeline.defs.variants import DEFAULT_VARIANT, add_partition
+
+    add_partition(instance, DEFAULT_VARIANT)
+    return instance

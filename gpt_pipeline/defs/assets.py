@@ -3,9 +3,9 @@
 stories_source -> raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_model[variant]
     -> sample_generations[variant];  trained_model[every variant] -> champion_model (``defs.champion``)
 
-``trained_model`` and ``sample_generations`` are partitioned by the sweep's variants
-(``defs.sweeps``); the data assets are shared by every variant. Each asset resolves its config
-(field defaults, the sweep's base, the run config, the variant's overrides: ``resolve_config``),
+``trained_model`` and ``sample_generations`` are partitioned by variant (dynamic partitions,
+``defs.variants``; checked first thing); the data assets are shared. Each asset resolves its config
+(field defaults, the variant's base, the run config, the variant's overrides: ``resolve_config``),
 validates it before any expensive work, calls its step in the core
 (``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
 ``data.dataset_files.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
@@ -28,15 +28,8 @@ from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.encode import write_dataset
 from gpt_pipeline.data.story_files import write_stories
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.checks import (
-    BEATS_UNIGRAM,
-    GENERATIONS_DECODE,
-    IDS_IN_VOCAB,
-    ROUND_TRIP,
-    check_result,
-    gate,
-    user_errors,
-)
+from gpt_pipeline.defs.checks import (BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, check_result,
+                                      gate, user_errors)
 from gpt_pipeline.defs.configs import (
     RawStoriesConfig,
     SampleGenerationsConfig,
@@ -47,7 +40,8 @@ from gpt_pipeline.defs.configs import (
 from gpt_pipeline.defs.launchers import retry_transient
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, SOURCE_KEY, TRAINING_POOL
-from gpt_pipeline.defs.sweeps import SWEEP, VARIANTS, resolve_config, sweep_tags
+from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
+from gpt_pipeline.defs.search_trials import trial_reporter
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import generate_samples, unseen_characters
@@ -244,7 +238,8 @@ def trained_model(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    config = resolve_config(context, "trained_model", config)
+    variant = check_variant(context)  # first: an unknown or unsafe partition key is refused before any work
+    config = resolve_config(context, "trained_model", config, variant=variant)
     with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
@@ -264,16 +259,17 @@ def trained_model(
             dataset_file=tokenized_dataset,
             launcher=config.launcher,
             k8s=config.k8s,
-            tags={**sweep_tags(context), "gpt_pipeline/overrides": SWEEP.describe(context.partition_key)},
+            tags={**sweep_tags(context, variant), "gpt_pipeline/overrides": variant.describe()},
             # created once the training data is checked: a refused config leaves no parent run
-            parent_run_id=lambda: mlflow.sweep_parent(SWEEP.name, inputs["tokenized_dataset"].digest),
+            parent_run_id=lambda: mlflow.sweep_parent(variant.sweep, inputs["tokenized_dataset"].digest),
+            on_evaluation=trial_reporter(variant),
         )
         model = outcome.output.value
         record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
         provenance.attach(model, record)  # stored in the safetensors metadata
     yield dg.Output(model, metadata={**outcome.output.metadata, **lineage(record)},
                     data_version=dg.DataVersion(record.digest))
-    yield check_result(BEATS_UNIGRAM, outcome.gate)
+    yield outcome.check_result()
 
 
 @dg.asset(
@@ -306,14 +302,15 @@ def write_generations(context: dg.AssetExecutionContext, config: SampleGeneratio
     champion's): generate, log to MLflow (nested under the model's own run, which gets the table
     too), gate on ``check``, then yield the frame with its metadata."""
     asset = context.asset_key.to_user_string()
-    config = resolve_config(context, asset, config, like=None if asset == "sample_generations" else "sample_generations")
+    variant = check_variant(context) if asset == "sample_generations" else None  # before any work
+    config = resolve_config(context, asset, config, like=None if variant else "sample_generations", variant=variant)
     with user_errors():
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer})
         generation_config = config.generation_config()
         generation_config.validate()
         skipped = unseen_characters(tokenizer, generation_config.prompts)
         model_run = upstream_mlflow_run(context, model_asset)  # the same partition's: never another's
-        with mlflow.asset_run(context, tags=sweep_tags(context), parent_run_id=model_run) as run:
+        with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:
             run.log_params(config.model_dump())
             frame = generate_samples(model, tokenizer, generation_config)
             run.log_table(frame, "generations.json")

@@ -4,8 +4,10 @@ Both are stopped by default; turn them on in the Dagster UI (Automation) or with
 ``dagster schedule start`` / ``dagster sensor start``.
 
 - ``weekly_sweep`` (``$GPT_PIPELINE_RETRAIN_CRON``, default ``"0 3 * * 0"``: Sundays 03:00)
-  launches ``sweep_job``, which runs the code location's sweep as ``gpt-pipeline sweep`` does
-  (``defs.sweep_runner``): the data assets once, every variant, then ``champion_model``.
+  launches ``sweep_job``, which runs a sweep file (its config ``sweep_file``, by default
+  ``configs/sweep.yaml``) as ``gpt-pipeline sweep`` does (``defs.sweep_runner``): the data
+  assets once, every variant and search trial, then ``champion_model``. From the UI's
+  Launchpad, ``sweep_job`` runs any sweep file given as its config.
 - ``retrain_on_new_data``, the sensor of declarative automation: ``stories_source`` is observed
   every five minutes (its data version is the file's content hash, ``defs.sources``); when it
   changes, every asset's ``AutomationCondition.eager()`` requests the lineage below it, each
@@ -16,38 +18,42 @@ No run config is written here: a variant's config is bound to its partition (``d
 
 
 import os
+from pathlib import Path
 
 import dagster as dg
 import pydantic
 from dagster._check import CheckError
 
-from gpt_pipeline.defs.sweeps import SWEEP
 
 DEFAULT_RETRAIN_CRON = "0 3 * * 0"
 
 
 class SweepJobConfig(dg.Config):
+    sweep_file: str = pydantic.Field(
+        default="configs/sweep.yaml",
+        description="The sweep file (variants and/or a search space), relative to the project root or absolute.")
     parallel: int = pydantic.Field(default=1, ge=1, description="Variants trained at once (the cores are divided among them).")
 
 
-@dg.op(description="Run the code location's sweep: data assets once, every variant, then champion_model.")
-def run_code_location_sweep(context: dg.OpExecutionContext, config: SweepJobConfig) -> None:
+@dg.op(description="Run a sweep file: data assets once, every variant and search trial (each a run of its "
+       "own partition), then champion_model.")
+def run_sweep_file(context: dg.OpExecutionContext, config: SweepJobConfig) -> None:
     from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
+    from gpt_pipeline.storage import project_root
 
-    if SWEEP.path is None:  # the default sweep: one variant, nothing to compare
-        raise dg.Failure(description="no sweep file: start the code location with $GPT_PIPELINE_SWEEP "
-                         "naming one (configs/sweep.yaml is an example)", allow_retries=False)
+    path = Path(config.sweep_file)
+    path = path if path.is_absolute() else project_root() / path
     try:
-        rows, times = run_sweep(SWEEP.path, parallel=config.parallel, log=context.log.info)
+        rows, times = run_sweep(path, parallel=config.parallel, log=context.log.info)
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error).splitlines()[0], allow_retries=False) from error
     context.log.info(f"sweep done in {times['total']:.0f} s; ranking:\n" + ranking_table(rows))
 
 
-@dg.job(description="Retrain the sweep of $GPT_PIPELINE_SWEEP: the data assets once, every variant "
-        "(each its own run), then champion_model. What `gpt-pipeline sweep` does, as a Dagster run.")
+@dg.job(description="Run a sweep file (config: sweep_file, parallel): the data assets once, every variant "
+        "and search trial (each its own run and partition), then champion_model. What `gpt-pipeline sweep` does.")
 def sweep_job():
-    run_code_location_sweep()
+    run_sweep_file()
 
 
 def _tick(context: dg.ScheduleEvaluationContext) -> str:
@@ -68,8 +74,7 @@ def _tick(context: dg.ScheduleEvaluationContext) -> str:
     description="Retrain every variant of the sweep and elect the champion, weekly by default.",
 )
 def weekly_sweep(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return dg.RunRequest(run_key=f"weekly-{_tick(context)}", tags={"gpt_pipeline/schedule": "weekly",
-                                                                   "gpt_pipeline/sweep": SWEEP.name})
+    return dg.RunRequest(run_key=f"weekly-{_tick(context)}", tags={"gpt_pipeline/schedule": "weekly"})
 
 
 retrain_on_new_data = dg.AutomationConditionSensorDefinition(

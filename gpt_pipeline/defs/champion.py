@@ -1,10 +1,12 @@
 """``champion_model``: the best variant of the sweep, promoted.
 
-It depends on every variant (partition) of ``trained_model``. Among the variants whose latest
-model was trained on the current ``tokenized_dataset``, it picks the lowest
-``test_bits_per_character`` (comparable across vocabularies, unlike a loss per token; ties go to
-the first variant in the sweep file), stores that model as ``data/champion_model.safetensors``,
-points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipeline@champion``),
+It depends on every variant (partition) of ``trained_model``: every variant the instance knows
+(``defs.variants``), however the code location was started. ``standings`` is the one election:
+among the variants whose latest model was trained on the current ``tokenized_dataset`` and not
+pruned, the lowest ``test_bits_per_character`` (comparable across vocabularies, unlike a loss per
+token; ties go to the variant added first). ``champion_model`` stores that model as ``data/champion_model.safetensors``,
+points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipeline@champion``)
+and tags that version with the variant and run that won (``champion_variant``, ``champion_run_id``),
 and shows the comparison in its metadata: every variant with its overrides, test loss, bits per
 character, tokens/s, training seconds and MLflow run, and for a variant without a model on the
 current data, why (its last failure, or "stale"). Its blocking check ``champion_generates``
@@ -32,7 +34,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.metadata import standings_tables
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN_CHAMPION, following
-from gpt_pipeline.defs.sweeps import SWEEP, Sweep
+from gpt_pipeline.defs.variants import Variant, VariantError, known_variants, read_variant
 from gpt_pipeline.model.generation import generate_text
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.quality import Gate
@@ -69,24 +71,29 @@ def failure_reason(instance: dg.DagsterInstance, variant: str, after: float | No
     return None
 
 
-def standings(instance: dg.DagsterInstance, sweep: Sweep, data_digest: str | None) -> list[dict]:
-    """One row per variant, ranked: those trained on the data with ``data_digest`` by test bits per
-    character, then those without such a model (``note`` says why)."""
+def standings(instance: dg.DagsterInstance, data_digest: str | None, variants: list[str] | None = None) -> list[dict]:
+    """THE election (``champion_model``, ``gpt-pipeline sweep`` and the search read it): one row
+    per variant of the instance (or of ``variants``), ranked: those whose latest model was trained
+    on the data with ``data_digest`` by test bits per character (ties: the variant added first),
+    then the rest, unranked, with why in ``note`` (stale, pruned at step N, failed, not trained)."""
     rows = []
-    for order, variant in enumerate(sweep.variants):
+    for order, variant in enumerate(variants if variants is not None else known_variants(instance)):
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[variant]), limit=1).records
         meta = records[0].asset_materialization.metadata if records else {}
-        row = {"order": order, "variant": variant, "overrides": sweep.describe(variant),
+        record = _record(variant)
+        row = {"order": order, "variant": variant, "overrides": record.describe() if record else "(unrecorded)",
                **{key: _value(meta, key) for key in ("test_loss", "test_bits_per_character", "tokens_per_second",
                                                     "training_seconds", "mlflow_run", "mlflow_run_id",
-                                                    "registered_model_version", "content_digest")},
+                                                    "registered_model_version", "content_digest", "pruned_at_step")},
                "note": ""}
         failure = failure_reason(instance, variant, records[0].timestamp if records else None)
         if not records:
             row["note"] = failure or "not trained yet"
         elif _value(meta, "made_from.tokenized_dataset") != data_digest:
             row["note"] = failure or "stale: trained on other data"
+        elif _value(meta, "pruned"):
+            row["note"] = f"pruned at step {row['pruned_at_step']}"
         elif row["test_bits_per_character"] is None:
             row["note"] = "no test_bits_per_character recorded"
         elif failure:
@@ -102,6 +109,19 @@ def standings(instance: dg.DagsterInstance, sweep: Sweep, data_digest: str | Non
     for rank, row in enumerate(ranked, start=1):
         row["rank"] = rank
     return ranked + [{**r, "rank": None} for r in rows if r not in ranked]
+
+
+def _record(variant: str) -> Variant | None:
+    try:
+        return read_variant(variant)
+    except VariantError:
+        return None
+
+
+def current_data_digest(instance: dg.DagsterInstance) -> str | None:
+    """The content digest of the latest ``tokenized_dataset``: what a champion must be trained on."""
+    dataset = instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
+    return _value(dataset.asset_materialization.metadata, "content_digest") if dataset else None
 
 
 def comparison_markdown(rows: list[dict]) -> str:
@@ -152,9 +172,8 @@ def champion_model(
     mlflow: MLflowResource,
     io_manager: dg.ResourceParam[AssetFileIOManager],
 ):
-    dataset = context.instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
-    digest = _value(dataset.asset_materialization.metadata, "content_digest") if dataset else None
-    rows = standings(context.instance, SWEEP, digest)
+    digest = current_data_digest(context.instance)
+    rows = standings(context.instance, digest)
     table = comparison_markdown(rows)
     context.log.info("standings:\n" + table)
     best = rows[0] if rows and rows[0]["rank"] == 1 else None
@@ -173,10 +192,12 @@ def champion_model(
         yield from gate(CHAMPION_GENERATES, outcome)
         tracker = mlflow.tracker()
         version = best["registered_model_version"]
-        if version is not None:
-            set_champion(tracker.client, version)
-        with mlflow.asset_run(context, tags={"gpt_pipeline/sweep": SWEEP.name, "gpt_pipeline/champion": best["variant"]},
-                              parent_run_id=mlflow.sweep_parent(SWEEP.name, digest or "")) as run:
+        if version is not None:  # the version names the variant and the run that won, whoever registered it
+            set_champion(tracker.client, version, variant=best["variant"], run_id=best["mlflow_run_id"],
+                         bits_per_character=best["test_bits_per_character"])
+        sweep = (_record(best["variant"]) or Variant(best["variant"])).sweep
+        with mlflow.asset_run(context, tags={"gpt_pipeline/sweep": sweep, "gpt_pipeline/champion": best["variant"]},
+                              parent_run_id=mlflow.sweep_parent(sweep, digest or "")) as run:
             run.log_metrics({"champion_test_bits_per_character": best["test_bits_per_character"]})
             run.log_text(table, "standings.md")
             run.log_dict({"standings": [{k: r.get(k) for k in (*COLUMNS, "mlflow_run_id")} for r in rows]},

@@ -45,6 +45,7 @@ from upath import UPath
 
 from gpt_pipeline import remote
 from gpt_pipeline.defs.checks import user_errors
+from gpt_pipeline.defs.variants import is_safe_name
 from gpt_pipeline.defs.formats import FORMATS, StoredFormat, format_for_type, format_for_value
 from gpt_pipeline.storage import StorageFault, data_dir, io_faults, scratch_dir
 from gpt_pipeline.data.table_file import TableFile
@@ -94,6 +95,9 @@ class AssetFileIOManager(dg.ConfigurableIOManager):
         """``<base>/<key>.<suffix>``, or ``<base>/<key>/<partition>.<suffix>`` for a partition
         (partition keys of this project are safe file names: ``defs.sweeps``)."""
         if partition is not None:
+            if not is_safe_name(partition):  # never a path outside the base, whoever launched the run
+                raise dg.Failure(description=f"partition key {partition[:64]!r} is not a variant name: refused",
+                                 allow_retries=False)
             return self.base_dir().joinpath(*asset_key.path, partition + suffix)
         return self.base_dir().joinpath(*asset_key.path).with_suffix(suffix)
 

@@ -13,8 +13,11 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from gpt_pipeline.tracking.parents import PARENT_TAG, sweep_parent_run
+from gpt_pipeline.tracking.parents import PARENT_TAG, extend_parent, sweep_parent_run
 from gpt_pipeline.tracking.tracker import EXPERIMENT_NAME, TrackedRun, Tracker
+
+
+WORKFLOW_QUERY = "workflowType=machine_learning"  # MLflow 3.x UI: the "Machine learning" view
 
 
 class MLflowResource(dg.ConfigurableResource):
@@ -35,7 +38,11 @@ class MLflowResource(dg.ConfigurableResource):
         return Tracker(self.tracking_uri, self.experiment_name)
 
     def run_url(self, run: TrackedRun) -> str:
-        return f"{self.ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+        """The run's page in the MLflow UI, in its model-training view: MLflow 3's UI picks the view
+        from a global switch (``?workflowType=``, else the browser's last choice, "genai" at
+        first) and then ignores the experiment's ``mlflow.experimentKind`` tag."""
+        return (f"{self.ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+                f"?{WORKFLOW_QUERY}")
 
     def sweep_parent(self, sweep: str, data_digest: str) -> str:
         """The run id of the sweep's parent run on this data (``tracking.parents``)."""
@@ -59,6 +66,12 @@ class MLflowResource(dg.ConfigurableResource):
             **(tags or {}),
             **({PARENT_TAG: parent_run_id} if parent_run_id else {}),
         }
-        with self.tracker().run(f"{key}{partition}-{context.run_id[:8]}", tags=tags) as run:
-            context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")
-            yield run
+        tracker = self.tracker()
+        try:
+            with tracker.run(f"{key}{partition}-{context.run_id[:8]}", tags=tags) as run:
+                context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")
+                yield run
+        finally:
+            if parent_run_id:  # a sweep's parent run spans its children
+                with contextlib.suppress(Exception):
+                    extend_parent(tracker, parent_run_id)

@@ -1,8 +1,8 @@
 """The source of the stories, observed: its data version is its content hash.
 
 ``stories_source`` is an observable source asset upstream of ``raw_stories``. Each observation
-hashes the Parquet file that ``raw_stories`` reads (``$GPT_PIPELINE_SOURCE_PARQUET``, else the
-sweep base's ``raw_stories.path``; the embedded corpus when neither names one) and reports the
+hashes the Parquet file that ``raw_stories`` reads (``$GPT_PIPELINE_SOURCE_PARQUET``; the embedded
+corpus when unset: nothing is read from a sweep file when the code location loads) and reports the
 SHA-256 as the data version. A change of content is a new data version: the lineage below turns
 stale and, with the ``retrain_on_new_data`` sensor on, declarative automation re-materializes
 it (``RETRAIN``: every variant included, then the champion). A touch that changes nothing
@@ -19,7 +19,6 @@ import warnings
 
 import dagster as dg
 
-from gpt_pipeline.defs.sweeps import SWEEP
 
 # observable_source_asset is marked beta; it is what makes a data version of a file outside Dagster
 warnings.filterwarnings("ignore", message=".*observable_source_asset.*", category=dg.BetaWarning)
@@ -47,7 +46,7 @@ TRAINING_POOL = "training"  # trainings on one machine take turns (dagster.yaml'
 
 def watched_path() -> Path | None:
     """The Parquet file of the stories, or None for the embedded corpus."""
-    path = os.environ.get(SOURCE_ENV) or SWEEP.base.get("raw_stories", {}).get("path")
+    path = os.environ.get(SOURCE_ENV)
     return Path(path) if path else None
 
 

@@ -22,13 +22,14 @@ def add_sweep_command(commands) -> None:
     """``gpt-pipeline sweep --sweep FILE [--config BASE] [--parallel N]``."""
     sweep = commands.add_parser(
         "sweep",
-        help="materialize a sweep: the data once, the variants N at a time, then the champion",
-        description="Run every variant of a sweep file in the Dagster instance at $DAGSTER_HOME: "
-        "raw_stories, bpe_tokenizer and tokenized_dataset once, trained_model and sample_generations "
-        "of each variant in processes of their own (N at a time, the cores divided among them), then "
-        "champion_model, and print the ranking by test bits per character.",
+        help="materialize a sweep: the data once, the variants and search trials N at a time, then the champion",
+        description="Run every variant and search trial of a sweep file in the Dagster instance at "
+        "$DAGSTER_HOME (default: the project's dagster_home/): raw_stories, bpe_tokenizer and "
+        "tokenized_dataset once, trained_model and sample_generations of each variant (N at a time, "
+        "the cores divided among them; a search's trials as Optuna asks for them, losers pruned), "
+        "then champion_model, and print the ranking of every variant by test bits per character.",
     )
-    sweep.add_argument("--sweep", required=True, metavar="FILE", help="the sweep file (YAML: name, base, variants)")
+    sweep.add_argument("--sweep", required=True, metavar="FILE", help="the sweep file (YAML: name, base, variants and/or search)")
     sweep.add_argument("--config", metavar="YAML", help="a run config over the sweep's base (ops: {asset: {config: ...}})")
     sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="variants trained at once (default 1)")
     sweep.add_argument("--storage-url", metavar="URL", help="where assets are stored (as materialize's)")

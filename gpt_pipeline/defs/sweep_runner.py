@@ -1,23 +1,27 @@
-"""Run a whole sweep: the data assets once, the variants N at a time, then the champion.
+"""Run a whole sweep: the data assets once, the variants and search trials, then the champion.
 
-``run_sweep`` is what ``gpt-pipeline sweep`` and the ``weekly_sweep`` schedule's job call. Every
-step is a ``gpt-pipeline materialize`` in a process of its own, recorded in the same Dagster
-instance (``$DAGSTER_HOME``) and MLflow store:
+``run_sweep`` is what ``gpt-pipeline sweep`` and the job ``sweep_job`` call. Every step is a
+``gpt-pipeline materialize`` (a Dagster run) recorded in one Dagster instance (``$DAGSTER_HOME``,
+else the project's ``dagster_home/``, as ``make`` uses) and one MLflow store:
 
-1. ``raw_stories``, ``bpe_tokenizer``, ``tokenized_dataset`` (one run: one materialization each);
-2. ``trained_model`` and ``sample_generations`` of each variant (one run per partition), at
-   most ``parallel`` at once, each training with the cores divided by ``parallel``
-   (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training`` raised to ``parallel`` for the
-   sweep's duration (then set back);
-3. ``champion_model``, even when some variants failed: it elects among those that succeeded.
+1. ``raw_stories``, ``bpe_tokenizer``, ``tokenized_dataset`` with the sweep's base as run config
+   (one run: one materialization each);
+2. each listed variant, recorded and added as a partition (``defs.variants``), then
+   ``trained_model`` and ``sample_generations`` of it (one run per partition), at most
+   ``parallel`` at once, each in a process of its own with the cores divided among them (``$GPT_PIPELINE_TRAININGS_AT_ONCE``) and the pool ``training``
+   raised to ``parallel`` for the sweep's duration (then set back);
+3. the search's trials, if the file declares one (``defs.search``), the same way;
+4. ``champion_model``, even when some variants failed: it elects among every variant of the
+   instance (``defs.champion.standings``).
 
 A variant that fails (its model does not beat the unigram baseline, say) fails alone: its line
-in the ranking says why.
+in the ranking says why. Everything the file names is checked before anything runs.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,10 +32,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from gpt_pipeline.defs.champion import standings
+import tempfile
+
+import yaml
+
+from gpt_pipeline.defs.champion import current_data_digest, standings
+from gpt_pipeline.defs.search import Search
+from gpt_pipeline.defs.search_trials import open_study
 from gpt_pipeline.defs.sources import TRAINING_POOL
-from gpt_pipeline.defs.sweeps import SWEEP_ENV, SHARED_ASSETS, Sweep, load_sweep
+from gpt_pipeline.defs.sweeps import SHARED_ASSETS, Sweep, load_sweep, read_run_config, variant_record
+from gpt_pipeline.defs.variants import DEFAULT_VARIANT, VariantError, read_variant, record_path, save_variant
 from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV
+from gpt_pipeline.storage import atomic_write_text, project_root
 from gpt_pipeline.training.metrics import figure_text
 
 VARIANT_STEP = "trained_model,sample_generations"
@@ -46,12 +58,25 @@ class StepResult:
 
 
 def _materialize(args: list[str], env: dict[str, str], name: str, log: Callable[[str], None]) -> StepResult:
+    """``gpt-pipeline materialize ARGS`` in a process of its own (a Dagster run in the instance).
+    Ctrl-C reaches it as it reaches this process; a search trial it interrupts stays running in
+    its study, to resume from its checkpoint."""
     started = time.monotonic()
-    process = subprocess.run([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
-                             capture_output=True, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:  # Ctrl-C (or SIGTERM's exception): the run ends as interrupted, then we do
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+        raise
     seconds = time.monotonic() - started
-    lines = [line for line in (process.stderr + process.stdout).splitlines() if line.strip()]
-    errors = [line for line in process.stderr.splitlines() if line.startswith("gpt-pipeline")]
+    lines = [line for line in (stderr + stdout).splitlines() if line.strip()]
+    errors = [line for line in stderr.splitlines() if line.startswith("gpt-pipeline")]
     last = (errors or lines or [""])[-1].strip()
     log(f"{name}: {'done' if process.returncode == 0 else 'FAILED'} in {seconds:.1f} s"
         + ("" if process.returncode == 0 else f": {last}"))
@@ -82,6 +107,27 @@ class _PoolLimit:
                 self.storage.set_concurrency_slots(TRAINING_POOL, self.previous)
 
 
+def instance_home() -> Path:
+    """``$DAGSTER_HOME``, else the project's ``dagster_home`` (``make``'s), created as ``make``
+    creates it (pools one step at a time) when missing."""
+    home = Path(os.environ.get("DAGSTER_HOME") or project_root() / "dagster_home")
+    config = home / "dagster.yaml"
+    if not config.is_file():
+        atomic_write_text(config, "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+    return home
+
+
+def _check_bindings(sweep: Sweep) -> None:
+    """Refuse, before anything runs, a listed variant recorded before with another config."""
+    for variant in sweep.variants:
+        existing = read_variant(variant)
+        wanted = variant_record(sweep, variant)
+        if existing is not None and (existing.base, existing.overrides) != (wanted.base, wanted.overrides) and (
+                variant != DEFAULT_VARIANT or record_path(variant).is_file()):
+            raise VariantError(f"variant {variant!r} was trained with {existing.describe()} (sweep {existing.sweep}), "
+                               f"not {wanted.describe()}: give the new configuration a name of its own")
+
+
 def run_sweep(
     sweep_file: str | os.PathLike,
     base_config: str | os.PathLike | None = None,
@@ -90,41 +136,63 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict], dict[str, float]]:
     """Run the sweep in ``sweep_file`` (see the module docstring); return the champion's
-    standings (``defs.champion.standings``) and the wall time of each stage in seconds.
-
-    Needs ``$DAGSTER_HOME`` (the instance every step records in)."""
+    standings (``defs.champion.standings``: every variant of the instance) and the wall time of
+    each stage in seconds."""
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
-    if not os.environ.get("DAGSTER_HOME"):
-        raise ValueError("a sweep needs a Dagster instance its processes share: set DAGSTER_HOME")
     sweep: Sweep = load_sweep(sweep_file)  # a bad file is refused before anything runs
     if base_config is not None and not Path(base_config).is_file():
         raise FileNotFoundError(f"run config {str(base_config)!r} does not exist")
-    env = {**os.environ, SWEEP_ENV: str(Path(sweep_file).resolve()), TRAININGS_AT_ONCE_ENV: str(parallel)}
-    common = [*(["--config", str(base_config)] if base_config else []),
-              *(["--storage-url", storage_url] if storage_url else []), "--quiet"]
+    _check_bindings(sweep)
+    if sweep.search is not None:  # a study database that cannot be opened: refused before anything runs
+        open_study(sweep.name, sweep.search.storage_url())
+    home = instance_home()
+    env = {**os.environ, "DAGSTER_HOME": str(home), TRAININGS_AT_ONCE_ENV: str(parallel)}
+    user = read_run_config(base_config) if base_config else {}
+    common = [*(["--storage-url", storage_url] if storage_url else []), "--quiet"]
     times: dict[str, float] = {}
     started = time.monotonic()
-    log(f"sweep {sweep.name}: {len(sweep.variants)} variants, {parallel} at a time")
-    data = _materialize(["--select", ",".join(SHARED_ASSETS), *common], env, "data assets", log)
-    times["data"] = data.seconds
-    if data.returncode != 0:
-        raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
-    instance = dg.DagsterInstance.get()
-    variants_started = time.monotonic()
-    with _PoolLimit(instance, parallel), ThreadPoolExecutor(max_workers=parallel) as pool:
-        results = list(pool.map(
-            lambda variant: _materialize(["--select", VARIANT_STEP, "--partition", variant, *common], env,
-                                         f"variant {variant}", log),
-            sweep.variants))
-    times["variants"] = time.monotonic() - variants_started
-    champion = _materialize(["--select", "champion_model", *common], env, "champion_model", log)
+    log(f"sweep {sweep.name}: {len(sweep.variants)} variants"
+        + (f" and a search ({sweep.search.n_trials or 'until'} trials{' or ' + str(sweep.search.cpu_seconds) + ' CPU s' if sweep.search.cpu_seconds else ''})" if sweep.search else "")
+        + f", {parallel} at a time (Dagster instance {home})")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_config = Path(tmp) / "data.yaml"  # the sweep's base of the shared assets under the user's run config
+        ops = {**{a: {"config": dict(v)} for a, v in sweep.base.items() if a in SHARED_ASSETS},
+               **{a: v for a, v in (user.get("ops") or {}).items() if a in SHARED_ASSETS}}
+        data_config.write_text(yaml.safe_dump({**user, "ops": ops}))
+        variant_args = ["--config", str(base_config)] if base_config else []
+        data = _materialize(["--select", ",".join(SHARED_ASSETS), "--config", str(data_config), *common],
+                            env, "data assets", log)
+        times["data"] = data.seconds
+        if data.returncode != 0:
+            raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
+        instance = dg.DagsterInstance.from_config(str(home))
+        for variant in sweep.variants:
+            save_variant(instance, variant_record(sweep, variant))
+        failed: dict[str, str] = {}
+
+        def launch(variant: str) -> bool:
+            result = _materialize(["--select", VARIANT_STEP, "--partition", variant, *variant_args, *common], env,
+                                  f"variant {variant}", log)
+            if result.returncode != 0:
+                failed[variant] = result.last_line
+            return result.returncode == 0
+
+        variants_started = time.monotonic()
+        with _PoolLimit(instance, parallel):
+            if parallel == 1:  # in this thread: Ctrl-C stops the training at once
+                for variant in sweep.variants:
+                    launch(variant)
+            else:
+                with ThreadPoolExecutor(max_workers=parallel) as pool:
+                    list(pool.map(launch, sweep.variants))
+            if sweep.search is not None:
+                Search(sweep, instance, log).run(launch, parallel)
+        times["variants"] = time.monotonic() - variants_started
+        champion = _materialize(["--select", "champion_model", *variant_args, *common], env, "champion_model", log)
     times["champion"] = champion.seconds
     times["total"] = time.monotonic() - started
-    dataset = instance.get_latest_materialization_event(dg.AssetKey("tokenized_dataset"))
-    digest = dataset.asset_materialization.metadata["content_digest"].value if dataset else None
-    rows = standings(instance, sweep, digest)
-    failed = {r.name.removeprefix("variant "): r.last_line for r in results if r.returncode != 0}
+    rows = standings(instance, current_data_digest(instance))
     for row in rows:
         if row["variant"] in failed and row["rank"] is None and not row["note"].startswith("failed"):
             row["note"] = f"failed: {failed[row['variant']]}"

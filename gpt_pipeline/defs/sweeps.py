@@ -10,16 +10,16 @@ on top of a base run config:
       lr_low:  {trained_model: {learning_rate: 0.001}}
       lr_high: {trained_model: {learning_rate: 0.01}, sample_generations: {temperature: 0.9}}
 
-The code location reads the sweep in ``$GPT_PIPELINE_SWEEP`` when it loads (else the default
-sweep: one variant ``default`` with no base, so every field keeps its default, gpt-rs's example
-values, unless the run config sets it: ``make run`` passes ``configs/quickstart.yaml``); its
-variant names are the static partitions ``VARIANTS``. ``raw_stories``, ``bpe_tokenizer`` and ``tokenized_dataset`` are shared
-by every variant (set them in ``base``); ``trained_model`` and ``sample_generations`` are
-partitioned, and a variant's overrides are bound to its partition: a backfill, a schedule or
-declarative automation materializes it without any run config.
+A sweep may also (or only) declare a ``search:`` space that Optuna samples trial by trial
+(``defs.search_space``, run by ``defs.search``).
 
-An asset's config, from weakest to strongest (``resolve_config``): the field defaults, the
-sweep's base, the run config the run was launched with, the variant's overrides.
+Nothing here is read when the code location loads: ``gpt-pipeline sweep`` (or the job
+``sweep_job``, given the file as config) reads the file, records each variant's config and adds
+it as a dynamic partition (``defs.variants``). ``raw_stories``, ``bpe_tokenizer`` and
+``tokenized_dataset`` are shared by every variant (set them in ``base``: the data run gets them
+as its run config); ``trained_model`` and ``sample_generations`` are partitioned, and a
+variant's base and overrides are bound to its partition: a backfill, a schedule or declarative
+automation materializes it without any run config.
 
 A bad sweep file is refused before anything runs (``SweepError``, one line naming the variant
 and the field): an unknown asset or field, a value of the wrong type or out of its bounds,
@@ -30,17 +30,24 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pydantic
 import yaml
 
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
+from gpt_pipeline.defs.search_space import SearchSpec, parse_search
+from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets and tests import from here
+    DEFAULT_VARIANT,
+    VARIANTS,
+    Variant,
+    is_safe_name,
+    resolve_config,
+    sweep_tags,
+)
 from gpt_pipeline.defs.configs import (
     RawStoriesConfig,
     SampleGenerationsConfig,
@@ -53,8 +60,6 @@ from gpt_pipeline.model.sampling import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
 from gpt_pipeline.training.config import TrainConfig
 
-SWEEP_ENV = "GPT_PIPELINE_SWEEP"
-DEFAULT_VARIANT = "default"
 SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
                  "tokenized_dataset": TokenizedDatasetConfig}
 VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig}
@@ -62,8 +67,6 @@ ASSET_CONFIGS = {**SHARED_ASSETS, **VARIANT_ASSETS}
 CORE_CONFIGS = {"raw_stories": (StoriesConfig,), "bpe_tokenizer": (TokenizerSettings,),
                 "tokenized_dataset": (DatasetConfig,), "trained_model": (GPTConfig, TrainConfig),
                 "sample_generations": (GenerationConfig,)}
-# a partition key and a file name at once: no path separator, no "..", no leading dot
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,63}")
 
 
 class SweepError(ValueError):
@@ -79,6 +82,7 @@ class Sweep:
     base: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {DEFAULT_VARIANT: {}})
     path: Path | None = None
+    search: SearchSpec | None = None  # a search space besides the listed variants (``defs.search_space``)
 
     def overrides(self, variant: str, asset: str) -> dict[str, Any]:
         return dict(self.variants.get(variant, {}).get(asset, {}))
@@ -152,6 +156,16 @@ def _type_problem(asset: str, name: str, value: Any) -> str | None:
     return None
 
 
+def _field_type(asset: str, name: str) -> type | None:
+    """The Python type of field ``name`` of a variant asset's config, or None when it has none."""
+    for cls in CORE_CONFIGS.get(asset, ()):
+        found = next((f for f in fields.fields_of(cls) if f.name == name), None)
+        if found is not None:
+            return fields.field_type(cls, found)[0]
+    model_field = ASSET_CONFIGS[asset].model_fields.get(name) if asset in ASSET_CONFIGS else None
+    return model_field.annotation if isinstance(getattr(model_field, "annotation", None), type) else None
+
+
 def check_config(asset: str, values: dict[str, Any], where: str) -> None:
     """Refuse an unknown field, a value of the wrong type or out of its bounds, and the rules
     that tie the asset's fields together, naming the field."""
@@ -185,11 +199,11 @@ def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) ->
     where = str(path) if path else "sweep"
     if not isinstance(data, dict):
         raise SweepError(f"sweep {where}: expected a mapping with 'variants', got {type(data).__name__}")
-    unknown = sorted(set(data) - {"name", "base", "variants"})
+    unknown = sorted(set(data) - {"name", "base", "variants", "search"})
     if unknown:
-        raise SweepError(f"sweep {where}: unknown key {unknown[0]!r} (keys: name, base, variants)")
+        raise SweepError(f"sweep {where}: unknown key {unknown[0]!r} (keys: name, base, variants, search)")
     name = data.get("name", name)
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    if not is_safe_name(name):
         raise SweepError(f"sweep {where}: name {name!r} must be letters, digits, _ . = + - (no leading dot, no '..')")
     base_value = data.get("base")
     if isinstance(base_value, str):
@@ -198,14 +212,24 @@ def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) ->
         base = _run_config_ops(base_value, f"sweep {where}: base")
     for asset, values in base.items():
         check_config(asset, values, f"sweep {where}: base")
+    search = None
+    if "search" in data:
+        def check(asset: str, values: dict[str, Any], at: str) -> None:
+            check_config(asset, {**base.get(asset, {}), **values}, at)
+        try:
+            search = parse_search(data["search"], f"sweep {where}", _field_type, check)
+        except ValueError as error:
+            raise SweepError(str(error)) from None
     variants = data.get("variants")
-    if not isinstance(variants, dict) or not variants:
-        raise SweepError(f"sweep {where}: 'variants' must name at least one variant")
+    if search is not None and variants is None:
+        variants = {}
+    elif not isinstance(variants, dict) or not variants:
+        raise SweepError(f"sweep {where}: 'variants' must name at least one variant (or declare a 'search')")
     checked: dict[str, dict[str, dict[str, Any]]] = {}
     for variant, overrides in variants.items():
         if not isinstance(variant, str) or not variant.strip():
             raise SweepError(f"sweep {where}: variant name {variant!r} is empty or not a string")
-        if not _NAME.fullmatch(variant) or ".." in variant:
+        if not is_safe_name(variant):
             raise SweepError(f"sweep {where}: variant {variant!r}: a name must be 1-64 letters, digits, "
                              "_ . = + - with no leading dot and no '..' (it becomes a partition key and a file name)")
         where_variant = f"sweep {where}: variant {variant!r}"
@@ -222,7 +246,7 @@ def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) ->
                 raise SweepError(f"{where_variant}: {asset} must be {{field: value}}, got {values!r}")
             check_config(asset, {**base.get(asset, {}), **values}, where_variant)
         checked[variant] = copy.deepcopy(overrides)
-    return Sweep(name, base, checked, path)
+    return Sweep(name, base, checked, path, search)
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
@@ -244,53 +268,8 @@ def default_sweep() -> Sweep:
     return Sweep("default")
 
 
-def active_sweep() -> Sweep:
-    """The sweep of ``$GPT_PIPELINE_SWEEP`` when set, else ``default_sweep()``."""
-    path = os.environ.get(SWEEP_ENV)
-    return load_sweep(path) if path else default_sweep()
-
-
-SWEEP = active_sweep()
-VARIANTS = dg.StaticPartitionsDefinition(list(SWEEP.variants))
-
-
-def given_config(context: dg.AssetExecutionContext, asset: str) -> dict[str, Any]:
-    """The fields of ``asset`` that the run's own run config sets (not the defaults)."""
-    ops = (context.run.run_config or {}).get("ops") or {}
-    return dict(((ops.get(asset) or {}).get("config")) or {})
-
-
-def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Config, sweep: Sweep = SWEEP,
-                   like: str | None = None):
-    """``config`` (defaults and the run's run config, resolved by Dagster) with the sweep's base
-    under the fields the run config does not set, and the variant's overrides over all.
-
-    ``like``: an asset configured as another (``champion_generations`` as ``sample_generations``):
-    the other's base and run config apply first, then this asset's own run config."""
-    if asset in VARIANT_ASSETS and not context.has_partition_key:
-        raise dg.Failure(description=f"{asset} has one partition per variant of sweep {sweep.name}: launch it "
-                         f"with a partition key ({', '.join(sweep.variants)})", allow_retries=False)
-    given = given_config(context, asset)
-    values = config.model_dump()
-    if like is not None:
-        values.update(sweep.base.get(like, {}))
-        values.update(given_config(context, like))
-        values.update(given)
-        return type(config)(**values)
-    values.update({key: value for key, value in sweep.base.get(asset, {}).items() if key not in given})
-    if context.has_partition_key:
-        values.update(sweep.overrides(context.partition_key, asset))
-    return type(config)(**values)
-
-
-def variant_of(context: dg.AssetExecutionContext) -> str | None:
-    return context.partition_key if context.has_partition_key else None
-
-
-def sweep_tags(context: dg.AssetExecutionContext, sweep: Sweep = SWEEP) -> dict[str, str]:
-    """``gpt_pipeline/sweep`` and, for a variant, ``gpt_pipeline/variant``: on every MLflow run."""
-    tags = {"gpt_pipeline/sweep": sweep.name}
-    variant = variant_of(context)
-    if variant is not None:
-        tags["gpt_pipeline/variant"] = variant
-    return tags
+def variant_record(sweep: Sweep, variant: str, trial: dict | None = None) -> Variant:
+    """The record that binds ``variant`` of ``sweep`` to its config (``defs.variants``): the base
+    and overrides of the variant assets only (the data assets are shared)."""
+    return Variant(variant, sweep.name, {a: dict(v) for a, v in sweep.base.items() if a in VARIANT_ASSETS},
+                   sweep.variants.get(variant, {}), trial)

@@ -27,7 +27,7 @@ from gpt_pipeline import quality
 from gpt_pipeline.defs.sources import TRAINING_POOL
 from gpt_pipeline.devices import trainings_at_once_declared, training_threads
 from gpt_pipeline.fields import result_fields
-from gpt_pipeline.defs.checks import BEATS_UNIGRAM, gate
+from gpt_pipeline.defs.checks import BEATS_UNIGRAM, check_result, gate
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
@@ -47,12 +47,23 @@ from gpt_pipeline.training.progress import progress_line
 
 
 SMALL_CURVE = "loss_curve_small.png"  # the loss curve the Dagster UI shows, an artifact of the run
+PRUNED_TAG = "gpt_pipeline/pruned"  # MLflow run tag of a trial a search's pruner stopped: "true"
+PRUNED_STEP_TAG = "gpt_pipeline/pruned_at_step"
 
 
 @dataclass(frozen=True)
 class TrainingOutcome:
     output: dg.Output  # the trained GPT with its metadata, for the IO manager
-    gate: quality.Gate  # the beats_unigram check, already passed
+    gate: quality.Gate  # the beats_unigram check, already passed (unless pruned)
+    pruned_at: int | None = None  # the step a search's pruner stopped the training at
+
+    def check_result(self) -> dg.AssetCheckResult:
+        """``beats_unigram``'s result; for a pruned trial (no failure) a warning that does not block."""
+        if self.pruned_at is None:
+            return check_result(BEATS_UNIGRAM, self.gate)
+        return dg.AssetCheckResult(check_name=BEATS_UNIGRAM.name, asset_key=BEATS_UNIGRAM.asset_key,
+                                   passed=self.gate.passed, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"pruned at step {self.pruned_at}: {self.gate.description}")
 
 
 def checkpoint_dir(
@@ -150,6 +161,7 @@ def run_training(
     k8s=None,
     tags: dict[str, str] | None = None,
     parent_run_id: str | Callable[[], str] | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
 ) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
     """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
 
@@ -159,7 +171,9 @@ def run_training(
     ``dataset_file``, the stored dataset. The MLflow run gets ``tags`` and is nested under
     ``parent_run_id`` (the sweep's run, or a function that finds or creates it: called only once
     the inputs are checked, so a refused input leaves no parent run); a partition (the variant) has checkpoints of its own;
-    ``threads`` 0 becomes the cores divided by ``trainings_at_once``."""
+    ``threads`` 0 becomes the cores divided by ``trainings_at_once``. ``on_evaluation`` (in
+    process only) sees each evaluation once it is logged and may raise ``StopTraining`` (a
+    search's pruner): the model is then output as it is, marked ``pruned``, unregistered."""
     if train_config.threads == 0 and train_config.device in ("auto", "cpu"):
         train_config = dataclasses.replace(
             train_config, threads=training_threads(0, trainings_at_once(context)))
@@ -196,6 +210,8 @@ def run_training(
                 context.log.info(progress_line(evaluation, train_config.training_iterations))
             if evaluation.step != final_step:
                 run.log_metrics(evaluation_metrics(evaluation, tokens, characters), step=evaluation.step)
+            if on_evaluation is not None and launcher == "in_process":
+                on_evaluation(evaluation)
 
         if launcher != "in_process":  # workers that read the dataset file themselves
             result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
@@ -227,6 +243,9 @@ def run_training(
         }
         # tokens_per_second is in the history already (the final evaluation's): no repeat at step 0
         run.log_metrics({k: v for k, v in summary.items() if k != "tokens_per_second"})
+        if result.stopped_at is not None:  # pruned: its last metrics, no model logged or registered
+            run.set_tags({PRUNED_TAG: "true", PRUNED_STEP_TAG: str(result.stopped_at)})
+            return _pruned_outcome(result, final, baseline, outcome, mlflow, run)
         if not outcome.passed:
             run.log_metrics(final, step=result.steps, dataset=dataset)
         yield from gate(BEATS_UNIGRAM, outcome)  # a failing model is never logged as a model
@@ -245,7 +264,7 @@ def run_training(
             curve_markdown = loss_curve_markdown(small)
             model_uri, version, reused = log_and_register(
                 run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
-                result.test_loss, params, final, step=result.steps, dataset=dataset)
+                result.test_loss, params, final, step=result.steps, dataset=dataset, variant=variant)
         if reused:
             context.log.info(f"weights unchanged: registered model version {version.version} ({model_uri}) reused")
         if export_hf:
@@ -286,3 +305,25 @@ def run_training(
         },
     )
     return TrainingOutcome(output, outcome)
+
+
+def _pruned_outcome(result: TrainResult, final: dict, baseline: float, outcome: quality.Gate,
+                    mlflow: MLflowResource, run) -> TrainingOutcome:
+    """A trial stopped by its pruner at ``result.stopped_at``: the model as it is, its last metrics."""
+    def shown(value: float) -> dg.MetadataValue:
+        return dg.MetadataValue.float(significant(float(value)))
+
+    metadata = {
+        "pruned": True,
+        "pruned_at_step": dg.MetadataValue.int(int(result.stopped_at)),
+        "train_loss": shown(result.train_loss),
+        "test_loss": shown(result.test_loss),
+        **{key: shown(final[key]) for key in ("train_bits_per_character", "test_bits_per_character")
+           if final[key] is not None},
+        "unigram_test_loss": shown(baseline),
+        "steps": dg.MetadataValue.int(result.steps),
+        "training_seconds": shown(result.seconds),
+        "mlflow_run_id": dg.MetadataValue.text(run.run_id),
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
+    }
+    return TrainingOutcome(dg.Output(result.model, metadata=metadata), outcome, pruned_at=result.stopped_at)

@@ -77,8 +77,10 @@ def _search_all(client, experiment_id: str) -> list:
 def _champion_run_id(client, model_name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
-    try:
-        return client.get_model_version_by_alias(model_name, "champion").run_id
+    from gpt_pipeline.tracking.registry import champion_run_id
+
+    try:  # the run that won the election (a version's champion_run_id tag), else the registering run
+        return champion_run_id(client.get_model_version_by_alias(model_name, "champion"))
     except MlflowException:
         return None
 

@@ -29,7 +29,8 @@ def sweep_key(sweep: str, data_digest: str) -> str:
 
 def sweep_parent_run(tracker: Tracker, sweep: str, data_digest: str) -> str:
     """The id of the parent run of ``sweep`` on the data with digest ``data_digest``, created
-    (FINISHED at once: its children carry the work) the first time."""
+    (FINISHED at once: its children carry the work, and each moves its end with ``extend_parent``)
+    the first time."""
     key = sweep_key(sweep, data_digest)
     lock = data_dir() / ".locks" / ("mlflow-parent-" + hashlib.sha256(
         f"{tracker.tracking_uri}|{tracker.experiment_id}|{key}".encode()).hexdigest()[:16])
@@ -45,3 +46,16 @@ def sweep_parent_run(tracker: Tracker, sweep: str, data_digest: str) -> str:
                   "made_from.tokenized_dataset": data_digest})
         tracker.client.set_terminated(created.info.run_id, "FINISHED")
         return created.info.run_id
+
+
+def extend_parent(tracker: Tracker, parent_run_id: str) -> None:
+    """Move the end of sweep parent run ``parent_run_id`` to now (never earlier), so that it spans
+    the children that ended so far; any other parent is left alone."""
+    import time
+
+    parent = tracker.client.get_run(parent_run_id)
+    if parent.data.tags.get(ROLE_TAG) != "sweep":
+        return
+    now = int(time.time() * 1000)
+    if (parent.info.end_time or 0) < now:
+        tracker.client.set_terminated(parent_run_id, "FINISHED", end_time=now)

@@ -8,9 +8,12 @@ unlike losses per token), and calls ``set_champion``; ``make serve`` serves it
 (``mlflow models serve -m models:/gpt-pipeline@champion``, docs/serving.md), resolving the alias
 when the server starts.
 
-A version is registered once per set of weights: ``weights_digest`` (of the model's tensors) is
-the version tag ``weights_digest``, and a registration whose weights have a version already
-(a rematerialization that changed nothing, resumed at its last step) returns that version.
+A version is registered once per set of weights and variant: ``weights_digest`` (of the model's
+tensors) and ``variant`` are version tags, and a registration of a variant whose weights have a
+version already (a rematerialization that changed nothing, resumed at its last step) returns that
+version; another variant that trains the same weights gets a version of its own, naming its run.
+Each version carries ``test_bits_per_character``; ``set_champion`` tags the elected version with
+the variant and run that won.
 
 Several processes may register at once (a sweep, a schedule and a user): every store call is
 retried on transient failures (SQLite "database is locked", a version number taken by a
@@ -46,6 +49,9 @@ TEST_LOSS_TAG = "test_loss"  # version tag: the training's final test loss
 RUN_ID_TAG = "run_id"  # version tag: the training run
 MODEL_ID_TAG = "model_id"  # version tag: the logged model it registers
 WEIGHTS_DIGEST_TAG = "weights_digest"  # version tag: weights_digest of its model's tensors
+VARIANT_TAG = "variant"  # version tag: the variant (partition) whose training registered it
+BITS_TAG = "test_bits_per_character"  # version tag: the training's final test bits per character
+CHAMPION_VARIANT_TAG, CHAMPION_RUN_TAG = "champion_variant", "champion_run_id"  # set by set_champion
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _ALREADY_EXISTS = ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
@@ -120,11 +126,32 @@ def champion(client: MlflowClient, model_name: str = MODEL_NAME) -> ModelVersion
         raise
 
 
-def set_champion(client: MlflowClient, version: str | int, model_name: str = MODEL_NAME) -> ModelVersion:
-    """Point ``champion`` at ``version`` of ``model_name`` and return that version."""
+def set_champion(client: MlflowClient, version: str | int, model_name: str = MODEL_NAME, variant: str | None = None,
+                 run_id: str | None = None, bits_per_character: float | None = None) -> ModelVersion:
+    """Point ``champion`` at ``version`` of ``model_name`` and return that version; with
+    ``variant`` and ``run_id`` (the election's winner) the version's tags ``champion_variant`` and
+    ``champion_run_id`` and its description name them, so that the registry never names another
+    run as the champion's source (a version registered by an earlier training of the same weights)."""
     _check_name(model_name)
+    if variant is not None and run_id is not None:
+        tags = {CHAMPION_VARIANT_TAG: variant, CHAMPION_RUN_TAG: run_id}
+        if bits_per_character is not None:
+            tags[BITS_TAG] = repr(float(bits_per_character))
+        for key, value in tags.items():
+            retrying(lambda k=key, v=value: client.set_model_version_tag(model_name, str(version), k, v))
+        shown = f", test bits per character {bits_per_character:.4f}" if bits_per_character is not None else ""
+        retrying(lambda: client.update_model_version(
+            model_name, str(version), description=f"Champion: variant {variant}, MLflow run {run_id}{shown}."))
     retrying(lambda: client.set_registered_model_alias(model_name, CHAMPION_ALIAS, str(version)))
     return retrying(lambda: client.get_model_version(model_name, str(version)))
+
+
+def champion_run_id(version: ModelVersion | None) -> str | None:
+    """The run that won the election behind ``version`` (its ``champion_run_id`` tag), else the
+    run that registered it."""
+    if version is None:
+        return None
+    return (version.tags or {}).get(CHAMPION_RUN_TAG) or version.run_id
 
 
 def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
@@ -161,10 +188,14 @@ def weights_digest(state_dict) -> str:
     return digest.hexdigest()
 
 
-def version_with_weights(client: MlflowClient, digest: str, model_name: str = MODEL_NAME) -> ModelVersion | None:
-    """The oldest version of ``model_name`` whose ``weights_digest`` tag is ``digest``, or None."""
+def version_with_weights(client: MlflowClient, digest: str, model_name: str = MODEL_NAME,
+                         variant: str | None = None) -> ModelVersion | None:
+    """The oldest version of ``model_name`` whose ``weights_digest`` tag is ``digest`` (and, with
+    ``variant``, whose ``variant`` tag is that variant: two variants that train the same weights
+    each have a version, each naming its own run), or None."""
     return next((v for v in model_versions(client, model_name)
-                 if (v.tags or {}).get(WEIGHTS_DIGEST_TAG) == digest), None)
+                 if (v.tags or {}).get(WEIGHTS_DIGEST_TAG) == digest
+                 and (variant is None or (v.tags or {}).get(VARIANT_TAG) == variant)), None)
 
 
 def run_logged_model_uri(client: MlflowClient, run_id: str, name: str = LOGGED_MODEL_NAME) -> str:
@@ -188,6 +219,8 @@ def register_training(
     model_uri: str | None = None,
     model_name: str = MODEL_NAME,
     weights: str | None = None,
+    variant: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Register ``run``'s pyfunc model (``model_uri``, by default the run's logged model
     ``model``) as a version of ``model_name`` tagged with ``test_loss``.
@@ -212,12 +245,13 @@ def register_training(
     source = retrying(lambda: client.get_logged_model(model_id)).artifact_location
     _ensure_registered_model(client, model_name)
     tags = {TEST_LOSS_TAG: repr(float(test_loss)), RUN_ID_TAG: run.run_id, MODEL_ID_TAG: model_id,
-            **({WEIGHTS_DIGEST_TAG: weights} if weights else {})}
+            **({WEIGHTS_DIGEST_TAG: weights} if weights else {}), **({VARIANT_TAG: variant} if variant else {}),
+            **(extra_tags or {})}
 
     def existing() -> ModelVersion | None:
         return next((v for v in model_versions(client, model_name) if v.source == source), None)
 
-    same_weights = version_with_weights(client, weights, model_name) if weights else None
+    same_weights = version_with_weights(client, weights, model_name, variant) if weights else None
     if same_weights is not None:
         return same_weights
     version = existing()
@@ -265,6 +299,7 @@ def log_and_register(
     step: int = 0,
     dataset: tuple[str, str] | None = None,
     model_name: str = MODEL_NAME,
+    variant: str | None = None,
 ) -> tuple[str, ModelVersion, bool]:
     """Log ``run``'s (a ``tracking.TrackedRun``) pyfunc model with ``params`` and its final
     ``metrics`` at ``step`` (measured on ``dataset``, (name, digest)), and register it; return
@@ -275,14 +310,18 @@ def log_and_register(
     output is that version's logged model, its metrics are the run's only, and ``reused`` is True.
     """
     digest = weights_digest(state_dict)
-    same = version_with_weights(run.client, digest, model_name)
+    same = version_with_weights(run.client, digest, model_name, variant)
     model_id = ((same.tags or {}).get(MODEL_ID_TAG) or getattr(same, "model_id", None)) if same else None
     if model_id:
         retrying(lambda: run.client.log_outputs(run.run_id, [LoggedModelOutput(model_id, step=step)]))
         run.log_metrics(metrics, step=step, dataset=dataset)
         return f"models:/{model_id}", same, True
-    model_uri = log_pyfunc_model(run, checkpoint_path, tokenizer_path, step=step)
+    model_uri = log_pyfunc_model(run, checkpoint_path, tokenizer_path, step=step,
+                                 **({"name": variant} if variant else {}))  # the Models tab names the variant
     model_id = model_uri.removeprefix("models:/")
     run.log_model_params(model_id, params)
     run.log_metrics(metrics, step=step, model_id=model_id, dataset=dataset)
-    return model_uri, register_training(run, test_loss, model_uri, model_name, weights=digest), False
+    bits = metrics.get(BITS_TAG)
+    extra = {BITS_TAG: repr(float(bits))} if isinstance(bits, (int, float)) and math.isfinite(bits) else {}
+    return model_uri, register_training(run, test_loss, model_uri, model_name, weights=digest, variant=variant,
+                                        extra_tags=extra), False

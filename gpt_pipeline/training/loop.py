@@ -104,6 +104,12 @@ class TrainResult:
     steps: int  # optimizer steps done in total
     resumed_from: int | None = None  # the step this process resumed from, if it did
     checkpoint_path: Path | None = None  # final.safetensors, when checkpoint_dir was given
+    stopped_at: int | None = None  # the step on_evaluation stopped the run at (StopTraining), if it did
+
+
+class StopTraining(Exception):
+    """Raised by ``train``'s ``on_evaluation`` to end the run after this evaluation (a search's
+    pruner: the run is losing). ``train`` returns the model as it is, with ``stopped_at`` set."""
 
 
 class Replica:
@@ -290,6 +296,7 @@ def train(
     start = time.perf_counter()
     train_seconds, session_steps = 0.0, 0
     last_report = start
+    stopped_at = None
     if on_progress is not None and main and resumed_from is not None:
         on_progress(Progress(step, config.training_iterations, None, None, previous_seconds, None,
                              resumed_from=resumed_from, checkpoint_dir=str(checkpoint_dir)))
@@ -339,7 +346,11 @@ def train(
     loss_function = replica.loss_function(model)
     while step < config.training_iterations:
         if step % config.evaluation_interval == 0 and step != resumed_from:
-            evaluate_and_save(f"{step}.safetensors")
+            try:
+                evaluate_and_save(f"{step}.safetensors")
+            except StopTraining:
+                stopped_at = step
+                break
         step_start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, config)
@@ -369,8 +380,9 @@ def train(
 
     finished_before = resumed_from == step and checkpoint_dir is not None and (
         checkpoint_dir / FINAL_CHECKPOINT).is_file()
-    if not finished_before:
-        evaluate_and_save(FINAL_CHECKPOINT)
+    if not finished_before and stopped_at is None:
+        with contextlib.suppress(StopTraining):  # the last evaluation: there is nothing left to stop
+            evaluate_and_save(FINAL_CHECKPOINT)
     model.eval()
     final_losses = (evaluations[-1].train_loss, evaluations[-1].test_loss) if main else (math.nan,) * 2
     return TrainResult(
@@ -378,5 +390,7 @@ def train(
         seconds=previous_seconds + time.perf_counter() - start,
         tokens_per_second=session_steps * tokens_per_step / train_seconds if session_steps else None,
         steps=step, resumed_from=resumed_from,
-        checkpoint_path=checkpoint_dir / FINAL_CHECKPOINT if checkpoint_dir is not None else None,
+        checkpoint_path=(checkpoint_dir / FINAL_CHECKPOINT if checkpoint_dir is not None and stopped_at is None
+                         else None),
+        stopped_at=stopped_at,
     )

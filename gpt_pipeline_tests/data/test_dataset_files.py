@@ -34,7 +34,7 @@ from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.data.tokens import TokenArray, sample_batch
 from gpt_pipeline.training.loop import TrainConfig
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 TEXTS = ["the cat sat", "a dog ran", "the hat", "cats and dogs", "a", "the end", "hats off",
          'he said "run"', "the cat\nand the dog", "sat on a mat", "ran off"]
@@ -197,7 +197,7 @@ def test_trained_model_materializes_from_the_memory_mapped_dataset(isolated_stor
     keys = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model"]
     ops = {key: TINY_RUN_CONFIG["ops"][key] for key in keys}
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(ASSETS, selection=keys, resources=resources, run_config={"ops": ops}, instance=instance,
+    result = dg.materialize(ASSETS, selection=keys, resources=resources, run_config={"ops": ops}, instance=with_default_variant(instance),
                             partition_key="default")  # trained_model's only variant
     assert result.success
 
@@ -220,7 +220,7 @@ def test_trained_model_materializes_from_the_memory_mapped_dataset(isolated_stor
     with open(companion, "rb+") as handle:
         handle.truncate(companion.stat().st_size - 2)
     again = dg.materialize(ASSETS, selection=["trained_model"], resources=resources,
-                           run_config={"ops": {"trained_model": ops["trained_model"]}}, instance=instance,
+                           run_config={"ops": {"trained_model": ops["trained_model"]}}, instance=with_default_variant(instance),
                            raise_on_error=False, partition_key="default")
     assert not again.success
     (failure,) = [e for e in again.all_events if e.event_type_value == "STEP_FAILURE"]

@@ -13,7 +13,7 @@ import polars as pl
 from gpt_pipeline.defs import automation
 from gpt_pipeline.defs.sources import SOURCE_ENV, SOURCE_KEY, file_state
 from gpt_pipeline.definitions import defs
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 JOB = defs.resolve_job_def("train_gpt_job")
 LINEAGE = {"raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
@@ -29,7 +29,7 @@ def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
     ticked = automation.weekly_sweep.evaluate_tick(
         dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 29, 3, 0)))
     request = ticked.run_requests[0]
-    assert request.run_key == "weekly-2026-11-29T03:00:00" and request.tags["gpt_pipeline/sweep"] == "default"
+    assert request.run_key == "weekly-2026-11-29T03:00:00" and request.tags["gpt_pipeline/schedule"] == "weekly"
     assert automation.weekly_sweep.job_name == "sweep_job"
     for sensor in automation.SENSORS:
         assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
@@ -51,12 +51,20 @@ def test_the_code_location_has_one_automation_sensor_covering_the_source_and_the
     assert {key.to_user_string() for key in selected} == LINEAGE | {"stories_source"}
 
 
-def test_sweep_job_without_a_sweep_file_fails_with_one_line(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = defs.resolve_job_def("sweep_job").execute_in_process(instance=instance, raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "no sweep file: start the code location with $GPT_PIPELINE_SWEEP" in failure.step_failure_data.error.message
+def test_sweep_job_with_a_missing_or_bad_sweep_file_fails_with_one_line(tmp_path, isolated_storage, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "bad.yaml").write_text("search: {n_trials: 0, space: {trained_model.learning_rate: {low: 0.1, high: 0.2}}}\n")
+    for sweep_file, expected in ((str(tmp_path / "none.yaml"), "does not exist"),
+                                 (str(tmp_path / "bad.yaml"), "search.n_trials must be a whole number of at least 1")):
+        with dg.instance_for_test() as instance:
+            result = defs.resolve_job_def("sweep_job").execute_in_process(
+                instance=instance, raise_on_error=False,
+                run_config={"ops": {"run_sweep_file": {"config": {"sweep_file": sweep_file}}}})
+        assert not result.success
+        failure = next(e for e in result.all_events if e.is_step_failure)
+        message = failure.step_failure_data.error.message
+        assert expected in message and "\n" not in message.strip(), message
+    assert not (tmp_path / "home").exists() and not isolated_storage[0].exists()  # nothing ran
 
 
 def _requested_keys(result) -> set[dg.AssetKey]:
@@ -84,7 +92,7 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         first_version = _observe(instance)
         assert first_version == file_state(source)["sha256"]
-        assert JOB.execute_in_process(run_config=config, instance=instance, partition_key="default").success
+        assert JOB.execute_in_process(run_config=config, instance=with_default_variant(instance), partition_key="default").success
         settled = dg.evaluate_automation_conditions(defs, instance)
         settled = dg.evaluate_automation_conditions(defs, instance, cursor=settled.cursor)
         assert _requested_keys(settled) <= {SOURCE_KEY}  # everything is up to date
@@ -108,7 +116,7 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
             ticks.append({key.to_user_string(): sorted(p for p in parts if p) for key, parts in requested.items()})
             partitions = {p for parts in requested.values() for p in parts}
             assert len(partitions) <= 1, requested  # one run per partition; one variant here
-            run = JOB.execute_in_process(instance=instance, asset_selection=list(requested),
+            run = JOB.execute_in_process(instance=with_default_variant(instance), asset_selection=list(requested),
                                          partition_key=partitions.pop() if partitions else None,
                                          run_config=_config_for(config, requested))
             assert run.success

@@ -12,7 +12,7 @@ import pyarrow as pa
 from gpt_pipeline import quality
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.data.tokens import TokenArray
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 CHECKS = {
     "bpe_tokenizer": "round_trip",
@@ -30,7 +30,7 @@ def _digest(path) -> str:
 
 def _run(instance, run_config):
     return defs.resolve_job_def("train_gpt_job").execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False, partition_key="default"
+        run_config=run_config, instance=with_default_variant(instance), raise_on_error=False, partition_key="default"
     )
 
 

@@ -20,7 +20,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.training.metrics import FIGURE_DECIMALS, figure
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 # The second training (0.003: final test loss about 5.07) ends worse than the first (0.008: about
 # 4.87): the champion must follow the variant's current model even when it is the worse one.
@@ -45,7 +45,7 @@ def test_retraining_the_variant_replaces_it_and_the_champion_follows(tmp_path, i
         for rate in RATES:
             config = copy.deepcopy(TINY_RUN_CONFIG)
             config["ops"]["trained_model"]["config"]["learning_rate"] = rate
-            assert job.execute_in_process(run_config=config, instance=instance, partition_key="default").success
+            assert job.execute_in_process(run_config=config, instance=with_default_variant(instance), partition_key="default").success
             stored[rate] = (_digest(model_file), _digest(generations_file))
             model_meta = instance.get_latest_materialization_event(
                 dg.AssetKey("trained_model")).asset_materialization.metadata
@@ -141,17 +141,17 @@ def test_training_runs_compare_by_bits_per_character_without_clutter(tmp_path, i
     home.mkdir()
     job = defs.resolve_job_def("train_gpt_job")
     # The run's own gpt_pipeline/ tags are copied, but the sweep and variant are the code location's
-    # (the sweep of $GPT_PIPELINE_SWEEP and the partition), whatever a launch says.
+    # (the variant's recorded sweep and the partition), whatever a launch says.
     tags = {"gpt_pipeline/sweep": "sweep-test", "gpt_pipeline/variant": "tiny", "gpt_pipeline/schedule": "weekly",
             "other/tag": "x"}
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        first = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, tags=tags,
+        first = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), tags=tags,
                                        partition_key="default")
         assert first.success
         metadata = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata
         dataset_metadata = instance.get_latest_materialization_event(
             dg.AssetKey("tokenized_dataset")).asset_materialization.metadata
-        second = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, tags=tags,
+        second = job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), tags=tags,
                                         partition_key="default")
         assert second.success
         again = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata

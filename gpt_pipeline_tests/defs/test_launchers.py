@@ -29,7 +29,7 @@ from gpt_pipeline.defs.launchers import other_nodes_command, resolve_launcher, r
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.training.config import TrainConfig
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 UPSTREAM = ["raw_stories", "bpe_tokenizer", "tokenized_dataset"]
 
@@ -44,7 +44,7 @@ def _run_config(**changes) -> dict:
 def _materialize(run_config: dict, instance: dg.DagsterInstance) -> dg.ExecuteInJobResult:
     return dg.materialize(ASSETS, selection=[*UPSTREAM, "trained_model"], run_config=run_config,
                           resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
-                          instance=instance, raise_on_error=False, partition_key="default")
+                          instance=with_default_variant(instance), raise_on_error=False, partition_key="default")
 
 
 def _training_runs(mlruns: Path) -> list:

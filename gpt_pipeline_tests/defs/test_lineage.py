@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
 MATERIALIZED = [*ASSET_KEYS, "champion_model", "champion_generations"]  # what a train_gpt_job run materializes
@@ -53,7 +53,7 @@ def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default"
+            run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key="default"
         )
         assert result.success
         for key in MATERIALIZED:
@@ -120,12 +120,12 @@ def test_trained_model_starts_from_a_checkpoint_and_exports_to_hugging_face(tmp_
     home.mkdir()
     job = defs.resolve_job_def("train_gpt_job")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        assert job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default").success
+        assert job.execute_in_process(run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key="default").success
         start = tmp_path / "start.safetensors"
         start.write_bytes((data / "trained_model" / "default.safetensors").read_bytes())
         config = copy.deepcopy(TINY_RUN_CONFIG)
         config["ops"]["trained_model"]["config"].update(initial_checkpoint=str(start), export_hf=True)
-        second = job.execute_in_process(run_config=config, instance=instance, partition_key="default")
+        second = job.execute_in_process(run_config=config, instance=with_default_variant(instance), partition_key="default")
         assert second.success
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("gpt-pipeline")

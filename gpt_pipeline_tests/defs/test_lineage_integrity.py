@@ -34,7 +34,7 @@ from gpt_pipeline_tests.reliability_support import (
     tree_digest,
     write_run_config,
 )
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 ASSETS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations"]
 PARTITIONED = {"trained_model", "sample_generations"}  # by the sweep's variants: here the one, "default"
@@ -53,7 +53,7 @@ def _run(instance, config: dict, select: list[str] | None = None):
     """The job (every asset, or ``select``); the ``default`` partition when a variant's asset runs."""
     ops = {k: v for k, v in config["ops"].items() if select is None or k in select}
     return JOB.execute_in_process(
-        run_config={"ops": ops}, instance=instance, raise_on_error=False,
+        run_config={"ops": ops}, instance=with_default_variant(instance), raise_on_error=False,
         asset_selection=None if select is None else [dg.AssetKey(k) for k in select],
         partition_key="default" if select is None or PARTITIONED & set(select) else None,
     )

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline import provenance
 from gpt_pipeline.cli import main
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.variants import known_variants
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
 from gpt_pipeline.tokenizer import BPETokenizer
@@ -82,9 +83,11 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
         stored = pl.read_parquet(data / "sample_generations" / f"{variant}.parquet")
         again = generate_samples(model, tokenizer, GenerationConfig(**generation_settings))
         assert stored["text"].to_list() == again["text"].to_list(), variant  # from its own model
-        (training,) = client.search_runs(
+        trainings = client.search_runs(
             [experiment.experiment_id],
             f"tags.`dagster.asset_key` = 'trained_model' and tags.`gpt_pipeline/variant` = '{variant}'")
+        assert len(trainings) == 1, [(r.info.status, r.info.run_name, r.data.tags.get("dagster.run_id")) for r in trainings]
+        (training,) = trainings
         by_variant[variant] = training
         assert training.data.tags["gpt_pipeline/sweep"] == "test_sweep"
         assert float(training.data.params["learning_rate"]) == RATES[variant]
@@ -115,6 +118,75 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
     ranked = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                          order_by=[{"field_name": "metrics.test_bits_per_character"}])
     assert [m.source_run_id for m in ranked] == [by_variant[v].info.run_id for v in sorted(bits, key=bits.get)]
+    assert [m.name for m in ranked] == sorted(bits, key=bits.get)  # each logged model named for its variant
+
+    # Then `make run`'s config (the variant `default`), then a search with pruning: every variant stays.
+    capsys.readouterr()
+    assert main(["materialize", "--config", str(sweep_home / "base.yaml"), "--quiet"]) == 0
+    search = _search(sweep_home, n_trials=6)
+    assert main(["sweep", "--sweep", search]) == 0
+    out = capsys.readouterr().out
+    _agree_on_the_champion(instance, client, experiment, uri, {*RATES, "default"}, trials=6)
+    assert "pruned at step" in out
+
+    # Started again with one trial more: the study goes on, finished trials are not retrained.
+    runs_before = {v: len(_run_records(instance, v)) for v in known_variants(instance)}
+    assert main(["sweep", "--sweep", _search(sweep_home, n_trials=7)]) == 0
+    after = {v: len(_run_records(instance, v)) for v in known_variants(instance)}
+    new = set(after) - set(runs_before)
+    assert new == {"search_test-t006"} and after["search_test-t006"] == 1
+    assert all(after[v] == runs_before[v] for v in runs_before if v.startswith("search_test-"))
+    _agree_on_the_champion(instance, client, experiment, uri, {*RATES, "default"}, trials=7)
+
+    # MLflow reads like a training project: the search's parent run spans its trials, and the links
+    # from Dagster open the model-training view of MLflow's UI.
+    trials = client.search_runs([experiment.experiment_id], "tags.`gpt_pipeline/sweep` = 'search_test' and "
+                                "tags.`dagster.asset_key` = 'trained_model'")
+    (parent_id,) = {run.data.tags["mlflow.parentRunId"] for run in trials}
+    parent = client.get_run(parent_id).info
+    assert parent.start_time <= min(r.info.start_time for r in trials)
+    assert parent.end_time >= max(r.info.end_time for r in trials)
+    link = instance.get_latest_materialization_event(dg.AssetKey("trained_model")).asset_materialization.metadata
+    assert link["mlflow_run"].value.endswith("?workflowType=machine_learning")
+
+
+def _search(folder, n_trials: int) -> str:
+    path = folder / "search.yaml"
+    path.write_text(yaml.safe_dump({"name": "search_test", "base": "base.yaml", "search": {
+        "n_trials": n_trials, "seed": 3, "sampler": "random",
+        "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        "space": {"trained_model.learning_rate": {"low": 0.0003, "high": 0.03, "log": True}}}}))
+    return str(path)
+
+
+def _agree_on_the_champion(instance, client, experiment, uri, listed: set, trials: int) -> None:
+    """Every variant is still a partition; champion_model, compare, the registry alias and
+    search_logged_models name the same variant; at least one trial was pruned and is not it."""
+    from gpt_pipeline.defs.champion import current_data_digest, standings
+    from gpt_pipeline.tracking.compare import compare_runs
+
+    variants = set(known_variants(instance))
+    assert listed | {f"search_test-t{n:03d}" for n in range(trials)} == variants
+    rows = standings(instance, current_data_digest(instance))
+    winner = rows[0]["variant"]
+    assert rows[0]["rank"] == 1
+    pruned = [r["variant"] for r in rows if r["note"].startswith("pruned at step")]
+    assert pruned and winner not in pruned and all(r["rank"] is None for r in rows if r["variant"] in pruned)
+    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    assert event.asset_materialization.metadata["champion"].value == winner
+    starred = [row for row in compare_runs(uri) if row["champion"]]
+    assert len(starred) == 1 and starred[0]["variant"] == winner
+    version = client.get_model_version_by_alias("gpt-pipeline", "champion")
+    assert version.tags["champion_variant"] == winner == version.tags["variant"]
+    assert client.get_run(version.tags["champion_run_id"]).data.tags["gpt_pipeline/variant"] == winner
+    assert winner in version.description and float(version.tags["test_bits_per_character"]) > 0
+    best = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
+                                       order_by=[{"field_name": "metrics.test_bits_per_character"}])[0]
+    assert best.name == winner
+    for variant in pruned:  # tagged pruned in MLflow, no model logged
+        (run,) = client.search_runs([experiment.experiment_id], f"tags.`dagster.asset_key` = 'trained_model' and "
+                                    f"tags.`gpt_pipeline/variant` = '{variant}'")
+        assert run.data.tags["gpt_pipeline/pruned"] == "true" and not run.outputs.model_outputs
 
 
 def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, capsys):

@@ -61,6 +61,31 @@ BAD_SWEEPS = {
     "bad base field": ("base: {ops: {raw_stories: {config: {num_storys: 3}}}}\nvariants:\n  a: {}\n",
                        "base: raw_stories has no field 'num_storys'"),
 }
+LR = "trained_model.learning_rate"
+BAD_SEARCHES = {  # a search space: refused in one line before anything runs (no study, no file)
+    "unknown search field": ({"n_trials": 2, "space": {"trained_model.learning_rat": {"low": 0.1, "high": 0.2}}},
+                             "'trained_model.learning_rat': unknown field"),
+    "unknown search asset": ({"n_trials": 2, "space": {"bpe_tokenizer.vocab_size": {"low": 300, "high": 400}}},
+                             "'bpe_tokenizer.vocab_size': unknown field"),
+    "empty range": ({"n_trials": 2, "space": {LR: {"low": 0.01, "high": 0.01}}}, "empty range (low = high = 0.01)"),
+    "low above high": ({"n_trials": 2, "space": {LR: {"low": 0.02, "high": 0.01}}}, "low 0.02 > high 0.01"),
+    "log range from zero": ({"n_trials": 2, "space": {"trained_model.residual_dropout": {
+        "low": 0.0, "high": 0.2, "log": True}}}, "a log range needs low > 0, got 0.0"),
+    "choice of the wrong type": ({"n_trials": 2, "space": {"trained_model.embedding_size": {"choices": [32, "big"]}}},
+                                 "trained_model.embedding_size must be int, got 'big'"),
+    "float bounds of an int field": ({"n_trials": 2, "space": {"trained_model.training_iterations": {
+        "low": 10.5, "high": 20}}}, "low and high must be whole numbers, got 10.5"),
+    "zero trials": ({"n_trials": 0, "space": {LR: {"low": 0.001, "high": 0.01}}},
+                    "search.n_trials must be a whole number of at least 1, got 0"),
+    "no budget": ({"space": {LR: {"low": 0.001, "high": 0.01}}}, "search needs n_trials or cpu_seconds"),
+    "unknown sampler": ({"n_trials": 2, "sampler": "grid", "space": {LR: {"low": 0.001, "high": 0.01}}},
+                        "search.sampler 'grid' is unknown (samplers: tpe, random)"),
+    "unknown pruner": ({"n_trials": 2, "pruner": "patient", "space": {LR: {"low": 0.001, "high": 0.01}}},
+                       "search.pruner 'patient' is unknown"),
+    "unknown pruner option": ({"n_trials": 2, "pruner": {"kind": "median", "patience": 3},
+                               "space": {LR: {"low": 0.001, "high": 0.01}}}, "search.pruner median has no option 'patience'"),
+}
+BAD_SWEEPS.update({case: (yaml.safe_dump({"search": search}), expected) for case, (search, expected) in BAD_SEARCHES.items()})
 
 
 @pytest.mark.parametrize("case", sorted(BAD_SWEEPS))
@@ -86,3 +111,32 @@ def test_a_missing_sweep_file_and_a_bad_parallel_are_refused(tmp_path, capsys, m
     path = _write(tmp_path, "variants:\n  a: {}\n")
     assert main(["sweep", "--sweep", str(path), "--parallel", "0"]) == 2
     assert "--parallel must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_search_is_read_and_a_study_database_that_cannot_be_opened_is_named(tmp_path, capsys, monkeypatch):
+    sweep = load_sweep(_write(tmp_path, yaml.safe_dump({"name": "s", "search": {
+        "n_trials": 3, "cpu_seconds": 60, "pruner": "hyperband", "space": {
+            "trained_model.learning_rate": {"low": 0.001, "high": 0.01, "log": True},
+            "trained_model.training_iterations": {"low": 20, "high": 60, "step": 20},
+            "sample_generations.temperature": {"choices": [0.8, 1.0]}}}})))
+    assert sweep.variants == {} and sweep.search.n_trials == 3 and sweep.search.pruner == {"kind": "hyperband"}
+    assert sorted((d.key, d.kind) for d in sweep.search.space) == [
+        ("sample_generations.temperature", "choice"), ("trained_model.learning_rate", "float"),
+        ("trained_model.training_iterations", "int")]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("GPT_PIPELINE_STUDY_URL", f"sqlite:///{tmp_path / 'file' / 'optuna.db'}")
+    assert main(["sweep", "--sweep", str(tmp_path / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study database 'sqlite:///" in err[0] and "optuna.db' cannot be opened" in err[0], err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()  # nothing ran
+
+
+def test_the_example_search_reads_over_the_quickstart_config():
+    from gpt_pipeline.storage import project_root
+
+    sweep = load_sweep(project_root() / "configs" / "search.yaml")
+    assert sweep.search.n_trials == 12 and sweep.search.pruner["kind"] == "median" and sweep.variants == {}
+    assert sweep.base["trained_model"]["training_iterations"] == 600  # configs/quickstart.yaml's
+    assert {d.asset for d in sweep.search.space} == {"trained_model", "sample_generations"}

@@ -56,7 +56,7 @@ from gpt_pipeline_tests.reliability_support import (
     wait_for,
     write_run_config,
 )
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 1e-4
@@ -240,7 +240,7 @@ def test_trained_model_with_two_processes_materializes_and_logs_one_run(isolated
         selection=[*UPSTREAM, "trained_model"],
         resources={"io_manager": AssetFileIOManager(), "mlflow": MLflowResource()},
         run_config=_ddp_run_config(),
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=with_default_variant(dg.DagsterInstance.ephemeral()),
         partition_key="default",
     )
     assert result.success

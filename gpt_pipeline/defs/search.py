@@ -1,0 +1,163 @@
+"""Run a sweep's ``search:`` (``defs.search_space``): Optuna asks, Dagster trains, Optuna is told.
+
+Each trial is a variant ``<sweep>-t<number>`` (its sampled overrides over the sweep's base),
+recorded and added as a partition (``defs.variants``) before its run, then materialized by
+``launch`` (a Dagster run of ``trained_model`` and ``sample_generations`` on that partition). The
+run's training reports test bits per character at every evaluation to the trial
+(``defs.search_trials``); when the pruner stops it, its materialization is marked ``pruned`` and
+the study is told PRUNED; otherwise the study is told the final test bits per character.
+
+The study lives in a database (``SearchSpec.storage_url``: SQLite under ``mlruns/`` by default,
+PostgreSQL in a deployment), so the search accumulates: starting it again continues the study.
+Finished trials count towards ``n_trials`` and are never retrained; a trial left RUNNING by a
+process that is gone (killed mid-search) is run again first, under the same variant, and resumes
+from its checkpoint. Trials are asked of the study's database, so two processes on one study
+never get the same trial.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+
+from gpt_pipeline.defs.search_space import make_sampler, suggest
+from gpt_pipeline.defs.search_trials import frozen_trial, open_study
+from gpt_pipeline.defs.sweeps import Sweep, variant_record
+from gpt_pipeline.defs.variants import Variant, save_variant
+from gpt_pipeline.tracking.tracker import _process_alive, _process_tags
+
+OWNER_ATTR, VARIANT_ATTR, CPU_ATTR = "owner", "variant", "cpu_seconds"
+
+
+def trial_variant(sweep: Sweep, number: int) -> str:
+    return f"{sweep.name[:56]}-t{number:03d}"
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its children (a trial runs in one or the other)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+class Search:
+    """One process's part in the search of ``sweep`` (see the module docstring)."""
+
+    def __init__(self, sweep: Sweep, instance: dg.DagsterInstance, log: Callable[[str], None] = print):
+        import optuna
+
+        self.optuna, self.sweep, self.spec, self.instance, self.log = optuna, sweep, sweep.search, instance, log
+        self.study = open_study(sweep.name, self.spec.storage_url(), self.spec.pruner, make_sampler(self.spec))
+        self.lock = threading.Lock()
+        self.owner = _process_tags()
+        self.ran: list[int] = []
+
+    def _trials(self, *states):
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+    def _orphan(self):
+        """A RUNNING trial whose process is gone (killed mid-search), claimed by this process."""
+        running = self.optuna.trial.TrialState.RUNNING
+        for frozen in self._trials(running):
+            owner = frozen.user_attrs.get(OWNER_ATTR) or {}
+            if frozen.number in self.ran or _process_alive(owner) or VARIANT_ATTR not in frozen.user_attrs:
+                continue
+            trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
+            trial.set_user_attr(OWNER_ATTR, self.owner)
+            return frozen.number, frozen.user_attrs[VARIANT_ATTR], trial
+        return None
+
+    def _budget_left(self) -> bool:
+        trials = self._trials()
+        if self.spec.n_trials is not None and len(trials) >= self.spec.n_trials:
+            return False
+        spent = sum(float(t.user_attrs.get(CPU_ATTR, 0.0)) for t in trials)
+        return self.spec.cpu_seconds is None or spent < self.spec.cpu_seconds
+
+    def claim(self):
+        """``(number, variant, trial)`` of the next trial to run, or None when the budget is spent."""
+        with self.lock:
+            orphan = self._orphan()
+            if orphan is not None:
+                self.log(f"trial {orphan[0]} ({orphan[1]}): interrupted before, resumed from its checkpoint")
+                return orphan
+            if not self._budget_left():
+                return None
+            trial = self.study.ask()
+            overrides = suggest(trial, self.spec)
+            variant = trial_variant(self.sweep, trial.number)
+            record = variant_record(self.sweep, variant)
+            merged = {a: {**record.overrides.get(a, {}), **v} for a, v in overrides.items()}
+            save_variant(self.instance, Variant(
+                variant, self.sweep.name, record.base, merged,
+                {"study": self.sweep.name, "number": trial.number, "storage": self.spec.storage,
+                 "pruner": self.spec.pruner}))
+            trial.set_user_attr(VARIANT_ATTR, variant)
+            trial.set_user_attr(OWNER_ATTR, self.owner)
+            return trial.number, variant, trial
+
+    def finish(self, number: int, variant: str, trial, cpu_seconds: float, succeeded: bool) -> str:
+        """Tell the study how trial ``number`` ended (from its materialization); return a line."""
+        state = self.optuna.trial.TrialState
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[variant]), limit=1).records
+        meta = records[0].asset_materialization.metadata if records else {}
+        bpc = meta.get("test_bits_per_character")
+        with self.lock:
+            trial.set_user_attr(CPU_ATTR, float(cpu_seconds))
+            if succeeded and meta.get("pruned") and meta["pruned"].value:
+                self.study.tell(number, state=state.PRUNED)
+                return f"pruned at step {meta['pruned_at_step'].value}"
+            if succeeded and bpc is not None:
+                self.study.tell(number, float(bpc.value))
+                return f"test bits per character {bpc.value:.4f}"
+            self.study.tell(number, state=state.FAIL)
+            return "failed"
+
+    def best(self) -> str:
+        """The study's standing in a line: trials finished, pruned, and the best so far."""
+        state = self.optuna.trial.TrialState
+        trials = self._trials()
+        done = [t for t in trials if t.state == state.COMPLETE]
+        pruned = sum(t.state == state.PRUNED for t in trials)
+        if not done:
+            return f"{len(trials)} trials, {pruned} pruned, none finished yet"
+        top = min(done, key=lambda t: t.value)
+        return (f"{len(done)} finished, {pruned} pruned; best {top.user_attrs.get(VARIANT_ATTR)} "
+                f"test bits per character {top.value:.4f}")
+
+    def run(self, launch: Callable[[str], bool], parallel: int = 1) -> list[int]:
+        """Run trials (``parallel`` at once) until the budget is spent; return the numbers run here."""
+        def worker() -> None:
+            while (claimed := self.claim()) is not None:
+                number, variant, trial = claimed
+                self.ran.append(number)
+                before = _cpu()
+                succeeded = launch(variant)
+                line = self.finish(number, variant, trial, _cpu() - before, succeeded)
+                self.log(f"trial {number} ({variant}): {line}; {self.best()}")
+
+        if parallel == 1:  # in this thread: Ctrl-C stops the trial at once (it resumes next time)
+            worker()
+            return self.ran
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            for future in [pool.submit(worker) for _ in range(parallel)]:
+                future.result()
+        return self.ran
+
+
+def study_summary(sweep: Sweep) -> dict[str, int]:
+    """How many trials of the study ended in each state (``COMPLETE``, ``PRUNED``, ...)."""
+    study = open_study(sweep.name, sweep.search.storage_url())
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def frozen(sweep: Sweep, number: int):
+    return frozen_trial(open_study(sweep.name, sweep.search.storage_url()), number)
+

@@ -1,0 +1,86 @@
+"""The search's bookkeeping against a real Optuna study (SQLite) and a real Dagster instance: two
+searchers of one study never claim the same trial; a trial left running by a process that is gone
+is claimed again, under its variant, before any new one; the budget counts every trial.
+(Trials trained end to end, pruned and continued: ``test_sweep_runner``.)"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import dagster as dg
+
+from gpt_pipeline.defs.search import OWNER_ATTR, Search
+from gpt_pipeline.defs.sweeps import parse_sweep
+from gpt_pipeline.defs.variants import known_variants, read_variant
+from gpt_pipeline.tracking.tracker import HOST_TAG, PID_TAG, START_TAG
+
+
+def _sweep(n_trials: int):
+    return parse_sweep({"name": "s", "base": {"ops": {"trained_model": {"config": {"training_iterations": 40}}}},
+                        "search": {"n_trials": n_trials, "seed": 1, "sampler": "random",
+                                   "space": {"trained_model.learning_rate": {"low": 0.001, "high": 0.01, "log": True}}}},
+                       "s", Path("."))
+
+
+def test_searchers_share_a_study_without_sharing_a_trial_and_adopt_orphans(tmp_path, isolated_storage):
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        first, second = Search(_sweep(3), instance, log=lambda line: None), Search(_sweep(3), instance, log=print)
+        a, b = first.claim(), second.claim()
+        assert a[0] != b[0] and a[1] != b[1]  # two processes, two trials
+        assert set(known_variants(instance)) == {a[1], b[1]}
+        record = read_variant(a[1])
+        assert record.trial == {"study": "s", "number": a[0], "storage": None, "pruner": {"kind": "median"}}
+        assert record.base == {"trained_model": {"training_iterations": 40}}
+        assert 0.001 <= record.overrides["trained_model"]["learning_rate"] <= 0.01
+        # The first searcher is killed while training trial a: a new one claims a again, first.
+        a[2].set_user_attr(OWNER_ATTR, {HOST_TAG: socket.gethostname(), PID_TAG: "999999999", START_TAG: "1"})
+        again = Search(_sweep(3), instance, log=lambda line: None)
+        assert again.claim()[:2] == a[:2]
+        assert again.claim()[0] not in (a[0], b[0])  # then a new trial: the third
+        assert again.claim() is None  # three trials asked: the budget is spent
+        assert Search(_sweep(3), instance, log=lambda line: None).claim() is None  # b still has a live owner
+
+
+def test_a_search_interrupted_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_path, isolated_storage, monkeypatch):
+    import copy
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    import yaml
+
+    from gpt_pipeline.cli import main
+    from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+
+    data, _ = isolated_storage
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    base = copy.deepcopy(TINY_RUN_CONFIG)
+    base["ops"]["trained_model"]["config"].update(training_iterations=160, evaluation_interval=10)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"name": "resume", "base": "base.yaml", "search": {
+        "n_trials": 1, "pruner": "none", "space": {"trained_model.learning_rate": {"low": 0.002, "high": 0.004}}}}))
+    sweep = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", str(search)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = data / "checkpoints" / "trained_model" / "resume-t000"
+    give_up = time.monotonic() + 240
+    while not [p for p in folder.glob("*/*.safetensors") if p.stem.isdigit() and int(p.stem) >= 20]:
+        assert sweep.poll() is None and time.monotonic() < give_up, sweep.communicate()[0][-3000:]
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)  # Ctrl-C mid-training
+    out, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode != 0, out[-2000:]
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # left for the next search to resume
+
+    assert main(["sweep", "--sweep", str(search)]) == 0  # started again: the same trial, resumed
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    with dg.DagsterInstance.get() as instance:
+        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("trained_model"), asset_partitions=["resume-t000"]), limit=5).records
+    assert record.asset_materialization.metadata["resumed_from_step"].value >= 20
