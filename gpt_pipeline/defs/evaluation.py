@@ -34,7 +34,7 @@ from gpt_pipeline.defs.assets import OWNERS, checked_inputs, lineage, run_link, 
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
 from gpt_pipeline.defs.configs import CoreConfig, config_class
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.sweeps import VARIANTS, resolve_config, sweep_tags
+from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import loss_curve_markdown
 from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.evaluation.evaluate import Evaluation, collapse_gate, evaluate
@@ -105,6 +105,8 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
                    dataset: TableFile, mlflow: MLflowResource, model_asset: str, check: dg.AssetCheckSpec):
     """The work of ``model_evaluation`` and ``champion_evaluation`` (see the module docstring)."""
     asset = context.asset_key.to_user_string()
+    # first: a variant's partition key that is unknown or unsafe is refused before any work
+    variant = check_variant(context) if context.has_partition_key else None
     config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation")
     with user_errors():  # a bad config or inputs that do not belong together: refused before any work
         settings = config.evaluation_config().validate()
@@ -112,7 +114,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
                                                    "tokenized_dataset": dataset})
         train, test = load_splits(dataset)
         model_run = upstream_mlflow_run(context, model_asset)
-        with mlflow.asset_run(context, tags=sweep_tags(context), parent_run_id=model_run) as run:
+        with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:
             run.log_params(dataclasses.asdict(settings))
             evaluation = evaluate(model.cpu(), tokenizer, train, test, settings)
             figures = {PREFIX + name: value for name, value in evaluation.figures().items()}
@@ -160,7 +162,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
     description="The variant's model judged by its stories: test bits per character and its curve by "
     "position beside a bigram baseline's; held-out test stories cut after their first sentence and "
     "continued, with distinct-n, repeated 4-grams, invented words, sentence ends and length and "
-    "ROUGE-L beside the true continuations'. Stored as model_evaluation/<variant>.parquet (the "
+    "ROUGE-L beside the true continuations'. Stored as `model_evaluation/<variant>.parquet` (the "
     "continuations); the figures go to the model's MLflow run and logged model as eval_*.",
 )
 def model_evaluation(

@@ -10,7 +10,7 @@ import mlflow
 import polars as pl
 
 from gpt_pipeline.definitions import defs
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 LENIENT = {"stories": 8, "max_continuation_tokens": 24, "max_repeated_4gram_excess": 1.0,
            "max_unseen_word_excess": 1.0}
@@ -33,7 +33,7 @@ def test_a_collapsing_model_is_failed_and_never_elected_then_passes_with_wider_m
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         assert defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default").success
+            run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key="default").success
 
         # 40 steps of a 1-block model: most of what it writes is not a word of the stories
         bad = _materialize(instance, "model_evaluation", {"stories": 8, "max_continuation_tokens": 24})

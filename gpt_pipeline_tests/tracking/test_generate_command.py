@@ -11,7 +11,7 @@ from gpt_pipeline.cli import main
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.bundle import write_bundle
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def materialized(tmp_path_factory):
         (root / "home").mkdir()
         with dg.instance_for_test(temp_dir=str(root / "home")) as instance:
             result = defs.resolve_job_def("train_gpt_job").execute_in_process(
-                run_config=TINY_RUN_CONFIG, instance=instance, partition_key="default")
+                run_config=TINY_RUN_CONFIG, instance=with_default_variant(instance), partition_key="default")
         assert result.success
         yield root
 
