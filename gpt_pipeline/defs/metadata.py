@@ -23,6 +23,8 @@ STANDINGS_COLUMNS = (  # (header, row key)
 )
 VARIANT_COLUMNS = (("variant", "variant"), ("train_s", "training_seconds"), ("mlflow_run", "mlflow_run_id"),
                    ("overrides / note", "note"))
+EVALUATION_COLUMNS = (("variant", "variant"), ("rouge_l", "eval_rouge_l"), ("rep_4gram", "eval_repeated_4gram_rate"),
+                      ("unseen", "eval_unseen_word_rate"))  # model_evaluation's headline figures
 
 
 def mlflow_picture(ui_url: str, run_id: str, artifact: str) -> str:
@@ -57,6 +59,8 @@ def _cell(row: dict, key: str) -> str:
         return (row.get(key) or "-")[:8]
     if key == "note":
         return row.get("note") or row.get("overrides") or ""
+    if key.startswith("eval_"):  # shown whenever the variant's model was evaluated
+        return figure_text(key, row.get(key))
     return figure_text(key, row.get(key)) if row.get("rank") else "-"
 
 
@@ -67,7 +71,8 @@ def _table(rows: Sequence[dict], columns: tuple[tuple[str, str], ...]) -> dg.Met
 
 
 def standings_tables(rows: Sequence[dict]) -> dict[str, dg.MetadataValue]:
-    """The champion's standings (``defs.champion.standings``' rows) as two tables: ``standings``
-    (rank and figures) and ``variants`` (training seconds, MLflow run, a ranked variant's overrides
-    or why a variant has no rank)."""
-    return {"standings": _table(rows, STANDINGS_COLUMNS), "variants": _table(rows, VARIANT_COLUMNS)}
+    """The champion's standings (``defs.champion.standings``' rows) as three tables: ``standings``
+    (rank and figures), ``variants`` (training seconds, MLflow run, a ranked variant's overrides
+    or why a variant has no rank) and ``evaluation`` (model_evaluation's headline figures)."""
+    return {"standings": _table(rows, STANDINGS_COLUMNS), "variants": _table(rows, VARIANT_COLUMNS),
+            "evaluation": _table(rows, EVALUATION_COLUMNS)}

@@ -10,6 +10,7 @@ import mlflow
 import polars as pl
 
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.training.metrics import figure_text
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 LENIENT = {"stories": 8, "max_continuation_tokens": 24, "max_repeated_4gram_excess": 1.0,
@@ -72,8 +73,8 @@ def test_a_collapsing_model_is_failed_and_never_elected_then_passes_with_wider_m
         champion = _materialize(instance, "champion_model", partition=None)
         assert champion.success
         standings = instance.get_latest_materialization_event(dg.AssetKey("champion_model")).asset_materialization
-        table = standings.metadata["standings"].value
-        assert "eval_unseen_word_rate" in table.splitlines()[0] and f"{figure:.4g}" in table
+        shown = {r.data["variant"]: r.data for r in standings.metadata["evaluation"].value.records}
+        assert shown["default"]["unseen"] == figure_text("eval_unseen_word_rate", figure)
 
         champion_evaluation = _materialize(instance, "champion_evaluation", LENIENT, partition=None)
         assert champion_evaluation.success and _check(champion_evaluation, "champion_evaluation").passed
@@ -88,7 +89,8 @@ def test_an_evaluation_setting_out_of_its_bounds_is_refused_before_any_step(tmp_
         for field, value, message in (("stories", 0, "EvaluationConfig.stories must be a positive integer, got 0"),
                                       ("max_unseen_word_excess", 1.5, "EvaluationConfig.max_unseen_word_excess")):
             try:
-                job.execute_in_process(instance=instance, partition_key="default", raise_on_error=False,
+                job.execute_in_process(instance=with_default_variant(instance), partition_key="default",
+                                       raise_on_error=False,
                                        asset_selection=[dg.AssetKey("model_evaluation")],
                                        run_config={"ops": {"model_evaluation": {"config": {field: value}}}})
             except dg.DagsterInvalidConfigError as error:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from safetensors import safe_open
 
 from gpt_pipeline.definitions import defs
+from gpt_pipeline.defs.variants import VARIANTS
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
@@ -27,7 +28,7 @@ def test_definitions_form_one_lineage():
     assert {k.to_user_string() for k in graph.get(dg.AssetKey("model_evaluation")).parent_keys} == {
         "trained_model", "bpe_tokenizer", "tokenized_dataset"}
     assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey("champion_evaluation")).parent_keys
-    assert graph.get(dg.AssetKey("model_evaluation")).partitions_def.get_partition_keys() == ["default"]
+    assert graph.get(dg.AssetKey("model_evaluation")).partitions_def == VARIANTS
     chain = ["stories_source", *ASSET_KEYS]
     for upstream, downstream in zip(chain, chain[1:]):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
@@ -40,11 +41,11 @@ def test_definitions_form_one_lineage():
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == "gpt"
         if key in PARTITIONED:
-            assert node.partitions_def.get_partition_keys() == ["default"], key
+            assert node.partitions_def == VARIANTS, key  # the variants: dynamic, recorded in the instance
         else:
             assert node.partitions_def is None, key
     job = defs.resolve_job_def("train_gpt_job")
-    assert job is not None and job.partitions_def.get_partition_keys() == ["default"]
+    assert job is not None and job.partitions_def == VARIANTS
 
 
 def test_train_gpt_job_materializes_everything(tmp_path, isolated_storage):
