@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpt_pipeline.defs.resources import WORKFLOW_QUERY
 from gpt_pipeline_tests.server_processes import (
     BIN,
     MARKER,
@@ -150,7 +151,7 @@ def test_the_uis_show_what_the_readme_says(project):
 
             try:
                 # The asset graph: every asset of the lineage, the source included.
-                visit(f"{dagster_url}/asset-groups/gpt", "stories_source", "trained_model", "champion_generations")
+                visit(f"{dagster_url}/locations/gpt_pipeline/asset-groups/gpt", "stories_source", "trained_model", "champion_generations")
                 try:  # Dagster's first-visit dialog comes a moment after the page: shot() skips it
                     page.get_by_role("button", name="Skip").first.wait_for(timeout=15_000)
                 except playwright_api.TimeoutError:
@@ -192,16 +193,13 @@ def test_the_uis_show_what_the_readme_says(project):
                     assert {k: opened[asset]["config"][k] for k in values["config"]} == values["config"], asset
                 shot("dagster_launchpad")
 
-                # MLflow: the experiment as it opens (printed), its training runs, one training run.
-                page.goto(f"{mlflow_url}/#/experiments/{experiment}")
-                page.get_by_text("gpt-pipeline").first.wait_for(timeout=60_000)
-                page.wait_for_timeout(3000)
-                landing = page.url
-                shot("mlflow_experiment_landing")
-                # Its runs: the trainings are the children of the sweep's parent run (README, Experiments),
-                # which the table lists with the other assets' runs.
-                page.goto(f"{mlflow_url}/#/experiments/{experiment}/runs")
+                # MLflow: the experiment as Dagster's run links and `make run` open it (the
+                # model-training view, defs.resources.WORKFLOW_QUERY): its training runs, where the
+                # trainings are the children of the sweep's parent run (README, Experiments).
+                page.goto(f"{mlflow_url}/#/experiments/{experiment}?{WORKFLOW_QUERY}")
                 page.get_by_text(re.compile(r"sweep-default@")).first.wait_for(timeout=60_000)
+                page.wait_for_timeout(2000)
+                landing = page.url
                 body = page.inner_text("body")
                 assert "tokenized_dataset-default-" in body and "champion_generations-default-" in body, body[:2000]
                 shot("mlflow_experiment")
@@ -222,7 +220,7 @@ def test_the_uis_show_what_the_readme_says(project):
     print(f"\nscreenshots in {SCREENSHOTS} ({time.monotonic() - started:.0f} s)")
     assert {p.name for p in SCREENSHOTS.glob("*.png")} >= set(
         ["dagster_asset_graph.png", "dagster_trained_model.png", "dagster_champion_model.png",
-         "dagster_launchpad.png", "mlflow_experiment.png", "mlflow_experiment_landing.png",
+         "dagster_launchpad.png", "mlflow_experiment.png",
          "mlflow_training_run.png"])
 
 
