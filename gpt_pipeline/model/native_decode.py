@@ -139,9 +139,10 @@ class Session:
 
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.7, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor | None:
+             generator: torch.Generator | None = None, between_tokens=None) -> torch.Tensor | None:
     """``decode.generate``'s tokens (``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled
-    ones) through the kernel, or ``None`` where it cannot run (``unavailable``)."""
+    ones) through the kernel, or ``None`` where it cannot run (``unavailable``); ``between_tokens``
+    as in ``GPT.generate``."""
     if not supports(model):
         return None
     context_length = model.config.context_length
@@ -150,6 +151,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     out[:, :T] = idx
     session = Session(model, B)
     for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
+        if between_tokens is not None:
+            between_tokens()
         if n <= context_length:  # the window starts at position 0 and only grows: the prompt, then one a time
             logits = session.logits(out[:, :n], 0) if n == T else session.logits(out[:, n - 1 : n], n - 1)
         else:  # the window slides: every position moves, the whole window again
