@@ -158,8 +158,11 @@ def _materialize(args: argparse.Namespace) -> None:
     import polars as pl
     import yaml
 
+    import uuid
+
     from gpt_pipeline.definitions import build_defs
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
+    from gpt_pipeline.defs.pool_turn import training_turn
     from gpt_pipeline.defs.sweeps import SWEEP, VARIANT_ASSETS
 
     run_config = {}
@@ -195,11 +198,14 @@ def _materialize(args: argparse.Namespace) -> None:
                          f"({', '.join(SWEEP.variants)})")
     if args.quiet:
         run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    job = build_defs(storage).resolve_job_def(args.job)
+    run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s
     try:
-        result = build_defs(storage).resolve_job_def(args.job).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
-            partition_key=partition,
-        )
+        with training_turn(instance, job, selection, run_id, print):  # asleep (Dagster's executor spins)
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
+                partition_key=partition, run_id=run_id,
+            )
     except dg.DagsterInvalidConfigError as exc:
         problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
         raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None

@@ -13,11 +13,11 @@ answers the same over REST (docs/serving.md). The input is one string column (a 
 Bad requests raise :class:`InvalidRequest` (an ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400) whose body is
 the one line naming the problem: an empty prompt, a character the tokenizer never saw, a token
-count that is not a positive integer, a parameter the signature does not name. MLflow itself
-drops unknown parameters with a warning; loading the model installs a filter on that warning
-that turns it into the error (``_reject_unknown_params``; a logging setup that silences
-MLflow's warnings silences the error too). Values of the wrong type (a token
-count of ``"ten"``) are refused by MLflow's own signature check, also with a 400.
+count that is not a positive integer or over the limit, a parameter the signature does not name.
+Under ``mlflow models serve`` the model puts ``tracking.serving``'s guard in front of MLflow's
+app: it checks every body first (so a wrong type gets our words, not MLflow's), and generation
+stops between tokens when the client is gone, the time budget is spent or the server stops.
+The limits (``serving_limits.Limits``) are read from ``GPT_PIPELINE_SERVE_*`` when the model loads.
 
 The model's files are:
 
@@ -74,8 +74,8 @@ from gpt_pipeline.training.checkpoint import (
     save_checkpoint,
 )
 from gpt_pipeline.tokenizer.bundle import TOKENIZER, read_bundle, write_bundle
-from gpt_pipeline.tracking.serving import (ENV_PREFIX, Limits, RequestRefused, RequestStopped, attach_to_scoring_server,
-                                           check_prompts, current_request, prompts_in_body)
+from gpt_pipeline.tracking.serving import RequestStopped, attach_to_scoring_server, current_request
+from gpt_pipeline.tracking.serving_limits import ENV_PREFIX, Limits, RequestRefused, check_prompts, prompts_in_body
 
 MODEL_NAME = "model"  # name of the logged model inside its run
 PROMPT_COLUMN = "prompt"  # the input column of a DataFrame input

@@ -32,142 +32,22 @@ import asyncio
 import contextvars
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable
 from typing import Any
+
+from gpt_pipeline.tracking.serving_limits import ENV_PREFIX, Limits, RequestRefused, short
 
 _logger = logging.getLogger(__name__)
 SCORING_APP_MODULE = "mlflow.pyfunc.scoring_server.app"  # what `mlflow models serve` runs under uvicorn
-INPUT_FIELDS = ("inputs", "instances", "dataframe_split", "dataframe_records")  # MLflow's JSON input forms
-PARAMS_FIELD = "params"
-ENV_PREFIX = "GPT_PIPELINE_SERVE_"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The bounds of one request; each is read from ``GPT_PIPELINE_SERVE_<NAME>`` (upper case)
-    when the model loads, else its default."""
-
-    max_tokens: int = 1024  # new tokens per prompt (gpt-rs samples 256 by default)
-    max_prompts: int = 32  # prompts per request
-    max_prompt_chars: int = 2000  # characters per prompt
-    max_body_bytes: int = 1_000_000  # request body
-    seconds: float = 30.0  # time budget per request, from its arrival to its last token
-
-    @classmethod
-    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> Limits:
-        """The defaults, overridden by the environment; ``ValueError`` naming a bad variable.
-
-        Example:
-            >>> limits = Limits.from_environment({"GPT_PIPELINE_SERVE_MAX_PROMPTS": "4"})
-            >>> limits.max_tokens, limits.max_prompts, limits.max_prompt_chars
-            (1024, 4, 2000)
-        """
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            name = ENV_PREFIX + field.name.upper()
-            if (raw := environ.get(name)) is None:
-                continue
-            kind = float if field.name == "seconds" else int
-            try:
-                value = kind(raw)
-            except ValueError:
-                value = None
-            if value is None or not 0 < value < float("inf"):
-                raise ValueError(f"{name} must be a {'number' if kind is float else 'whole number'} > 0, "
-                                 f"got {raw!r}")
-            values[field.name] = value
-        return cls(**values)
-
-
-class RequestRefused(ValueError):
-    """A request the server refuses before any work: HTTP ``status`` with ``message`` (one line)."""
-
-    def __init__(self, message: str, status: int = 400, code: str = "INVALID_PARAMETER_VALUE"):
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 class RequestStopped(RequestRefused):
     """Raised between tokens when nobody waits for the request any more (``RequestState.check``)."""
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a message never echoes a large input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _type(value: Any) -> str:
-    return {str: "a string", dict: "an object", list: "a list", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def check_prompts(prompts: Any, limits: Limits, where: str = "inputs") -> list[str]:
-    """``prompts`` as a list of strings within ``limits``, else ``RequestRefused`` naming the
-    limit or the value.
-
-    Example:
-        >>> check_prompts(["Once"], Limits())
-        ['Once']
-        >>> check_prompts("Once", Limits())
-        Traceback (most recent call last):
-        ...
-        gpt_pipeline.tracking.serving.RequestRefused: inputs must be a list of prompts (strings), got a string: 'Once'
-    """
-    if not isinstance(prompts, list):
-        raise RequestRefused(f"{where} must be a list of prompts (strings), got {_type(prompts)}: {_short(prompts)}")
-    if not prompts:
-        raise RequestRefused(f"{where} holds no prompts: give at least one")
-    if len(prompts) > limits.max_prompts:
-        raise RequestRefused(f"{len(prompts)} prompts is over the limit of {limits.max_prompts} per request "
-                             f"({ENV_PREFIX}MAX_PROMPTS)")
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise RequestRefused(f"every prompt must be a non-empty string, got {_short(prompt)} (prompt {index})")
-        if len(prompt) > limits.max_prompt_chars:
-            raise RequestRefused(f"prompt {index} has {len(prompt)} characters, over the limit of "
-                                 f"{limits.max_prompt_chars} ({ENV_PREFIX}MAX_PROMPT_CHARS)")
-    return prompts
-
-
-def prompts_in_body(body: Any, limits: Limits) -> tuple[list[str], Any]:
-    """The prompts and the ``params`` of a parsed JSON body in one of MLflow's forms (``inputs``
-    or ``instances``: a list of strings; ``dataframe_split``; ``dataframe_records``), checked."""
-    if not isinstance(body, dict):
-        raise RequestRefused(f"the body must be a JSON object with inputs (a list of prompts) and optional "
-                             f"params, got {_type(body)}")
-    if unknown := sorted(set(body) - {*INPUT_FIELDS, PARAMS_FIELD}):
-        raise RequestRefused(f"unknown field(s) {', '.join(_short(k) for k in unknown)}: a request holds "
-                             f"inputs (or {', '.join(INPUT_FIELDS[1:])}) and params")
-    given = [name for name in INPUT_FIELDS if name in body]
-    if len(given) != 1:
-        raise RequestRefused(f"a request holds exactly one of {', '.join(INPUT_FIELDS)}, got "
-                             f"{', '.join(given) or 'none'}")
-    form, value = given[0], body[given[0]]
-    if form == "dataframe_split":
-        if not isinstance(value, dict) or not isinstance(value.get("data"), list) or not isinstance(
-                value.get("columns", ["prompt"]), list) or len(value.get("columns", ["prompt"])) != 1:
-            raise RequestRefused("dataframe_split must be an object with one column and data, e.g. "
-                                 '{"columns": ["prompt"], "data": [["Once"]]}')
-        rows = value["data"]
-        if not all(isinstance(row, list) and len(row) == 1 for row in rows):
-            raise RequestRefused("every row of dataframe_split's data must hold one prompt, e.g. [\"Once\"]")
-        value = [row[0] for row in rows]
-    elif form == "dataframe_records":
-        if not isinstance(value, list) or not all(isinstance(r, dict) and set(r) == {"prompt"} for r in value):
-            raise RequestRefused('dataframe_records must be a list of {"prompt": ...} objects')
-        value = [record["prompt"] for record in value]
-    params = body.get(PARAMS_FIELD)
-    if params is not None and not isinstance(params, dict):
-        raise RequestRefused(f"params must be an object, got {_type(params)}: {_short(params)}")
-    return check_prompts(value, limits, form), params
 
 
 # Set when the server's SIGTERM or SIGINT arrives (attach_to_scoring_server): every request stops.
@@ -223,7 +103,7 @@ def _one_line_error(status: int, body: bytes) -> bytes:
     except ValueError:
         answer = None
     if (isinstance(answer, dict) and set(answer) == {"error_code", "message"}
-            and isinstance(answer["message"], str) and "\n" not in answer["message"] and status < 500):
+            and isinstance(answer["message"], str) and "\n" not in answer["message"]):
         return body
     _logger.error("error answer replaced (status %d): %s", status, body[:4000].decode(errors="replace"))
     if status == 504:
@@ -264,12 +144,12 @@ class RequestGuard:
     async def _read(self, scope, receive) -> bytes:
         headers = dict(scope.get("headers") or [])
         if scope.get("method") != "POST":
-            raise RequestRefused(f"{self.path} takes POST, got {_short(scope.get('method'))}", 405, "BAD_REQUEST")
+            raise RequestRefused(f"{self.path} takes POST, got {short(scope.get('method'))}", 405, "BAD_REQUEST")
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media, *options = [part.strip().lower() for part in content_type.split(";")]
         if media != "application/json" or any(o not in ("charset=utf-8", "") for o in options):
             raise RequestRefused("Content-Type must be application/json (UTF-8), got "
-                                 f"{_short(content_type) if content_type else 'none'}", code="BAD_REQUEST")
+                                 f"{short(content_type) if content_type else 'none'}", code="BAD_REQUEST")
         limit = self.limits.max_body_bytes
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > limit:

@@ -13,11 +13,14 @@ import contextlib
 import http.client
 import json
 import os
+import signal
+import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 
+import psutil
 import pytest
 
 from gpt_pipeline.model.generation import generate_text
@@ -96,6 +99,7 @@ def model_server(directory, tracking_uri: str, name: str):
     try:
         _wait_for("mlflow models serve answers /ping", lambda: _ping(port), time.monotonic() + START_SECONDS,
                   server, log)
+        _predictions(port, {"inputs": ["Once"], "params": {"token_count": 2}})  # builds the C kernel, if not yet
         yield server, port, log, token
     finally:
         stopped = _stop(server)
@@ -209,6 +213,86 @@ def test_every_malformed_or_oversized_request_is_our_400(served, payload, header
     assert len(body) < 400 and "\n" not in body.strip() and "Traceback" not in body
     assert json.loads(body)["message"] == message
     assert _ping(port)
+
+
+LONG = {"inputs": ["Once"], "params": {"token_count": 5_000_000}}  # minutes of work, unbounded before
+
+
+def _send(port: int, payload) -> socket.socket:
+    """A socket that has sent a whole POST to ``/invocations`` and reads nothing yet."""
+    body = json.dumps(payload).encode()
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    client.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return client
+
+
+def _scoring_process(server) -> psutil.Process:
+    """The uvicorn process that ``mlflow models serve`` started (it runs the model)."""
+    found = [p for p in psutil.Process(server.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _cpu_seconds(process: psutil.Process, seconds: float) -> float:
+    """CPU time ``process`` uses over the next ``seconds``."""
+    before = sum(process.cpu_times()[:2])
+    time.sleep(seconds)
+    return sum(process.cpu_times()[:2]) - before
+
+
+def _timed(port: int, payload) -> float:
+    start = time.monotonic()
+    _predictions(port, payload)
+    return time.monotonic() - start
+
+
+def test_an_abandoned_request_stops_using_cpu_within_2_s(served):
+    port, server = served[0], served[4]
+    process = _scoring_process(server)
+    client = _send(port, LONG)
+    assert _cpu_seconds(process, 1.0) > 0.1  # generating
+    client.close()  # the client gives up
+    time.sleep(2.0)
+    assert _cpu_seconds(process, 1.0) < 0.1  # idle again (it went on for minutes before)
+    assert _ping(port)
+
+
+def test_six_abandoned_requests_do_not_delay_a_small_one(served):
+    port = served[0]
+    small = {"inputs": ["Once"], "params": {"token_count": 8}}
+    alone = min(_timed(port, small) for _ in range(3))
+    clients = [_send(port, LONG) for _ in range(6)]  # as many as the server's threads on 2 cores
+    time.sleep(0.5)
+    for client in clients:
+        client.close()
+    assert _timed(port, small) < alone + 1.0
+
+
+def test_a_request_past_its_time_budget_is_stopped_with_a_504(served):
+    port = served[0]
+    start = time.monotonic()
+    status, body = _post(port, LONG)
+    took = time.monotonic() - start
+    assert status == 504 and json.loads(body) == {
+        "error_code": "DEADLINE_EXCEEDED",
+        "message": "the request ran past its time budget of 6 s (GPT_PIPELINE_SERVE_SECONDS)"}
+    assert 6 <= took < 9
+
+
+def test_sigterm_with_a_long_request_in_flight_stops_the_server_within_5_s(registry):
+    directory, tracking_uri = registry[:2]
+    with model_server(directory, tracking_uri, "sigterm") as (server, port, log, token):
+        process = _scoring_process(server)
+        client = _send(port, LONG)
+        assert _cpu_seconds(process, 1.0) > 0.1  # generating
+        start = time.monotonic()
+        server.send_signal(signal.SIGTERM)  # `mlflow models serve`; it passes SIGTERM to uvicorn
+        left = _wait_all_exited(token, timeout=5.0)
+        assert not left, f"still running {time.monotonic() - start:.1f} s after SIGTERM: {left}\n{_tail(log)}"
+        answer = client.recv(4096).decode()  # the request in flight got its answer
+        assert answer.startswith("HTTP/1.1 503") and "the server is shutting down" in answer, answer
+        client.close()
 
 
 def test_the_server_ran_the_model_from_the_registry(served):
