@@ -18,6 +18,7 @@ SIGTERM or SIGINT stop them all. Several machines still go through torchrun's st
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -29,6 +30,19 @@ from datetime import timedelta
 LAUNCHED_ENV = "GPT_PIPELINE_LOCAL_LAUNCH"  # set in the workers this launcher starts
 STORE_FD_ENV = "GPT_PIPELINE_STORE_FD"  # rank 0's inherited listening socket
 STORE_TIMEOUT = timedelta(minutes=5)  # workers that do not meet by then fail
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing).
+
+    Safe between fork and exec (``preexec_fn``): one system call through a function looked up
+    at import."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def command(nproc_per_node: int, module: str, arguments: list[str]) -> list[str]:
@@ -77,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     args.arguments = argv[split:]
     if args.nproc_per_node < 1:
         raise SystemExit(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
-    from gpt_pipeline.training.torchrun import die_with_parent
-
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)

@@ -25,7 +25,6 @@ Dagster Pipes), the worker itself (``gpt_pipeline.training.distributed``).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import torch.distributed as dist
 from gpt_pipeline.devices import resolve_device
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.training import local_launch
+from gpt_pipeline.training.local_launch import die_with_parent  # also part of this module's API
 from gpt_pipeline.training.checkpoint import FINAL_CHECKPOINT, load_checkpoint, training_state_of
 from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline.training.loop import Evaluation, TrainResult
@@ -54,7 +54,6 @@ EVENTS_FILE = "events.jsonl"  # the command line's launch: rank 0's progress, on
 LOG_FILE = "torchrun.log"  # torchrun's and the workers' stdout and stderr
 LOG_TAIL_LINES = 120  # of that log, in a failure
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
-_PR_SET_PDEATHSIG = 1
 
 
 class DistributedTrainingError(RuntimeError):
@@ -80,18 +79,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "nccl" and device.type != "cuda":
         raise ValueError(f"distributed_backend='nccl' needs CUDA; the device is {device.type!r} (use gloo)")
     return backend
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing).
-
-    Safe between fork and exec (``preexec_fn``): one system call through a function looked up
-    at import."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def check_launchable(model_config: GPTConfig, train_config: TrainConfig, dataset: str | os.PathLike) -> TrainConfig:
