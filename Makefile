@@ -69,7 +69,8 @@ mlflow-ui: $(STAMP)
 # REST serving of the registry's champion (docs/serving.md): POST prompts to
 # http://$(HOST):$(SERVE_PORT)/invocations. The environment is this one (.venv/bin on PATH, so
 # that mlflow finds uvicorn without an activated venv); MODEL_URI=models:/gpt-pipeline/3 for
-# another version.
+# another version. Each request is bounded (tokens, prompts, characters, body, seconds): set
+# GPT_PIPELINE_SERVE_MAX_TOKENS=... etc. on the command line (docs/serving.md, "Limits").
 # SERVE_THREADS: torch's threads in the server. One by default: on 2 cores a served request of
 # 8 prompts x 128 tokens took 0.70 s with one and 1.57 s with two (the server's request thread
 # and OpenMP's spinning threads take turns); docs/serving.md.

@@ -20,14 +20,25 @@ machine's sustained FLOP rate for the same products (the window's four linear la
 run). A batch of prompts has the same floor per prompt.
 
     .venv/bin/python benchmarks/bench_generate.py [--tokens 256] [--batches 8,16] [--repeats 3] [--threads 2]
-        [--clock wall|cpu]
+        [--clock wall|cpu] [--beside-training] [--old-tree DIR]
+
+``--beside-training`` starts a real ``gpt-pipeline train`` (a small dataset made with
+``gpt-pipeline tokenize`` in a temporary folder, 2 threads) before the timings and stops it after
+them: sampling on a machine that is also training, the normal case for a server beside a
+schedule. ``--old-tree DIR`` also times ``GPT.generate`` of the code in DIR (e.g. ``git worktree
+add /tmp/old169 169c6e5``) in a subprocess right after ours, same config, prompts and tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,7 +113,64 @@ def main() -> None:
     parser.add_argument("--greedy-tokens", type=int, default=100, help="tokens of the greedy comparison")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this process's CPU time (with --threads 1, steadier on a shared machine)")
+    parser.add_argument("--beside-training", action="store_true", help="time beside a running gpt-pipeline train")
+    parser.add_argument("--old-tree", type=Path, help="also time GPT.generate of the code in this folder")
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.beside_training:
+            stack.enter_context(training_beside())
+        measure(args)
+
+
+@contextlib.contextmanager
+def training_beside():
+    """A ``gpt-pipeline train`` process running for the ``with`` block (stopped afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="bench_generate_") as tmp:
+        cli = [sys.executable, "-m", "gpt_pipeline"]
+        subprocess.run([*cli, "tokenize", "--num-stories", "3000", "--vocab-size", "300", "--output-dir",
+                        f"{tmp}/data"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        training = subprocess.Popen([*cli, "train", "--dataset-dir", f"{tmp}/data", "--output-dir", f"{tmp}/out",
+                                     "--training-iterations", "1000000", "--evaluation-interval", "100000",
+                                     "--threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(8)  # past its start-up: training
+            if training.poll() is not None:
+                raise SystemExit(f"gpt-pipeline train exited with {training.returncode} before the timings")
+            print(f"beside a running `gpt-pipeline train` (pid {training.pid}, 2 threads)")
+            yield
+        finally:
+            training.terminate()
+            training.wait()
+
+
+OLD_TIMING = """
+import json, statistics, sys, time, torch
+from gpt_pipeline.model.gpt import GPT, GPTConfig
+torch.set_num_threads({threads})
+model = GPT(GPTConfig()).eval()
+model.reset_parameters(torch.Generator().manual_seed(0))
+out = {{}}
+for b in {batches}:
+    times = []
+    for repeat in range({repeats} + 1):
+        start = time.perf_counter()
+        model.generate(torch.tensor([[1]] * b), {tokens}, 0.7, None, torch.Generator().manual_seed(repeat))
+        if repeat:
+            times.append(time.perf_counter() - start)
+    out[b] = b * {tokens} / statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def old_rates(tree: Path, threads: int, batches: list[int], repeats: int, tokens: int) -> dict[int, float]:
+    """tokens/s of ``GPT.generate`` of the code in ``tree``, per number of prompts."""
+    code = OLD_TIMING.format(threads=threads, batches=batches, repeats=repeats, tokens=tokens)
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree,
+                          check=True, capture_output=True, text=True)
+    return {int(k): v for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
+
+
+def measure(args) -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     config = GPTConfig()
@@ -126,8 +194,9 @@ def main() -> None:
     batches = [1] + [int(b) for b in args.batches.split(",") if b]
     runs = {"gpt-rs loop (reference), 1 prompt": (
         lambda g: reference.generate(peer, prompt, args.tokens, 0.7, g), 1)}
-    runs["decode.generate (PyTorch operators), 1 prompt"] = (  # GPT.generate without the C kernel
-        lambda g: decode.generate(ours, torch.tensor([prompt]), args.tokens, 0.7, None, g), 1)
+    for b in batches:  # GPT.generate without the C kernel
+        runs[f"decode.generate (PyTorch operators), {b} prompt{'s' if b > 1 else ''}"] = (
+            lambda g, b=b: decode.generate(ours, torch.tensor([prompt] * b), args.tokens, 0.7, None, g), b)
     for b in batches:
         runs[f"GPT.generate, {b} prompt{'s' if b > 1 else ''} in one call"] = (
             lambda g, b=b: ours.generate(torch.tensor([prompt] * b), args.tokens, 0.7, None, g), b)
@@ -154,6 +223,11 @@ def main() -> None:
     for name, rate in rates.items():
         if not name.startswith("gpt-rs"):
             print(f"ratio ours / gpt-rs's loop: {name:47s} {rate / base:6.2f}x")
+    if args.old_tree:
+        for b, old in old_rates(args.old_tree, torch.get_num_threads(), batches, args.repeats, args.tokens).items():
+            name = f"GPT.generate, {b} prompt{'s' if b > 1 else ''} in one call"
+            print(f"old code ({args.old_tree}): {name:40s} {old:8.0f} tokens/s; this code {rates[name]:8.0f} "
+                  f"({rates[name] / old:5.2f}x)")
 
 
 if __name__ == "__main__":

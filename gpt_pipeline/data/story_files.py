@@ -161,7 +161,7 @@ def _text_column(path: Path, text_column: str | None) -> str:
         rows = pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowException, OSError) as error:
         detail = " ".join(str(error).split())
-        raise DataError(f"cannot read Parquet file {path}: {detail}") from None
+        raise DataError(f"cannot read Parquet file {TableFile(path).display_name}: {detail}") from None
     if rows == 0:
         raise DataError(f"Parquet file has no rows: {path}")
     return column
@@ -204,7 +204,7 @@ def _parquet_batches(path: Path, stats: TextStats, batch_rows: int) -> Iterator[
                     yield kept
     except (pa.ArrowException, OSError) as error:
         detail = " ".join(str(error).split())
-        raise DataError(f"cannot read Parquet file {path}: {detail}") from None
+        raise DataError(f"cannot read Parquet file {TableFile(path).display_name}: {detail}") from None
     if stats.rows_kept == 0:
         raise DataError(f"column {column!r} of {path} holds only null or empty text")
 

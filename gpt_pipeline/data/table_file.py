@@ -26,7 +26,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpt_pipeline.storage import publish
+from gpt_pipeline.data.splits import DataError
+from gpt_pipeline.storage import data_dir, publish
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,23 @@ class TableFile:
         return TableFile(path, moved)
 
     @property
+    def display_name(self) -> str:
+        """The file as errors name it: its path inside the data directory (``storage.data_dir``),
+        else its file name; never a local absolute path."""
+        try:
+            return str(self.path.resolve().relative_to(data_dir()))
+        except ValueError:
+            return self.path.name
+
+    def _unreadable(self, error: Exception) -> DataError:
+        return DataError(f"cannot read Parquet file {self.display_name}: {' '.join(str(error).split())}")
+
+    @property
     def num_rows(self) -> int:
-        return pq.ParquetFile(self.path).metadata.num_rows
+        try:
+            return pq.ParquetFile(self.path).metadata.num_rows
+        except (pa.ArrowException, OSError) as error:
+            raise self._unreadable(error) from None
 
     @property
     def schema(self) -> pa.Schema:
@@ -86,12 +102,18 @@ class TableFile:
         """Record batches of at most ``batch_size`` rows, in file order."""
         # pre_buffer=False: with pre-buffering, pyarrow keeps every row group read so far
         # (hundreds of MB over a 1 GB file); without it memory stays at one batch.
-        with pq.ParquetFile(self.path, pre_buffer=False) as handle:
-            yield from handle.iter_batches(batch_size=batch_size, columns=columns)
+        try:
+            with pq.ParquetFile(self.path, pre_buffer=False) as handle:
+                yield from handle.iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowException, OSError) as error:  # corrupt pages: a DataError naming the file
+            raise self._unreadable(error) from None
 
     def read(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The whole table (or some columns) in memory: for small files and tests."""
-        return pq.read_table(self.path, columns=columns)
+        try:
+            return pq.read_table(self.path, columns=columns)
+        except (pa.ArrowException, OSError) as error:
+            raise self._unreadable(error) from None
 
     def scan(self) -> pl.LazyFrame:
         return pl.scan_parquet(self.path)

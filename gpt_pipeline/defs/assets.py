@@ -38,6 +38,7 @@ from gpt_pipeline.defs.configs import (
     TrainedModelConfig,
 )
 from gpt_pipeline.defs.launchers import retry_transient
+from gpt_pipeline.defs.prompt_check import refuse_unseen_prompts
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, SOURCE_KEY, TRAINING_POOL
 from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
@@ -243,6 +244,7 @@ def trained_model(
     with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
+        refuse_unseen_prompts(context, bpe_tokenizer)  # the run's sample prompts, before any training
         model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
         train_config = config.training_config().validate()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled

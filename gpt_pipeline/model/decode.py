@@ -136,15 +136,19 @@ def generate(
     temperature: float = 0.7,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    between_tokens=None,
 ) -> torch.Tensor:
     """``idx`` ``[B, T]`` followed by ``max_new_tokens`` tokens sampled as ``GPT.generate`` does:
-    ``[B, T + max_new_tokens]`` (the model in eval mode; ``GPT.generate`` checks the arguments)."""
+    ``[B, T + max_new_tokens]`` (the model in eval mode; ``GPT.generate`` checks the arguments;
+    ``between_tokens`` as there)."""
     context_length = model.config.context_length
     B, T = idx.shape
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
     out[:, :T] = idx
     cache = None
     for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
+        if between_tokens is not None:
+            between_tokens()
         if n <= context_length:  # the window starts at position 0 and only grows
             if cache is None:
                 cache = KVCache(model, B)

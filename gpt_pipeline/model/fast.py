@@ -113,10 +113,11 @@ def loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | N
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
-             generator: torch.Generator | None) -> torch.Tensor | None:
+             generator: torch.Generator | None, between_tokens=None) -> torch.Tensor | None:
     """``gpt.GPT.generate``'s tokens with a key/value cache: through the C kernel of
     ``native_decode`` where it runs (CPU float32), else ``decode.generate``; ``None`` in ``plain()``."""
     if not _enabled:
         return None
-    out = native_decode.generate(model, idx, max_new_tokens, temperature, top_k, generator)
-    return out if out is not None else decode.generate(model, idx, max_new_tokens, temperature, top_k, generator)
+    out = native_decode.generate(model, idx, max_new_tokens, temperature, top_k, generator, between_tokens)
+    return out if out is not None else decode.generate(model, idx, max_new_tokens, temperature, top_k, generator,
+                                                       between_tokens)

@@ -10,6 +10,7 @@ continues a prompt with any tokenizer that has ``encode(text, unknown=...)`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -84,12 +85,13 @@ def generate_text(
     seed: int | None = None,
     num_samples: int = 1,
     unknown: str = "error",
+    between_tokens: Callable[[], None] | None = None,
 ) -> list[str]:
     """``num_samples`` continuations of ``prompt``, each returned as prompt + generated text.
 
     ``seed`` makes the samples reproducible (``None``: a fresh random seed); ``unknown`` is passed
     to ``tokenizer.encode`` (what to do with characters outside the vocabulary). The samples are
-    drawn as one batch.
+    drawn as one batch. ``between_tokens`` as in ``GPT.generate`` (raising in it stops the sampling).
     """
     if not isinstance(prompt, str) or prompt == "":
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
@@ -102,5 +104,5 @@ def generate_text(
     device = model.linear_head.weight.device
     generator = seeded_generator(device, seed)
     idx = torch.tensor([list(ids)] * num_samples, dtype=torch.long, device=device)  # [S, T]
-    out = model.generate(idx, token_count, temperature, top_k, generator)
+    out = model.generate(idx, token_count, temperature, top_k, generator, between_tokens)
     return [prompt + tokenizer.decode(row[len(ids) :].tolist()) for row in out.cpu()]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -235,6 +236,7 @@ class GPT(nn.Module):
         temperature: float = 0.7,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        between_tokens: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
@@ -242,7 +244,8 @@ class GPT(nn.Module):
         logits at the last position, ``sample_next`` (divide by the temperature, softmax, one
         multinomial draw; ``top_k=1``: the arg-max). Dropout is off while sampling (the model's
         mode is restored afterwards). ``fast.generate`` gives the same tokens from the same
-        draws with a key/value cache.
+        draws with a key/value cache. ``between_tokens``, if given, is called before every new
+        token; whatever it raises stops the loop (a server's deadline, a request nobody awaits).
         """
         validate_sampling(max_new_tokens, temperature, top_k)
         if idx.dim() != 2 or idx.size(1) == 0:
@@ -250,10 +253,12 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = fast.generate(self, idx, max_new_tokens, temperature, top_k, generator)
+            out = fast.generate(self, idx, max_new_tokens, temperature, top_k, generator, between_tokens)
             if out is None:
                 out = idx
                 for _ in range(max_new_tokens):
+                    if between_tokens is not None:
+                        between_tokens()
                     logits = self(out[:, -self.config.context_length :])[:, -1]  # [B, V], the last position
                     out = torch.cat([out, sample_next(logits, temperature, top_k, generator)[:, None]], dim=1)
         finally:

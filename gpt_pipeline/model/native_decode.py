@@ -19,6 +19,7 @@ falls back on ``decode``. Inference only: no gradients, no dropout.
 from __future__ import annotations
 
 import ctypes
+import time
 import weakref
 
 import torch
@@ -117,10 +118,11 @@ class Session:
         self.sizes = (c.block_count, c.embedding_size, c.head_count, F, c.vocab_size, c.context_length)
         self.eps = model.layer_norm.eps
 
-    def logits(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, start: int, threads: int | None = None) -> torch.Tensor:
         """Logits ``[B, V]`` at the last of ``ids`` ``[B, T]`` (int64, rows contiguous), at positions
         ``start ..``; the keys and values of positions ``0 .. start - 1`` must be those of this
-        session's earlier calls, the ones of ``ids`` are added. The tensor is reused by the next call."""
+        session's earlier calls, the ones of ``ids`` are added. The tensor is reused by the next call.
+        ``threads``: at most the session's (its scratch is sized for them)."""
         B, T = ids.shape
         L, C, H, F, V, ctx = self.sizes
         if B != self.batch or ids.dtype != torch.int64 or ids.stride(1) != 1 or not 0 <= start <= ctx - T:
@@ -131,17 +133,49 @@ class Session:
             self.pointers, m.token_embedding.weight.data_ptr(), m.position_embedding.weight.data_ptr(),
             m.layer_norm.weight.data_ptr(), m.layer_norm.bias.data_ptr(), self.weights[-1].data_ptr(),
             ids.data_ptr(), ids.stride(0), self.keys.data_ptr(), self.values.data_ptr(), self.out.data_ptr(),
-            self.scratch.data_ptr(), B, T, start, L, C, H, F, V, ctx, self.eps, self.threads)
+            self.scratch.data_ptr(), B, T, start, L, C, H, F, V, ctx, self.eps,
+            self.threads if threads is None else max(1, min(threads, self.threads)))
         if status != 0:
             raise IndexError(f"token ids must be in 0..{V - 1}, got {ids.min().item()}..{ids.max().item()}")
         return self.out
 
 
+class ThreadChoice:
+    """The kernel's thread count, chosen while sampling from what the machine gives: every
+    ``period`` tokens, ``probes`` tokens with all the session's threads and as many with one,
+    alternately, then the faster of the two (median seconds per token) until the next probe.
+
+    Alone, all threads win (gpt-rs's example config, 2 threads: ~1.7x one). Beside another busy
+    process, threads that wait for each other at the kernel's barriers lose whenever one of them
+    is descheduled; one thread then samples faster than all of them (and than PyTorch's
+    operators): ``benchmarks/bench_generate.py --beside-training``."""
+
+    def __init__(self, most: int, period: int = 128, probes: int = 4):
+        self.options = [most, 1] if most > 1 else [1]
+        self.period, self.probes, self.count, self.best = period, probes, 0, most
+        self.times: dict[int, list[float]] = {option: [] for option in self.options}
+
+    def next(self) -> int:
+        phase = self.count % self.period
+        return self.options[phase % 2] if len(self.options) > 1 and phase < 2 * self.probes else self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        phase = self.count % self.period
+        self.count += 1
+        if len(self.options) == 1 or phase >= 2 * self.probes:
+            return
+        self.times[threads].append(seconds)
+        if phase == 2 * self.probes - 1:  # the probe is complete
+            self.best = min(self.options, key=lambda option: sorted(self.times[option])[len(self.times[option]) // 2])
+            self.times = {option: [] for option in self.options}
+
+
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.7, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor | None:
+             generator: torch.Generator | None = None, between_tokens=None) -> torch.Tensor | None:
     """``decode.generate``'s tokens (``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled
-    ones) through the kernel, or ``None`` where it cannot run (``unavailable``)."""
+    ones) through the kernel, or ``None`` where it cannot run (``unavailable``); ``between_tokens``
+    as in ``GPT.generate``."""
     if not supports(model):
         return None
     context_length = model.config.context_length
@@ -149,10 +183,18 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
     out[:, :T] = idx
     session = Session(model, B)
+    choice = ThreadChoice(session.threads)
     for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
-        if n <= context_length:  # the window starts at position 0 and only grows: the prompt, then one a time
-            logits = session.logits(out[:, :n], 0) if n == T else session.logits(out[:, n - 1 : n], n - 1)
-        else:  # the window slides: every position moves, the whole window again
-            logits = session.logits(out[:, n - context_length : n], 0)
+        if between_tokens is not None:
+            between_tokens()
+        if n == T <= context_length:  # the whole prompt at once: all threads, not a token to compare
+            logits = session.logits(out[:, :n], 0)
+        else:
+            threads, started = choice.next(), time.perf_counter()
+            if n <= context_length:  # the window starts at position 0 and only grows: one position a time
+                logits = session.logits(out[:, n - 1 : n], n - 1, threads)
+            else:  # the window slides: every position moves, the whole window again
+                logits = session.logits(out[:, n - context_length : n], 0, threads)
+            choice.record(threads, time.perf_counter() - started)
         out[:, n] = sample_next(logits, temperature, top_k, generator)
     return out.to(idx.device)

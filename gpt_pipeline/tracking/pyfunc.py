@@ -13,11 +13,11 @@ answers the same over REST (docs/serving.md). The input is one string column (a 
 Bad requests raise :class:`InvalidRequest` (an ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE``, which MLflow's scoring server answers with HTTP 400) whose body is
 the one line naming the problem: an empty prompt, a character the tokenizer never saw, a token
-count that is not a positive integer, a parameter the signature does not name. MLflow itself
-drops unknown parameters with a warning; loading the model installs a filter on that warning
-that turns it into the error (``_reject_unknown_params``; a logging setup that silences
-MLflow's warnings silences the error too). Values of the wrong type (a token
-count of ``"ten"``) are refused by MLflow's own signature check, also with a 400.
+count that is not a positive integer or over the limit, a parameter the signature does not name.
+Under ``mlflow models serve`` the model puts ``tracking.serving``'s guard in front of MLflow's
+app: it checks every body first (so a wrong type gets our words, not MLflow's), and generation
+stops between tokens when the client is gone, the time budget is spent or the server stops.
+The limits (``serving_limits.Limits``) are read from ``GPT_PIPELINE_SERVE_*`` when the model loads.
 
 The model's files are:
 
@@ -56,7 +56,8 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.models.signature import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos import databricks_pb2
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -73,6 +74,8 @@ from gpt_pipeline.training.checkpoint import (
     save_checkpoint,
 )
 from gpt_pipeline.tokenizer.bundle import TOKENIZER, read_bundle, write_bundle
+from gpt_pipeline.tracking.serving import RequestStopped, attach_to_scoring_server, current_request
+from gpt_pipeline.tracking.serving_limits import ENV_PREFIX, Limits, RequestRefused, check_prompts, prompts_in_body
 
 MODEL_NAME = "model"  # name of the logged model inside its run
 PROMPT_COLUMN = "prompt"  # the input column of a DataFrame input
@@ -111,8 +114,8 @@ class InvalidRequest(MlflowException, ValueError):
     DataFrame; the body keeps the message the model raised.
     """
 
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, message: str, error_code: str = "INVALID_PARAMETER_VALUE"):
+        super().__init__(message, error_code=getattr(databricks_pb2, error_code))
         self.reason = message
 
     def serialize_as_json(self) -> str:
@@ -184,9 +187,10 @@ def _integer(name: str, value: Any, minimum: int | None = None) -> int:
     return int(value)
 
 
-def generation_settings(params: dict[str, Any] | None) -> dict[str, Any]:
+def generation_settings(params: dict[str, Any] | None, max_tokens: int | None = None) -> dict[str, Any]:
     """The sampling settings of a request: the signature's defaults overridden by ``params``;
-    raises :class:`InvalidRequest` for a name outside the signature or a bad value.
+    raises :class:`InvalidRequest` for a name outside the signature, a bad value or a token count
+    over ``max_tokens`` (the server's limit, ``serving.Limits``).
 
     Example:
         >>> generation_settings({"top_k": 5})["top_k"], generation_settings(None)["token_count"]
@@ -205,8 +209,12 @@ def generation_settings(params: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidRequest(f"temperature must be a finite number > 0, got {temperature!r}")
     if settings["unknown"] not in UNKNOWN_MODES:
         raise InvalidRequest(f"unknown must be one of {', '.join(UNKNOWN_MODES)}, got {settings['unknown']!r}")
+    token_count = _integer("token_count", settings["token_count"], 1)
+    if max_tokens is not None and token_count > max_tokens:
+        raise InvalidRequest(f"token_count {token_count} is over the limit of {max_tokens} new tokens per "
+                             f"prompt ({ENV_PREFIX}MAX_TOKENS)")
     return {
-        "token_count": _integer("token_count", settings["token_count"], 1),
+        "token_count": token_count,
         "temperature": float(temperature),
         "top_k": None if settings["top_k"] is None else _integer("top_k", settings["top_k"], 1),
         "seed": _integer("seed", settings["seed"]),
@@ -227,13 +235,23 @@ class GPTTextGenerator(PythonModel):
             )
         self.model.eval()
         _reject_unknown_params()
+        self.limits = Limits.from_environment()
+        # under `mlflow models serve`: bodies checked before MLflow parses them, work stopped when
+        # nobody waits (tracking.serving)
+        self.served = attach_to_scoring_server(self.check_body, self.limits)
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        """One generation (prompt + ``token_count`` new tokens) per prompt; prompt i is sampled
-        with ``seed + i``, as ``generate_samples`` does."""
-        settings = generation_settings(params)
+    def check_body(self, body: Any) -> None:
+        """Refuse a parsed JSON request body before any work (``serving.RequestGuard``)."""
+        prompts, params = prompts_in_body(body, self.limits)
         try:
-            prompts = prompts_of(model_input)
+            self.settings_and_prompts(prompts, params)
+        except InvalidRequest as error:
+            raise RequestRefused(error.reason) from None
+
+    def settings_and_prompts(self, model_input: Any, params: dict[str, Any] | None) -> tuple[dict, list[str]]:
+        try:
+            settings = generation_settings(params, self.limits.max_tokens)
+            prompts = check_prompts(prompts_of(model_input), self.limits)
             for index, prompt in enumerate(prompts):  # every prompt checked before any sampling
                 if not self.tokenizer.encode(prompt, unknown=settings["unknown"]):
                     raise ValueError(f"prompt {index} ({prompt!r}) encodes to no tokens")
@@ -241,9 +259,23 @@ class GPTTextGenerator(PythonModel):
             raise
         except ValueError as error:
             raise InvalidRequest(str(error)) from None
+        return settings, prompts
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+        """One generation (prompt + ``token_count`` new tokens) per prompt; prompt i is sampled
+        with ``seed + i``, as ``generate_samples`` does. Served, the request's state is checked
+        between tokens (``serving.RequestState``: client gone, time budget spent, server stopping)."""
+        settings, prompts = self.settings_and_prompts(model_input, params)
+        request = current_request()
+        if self.served and request is None:  # fail closed: the guard did not get into the server
+            raise MlflowException("the server's request guard is missing", error_code=INTERNAL_ERROR)
         seed = settings.pop("seed")
-        return [generate_text(self.model, self.tokenizer, prompt, seed=seed + index, **settings)[0]
-                for index, prompt in enumerate(prompts)]
+        try:
+            return [generate_text(self.model, self.tokenizer, prompt, seed=seed + index,
+                                  between_tokens=request and request.check, **settings)[0]
+                    for index, prompt in enumerate(prompts)]
+        except RequestStopped as stopped:
+            raise InvalidRequest(str(stopped), stopped.code) from None
 
 
 def pip_requirements() -> list[str]:

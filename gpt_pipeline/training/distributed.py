@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gpt_pipeline.training import local_launch
 from gpt_pipeline.training.checkpoint import (
     load_checkpoint,
     load_training_checkpoint,
@@ -185,7 +186,7 @@ def run_worker(args: argparse.Namespace, rank: int, world_size: int,
                        initial_model)
         return result, device
     dist.init_process_group(resolve_backend(config.distributed_backend, device), rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, store=local_launch.store(rank, world_size))
     try:
         result = train(model_config, config, train_data, test_data, Path(args.checkpoint_dir),
                        report if rank == 0 else None, initial_model,

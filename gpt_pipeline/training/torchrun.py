@@ -1,9 +1,11 @@
 """Starting training workers: the torchrun command line (one machine or several), watching the
 processes, and turning a failed run into one line that says whether a retry can help.
 
-- ``torchrun_command`` builds ``python -m torch.distributed.run ... -m <worker module> ...``:
-  ``--standalone`` on one machine; with ``nnodes`` > 1 a static rendezvous at
-  ``rdzv_endpoint`` (``host:port``, served by node 0's TCPStore) and this node's ``node_rank``,
+- ``torchrun_command`` builds the command of a run: on one machine ``local_launch`` (torchrun's
+  ``--standalone`` listens on every interface; ``local_launch`` on 127.0.0.1 only); with
+  ``nnodes`` > 1 ``python -m torch.distributed.run ... -m <worker module> ...``, a static
+  rendezvous at ``rdzv_endpoint`` (``host:port``, served by node 0's TCPStore, which listens on
+  every interface of node 0: the nodes' network must be trusted) and this node's ``node_rank``,
   so that global rank 0 (evaluations, checkpoints, progress) always runs on node 0.
   ``num_processes`` is the number of processes on each node (one per GPU): the world is
   ``nnodes * num_processes`` processes.
@@ -23,7 +25,6 @@ Dagster Pipes), the worker itself (``gpt_pipeline.training.distributed``).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ import torch.distributed as dist
 
 from gpt_pipeline.devices import resolve_device
 from gpt_pipeline.model.gpt import GPTConfig
+from gpt_pipeline.training import local_launch
+from gpt_pipeline.training.local_launch import die_with_parent  # also part of this module's API
 from gpt_pipeline.training.checkpoint import FINAL_CHECKPOINT, load_checkpoint, training_state_of
 from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline.training.loop import Evaluation, TrainResult
@@ -51,7 +54,6 @@ EVENTS_FILE = "events.jsonl"  # the command line's launch: rank 0's progress, on
 LOG_FILE = "torchrun.log"  # torchrun's and the workers' stdout and stderr
 LOG_TAIL_LINES = 120  # of that log, in a failure
 USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
-_PR_SET_PDEATHSIG = 1
 
 
 class DistributedTrainingError(RuntimeError):
@@ -77,18 +79,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "nccl" and device.type != "cuda":
         raise ValueError(f"distributed_backend='nccl' needs CUDA; the device is {device.type!r} (use gloo)")
     return backend
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent ends (Linux; elsewhere nothing).
-
-    Safe between fork and exec (``preexec_fn``): one system call through a function looked up
-    at import."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def check_launchable(model_config: GPTConfig, train_config: TrainConfig, dataset: str | os.PathLike) -> TrainConfig:
@@ -119,16 +109,16 @@ def torchrun_command(model_config: GPTConfig, config: TrainConfig, dataset: str 
                      checkpoint_dir: str | os.PathLike, events: str | os.PathLike | None = None,
                      initial_checkpoint: str | None = None, module: str = WORKER_MODULE,
                      error_dir: str | os.PathLike | None = None) -> list[str]:
-    """The torchrun command line of a run (torchrun of this interpreter's torch) on this node."""
-    if config.nnodes == 1:
-        nodes = ["--standalone"]
-    else:
-        nodes = [f"--nnodes={config.nnodes}", f"--node-rank={config.node_rank}", "--rdzv-backend=static",
-                 f"--rdzv-endpoint={config.rdzv_endpoint}"]
+    """The command line of a run on this node: one machine, ``local_launch`` (meeting on 127.0.0.1
+    only); several, torchrun of this interpreter's torch (a static rendezvous at ``rdzv_endpoint``)."""
     error_dir = error_dir if error_dir is not None else Path(events).parent if events else checkpoint_dir
+    arguments = worker_arguments(model_config, config, dataset, checkpoint_dir, error_dir, initial_checkpoint, events)
+    if config.nnodes == 1:
+        return local_launch.command(config.num_processes, module, arguments)
+    nodes = [f"--nnodes={config.nnodes}", f"--node-rank={config.node_rank}", "--rdzv-backend=static",
+             f"--rdzv-endpoint={config.rdzv_endpoint}"]
     return [sys.executable, "-m", "torch.distributed.run", *nodes, f"--nproc_per_node={config.num_processes}",
-            "--max_restarts=0", "--monitor_interval=0.2", "-m", module,
-            *worker_arguments(model_config, config, dataset, checkpoint_dir, error_dir, initial_checkpoint, events)]
+            "--max_restarts=0", "--monitor_interval=0.2", "-m", module, *arguments]
 
 
 def worker_command(model_config: GPTConfig, config: TrainConfig, dataset: str | os.PathLike,

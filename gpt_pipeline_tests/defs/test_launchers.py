@@ -252,8 +252,7 @@ def test_pod_command_known_answer():
     assert one[one.index("--error-dir") + 1] == "/data/checkpoints/x/errors"
     assert GPTConfig.from_json(one[one.index("--model-config") + 1]) == model
     four = pod_command(model, TrainConfig(device="cuda", num_processes=4), "/d.parquet", "/c")
-    assert four[:6] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
-                        "--max_restarts=0"]
+    assert four[:5] == ["python", "-m", "gpt_pipeline.training.local_launch", "--nproc-per-node=4", "-m"]
     assert four[four.index("-m", 3) + 1] == "gpt_pipeline.defs.pipes_worker"
     nodes = pod_command(model, TrainConfig(device="cuda", num_processes=2, nnodes=3, rdzv_endpoint="train-0:29400"),
                         "/d.parquet", "/c")

@@ -128,3 +128,20 @@ def test_refusals_bad_ids_and_the_fallback(monkeypatch):
     assert "GPT_PIPELINE_NATIVE=0" in native_decode.unavailable(model)
     out = model.generate(torch.tensor([[1]]), 12, top_k=1)[0].tolist()
     assert out == reference.generate(ReferenceGPT.from_gpt(model), [1], 12, greedy=True)
+
+
+def test_the_thread_count_is_the_faster_of_the_probes():
+    choice = native_decode.ThreadChoice(4, period=10, probes=2)
+    picked = []
+    for _ in range(20):  # all threads take 3 s a token, one thread 1 s: one thread wins each probe
+        threads = choice.next()
+        picked.append(threads)
+        choice.record(threads, 3.0 if threads == 4 else 1.0)
+    assert picked[:4] == [4, 1, 4, 1] and picked[4:10] == [1] * 6  # probe, then the faster
+    assert picked[10:14] == [4, 1, 4, 1] and picked[14:] == [1] * 6  # probed again every period
+    alone = native_decode.ThreadChoice(4, period=10, probes=2)
+    for _ in range(10):
+        threads = alone.next()
+        alone.record(threads, 1.0 if threads == 4 else 1.7)
+    assert alone.best == 4
+    assert native_decode.ThreadChoice(1).next() == 1

@@ -104,7 +104,7 @@ def test_backend_and_command():
     assert resolve_backend("auto", torch.device("cuda")) == "nccl"
     assert resolve_backend("gloo", torch.device("cuda")) == "gloo"
     command = torchrun_command(MODEL, TrainConfig(num_processes=3), "d.parquet", "ck", "ev.jsonl")
-    assert command[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    assert command[:4] == [sys.executable, "-m", "gpt_pipeline.training.local_launch", "--nproc-per-node=3"]
     assert command[command.index("-m", 2) + 1] == "gpt_pipeline.training.distributed"
 
 
@@ -120,10 +120,18 @@ def test_train_refuses_several_processes_in_one(dataset):
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path, dataset):
     train_data, test_data = load_splits(TableFile.stored_at(dataset))
     single = train(MODEL, TrainConfig(**FAST), train_data, test_data)
-    seen = []
-    ddp = launch(MODEL, TrainConfig(**FAST, num_processes=2, distributed_backend="gloo"), dataset,
-                 tmp_path / "checkpoints", seen.append)
+    seen, listening = [], set()
 
+    def report(evaluation):  # while the workers run: every TCP port they listen on
+        seen.append(evaluation)
+        ours = {child.pid for child in psutil.Process().children(recursive=True)}
+        listening.update((c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN and c.pid in ours)
+
+    ddp = launch(MODEL, TrainConfig(**FAST, num_processes=2, distributed_backend="gloo"), dataset,
+                 tmp_path / "checkpoints", report)
+
+    assert listening and {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening  # never *:port
     assert [e.step for e in seen] == [0, 10, 20] and ddp.steps == 20 and ddp.resumed_from is None
     assert _loss_gap(single, ddp) < LOSS_TOLERANCE, (_losses(single), _losses(ddp))
     assert _weight_gap(single, ddp) < WEIGHT_TOLERANCE
