@@ -170,8 +170,7 @@ def _materialize(args: argparse.Namespace) -> None:
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
     from gpt_pipeline.defs.pool_turn import training_turn
     from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
-    from gpt_pipeline.defs.variants import (DEFAULT_VARIANT, VARIANTS_NAME, add_partition, known_variants,
-                                            record_path)
+    from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
 
     run_config = {}
     if args.config:
@@ -199,13 +198,7 @@ def _materialize(args: argparse.Namespace) -> None:
     if partition is None and (selection is None or names & set(VARIANT_ASSETS)):
         partition = DEFAULT_VARIANT  # what `make run` trains: added as a partition beside every other
     if partition is not None:
-        record_path(partition)  # an unsafe name: refused in one line
-        if partition == DEFAULT_VARIANT:
-            add_partition(instance, partition)
-        elif not instance.has_dynamic_partition(VARIANTS_NAME, partition):
-            known = ", ".join(known_variants(instance)) or "none"
-            raise ValueError(f"--partition {partition!r} is not a variant of this Dagster instance (known: {known}): "
-                             "add variants with `gpt-pipeline sweep`")
+        require_variant(instance, partition)
     # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
     run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if args.quiet else "INFO"}}}}
     job = build_defs(storage).resolve_job_def(args.job).with_logger_defs({"console": reader_logger})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
-from gpt_pipeline.defs.sweeps import given_config, resolve_config
+from gpt_pipeline.defs.variants import given_config, resolve_config
 
 SAMPLES = dg.AssetKey("sample_generations")
 

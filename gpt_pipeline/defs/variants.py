@@ -135,6 +135,18 @@ def add_partition(instance: dg.DagsterInstance, name: str) -> None:
             raise
 
 
+def require_variant(instance: dg.DagsterInstance, name: str) -> None:
+    """``name`` as a run's partition: ``default`` is added (what ``make run`` trains); any other
+    must be a variant of ``instance`` already. ``ValueError`` (one line) for an unsafe or unknown name."""
+    record_path(name)  # an unsafe name: refused in one line
+    if name == DEFAULT_VARIANT:
+        add_partition(instance, name)
+    elif not instance.has_dynamic_partition(VARIANTS_NAME, name):
+        known = ", ".join(known_variants(instance)) or "none"
+        raise ValueError(f"--partition {name!r} is not a variant of this Dagster instance (known: {known}): "
+                         "add variants with `gpt-pipeline sweep`")
+
+
 def known_variants(instance: dg.DagsterInstance) -> list[str]:
     """Every variant partition of the instance, in the order they were added."""
     return list(instance.get_dynamic_partitions(VARIANTS_NAME))
