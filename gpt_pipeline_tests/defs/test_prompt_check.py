@@ -10,14 +10,14 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from gpt_pipeline.definitions import defs
-from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
+from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 
 def _run(tmp_path, config):
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         return defs.resolve_job_def("train_gpt_job").execute_in_process(
-            run_config=config, instance=instance, partition_key="default", raise_on_error=False)
+            run_config=config, instance=with_default_variant(instance), partition_key="default", raise_on_error=False)
 
 
 def test_unseen_prompt_characters_are_refused_before_training(tmp_path, isolated_storage):
