@@ -51,7 +51,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 # `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
-	$(PY) -m pytest gpt_pipeline_tests -q
+	$(PY) -m pytest gpt_pipeline_tests -q --durations=25
 
 # The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
 #

@@ -151,7 +151,7 @@ def test_the_uis_show_what_the_readme_says(project):
 
             try:
                 # The asset graph: every asset of the lineage, the source included.
-                visit(f"{dagster_url}/locations/gpt_pipeline/asset-groups/gpt", "stories_source", "trained_model", "champion_generations")
+                visit(f"{dagster_url}/locations/gpt_pipeline/asset-groups/gpt", "stories_source", "trained_model", "champion_model")
                 try:  # Dagster's first-visit dialog comes a moment after the page: shot() skips it
                     page.get_by_role("button", name="Skip").first.wait_for(timeout=15_000)
                 except playwright_api.TimeoutError:
@@ -242,7 +242,12 @@ COMMAND_PLAN: list[tuple[str, str | None]] = [  # (regex matching a command, Non
     (r"^gpt-pipeline (import-gpt-rs|export-hf) \.\.\.", "placeholder arguments (`...`); each has --help and tests"),
     (r"^\.venv/bin/gpt-pipeline export-hf ", None),
     (r"benchmarks/gpu_check\.py", "needs a CUDA GPU"),
-    (r"^(\.venv/bin/)?python .*benchmarks/|^PYTHONPATH=\S+ \.venv/bin/python benchmarks/",
+    (r"-m gpt_pipeline materialize --job evaluate_job\b", "evaluates the quickstart model of `make run`; the tiny model "
+     "here fails the collapse check by design (defs/test_evaluation.py runs a failing and a passing model)"),
+    (r"-m gpt_pipeline compare --by\b", "needs model_evaluation materialized (above): tracking/test_compare_by.py ranks by it"),
+    (r"tinystories_sample\.parquet|--dataset-dir /tmp/rs/", "gpt-rs's example model on ../shared/data, which the tests "
+     "never need: an hour of training"),
+    (r"^(\.venv/bin/)?python .*benchmarks/|^PYTHONPATH=\S+ \.venv/bin/python benchmarks/|^OMP_NUM_THREADS=\d+ \S*python benchmarks/",
      "a benchmark: minutes, timed on a quiet machine (docs/benchmarks.md)"),
     (r"^mlflow server .*postgresql", "needs the PostgreSQL and S3 of a deployment: test_deployment_postgres"),
     (r"^make postgres-test\b", "the deployment tests, their own target"),

@@ -322,7 +322,7 @@ HOST_OPTION = re.compile(r"(?:-h|--host)[ =](\S+)")
 def test_makefile_serves_on_localhost_only():
     text = (REPO / "Makefile").read_text()
     variables = _make_variables(text)
-    commands = [_expand(line, variables) for line in text.splitlines() if SERVER.search(line)]
+    commands = [c for c in (_expand(line, variables) for line in text.splitlines()) if SERVER.search(c)]
     started = {SERVER.search(c).group(1).split()[0] for c in commands}
     assert "mlflow" in started and started & {"dagster", "dg"}, commands
     for command in commands:

@@ -310,19 +310,20 @@ def run_training(
 def _pruned_outcome(result: TrainResult, final: dict, baseline: float, outcome: quality.Gate,
                     mlflow: MLflowResource, run) -> TrainingOutcome:
     """A trial stopped by its pruner at ``result.stopped_at``: the model as it is, its last metrics."""
-    def shown(value: float) -> dg.MetadataValue:
-        return dg.MetadataValue.float(significant(float(value)))
+    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:  # as every table shows it
+        value = figure(name, value)
+        return {} if value is None else {name: dg.MetadataValue.float(float(value))}
 
     metadata = {
         "pruned": True,
         "pruned_at_step": dg.MetadataValue.int(int(result.stopped_at)),
-        "train_loss": shown(result.train_loss),
-        "test_loss": shown(result.test_loss),
-        **{key: shown(final[key]) for key in ("train_bits_per_character", "test_bits_per_character")
-           if final[key] is not None},
-        "unigram_test_loss": shown(baseline),
+        **shown("train_loss", result.train_loss),
+        **shown("test_loss", result.test_loss),
+        **shown("train_bits_per_character", final["train_bits_per_character"]),
+        **shown("test_bits_per_character", final["test_bits_per_character"]),
+        **shown("unigram_test_loss", baseline),
         "steps": dg.MetadataValue.int(result.steps),
-        "training_seconds": shown(result.seconds),
+        **shown("training_seconds", result.seconds),
         "mlflow_run_id": dg.MetadataValue.text(run.run_id),
         "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
     }
