@@ -43,10 +43,10 @@ sweep: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m gpt_pipeline sweep --sweep $(SWEEP) --parallel $(PARALLEL)
 
 # A local instance (runs, materializations) shared by `make run`, `make sweep` and `make
-# dagster-ui`; its pools take one step at a time, so trainings (pool "training") take turns.
-$(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
+# dagster-ui`; its pools take one run at a time, so trainings (pool "training") take turns, and a
+# launched run waits for its turn in the run queue (gpt_pipeline/defs/local_instance.py).
+$(DAGSTER_HOME)/dagster.yaml: | $(STAMP)
+	$(PY) -m gpt_pipeline.defs.local_instance $@
 
 # `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

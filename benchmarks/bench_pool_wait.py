@@ -7,7 +7,9 @@ Before ``defs.pool_turn``, Dagster's in-process executor spun while it waited (o
 and two runs took 627 s and 640 s instead of ~118 s each.
 
 Runs ``make <target>`` twice alone, then twice at once, in the clone ``--clone`` (default: this
-repository) with a fresh DAGSTER_HOME (the recipe writes its dagster.yaml) and prints each run's
+repository) with a fresh DAGSTER_HOME (the recipe writes its dagster.yaml), each alone run and the
+pair after ``make clean`` (so that every alone run trains from scratch; of the two at once, the one
+that waits finds the other's finished checkpoint and resumes from it), and prints each run's
 wall time and CPU time (the run's whole process tree, ``os.wait4``), then the verdict: the later
 of the two at once against the sum of the two alone x 1.1.
 
@@ -28,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
+
 
 def _start(clone: Path, command: list[str], home: str, log: Path) -> tuple[subprocess.Popen, float]:
     with open(log, "wb") as out:
@@ -47,6 +51,13 @@ def _finish(process: subprocess.Popen, started: float, log: Path) -> tuple[float
     return wall, usage.ru_utime + usage.ru_stime
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clone", type=Path, default=Path(__file__).resolve().parent.parent)
@@ -59,14 +70,18 @@ def main() -> None:
         if args.config:
             Path(home).mkdir()
             (Path(home) / "dagster.yaml").write_text(  # what the Makefile writes
-                "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+                LOCAL_INSTANCE_YAML)
             command = [str(args.clone / ".venv/bin/python"), "-m", "gpt_pipeline", "materialize", "--config",
                        str(args.config.resolve()), "--quiet"]
         alone = []
+        clean = lambda: subprocess.run(["make", "clean"], cwd=args.clone, check=True, capture_output=True)
+        print(f"CPU: {_cpu_name()}; {os.cpu_count()} cores", flush=True)
         for index in range(2):
+            clean()
             log = Path(tmp) / f"alone{index}.log"
             alone.append(_finish(*_start(args.clone, command, home, log), log))
             print(f"alone {index + 1}: {alone[-1][0]:7.1f} s wall, {alone[-1][1]:7.1f} s CPU", flush=True)
+        clean()
         logs = [Path(tmp) / f"together{index}.log" for index in range(2)]
         started = [_start(args.clone, command, home, log) for log in logs]
         together = [_finish(*run, log) for run, log in zip(started, logs)]

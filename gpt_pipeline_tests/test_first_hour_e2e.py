@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
 from gpt_pipeline.defs.resources import WORKFLOW_QUERY
 from gpt_pipeline_tests.server_processes import (
     BIN,
@@ -60,7 +61,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("first_hour")
     (root / "dagster_home").mkdir()
     (root / "dagster_home" / "dagster.yaml").write_text(  # the Makefile's
-        "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+        LOCAL_INSTANCE_YAML)
     mlflow_port = _free_port()  # the MLflow UI the metadata links to (and shows the loss curve from)
     (root / "tiny.yaml").write_text(yaml.safe_dump(
         {**TINY_RUN_CONFIG, "resources": {"mlflow": {"config": {"ui_url": f"http://127.0.0.1:{mlflow_port}"}}}}))

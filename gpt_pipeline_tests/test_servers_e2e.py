@@ -29,6 +29,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
 from gpt_pipeline.defs.sweeps import load_sweep, variant_record
 from gpt_pipeline.defs.variants import save_variant
 from gpt_pipeline_tests.server_processes import (
@@ -148,10 +149,9 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
     store = tmp_path / "mlruns" / "mlflow.db"
     tracking_uri = f"sqlite:///{store}"
     (tmp_path / "dagster_home").mkdir()
-    # The instance `make dagster-ui` uses (the Makefile's dagster.yaml): pools take one step at a
-    # time, so the two variants' trainings take turns in the pool "training".
-    (tmp_path / "dagster_home" / "dagster.yaml").write_text(
-        "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+    # The instance `make dagster-ui` uses (the Makefile's dagster.yaml): pools take one run at a
+    # time, so the two variants' trainings take turns in the pool "training", in the run queue.
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
     env = {
         **os.environ,
         MARKER: token,
@@ -263,6 +263,11 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
                     "numPartitionsFailed": 0, "numPartitionsInProgress": 0}, statuses[asset]
         runs = {r["runId"]: r for r in backfill["runs"]}
         assert all(r["status"] == "SUCCESS" for r in runs.values()), runs
+        # The variants' trainings took turns in the pool "training" (one run at a time, the later
+        # one held in the run queue): their runs never overlap.
+        trained = sorted((r["startTime"], r["endTime"]) for r in runs.values()
+                         if any(t["key"] == "dagster/partition" for t in r["tags"]))
+        assert len(trained) == 2 and trained[0][1] <= trained[1][0], trained
         # Every materialization came from the data run or the backfill's runs: the data assets once
         # each (one run), each variant partition once, the champion and its generations once.
         materialized = {a: _materializations(dagster_port, a) for a in ALL_ASSETS}

@@ -1,18 +1,20 @@
 """Waiting for a turn in a Dagster pool asleep, before a run executes in process.
 
-Dagster 1.13's in-process executor (``execute_in_process``, what ``gpt-pipeline materialize`` and
-so ``make run`` use) spins while a step waits for a pool slot: ``InstanceConcurrencyContext.
-interval_to_next_pending_claim_check`` returns ``min([0, ...])``, never more than 0, so the
-executor's ``sleep_til_ready`` never sleeps and its loop runs flat out (one core, 85-117% CPU in
-``ps``) until the slot frees. No instance setting changes that: the run-level pool granularity
-(``concurrency: pools: granularity: run``) stops the executor from checking pools at all, and
-runs executed in process never pass the run queue, so two trainings would run at once.
+Dagster 1.13's executor spins while a step waits for a pool slot:
+``InstanceConcurrencyContext.interval_to_next_pending_claim_check`` returns ``min([0, ...])``,
+never more than 0, so the executor's ``sleep_til_ready`` never sleeps and its loop runs flat out
+(one core, 85-117% CPU in ``ps``) until the slot frees. The project's instance therefore counts
+pools per run (``defs.local_instance``: ``granularity: run``): a launched run waits in the run
+queue, with no process, until no run in progress uses its pool; the executor then checks no pool.
 
-``pool_turn`` claims the step's slot itself, through the same storage calls and the same
-pending-steps queue as Dagster (first come, first served; the UI shows the claim), sleeping
-between tries, before the run starts; Dagster's own claim for that run and step then finds the
-slot already held and goes on at once. The slot is freed when the run is over, however it ended
-(Dagster frees it first when the step ends).
+Runs executed in process (``gpt-pipeline materialize``, so ``make run`` and the sweeps) never
+pass the run queue. ``pool_turn`` makes them take turns, sleeping between tries: it claims the
+step's slot through Dagster's own storage calls and pending-steps queue (first come, first
+served; the UI shows the claim) and, where pools are counted per run, also waits while the runs
+in progress that use the pool (launched ones hold no slot) fill its limit, as the run queue
+counts them. Where pools are counted per step, Dagster's own claim for that run and step finds
+the slot already held and goes on at once. The slot is freed when the run is over, however it
+ended.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import dagster as dg
 from gpt_pipeline.defs.sources import TRAINING_POOL
 
 TRAINING_STEP = "trained_model"  # the step of the pool TRAINING_POOL (the asset's op)
-FIRST_WAIT, LONGEST_WAIT = 0.25, 2.0  # seconds between tries: quick turns, then a try every 2 s
+FIRST_WAIT, LONGEST_WAIT = 0.25, 2.0
+ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]  # seconds between tries: quick turns, then a try every 2 s
 
 
 @contextlib.contextmanager
@@ -46,8 +49,10 @@ def pool_turn(instance: dg.DagsterInstance, pool: str, run_id: str, step_key: st
             return
         storage.initialize_concurrency_limit_to_default(pool)  # as Dagster does on a first claim
     try:
+        per_run = _counted_per_run(instance)
         wait, told = FIRST_WAIT, False
-        while not storage.claim_concurrency_slot(pool, run_id, step_key).is_claimed:
+        while not (storage.claim_concurrency_slot(pool, run_id, step_key).is_claimed
+                   and (not per_run or _runs_using(instance, pool, run_id) < _limit(storage, pool))):
             if log is not None and not told:
                 log(f"waiting for a free slot in the Dagster pool {pool!r} (another run holds it)")
                 told = True
@@ -56,6 +61,25 @@ def pool_turn(instance: dg.DagsterInstance, pool: str, run_id: str, step_key: st
         yield
     finally:
         storage.free_concurrency_slots_for_run(run_id)
+
+
+def _counted_per_run(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance counts pools per run (``concurrency: pools: granularity: run``)."""
+    granularity = instance.get_concurrency_config().pool_config.pool_granularity
+    return granularity is not None and granularity.value == "run"
+
+
+def _limit(storage, pool: str) -> int:
+    return storage.get_concurrency_info(pool).slot_count
+
+
+def _runs_using(instance: dg.DagsterInstance, pool: str, run_id: str) -> int:
+    """Runs in progress other than ``run_id`` that use ``pool``: what the run queue counts
+    against the pool's limit when pools are counted per run."""
+    records = instance.get_run_records(dg.RunsFilter(statuses=ACTIVE))
+    return sum(1 for record in records if record.dagster_run.run_id != run_id
+               and pool in ((record.dagster_run.run_op_concurrency and record.dagster_run.run_op_concurrency.all_pools)
+                            or ()))
 
 
 def training_turn(instance: dg.DagsterInstance, job: dg.JobDefinition, selection: list[dg.AssetKey] | None,

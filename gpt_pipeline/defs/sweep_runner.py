@@ -37,13 +37,13 @@ import tempfile
 import yaml
 
 from gpt_pipeline.defs.champion import current_data_digest, standings
+from gpt_pipeline.defs.local_instance import instance_home
 from gpt_pipeline.defs.search import Search
 from gpt_pipeline.defs.search_trials import open_study
 from gpt_pipeline.defs.sources import TRAINING_POOL
 from gpt_pipeline.defs.sweeps import SHARED_ASSETS, Sweep, load_sweep, read_run_config, variant_record
 from gpt_pipeline.defs.variants import DEFAULT_VARIANT, VariantError, read_variant, record_path, save_variant
 from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV
-from gpt_pipeline.storage import atomic_write_text, project_root
 from gpt_pipeline.training.metrics import figure_text
 
 VARIANT_STEP = "trained_model,sample_generations"
@@ -105,16 +105,6 @@ class _PoolLimit:
                 self.storage.delete_concurrency_limit(TRAINING_POOL)
             else:
                 self.storage.set_concurrency_slots(TRAINING_POOL, self.previous)
-
-
-def instance_home() -> Path:
-    """``$DAGSTER_HOME``, else the project's ``dagster_home`` (``make``'s), created as ``make``
-    creates it (pools one step at a time) when missing."""
-    home = Path(os.environ.get("DAGSTER_HOME") or project_root() / "dagster_home")
-    config = home / "dagster.yaml"
-    if not config.is_file():
-        atomic_write_text(config, "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
-    return home
 
 
 def _check_bindings(sweep: Sweep) -> None:

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline import provenance
 from gpt_pipeline.cli import main
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
+from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
 from gpt_pipeline.defs.variants import known_variants
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
@@ -31,7 +32,7 @@ def sweep_home(tmp_path, isolated_storage, monkeypatch):
     """A Dagster home whose pools take one step at a time (as `make`'s), and a base run config."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n")
+    (home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     base = copy.deepcopy(TINY_RUN_CONFIG)
     base["ops"]["sample_generations"]["config"]["prompts"] = ["Once", "The dog", "A cat"]
