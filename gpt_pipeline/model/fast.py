@@ -30,8 +30,7 @@ import torch
 from gpt_pipeline.model import decode, native_attention, native_decode
 from gpt_pipeline.model.fused import (FeedForwardResidual, HeadCrossEntropy, LinearFunction,
                                       ProjectionResidual)
-from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
-from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
+from gpt_pipeline.model.native_attention import NativeAttention
 
 _enabled = True
 
@@ -88,21 +87,16 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor | None:
 
 def _heads(attention, x: torch.Tensor) -> torch.Tensor:
     """The heads' outputs side by side ``[B, T, C]`` for ``x`` ``[B, T, C]``: q/k/v with
-    ``LinearFunction``, then ``NativeAttention`` (weights dropped among the ``causal_weights``),
-    or without a compiled kernel and with attention dropout on, ``AttentionHeads`` (weights dropped
-    in ``query_blocks``), else the plain heads."""
+    ``LinearFunction``, then ``NativeAttention`` (weights dropped among ``[B, H, T, T]``, as the
+    plain heads draw them), else the plain heads."""
     B, T, C = x.shape
     H = attention.head_count
     qkv = LinearFunction.apply(x.reshape(B * T, C), attention.qkv.weight, attention.qkv.bias).view(B, T, 3 * C)
     dropout = attention.attention_dropout
     if native_attention.supports(qkv, H):  # the compiled kernel, dropout or not
-        positions = dropout.positions(B * H * causal_weights(T))  # of [B, H, T(T+1)/2]
+        positions = dropout.positions(B * H * T * T)  # of [B, H, T, T]
         return NativeAttention.apply(qkv, H, positions, dropout.scale if positions is not None else 1.0)
-    if dropout.training and dropout.p > 0:
-        positions = [dropout.positions(H * B * (r1 - r0) * r1)  # [H, B, r1 - r0, r1]
-                     for r0, r1 in query_blocks(T)]
-        return AttentionHeads.apply(qkv, H, positions, dropout.scale)
-    return attention.heads(qkv)  # no dropout to draw: the plain heads
+    return attention.heads(qkv)
 
 
 def loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:

@@ -1,18 +1,12 @@
 """gpt-rs's attention heads for CPU training through the C kernel ``native/attention.c``.
 
-What this module does: ``NativeAttention`` maps the fused q/k/v projection ``[B, T, 3C]`` to the
-heads' outputs side by side, ``[B, T, C]``, with the math of ``fused_attention.AttentionHeads``
-(scores ``q @ k.T / sqrt(head_size)``, causal mask, softmax, dropout on the weights, weights
-``@ v``), forward and backward in one compiled pass per (batch row, head) that stays in the
-core's cache: no score tensors in memory, no scores above the diagonal, no layout copies. On
-gpt-rs's example config it takes about half the time of ``AttentionHeads``
-(``benchmarks/bench_attention.py``). ``kernel(head_size)`` is the compiled library or ``None``
-(``native_build.unavailable`` says why); the model then uses ``AttentionHeads``.
-
-Dropout: ``causal_weights(T)`` weights per (batch row, head) can be dropped, those on and below
-the diagonal (the rest are 0 anyway); ``positions`` are sorted flat indices into
-``[B, H, causal_weights(T)]``, row ``i``'s keys ``0 .. i`` at ``i(i+1)/2 .. i(i+1)/2 + i``.
-What it does not do: other dtypes or devices, inference (``F.scaled_dot_product_attention``).
+``NativeAttention`` maps the fused q/k/v projection ``[B, T, 3C]`` to the heads' outputs side by
+side, ``[B, T, C]``, with ``CausalSelfAttention.heads``' math (scores ``q @ k.T / sqrt(head_size)``,
+causal mask, softmax, dropout on the weights, weights ``@ v``), forward and backward in one
+compiled pass per (batch row, head) that stays in the core's cache: no score tensors in memory,
+no scores above the diagonal, no layout copies. Dropout: sorted flat indices of the dropped
+weights in ``[B, H, T, T]``, as the plain heads draw them. ``kernel(head_size)`` is the compiled
+library or ``None`` (``native_build.unavailable`` says why). CPU float32 only.
 """
 
 from __future__ import annotations
@@ -59,20 +53,10 @@ def unavailable(head_size: int) -> str | None:
     return native_build.unavailable("attention", {"HS": head_size, "VL": vector_length(head_size)})
 
 
-def causal_weights(T: int) -> int:
-    """Attention weights on and below the diagonal of one ``[T, T]`` head: ``T (T + 1) / 2``.
-
-    Example:
-        >>> causal_weights(64)
-        2080
-    """
-    return T * (T + 1) // 2
-
-
 class NativeAttention(torch.autograd.Function):
     """``qkv`` ``[B, T, 3C]`` float32 on CPU -> heads' outputs ``[B, T, C]``.
 
-    ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, causal_weights(T)]``
+    ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, T, T]``
     (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p)).
 
     Example:
@@ -96,7 +80,7 @@ class NativeAttention(torch.autograd.Function):
             raise RuntimeError(f"no native attention kernel: {unavailable(C // head_count)}")
         qkv = qkv.contiguous()
         out = torch.empty(B, T, C, dtype=qkv.dtype)
-        probs = torch.empty(B, head_count, causal_weights(T), dtype=qkv.dtype)  # softmax, before dropout
+        probs = torch.empty(B, head_count, T * (T + 1) // 2, dtype=qkv.dtype)  # softmax, before dropout
         dropped, count = _positions(positions)
         status = lib.attention_forward(qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), dropped, count, B, T,
                                        head_count, 1.0 / math.sqrt(C // head_count), scale, torch.get_num_threads())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_pipeline.model import fast, native_build, native_decode
+from gpt_pipeline.model.dropout import dropped_positions
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline_tests import reference
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
@@ -24,6 +25,12 @@ def _model(seed=0):
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + seed)) * 0.3)
     return model
+
+
+def _draw(seed: int):
+    """The reference's random draw: what the model's dropouts draw from a generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return lambda n, p: dropped_positions(n, p, g)
 
 
 def test_plain_turns_every_fast_path_off_and_back_on():
@@ -63,7 +70,7 @@ def test_plain_training_forward_equals_gpt_rs_model_mask_for_mask():
     with the masks drawn in the plain order and layout."""
     model = _model(3).train()
     idx = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(4))
-    expected = ReferenceGPT.from_gpt(model).set_masks(Masks(torch.Generator().manual_seed(9), "dense"))(idx)
+    expected = ReferenceGPT.from_gpt(model).set_masks(Masks(_draw(9)))(idx)
     model.set_dropout_generator(torch.Generator().manual_seed(9))
     with fast.plain():
         logits = model(idx)
