@@ -123,6 +123,8 @@ class MultiAttentionHead(nn.Module):
 
 
 class FeedForward(nn.Module):
+    activation = staticmethod(F.relu)  # gpt-rs's; tests swap it together with the model's
+
     def __init__(self, c: GPTConfig):
         super().__init__()
         self.input = nn.Linear(c.embedding_size, c.embedding_size * c.feed_forward_multiplier)
@@ -130,7 +132,7 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(c.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.output(F.relu(self.input(x))))
+        return self.dropout(self.output(self.activation(self.input(x))))
 
 
 class Block(nn.Module):

@@ -1,28 +1,21 @@
-"""Hand-written forward and backward passes for the hottest pieces of a CPU training step.
+"""Hand-written forward and backward passes of a CPU training step: ``gpt.Block.fused_forward``
+and ``gpt.GPT.loss`` call them.
 
-What this module does: gpt-rs's block, ``x = dropout_res(x) + attn(ln_1(x))`` then
-``x = dropout_res(x) + ffn(ln_2(x))``, with fewer passes over memory than the plain composition.
 On a 2-core CPU every pass over a ``[B * T, 4 * C]`` tensor that is not in cache costs about as
-much as a small matrix product. So:
+much as a small matrix product, so the block's halves are written with fewer passes:
 
 - ``linear`` / ``linear_add``: ``x @ W.T + b`` (then ReLU, or ``+ other``) through oneDNN's fused
-  linear kernel where this torch has it (bias, ReLU and residual in the product's own pass; on the
-  2-core AMD EPYC here its kernels are 10-25% faster than MKL's on these shapes, 47% with the
-  bias and ReLU), else ``torch.mm`` with the bias, ReLU and residual applied in place; the weight
-  gradients stay with ``torch.mm`` (oneDNN was slower there: it copies the transposed input);
+  linear kernel where this torch has it (bias, ReLU and residual in the product's own pass), else
+  ``torch.mm`` with them applied in place; the weight gradients stay with ``torch.mm``;
 - ``LinearFunction``: ``x @ W.T + b`` (q/k/v);
 - ``ProjectionResidual``: ``dropout_res(x) + (y @ W.T + b)``;
-- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)``, the
-  ReLU's gradient masked in place, the branch's dropout scale folded into ``W2`` and ``b2``;
+- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)``;
 - ``HeadCrossEntropy``: the head's product and the mean cross-entropy, in row chunks (no logits
   tensor in memory).
 
-Dropout is given as the flat ``positions`` dropped (int64, sorted, or ``None``) and the ``scale``
-of the kept elements (1 / (1 - p)), as ``dropout.Dropout.draw`` gives them. The math and the
-gradients are those of the plain PyTorch composition, up to the order of float additions (the
-tests compare both, with and without oneDNN). What it does not do: attention
-(``fused_attention.py``), decide when to use them (``fast.py`` does, on CPU in float32) or draw
-the positions (``dropout.py``).
+Dropout comes as the flat ``positions`` dropped (``dropout.Dropout.positions``) and the kept
+elements' ``scale``. The math and gradients are those of the plain composition up to the order of
+float additions (the tests compare both, with and without oneDNN).
 """
 
 from __future__ import annotations
@@ -57,8 +50,13 @@ def onednn() -> bool:
     return ONEDNN
 
 
-def _cpu_float32(x: torch.Tensor) -> bool:
+def cpu_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether a block's input is trained with these passes: CPU float32, gradients on."""
+    return cpu_float32(x) and torch.is_grad_enabled()
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
@@ -72,7 +70,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu
         >>> linear(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]), torch.ones(2), relu=True).tolist()
         [[4.0, 0.0]]
     """
-    if _cpu_float32(x) and onednn():
+    if cpu_float32(x) and onednn():
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     out = torch.mm(x.reshape(-1, x.size(-1)), w.t())  # [N, out]
     if b is not None:
@@ -89,7 +87,7 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.T
         >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
         [[2.0, 7.0]]
     """
-    if _cpu_float32(x) and onednn():
+    if cpu_float32(x) and onednn():
         if alpha != 1.0:
             w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
