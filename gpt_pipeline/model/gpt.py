@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from gpt_pipeline.fields import check, param
 from gpt_pipeline.model import fused, native_attention, native_decode
 from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.model.generation import sample_next, validate_sampling
+from gpt_pipeline.model.generation import sample, validate_sampling
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -282,39 +282,25 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
-        gpt-rs's loop, for every row: the last ``context_length`` tokens through the model, the
-        logits at the last position, ``sample_next`` (divide by the temperature, softmax, one
-        multinomial draw; ``top_k=1``: the arg-max), dropout off (the model's mode is restored
-        afterwards). While the window fills it starts at position 0 and only grows, so the keys
-        and values of earlier positions are kept (``KVCache``) and a token costs one position;
-        once it slides, every position moves and the whole window runs again. The steps run in
-        ``native_decode.Session`` (C) where it applies, else through ``forward``: the same tokens.
-        ``between_tokens``, if given, is called before every new token; whatever it raises stops
-        the loop (a server's deadline, a request nobody awaits).
+        ``generation.sample``, gpt-rs's loop (the last ``context_length`` tokens, the logits at
+        the last position, divided by the temperature, softmax, one multinomial draw; ``top_k=1``:
+        the arg-max), with dropout off (the model's mode is restored afterwards) and a key/value
+        cache while the window fills. Its steps run in ``native_decode.Session`` (C) where it
+        applies, else through ``forward`` (``cached_step``): the same tokens. ``between_tokens``
+        as in ``sample``.
         """
         validate_sampling(max_new_tokens, temperature, top_k)
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"prompt ids must have shape [B, T] with T >= 1, got {tuple(idx.shape)}")
-        was_training, context_length = self.training, self.config.context_length
+        was_training = self.training
         self.eval()
         try:
-            B, T = idx.shape
-            out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
-            out[:, :T] = idx
+            B = idx.size(0)
             step = native_decode.Session(self, B).logits if native_decode.supports(self) else self.cached_step(B)
-            for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
-                if between_tokens is not None:
-                    between_tokens()
-                if n > context_length:  # the window slides: all of it again, from position 0
-                    ids, start = out[:, n - context_length : n], 0
-                elif n == T:  # the prompt
-                    ids, start = out[:, :n], 0
-                else:  # the window grows: one new position, the others cached
-                    ids, start = out[:, n - 1 : n], n - 1
-                out[:, n] = sample_next(step(ids, start), temperature, top_k, generator)
+            return sample(step, idx, max_new_tokens, self.config.context_length, temperature, top_k, generator,
+                          between_tokens)
         finally:
             self.train(was_training)
-        return out
 
     def cached_step(self, batch: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """``step(ids, start)``: the logits ``[B, V]`` at the last of ``ids`` ``[B, T]`` at positions
