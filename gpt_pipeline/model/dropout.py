@@ -79,12 +79,7 @@ class Dropout(nn.Module):
 
 
 def scaled_except(x: torch.Tensor, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """``x * scale`` with the flat ``positions`` set to 0 (``x`` itself when there is nothing to do).
-
-    Example:
-        >>> scaled_except(torch.ones(2, 2), torch.tensor([1]), 2.0).tolist()
-        [[2.0, 0.0], [2.0, 2.0]]
-    """
+    """``x * scale`` with the flat ``positions`` set to 0 (``x`` itself when there is nothing to do)."""
     if positions is None:
         return x if scale == 1.0 else x * scale
     out = x * scale
@@ -93,16 +88,7 @@ def scaled_except(x: torch.Tensor, positions: torch.Tensor | None, scale: float)
 
 
 class DropPositions(torch.autograd.Function):
-    """``x * scale`` with the flat ``positions`` set to 0: dropout without a mask tensor.
-
-    Example:
-        >>> x = torch.ones(2, 3, requires_grad=True)
-        >>> y = DropPositions.apply(x, torch.tensor([1, 5]), 2.0)
-        >>> y.tolist()
-        [[2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]
-        >>> y.sum().backward(); x.grad.tolist()
-        [[2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]
-    """
+    """``x * scale`` with the flat ``positions`` set to 0: dropout without a mask tensor."""
 
     @staticmethod
     def forward(ctx, x, positions, scale):

@@ -60,16 +60,8 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[..., in]``, ``w`` ``[out, in]``: ``[..., out]``.
-
-    With oneDNN (float32 on CPU) the bias and ReLU are applied in the product's own pass; without
-    it, in place after ``torch.mm``. Same float32 math either way. ``w`` may be a transposed view:
-    ``linear(g, w.t())`` is ``g @ w``.
-
-    Example:
-        >>> linear(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]), torch.ones(2), relu=True).tolist()
-        [[4.0, 0.0]]
-    """
+    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[..., in]``, ``w`` ``[out, in]`` (or a
+    transposed view: ``linear(g, w.t())`` is ``g @ w``): ``[..., out]``."""
     if cpu_float32(x) and onednn():
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     out = torch.mm(x.reshape(-1, x.size(-1)), w.t())  # [N, out]
@@ -81,12 +73,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu
 def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.Tensor,
                alpha: float = 1.0) -> torch.Tensor:
     """``alpha * (x @ w.T + b) + other`` for ``x`` ``[..., in]``, ``w`` ``[out, in]``, ``other``
-    ``[..., out]``: a new tensor (with oneDNN, ``other`` is added in the product's own pass).
-
-    Example:
-        >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
-        [[2.0, 7.0]]
-    """
+    ``[..., out]``: a new tensor."""
     if cpu_float32(x) and onednn():
         if alpha != 1.0:
             w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
@@ -97,13 +84,7 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.T
 
 
 class LinearFunction(torch.autograd.Function):
-    """``x @ w.T + b`` for ``x`` ``[N, C]``, the bias added in place after the product.
-
-    Example:
-        >>> x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)
-        >>> LinearFunction.apply(x, w, b).tolist()
-        [[3.0, 4.0, 5.0, 6.0], [3.0, 4.0, 5.0, 6.0]]
-    """
+    """``x @ w.T + b`` for ``x`` ``[N, C]``."""
 
     @staticmethod
     def forward(ctx, x, w, b):
@@ -122,11 +103,6 @@ class ProjectionResidual(torch.autograd.Function):
     residual dropout given by ``positions`` and ``scale``. Give ``x`` as the model holds it, not
     a view: its gradient is then a tensor of its own, which autograd adds to the LayerNorm's in
     place (a view's gradient is added out of place, a new ``[B, T, C]`` each time).
-
-    Example:
-        >>> y, x, w, b = torch.ones(1, 2), torch.ones(1, 2), torch.eye(2), torch.zeros(2)
-        >>> ProjectionResidual.apply(y, x, w, b, torch.tensor([1]), 2.0).tolist()
-        [[3.0, 1.0]]
     """
 
     @staticmethod
@@ -148,15 +124,6 @@ class FeedForwardResidual(torch.autograd.Function):
     """``dropout_res(x) + dropout_ff(relu(h @ w1.T + b1) @ w2.T + b2)`` for ``h``, ``x`` ``[..., C]``:
     gpt-rs's feed-forward half of a block, each dropout given as positions and scale (``x`` as
     for ``ProjectionResidual``).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> h, x, w1, b1 = (torch.randn(*s, generator=g) for s in ((5, 4), (5, 4), (8, 4), (8,)))
-        >>> w2, b2 = torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
-        >>> plain = x + torch.relu(h @ w1.T + b1) @ w2.T + b2
-        >>> fused = FeedForwardResidual.apply(h, x, w1, b1, w2, b2, None, 1.0, None, 1.0)
-        >>> torch.allclose(fused, plain, atol=1e-5)
-        True
     """
 
     @staticmethod

@@ -1,12 +1,10 @@
 """gpt-rs's attention heads for CPU training through the C kernel ``native/attention.c``.
 
-``NativeAttention`` maps the fused q/k/v projection ``[B, T, 3C]`` to the heads' outputs side by
-side, ``[B, T, C]``, with ``CausalSelfAttention.heads``' math (scores ``q @ k.T / sqrt(head_size)``,
-causal mask, softmax, dropout on the weights, weights ``@ v``), forward and backward in one
-compiled pass per (batch row, head) that stays in the core's cache: no score tensors in memory,
-no scores above the diagonal, no layout copies. Dropout: sorted flat indices of the dropped
-weights in ``[B, H, T, T]``, as the plain heads draw them. ``kernel(head_size)`` is the compiled
-library or ``None`` (``native_build.unavailable`` says why). CPU float32 only.
+``NativeAttention`` is ``CausalSelfAttention.heads``' math (scores ``q @ k.T / sqrt(head_size)``,
+causal mask, softmax, dropout on the weights, weights ``@ v``) from the q/k/v projection
+``[B, T, 3C]`` to ``[B, T, C]``, forward and backward in one compiled pass per (batch row, head):
+no score tensors in memory, no scores above the diagonal, no layout copies. Dropout: sorted flat
+indices of the dropped weights in ``[B, H, T, T]``, as the plain heads draw them.
 """
 
 from __future__ import annotations

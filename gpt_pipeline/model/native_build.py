@@ -1,18 +1,12 @@
-"""Compile and load gpt_pipeline's C kernels (``gpt_pipeline/model/native/*.c``) with the system's C compiler.
+"""Compile and load the C kernels (``native/*.c``) with the system's C compiler, on first use.
 
-What this module does: ``load(name, defines)`` compiles ``native/<name>.c`` once per machine,
-source and defines into a shared library under the kernel cache and opens it with ``ctypes``.
-The cache is ``GPT_PIPELINE_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``
-(``~/.cache/...``) or, where that cannot be written, ``<tmp>/gpt_pipeline_kernels_<uid>``; a
-folder that is not the user's own, or that others may write to, is refused (a library planted
-there would run as the user). The file name carries a hash of everything that shapes the binary
-(source and the headers it includes, defines, flags, compiler version, CPU flags), so a changed
-source or another machine never loads a stale library; it is written to a temporary name and
-renamed, so concurrent builders are safe. Compiling takes about half a second and happens on first use.
-
-What it does not do: decide when a kernel is worth using, or fall back: ``load`` returns ``None``
-and ``unavailable(name, defines)`` says why (no compiler, a failed build, ``GPT_PIPELINE_NATIVE=0``);
-callers keep a PyTorch path. Nothing here is downloaded: the sources ship in the package.
+``load(name, defines)`` builds ``native/<name>.c`` with ``-D<key>=<value>`` into the kernel cache
+(``GPT_PIPELINE_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``, else
+``<tmp>/gpt_pipeline_kernels_<uid>``; a folder others may write to is refused: a planted library
+would run as the user) and opens it with ``ctypes``. The file name hashes everything that shapes
+the binary (sources, headers, defines, flags, compiler, CPU flags); it is written under a temporary
+name and renamed. ``load`` gives ``None`` where it cannot (no compiler, a failed build,
+``GPT_PIPELINE_NATIVE=0``) and ``unavailable`` says why: callers keep a PyTorch path.
 """
 
 from __future__ import annotations

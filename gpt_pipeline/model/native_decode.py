@@ -1,14 +1,11 @@
 """``GPT.generate``'s CPU step through the C kernel ``native/decode.c``: one call per token.
 
-``Session(model, batch).logits(ids, start)`` is the step of ``GPT.generate``'s loop (the logits at
-the last of ``ids`` at positions ``start ..``, the keys and values of earlier positions cached)
-with every block, the final LayerNorm and the head in one compiled call, the last block computing
-the last position alone, so that a token costs its arithmetic rather than ~100 PyTorch operators
-(``benchmarks/bench_generate.py``). It holds the call's buffers (caches, scratch, logits) and the
-weights in the kernel's layout (the products' weights transposed to ``[in, out]``, made again
-when a parameter changes). ``supports(model)``: float32 on CPU, eval mode, gpt.py's ReLU
-feed-forward, a head size that is a multiple of 4 and a compiled kernel (``unavailable`` says why
-not); ``GPT.generate`` steps through ``GPT.forward`` otherwise.
+``Session(model, batch).logits(ids, start)`` is a step of ``generation.sample`` with every block,
+the final LayerNorm and the head in one compiled call (the last block for the last position
+alone), so that a token costs its arithmetic rather than ~100 PyTorch operators. The weights are
+packed in the kernel's layout (products' weights transposed to ``[in, out]``), again whenever a
+parameter changes. ``supports(model)``: float32 on CPU, eval mode, gpt.py's ReLU feed-forward,
+a head size that is a multiple of 4, a compiled kernel (``unavailable`` says why not).
 """
 
 from __future__ import annotations

@@ -1,26 +1,14 @@
 /* gpt-rs's causal attention heads, forward and backward, for CPU training (float32).
  *
- * What it does: for every (batch row b, head h) pair, with q, k, v the head's [T, HS] slices of
- * the fused projection qkv [B, T, 3C] (C = H * HS, rows q_0 .. q_H-1, k_0 .., v_0 ..):
- *   P = softmax(alpha * q k^T) over keys j <= i      (alpha = 1 / sqrt(HS))
- *   W = P with the dropped weights set to 0 and the rest times keep_scale
- *   out[b, i, h * HS ..] = (W v)[i]
- * and the gradient of qkv from the gradient of out. Each pair runs start to end on one thread
- * (OpenMP over pairs), in L1/L2, reading q, k, v and writing their gradients where the projection
- * keeps them: no layout copies, no scores above the diagonal, one pass for softmax and dropout.
- * The result does not depend on the thread count.
- *
- * Dropout: `dropped` holds the sorted flat indices of the dropped weights in [B, H, T, T] (those
- * above the diagonal are 0 anyway and are skipped). `probs` [B, H, T(T+1)/2] keeps P (before
- * dropout) for the backward, row i's keys 0..i at i(i+1)/2 .. i(i+1)/2 + i.
- *
- * Backward, per row i, with g the output's gradient: dW_ij = g_i . v_j, D_i = g_i . out_i
- * (= sum_j W_ij dW_ij), dS_ij = alpha * P_ij * (keep_ij * keep_scale * dW_ij - D_i); then
- * dq = dS k, dk = dS^T q, dv = W^T g.
- *
- * What it does not do: anything but float32 on CPU, head sizes that are not a multiple of VL,
- * inference (PyTorch's scaled_dot_product_attention does that). Built by native_build.py with
- * -DHS=<head size> -DVL=<floats per vector>; plain C with GCC/Clang vector extensions.
+ * For every (batch row b, head h), q, k, v the head's [T, HS] slices of qkv [B, T, 3C]:
+ *   P = softmax(alpha * q k^T) over keys j <= i, W = P with the dropped weights 0 and the rest
+ *   times keep_scale, out[b, i, h * HS ..] = (W v)[i]; and the gradient of qkv from out's.
+ * Each pair runs on one thread (OpenMP), in cache, reading q, k, v where the projection wrote
+ * them; the result does not depend on the thread count. `dropped`: sorted flat indices of the
+ * dropped weights in [B, H, T, T] (those above the diagonal are 0 anyway and skipped). `probs`
+ * [B, H, T(T+1)/2] keeps P for the backward, row i's keys 0..i at i(i+1)/2 ...
+ * Backward, per row i, g the output's gradient: dW_ij = g_i . v_j, D_i = g_i . out_i,
+ * dS_ij = alpha * P_ij * (keep_ij * keep_scale * dW_ij - D_i); dq = dS k, dk = dS^T q, dv = W^T g.
  */
 #include "heads.h"
 
