@@ -26,8 +26,7 @@ from gpt_pipeline.model.dropout import scaled_except
 
 
 def _onednn_linear_works() -> bool:
-    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, the kernel
-    torch.compile uses on CPU) is in this torch build and gives a known answer."""
+    """Whether oneDNN's fused linear (torch.compile's CPU kernel) is here and gives a known answer."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -122,9 +121,7 @@ class ProjectionResidual(torch.autograd.Function):
 
 class FeedForwardResidual(torch.autograd.Function):
     """``dropout_res(x) + dropout_ff(relu(h @ w1.T + b1) @ w2.T + b2)`` for ``h``, ``x`` ``[..., C]``:
-    gpt-rs's feed-forward half of a block, each dropout given as positions and scale (``x`` as
-    for ``ProjectionResidual``).
-    """
+    a block's feed-forward half, each dropout as positions and scale (``x`` as for ``ProjectionResidual``)."""
 
     @staticmethod
     def forward(ctx, h, x, w1, b1, w2, b2, ff_positions, ff_scale, res_positions, res_scale):
@@ -157,14 +154,9 @@ class FeedForwardResidual(torch.autograd.Function):
 
 
 class HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, computed in row chunks.
-
-    The same math as ``F.cross_entropy(hidden @ weight.T, targets)``, without the ``[N, V]``
-    logits in memory: each chunk's logits (a few MB, cache-sized) are made, reduced and turned
-    into their gradient at once (softmax - one-hot), whose products with ``weight`` and ``hidden``
-    are the gradients of the inputs; the backward pass only scales them. On CPU this saves about
-    40% of the head + loss time (no fresh 32 MB logits and gradient streaming through memory).
-    """
+    """``F.cross_entropy(hidden @ weight.T, targets)`` in cache-sized row chunks, no ``[N, V]`` logits
+    in memory: each chunk's logits are reduced and turned into their gradient (softmax - one-hot)
+    at once, whose products give the inputs' gradients; the backward pass only scales them."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -21,49 +21,21 @@ SIGNATURES = {"attention_forward": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _I6
               "attention_backward": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT])}
 
 
-def vector_length(head_size: int, widest: int | None = None) -> int | None:
-    """Floats per vector the kernel uses for ``head_size``: the largest of 16, 8 and 4 that divides
-    it and fits the machine's registers (``widest``, default ``native_build.vector_floats()``);
-    ``None`` if none does.
-
-    Example:
-        >>> vector_length(32, widest=16), vector_length(24, widest=16), vector_length(32, widest=8)
-        (16, 8, 8)
-        >>> vector_length(6, widest=16) is None
-        True
-    """
-    widest = native_build.vector_floats() if widest is None else widest
-    return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
-
-
 def kernel(head_size: int) -> ctypes.CDLL | None:
     """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    vl = vector_length(head_size)
-    if vl is None:
-        return None
-    return native_build.load("attention", {"HS": head_size, "VL": vl}, SIGNATURES)
+    return native_build.kernel("attention", head_size, SIGNATURES)
 
 
 def unavailable(head_size: int) -> str | None:
     """Why ``kernel(head_size)`` is ``None`` (one line), or ``None`` when it is there."""
-    if vector_length(head_size) is None:
-        return f"head size {head_size} is not a multiple of 4"
-    return native_build.unavailable("attention", {"HS": head_size, "VL": vector_length(head_size)})
+    return native_build.why_not("attention", head_size)
 
 
 class NativeAttention(torch.autograd.Function):
     """``qkv`` ``[B, T, 3C]`` float32 on CPU -> heads' outputs ``[B, T, C]``.
 
     ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, T, T]``
-    (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p)).
-
-    Example:
-        >>> qkv = torch.zeros(1, 2, 48)  # one head of 16: q, k and v side by side
-        >>> qkv[0, :, 32:] = torch.tensor([[1.0], [3.0]])  # v of positions 0 and 1
-        >>> out = NativeAttention.apply(qkv, 1, None, 1.0) if kernel(16) else None  # built on first use
-        >>> out is None or out[0, :, 0].tolist() == [1.0, 2.0]  # equal scores: the mean of v so far
-        True
-    """
+    (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p))."""
 
     @staticmethod
     def forward(ctx, qkv, head_count, positions, scale):

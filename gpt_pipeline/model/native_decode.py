@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from gpt_pipeline.model import native_build
-from gpt_pipeline.model.native_attention import vector_length
 
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9 + [_F, _INT]),
@@ -27,10 +26,7 @@ SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9
 
 def kernel(head_size: int) -> ctypes.CDLL | None:
     """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    vl = vector_length(head_size)
-    if vl is None:
-        return None
-    return native_build.load("decode", {"HS": head_size, "VL": vl}, SIGNATURES)
+    return native_build.kernel("decode", head_size, SIGNATURES)
 
 
 def unavailable(model) -> str | None:
@@ -42,10 +38,7 @@ def unavailable(model) -> str | None:
         return "the model is in training mode (dropout on)"
     if any(block.feed_forward.activation is not F.relu for block in model.blocks):
         return "the feed-forward's activation is not the kernel's ReLU"
-    head_size, vl = model.config.head_size, vector_length(model.config.head_size)
-    if vl is None:
-        return f"head size {head_size} is not a multiple of 4"
-    return native_build.unavailable("decode", {"HS": head_size, "VL": vl})
+    return native_build.why_not("decode", model.config.head_size)
 
 
 def supports(model) -> bool:
@@ -60,9 +53,8 @@ def _versions(model) -> tuple:
 
 
 def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
-    """``model``'s weights in the kernel's layout and the array of their blocks' pointers, made
-    once and made again when any parameter was changed in place or replaced (the products'
-    weights are transposed copies; LayerNorms and biases are the parameters themselves)."""
+    """``model``'s weights in the kernel's layout (products' weights transposed copies, the rest
+    the parameters) and their blocks' pointers, made again when a parameter changed."""
     versions = _versions(model)
     cached = _weights.get(model)
     if cached is not None and cached[0] == versions:
@@ -86,17 +78,7 @@ def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
 
 class Session:
     """One sampling call's state for ``batch`` prompts: caches ``[L, B, ctx, C]``, the kernel's
-    scratch, the logits ``[B, V]`` and the weights; ``logits(ids, start)`` runs the model.
-
-    Example:
-        >>> from gpt_pipeline.model.gpt import GPT, GPTConfig
-        >>> model = GPT(GPTConfig(vocab_size=10, embedding_size=16, context_length=4, head_count=1,
-        ...                       block_count=1)).eval()
-        >>> ids = torch.tensor([[1, 2, 3]])
-        >>> if supports(model):  # where a C compiler built the kernel
-        ...     logits = Session(model, 1).logits(ids, 0)
-        ...     assert torch.allclose(logits, model(ids)[:, -1], atol=1e-5)
-    """
+    scratch, the logits ``[B, V]`` and the weights; ``logits(ids, start)`` runs the model."""
 
     def __init__(self, model, batch: int):
         c = model.config

@@ -100,7 +100,7 @@ def test_machines_with_narrower_vectors_get_a_kernel_of_their_width(widest, monk
     if native_build.compiler() is None:
         pytest.skip("no C compiler here")
     monkeypatch.setattr(native_build, "vector_floats", lambda: widest)
-    assert native_attention.vector_length(32) == widest
+    assert native_build.vector_length(32) == widest
     g = torch.Generator().manual_seed(widest)
     qkv, grad = torch.randn(2, 21, 3 * 64, generator=g), torch.randn(2, 21, 64, generator=g)
     positions = dropped_positions(2 * 2 * 21 * 21, 0.2, g)
