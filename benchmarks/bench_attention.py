@@ -1,5 +1,5 @@
 """Attention heads in CPU training: the compiled kernel (``NativeAttention``) against the PyTorch
-path it replaces (``CausalSelfAttention.heads``, the plain heads under autograd), same run.
+path it replaces (``CausalSelfAttention.heads`` with ``GPT_PIPELINE_NATIVE=0``: PyTorch operators), same run.
 
 One call is what a block's attention costs in a training step: draw the dropout positions,
 forward, backward, for gpt-rs's example config (batch 64 x 64, 4 heads of 32, attention dropout
@@ -13,6 +13,7 @@ products' FLOPs on and below the diagonal, forward and backward).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -48,8 +49,12 @@ def main() -> None:
         positions = dropout.positions(B * H * T * T)  # [B, H, T, T]
         NativeAttention.apply(qkv, H, positions, dropout.scale).backward(grad)
 
-    def plain():
-        plain_heads.heads(qkv).backward(grad)
+    def plain():  # the kernels turned off: the heads' PyTorch operators
+        os.environ["GPT_PIPELINE_NATIVE"] = "0"
+        try:
+            plain_heads.heads(qkv).backward(grad)
+        finally:
+            del os.environ["GPT_PIPELINE_NATIVE"]
 
     paths = {"plain heads (PyTorch)": plain, "NativeAttention (C)": native}
     times: dict[str, list[float]] = {name: [] for name in paths}
