@@ -1,5 +1,5 @@
 """Attention heads in CPU training: the compiled kernel (``NativeAttention``) against the PyTorch
-path it replaces (``AttentionHeads``), same run.
+path it replaces (``CausalSelfAttention.heads`` with ``GPT_PIPELINE_NATIVE=0``: PyTorch operators), same run.
 
 One call is what a block's attention costs in a training step: draw the dropout positions,
 forward, backward, for gpt-rs's example config (batch 64 x 64, 4 heads of 32, attention dropout
@@ -13,6 +13,7 @@ products' FLOPs on and below the diagonal, forward and backward).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -20,9 +21,8 @@ import torch
 
 from gpt_pipeline.model import native_attention
 from gpt_pipeline.model.dropout import Dropout
-from gpt_pipeline.model.fused_attention import AttentionHeads, query_blocks
-from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
+from gpt_pipeline.model.gpt import CausalSelfAttention, GPTConfig
+from gpt_pipeline.model.native_attention import NativeAttention
 
 
 def main() -> None:
@@ -42,16 +42,21 @@ def main() -> None:
     grad = torch.randn(B, T, C, generator=g)  # [B, T, C]
     dropout = Dropout(c.attention_dropout)
     dropout.generator = torch.Generator().manual_seed(1)
+    plain_heads = CausalSelfAttention(c).train()
+    plain_heads.attention_dropout.generator = torch.Generator().manual_seed(1)
 
     def native():
-        positions = dropout.positions(B * H * causal_weights(T))  # [B, H, T(T+1)/2]
+        positions = dropout.positions(B * H * T * T)  # [B, H, T, T]
         NativeAttention.apply(qkv, H, positions, dropout.scale).backward(grad)
 
-    def blocks():
-        positions = [dropout.positions(H * B * (r1 - r0) * r1) for r0, r1 in query_blocks(T)]
-        AttentionHeads.apply(qkv, H, positions, dropout.scale).backward(grad)
+    def plain():  # the kernels turned off: the heads' PyTorch operators
+        os.environ["GPT_PIPELINE_NATIVE"] = "0"
+        try:
+            plain_heads.heads(qkv).backward(grad)
+        finally:
+            del os.environ["GPT_PIPELINE_NATIVE"]
 
-    paths = {"AttentionHeads (PyTorch)": blocks, "NativeAttention (C)": native}
+    paths = {"plain heads (PyTorch)": plain, "NativeAttention (C)": native}
     times: dict[str, list[float]] = {name: [] for name in paths}
     order = list(paths.items())
     for round_ in range(args.calls + 3):
@@ -62,17 +67,17 @@ def main() -> None:
             if round_ >= 3:
                 times[name].append(time.perf_counter() - start)
     hs = C // H
-    flops = 6 * 2 * B * H * causal_weights(T) * hs  # 2 products forward, 4 backward, causal part
+    flops = 6 * 2 * B * H * (T * (T + 1) // 2) * hs  # 2 products forward, 4 backward, causal part
     print(f"threads={torch.get_num_threads()} batch={B} T={T} heads={H}x{hs} calls={args.calls} "
           f"attention={flops / 1e6:.0f} MFLOP per call")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, median in medians.items():
         print(f"{name:26s} median {median * 1e3:6.2f} ms (min {min(times[name]) * 1e3:6.2f})  "
               f"{flops / median / 1e9:5.1f} GFLOP/s")
-    ratio = medians["AttentionHeads (PyTorch)"] / medians["NativeAttention (C)"]
+    ratio = medians["plain heads (PyTorch)"] / medians["NativeAttention (C)"]
     paired = statistics.median(a / b for a, b in zip(*times.values()))
-    saved = (medians["AttentionHeads (PyTorch)"] - medians["NativeAttention (C)"]) * c.block_count
-    print(f"speed-up, AttentionHeads / native: {ratio:.2f}x on medians, {paired:.2f}x median of pairs "
+    saved = (medians["plain heads (PyTorch)"] - medians["NativeAttention (C)"]) * c.block_count
+    print(f"speed-up, plain / native: {ratio:.2f}x on medians, {paired:.2f}x median of pairs "
           f"({saved * 1e3:.0f} ms a training step over {c.block_count} blocks)")
 
 

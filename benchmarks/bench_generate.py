@@ -9,8 +9,8 @@ number of prompts; ``GPT.generate`` samples a batch of prompts in one call.
 
 Printed: tokens/s of the peer and of ours for 1 prompt and for ``--batches`` prompts in one call
 (medians of ``--repeats``; ``GPT.generate`` runs every block in one call of the C kernel of
-``native_decode``, and ``decode.generate``, the same loop through PyTorch operators, is timed
-for one prompt beside it), the ratio ours / peer, whether greedy decoding picks the same tokens
+``native_decode``, and the same loop with its steps through ``GPT.forward`` (PyTorch operators)
+is timed beside it), the ratio ours / peer, whether greedy decoding picks the same tokens
 (and sampling with the same seed, one prompt), and the fraction of the floor. The floor: with a
 key/value cache while the window fills (one position per token), then, once the window is full,
 a whole-window forward per token (gpt-rs's learned absolute positions move every position:
@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: gpt_pipeline_tests
 
-from gpt_pipeline.model import decode, fused  # noqa: E402
+from gpt_pipeline.model import fused  # noqa: E402
 from gpt_pipeline.model.gpt import GPT, GPTConfig  # noqa: E402
 from gpt_pipeline_tests import reference  # noqa: E402
 from gpt_pipeline_tests.reference import ReferenceGPT  # noqa: E402
@@ -170,6 +170,19 @@ def old_rates(tree: Path, threads: int, batches: list[int], repeats: int, tokens
     return {int(k): v for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
+def without_kernel(run):
+    """``run()`` with the C kernels turned off (``GPT_PIPELINE_NATIVE=0``)."""
+    before = os.environ.get("GPT_PIPELINE_NATIVE")
+    os.environ["GPT_PIPELINE_NATIVE"] = "0"
+    try:
+        return run()
+    finally:
+        if before is None:
+            del os.environ["GPT_PIPELINE_NATIVE"]
+        else:
+            os.environ["GPT_PIPELINE_NATIVE"] = before
+
+
 def measure(args) -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
@@ -194,9 +207,10 @@ def measure(args) -> None:
     batches = [1] + [int(b) for b in args.batches.split(",") if b]
     runs = {"gpt-rs loop (reference), 1 prompt": (
         lambda g: reference.generate(peer, prompt, args.tokens, 0.7, g), 1)}
-    for b in batches:  # GPT.generate without the C kernel
-        runs[f"decode.generate (PyTorch operators), {b} prompt{'s' if b > 1 else ''}"] = (
-            lambda g, b=b: decode.generate(ours, torch.tensor([prompt] * b), args.tokens, 0.7, None, g), b)
+    for b in batches:  # GPT.generate without the C kernel: its steps through GPT.forward
+        runs[f"GPT.generate, PyTorch step, {b} prompt{'s' if b > 1 else ''}"] = (
+            lambda g, b=b: without_kernel(lambda: ours.generate(torch.tensor([prompt] * b), args.tokens, 0.7, None, g)),
+            b)
     for b in batches:
         runs[f"GPT.generate, {b} prompt{'s' if b > 1 else ''} in one call"] = (
             lambda g, b=b: ours.generate(torch.tensor([prompt] * b), args.tokens, 0.7, None, g), b)

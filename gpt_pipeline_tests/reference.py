@@ -1,33 +1,32 @@
 """gpt-rs written literally: its model, trainer step and sampler, the oracle of every fast path.
 
-Everything here follows gpt-rs's source (as docs/gpt-rs-parity.md states it) module for module,
-with gpt-rs's tensor names (``ReferenceGPT.state_dict()`` keys are gpt-rs's checkpoint names less
-``transformer.``): one query, key and value linear layer per head, the attention weights computed
-explicitly per head, heads concatenated, projection; dropout on the residual path itself; the
-sampler pads the window to ``context_length`` and runs it whole for every token. Nothing here is
-fast, and nothing in ``gpt_pipeline`` imports it: the tests compare the model's fast paths (the
-C kernel, the fused CPU passes, ``AttentionHeads``, the key/value cache, greedy and sampled
-generation) with it, and the benchmarks use it as gpt-rs's peer.
+Everything here follows gpt-rs's source (docs/gpt-rs-parity.md, ../shared/docs/gpt-rs-semantics.md)
+module for module, with gpt-rs's tensor names (``ReferenceGPT.state_dict()`` keys are gpt-rs's
+checkpoint names less ``transformer.``): one query, key and value linear layer per head, the
+attention weights computed explicitly per head, heads concatenated, projection; dropout on the
+residual path itself; the sampler pads the window to ``context_length`` and runs it whole for
+every token. Nothing here is fast, nothing in ``gpt_pipeline`` imports it, and it imports nothing
+of ``gpt_pipeline.model`` but ``GPTConfig`` and ``GPT``'s parameter names (``from_gpt``).
 
-Dropout: like gpt-rs, each dropout draws its own mask (``F.dropout``, torch's global generator),
-unless ``model.set_masks(Masks(...))`` was called: then every mask comes from one generator, in the order
-and layout ``gpt_pipeline.model``'s ``Dropout`` draws them (``dropped_positions``), so that the two
-models drop the same elements and can be compared mask for mask.
+Dropout: like gpt-rs, each dropout draws its own mask (``F.dropout``), unless
+``model.set_masks(Masks(draw))`` was called: then every mask is made from ``draw(n, p)``, a random
+draw passed in by the test (the flat indices dropped among ``n`` elements), called once per
+dropout in gpt-rs's order (embedding; per block: residual, the attention weights ``[B, H, T, T]``
+of all heads at once, residual, feed-forward), so that a model given the same draw can be
+compared with this one mask for mask.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt_pipeline.model.dropout import dropped_positions
-from gpt_pipeline.model.fused_attention import query_blocks
 from gpt_pipeline.model.gpt import GPT, GPTConfig
-from gpt_pipeline.model.native_attention import causal_weights
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,48 +69,20 @@ def kept(n: int, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
     return flat
 
 
-def causal_layout(positions: torch.Tensor | None, B: int, H: int, T: int, scale: float) -> torch.Tensor:
-    """The ``[H, B, T, T]`` dropout mask that ``positions`` dropped among ``[B, H, T(T+1)/2]`` stand
-    for (the native kernel's layout: row i's keys 0..i, row after row); 0 above the diagonal."""
-    rows, cols = torch.tril_indices(T, T)
-    mask = torch.zeros(B, H, T, T)
-    mask[:, :, rows, cols] = kept(B * H * causal_weights(T), positions, scale).view(B, H, causal_weights(T))
-    return mask.transpose(0, 1)
-
-
-def block_layout(positions: list[torch.Tensor], B: int, H: int, T: int, scale: float) -> torch.Tensor:
-    """The ``[H, B, T, T]`` dropout mask that ``positions`` dropped among ``[H, B, r1 - r0, r1]``,
-    one tensor per query block, stand for (``AttentionHeads``' layout); ``scale`` above the blocks
-    (masked weights anyway)."""
-    mask = torch.full((H, B, T, T), scale)
-    for (r0, r1), dropped in zip(query_blocks(T), positions):
-        mask[:, :, r0:r1, :r1] = kept(H * B * (r1 - r0) * r1, dropped, scale).view(H, B, r1 - r0, r1)
-    return mask
-
-
 class Masks:
-    """Every dropout mask from ``generator``, in call order, drawn as ``gpt_pipeline.model`` draws
-    them; attention masks in ``layout``: ``"dense"`` (``[B, H, T, T]``, the plain forward),
-    ``"causal"`` (the native kernel) or ``"blocks"`` (``AttentionHeads``)."""
+    """Every dropout mask made from ``draw(n, p)`` (the flat indices dropped among ``n``
+    elements), in call order; the attention weights' as ``[B, H, T, T]``, once for all heads."""
 
-    def __init__(self, generator: torch.Generator, layout: str = "dense"):
-        if layout not in ("dense", "causal", "blocks"):
-            raise ValueError(f"layout must be dense, causal or blocks, got {layout!r}")
-        self.generator, self.layout = generator, layout
+    def __init__(self, draw: Callable[[int, float], torch.Tensor]):
+        self.draw = draw
 
     def keep(self, shape: tuple[int, ...], p: float) -> torch.Tensor:
         n = math.prod(shape)
-        return kept(n, dropped_positions(n, p, self.generator), 1 / (1 - p)).view(shape)
+        return kept(n, self.draw(n, p), 1 / (1 - p)).view(shape)
 
     def attention(self, B: int, H: int, T: int, p: float) -> torch.Tensor:
-        """``[H, B, T, T]``, drawn once for all heads of a block."""
-        if self.layout == "dense":
-            return self.keep((B, H, T, T), p).transpose(0, 1)
-        if self.layout == "causal":
-            return causal_layout(dropped_positions(B * H * causal_weights(T), p, self.generator), B, H, T,
-                                 1 / (1 - p))
-        positions = [dropped_positions(H * B * (r1 - r0) * r1, p, self.generator) for r0, r1 in query_blocks(T)]
-        return block_layout(positions, B, H, T, 1 / (1 - p))
+        """``[H, B, T, T]``, drawn once for all heads of a block as ``[B, H, T, T]``."""
+        return self.keep((B, H, T, T), p).transpose(0, 1)
 
 
 class Dropout(nn.Module):
@@ -152,6 +123,8 @@ class MultiAttentionHead(nn.Module):
 
 
 class FeedForward(nn.Module):
+    activation = staticmethod(F.relu)  # gpt-rs's; tests swap it together with the model's
+
     def __init__(self, c: GPTConfig):
         super().__init__()
         self.input = nn.Linear(c.embedding_size, c.embedding_size * c.feed_forward_multiplier)
@@ -159,7 +132,7 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(c.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.output(F.relu(self.input(x))))
+        return self.dropout(self.output(self.activation(self.input(x))))
 
 
 class Block(nn.Module):

@@ -194,14 +194,14 @@ def generate_sliding(
     top_k: int | None = None,
     seed: int | None = None,
 ) -> str:
-    """``prompt`` + ``max_new_tokens`` tokens sampled from an exported model with gpt-rs's loop:
-    each step runs the last ``n_positions`` tokens (all while fewer) through the model and
-    samples from the last position's logits. ``pipeline`` is a ``transformers`` text-generation
-    pipeline on the exported folder (anything with ``.model`` and ``.tokenizer``). The draws are
-    ``gpt_pipeline.model.generation``'s, so the text equals ``generate_text(our model, ...)``
-    for the same seed. No length limit; slower than ``generate()`` (no key/value cache).
+    """``prompt`` + ``max_new_tokens`` tokens sampled from an exported model with gpt-rs's loop
+    (``generation.sample``, the one ``GPT.generate`` runs): the model's key/value cache
+    while the window fills, the last ``n_positions`` tokens from position 0
+    once it slides. ``pipeline`` is a ``transformers`` text-generation pipeline on the exported
+    folder (anything with ``.model`` and ``.tokenizer``). The draws are ours, so the text equals
+    ``generate_text(our model, ...)`` for the same seed. No length limit.
     """
-    from gpt_pipeline.model.generation import sample_next, seeded_generator, validate_sampling
+    from gpt_pipeline.model.generation import sample, seeded_generator, validate_sampling
 
     validate_sampling(max_new_tokens, temperature, top_k)
     model, tokenizer = pipeline.model, pipeline.tokenizer
@@ -209,15 +209,19 @@ def generate_sliding(
     if not ids:
         raise ValueError(f"prompt must be a non-empty string of known characters, got {prompt!r}")
     device = model.lm_head.weight.device
-    generator = seeded_generator(device, seed)
-    window = model.config.n_positions
-    out = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+    past = None
+
+    def step(window: torch.Tensor, start: int) -> torch.Tensor:
+        nonlocal past
+        out = model(window, past if start else None, use_cache=True)  # 2nd: past_key_values (4.x), cache (5.x)
+        past = out["cache"] if "cache" in out else out["past_key_values"]  # positions 0 .. start + T - 1
+        return out.logits[:, -1]  # [1, V]: the last position only
+
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_new_tokens):
-            logits = model(out[:, -window:]).logits[:, -1]  # [1, V]: the last position only
-            out = torch.cat([out, sample_next(logits, temperature, top_k, generator)[:, None]], dim=1)
+        out = sample(step, torch.tensor([ids], dtype=torch.long, device=device), max_new_tokens,
+                     model.config.n_positions, temperature, top_k, seeded_generator(device, seed))
     finally:
         model.train(was_training)
     return prompt + tokenizer.decode(out[0, len(ids):].tolist())

@@ -1,28 +1,21 @@
-"""Hand-written forward and backward passes for the hottest pieces of a CPU training step.
+"""Hand-written forward and backward passes of a CPU training step: ``gpt.Block.fused_forward``
+and ``gpt.GPT.loss`` call them.
 
-What this module does: gpt-rs's block, ``x = dropout_res(x) + attn(ln_1(x))`` then
-``x = dropout_res(x) + ffn(ln_2(x))``, with fewer passes over memory than the plain composition.
 On a 2-core CPU every pass over a ``[B * T, 4 * C]`` tensor that is not in cache costs about as
-much as a small matrix product. So:
+much as a small matrix product, so the block's halves are written with fewer passes:
 
 - ``linear`` / ``linear_add``: ``x @ W.T + b`` (then ReLU, or ``+ other``) through oneDNN's fused
-  linear kernel where this torch has it (bias, ReLU and residual in the product's own pass; on the
-  2-core AMD EPYC here its kernels are 10-25% faster than MKL's on these shapes, 47% with the
-  bias and ReLU), else ``torch.mm`` with the bias, ReLU and residual applied in place; the weight
-  gradients stay with ``torch.mm`` (oneDNN was slower there: it copies the transposed input);
+  linear kernel where this torch has it (bias, ReLU and residual in the product's own pass), else
+  ``torch.mm`` with them applied in place; the weight gradients stay with ``torch.mm``;
 - ``LinearFunction``: ``x @ W.T + b`` (q/k/v);
 - ``ProjectionResidual``: ``dropout_res(x) + (y @ W.T + b)``;
-- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)``, the
-  ReLU's gradient masked in place, the branch's dropout scale folded into ``W2`` and ``b2``;
+- ``FeedForwardResidual``: ``dropout_res(x) + dropout_ff(relu(h @ W1.T + b1) @ W2.T + b2)``;
 - ``HeadCrossEntropy``: the head's product and the mean cross-entropy, in row chunks (no logits
   tensor in memory).
 
-Dropout is given as the flat ``positions`` dropped (int64, sorted, or ``None``) and the ``scale``
-of the kept elements (1 / (1 - p)), as ``dropout.Dropout.draw`` gives them. The math and the
-gradients are those of the plain PyTorch composition, up to the order of float additions (the
-tests compare both, with and without oneDNN). What it does not do: attention
-(``fused_attention.py``), decide when to use them (``fast.py`` does, on CPU in float32) or draw
-the positions (``dropout.py``).
+Dropout comes as the flat ``positions`` dropped (``dropout.Dropout.positions``) and the kept
+elements' ``scale``. The math and gradients are those of the plain composition up to the order of
+float additions (the tests compare both, with and without oneDNN).
 """
 
 from __future__ import annotations
@@ -33,8 +26,7 @@ from gpt_pipeline.model.dropout import scaled_except
 
 
 def _onednn_linear_works() -> bool:
-    """Whether oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``, the kernel
-    torch.compile uses on CPU) is in this torch build and gives a known answer."""
+    """Whether oneDNN's fused linear (torch.compile's CPU kernel) is here and gives a known answer."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -57,22 +49,19 @@ def onednn() -> bool:
     return ONEDNN
 
 
-def _cpu_float32(x: torch.Tensor) -> bool:
+def cpu_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 and x.device.type == "cpu"
 
 
+def applies(x: torch.Tensor) -> bool:
+    """Whether a block's input is trained with these passes: CPU float32, gradients on."""
+    return cpu_float32(x) and torch.is_grad_enabled()
+
+
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:
-    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[..., in]``, ``w`` ``[out, in]``: ``[..., out]``.
-
-    With oneDNN (float32 on CPU) the bias and ReLU are applied in the product's own pass; without
-    it, in place after ``torch.mm``. Same float32 math either way. ``w`` may be a transposed view:
-    ``linear(g, w.t())`` is ``g @ w``.
-
-    Example:
-        >>> linear(torch.ones(1, 2), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]), torch.ones(2), relu=True).tolist()
-        [[4.0, 0.0]]
-    """
-    if _cpu_float32(x) and onednn():
+    """``x @ w.T (+ b)``, then ReLU if ``relu``, for ``x`` ``[..., in]``, ``w`` ``[out, in]`` (or a
+    transposed view: ``linear(g, w.t())`` is ``g @ w``): ``[..., out]``."""
+    if cpu_float32(x) and onednn():
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu" if relu else "none", [], "")
     out = torch.mm(x.reshape(-1, x.size(-1)), w.t())  # [N, out]
     if b is not None:
@@ -83,13 +72,8 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu
 def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.Tensor,
                alpha: float = 1.0) -> torch.Tensor:
     """``alpha * (x @ w.T + b) + other`` for ``x`` ``[..., in]``, ``w`` ``[out, in]``, ``other``
-    ``[..., out]``: a new tensor (with oneDNN, ``other`` is added in the product's own pass).
-
-    Example:
-        >>> linear_add(torch.ones(1, 2), torch.eye(2), torch.ones(2), torch.tensor([[0.0, 5.0]])).tolist()
-        [[2.0, 7.0]]
-    """
-    if _cpu_float32(x) and onednn():
+    ``[..., out]``: a new tensor."""
+    if cpu_float32(x) and onednn():
         if alpha != 1.0:
             w, b = w * alpha, b * alpha  # [out, in], [out]: cheaper than scaling [N, out]
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
@@ -99,13 +83,7 @@ def linear_add(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, other: torch.T
 
 
 class LinearFunction(torch.autograd.Function):
-    """``x @ w.T + b`` for ``x`` ``[N, C]``, the bias added in place after the product.
-
-    Example:
-        >>> x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)
-        >>> LinearFunction.apply(x, w, b).tolist()
-        [[3.0, 4.0, 5.0, 6.0], [3.0, 4.0, 5.0, 6.0]]
-    """
+    """``x @ w.T + b`` for ``x`` ``[N, C]``."""
 
     @staticmethod
     def forward(ctx, x, w, b):
@@ -124,11 +102,6 @@ class ProjectionResidual(torch.autograd.Function):
     residual dropout given by ``positions`` and ``scale``. Give ``x`` as the model holds it, not
     a view: its gradient is then a tensor of its own, which autograd adds to the LayerNorm's in
     place (a view's gradient is added out of place, a new ``[B, T, C]`` each time).
-
-    Example:
-        >>> y, x, w, b = torch.ones(1, 2), torch.ones(1, 2), torch.eye(2), torch.zeros(2)
-        >>> ProjectionResidual.apply(y, x, w, b, torch.tensor([1]), 2.0).tolist()
-        [[3.0, 1.0]]
     """
 
     @staticmethod
@@ -148,18 +121,7 @@ class ProjectionResidual(torch.autograd.Function):
 
 class FeedForwardResidual(torch.autograd.Function):
     """``dropout_res(x) + dropout_ff(relu(h @ w1.T + b1) @ w2.T + b2)`` for ``h``, ``x`` ``[..., C]``:
-    gpt-rs's feed-forward half of a block, each dropout given as positions and scale (``x`` as
-    for ``ProjectionResidual``).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> h, x, w1, b1 = (torch.randn(*s, generator=g) for s in ((5, 4), (5, 4), (8, 4), (8,)))
-        >>> w2, b2 = torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
-        >>> plain = x + torch.relu(h @ w1.T + b1) @ w2.T + b2
-        >>> fused = FeedForwardResidual.apply(h, x, w1, b1, w2, b2, None, 1.0, None, 1.0)
-        >>> torch.allclose(fused, plain, atol=1e-5)
-        True
-    """
+    a block's feed-forward half, each dropout as positions and scale (``x`` as for ``ProjectionResidual``)."""
 
     @staticmethod
     def forward(ctx, h, x, w1, b1, w2, b2, ff_positions, ff_scale, res_positions, res_scale):
@@ -192,14 +154,9 @@ class FeedForwardResidual(torch.autograd.Function):
 
 
 class HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, computed in row chunks.
-
-    The same math as ``F.cross_entropy(hidden @ weight.T, targets)``, without the ``[N, V]``
-    logits in memory: each chunk's logits (a few MB, cache-sized) are made, reduced and turned
-    into their gradient at once (softmax - one-hot), whose products with ``weight`` and ``hidden``
-    are the gradients of the inputs; the backward pass only scales them. On CPU this saves about
-    40% of the head + loss time (no fresh 32 MB logits and gradient streaming through memory).
-    """
+    """``F.cross_entropy(hidden @ weight.T, targets)`` in cache-sized row chunks, no ``[N, V]`` logits
+    in memory: each chunk's logits are reduced and turned into their gradient (softmax - one-hot)
+    at once, whose products give the inputs' gradients; the backward pass only scales them."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

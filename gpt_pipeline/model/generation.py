@@ -1,10 +1,11 @@
-"""Sampling tokens with gpt-rs's semantics: one token from a row of logits, text from a prompt.
+"""Sampling tokens with gpt-rs's semantics: the loop, one token from a row of logits, text from a prompt.
 
-``sample_next`` is gpt-rs's pick: the logits at the last position divided by the temperature,
-softmax, one multinomial draw (``top_k=1``: the arg-max, gpt-rs's loop run greedily; ``top_k``
-otherwise restricts the draw to the k likeliest tokens). ``GPT.generate`` runs the loop
-(``gpt_pipeline.model.gpt``, its key/value-cached fast path in ``decode``). ``generate_text``
-continues a prompt with any tokenizer that has ``encode(text, unknown=...)`` and ``decode(ids)``.
+``sample`` is gpt-rs's loop, the one every caller runs (``GPT.generate``, the exported model's
+``interop.hf.generate_sliding``): for each new token the last ``context_length`` tokens, the logits
+at the last position, ``sample_next``: divided by the temperature, softmax, one multinomial draw
+(``top_k=1``: the arg-max, gpt-rs's loop run greedily; ``top_k`` otherwise restricts the draw to
+the k likeliest tokens). ``generate_text`` continues a prompt with any tokenizer that has
+``encode(text, unknown=...)`` and ``decode(ids)``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,37 @@ def validate_sampling(max_new_tokens: int, temperature: float, top_k: int | None
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+
+
+Step = Callable[[torch.Tensor, int], torch.Tensor]  # (ids [B, T] at positions start .., start) -> logits [B, V]
+
+
+def sample(step: Step, idx: torch.Tensor, max_new_tokens: int, context_length: int, temperature: float = 0.7,
+           top_k: int | None = None, generator: torch.Generator | None = None,
+           between_tokens: Callable[[], None] | None = None) -> torch.Tensor:
+    """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
+
+    ``step(ids, start)`` gives the logits at the last of ``ids`` at positions ``start ..``. While
+    the window fills it starts at position 0 and only grows, so the step is given the one new
+    position and keeps the keys and values of the earlier ones (a key/value cache); once it
+    slides, every position moves and the step is given the whole window from position 0.
+    ``between_tokens``, if given, is called before every new token; whatever it raises stops the
+    loop (a server's deadline, a request nobody awaits).
+    """
+    B, T = idx.shape
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=idx.device)
+    out[:, :T] = idx
+    for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
+        if between_tokens is not None:
+            between_tokens()
+        if n > context_length:  # the window slides: all of it again, from position 0
+            ids, start = out[:, n - context_length : n], 0
+        elif n == T:  # the prompt
+            ids, start = out[:, :n], 0
+        else:  # the window grows: one new position, the others cached
+            ids, start = out[:, n - 1 : n], n - 1
+        out[:, n] = sample_next(step(ids, start), temperature, top_k, generator)
+    return out
 
 
 def sample_next(

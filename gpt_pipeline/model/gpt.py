@@ -1,4 +1,4 @@
-"""gpt-rs's causal decoder transformer in PyTorch: the config, the modules and their math.
+"""gpt-rs's causal decoder transformer in PyTorch: the config, the modules, the sampling loop.
 
 Read top to bottom, this module is gpt-rs's model (see docs/gpt-rs-parity.md):
 
@@ -12,18 +12,20 @@ Read top to bottom, this module is gpt-rs's model (see docs/gpt-rs-parity.md):
 - feed-forward: linear to ``embedding_size * feed_forward_multiplier``, ReLU, linear back, dropout;
 - final LayerNorm, then a bias-free linear head, not tied to the token embedding;
 - initialisation: linear weights and embeddings normal(0, 0.02), biases zero, LayerNorms 1 and 0;
-- sampling: for each new token, the last ``context_length`` tokens through the model, the logits
-  at the last position divided by the temperature, softmax, one multinomial draw.
+- sampling (``GPT.generate``, the one loop): for each new token, the last ``context_length``
+  tokens through the model, the logits at the last position divided by the temperature, softmax,
+  one multinomial draw; a ``KVCache`` keeps the keys and values while the window fills.
 
-Every module has one plain forward, which runs everywhere. The fast paths (CPU training passes
-and the C attention kernel, the head fused with the loss, key/value-cached sampling) are entered
-through one seam, ``gpt_pipeline.model.fast``: ``Block.forward``, ``GPT.loss`` and ``GPT.generate``
-ask it first and it returns ``None`` where it does not apply (or under ``fast.plain()``). They
-compute the same math from the same random draws; ``gpt_pipeline_tests/reference.py`` (gpt-rs
-written literally) is the oracle both are tested against. Dropout masks are drawn from a
-``torch.Generator`` that the training loop owns (``set_dropout_generator``), cheaply on CPU
-(``dropped_positions``). Not here: training (``training/``), files (``training/checkpoint.py``,
-``interop/gpt_rs.py``), text in and out (``generation.generate_text``).
+These modules are what runs, in training, evaluation and sampling, on every device. Where a
+compiled or fused kernel computes a module's math faster, the module's forward calls it, here:
+``Block.forward`` on CPU float32 with gradients (training) runs its halves through ``fused``'s
+passes and ``CausalSelfAttention.heads`` through the C kernel ``native_attention``; ``GPT.loss``
+on CPU float32 fuses the head with the cross-entropy; ``GPT.generate`` takes its steps from
+``native_decode.Session`` (every block in one C call) on CPU float32. The kernels compute this
+math for the ReLU feed-forward, from the same random draws in the same order; a model whose
+``FeedForward.activation`` is another function runs the plain forwards everywhere.
+``gpt_pipeline_tests/reference.py`` (gpt-rs written literally) is the oracle. Dropout masks are
+drawn from a ``torch.Generator`` the training loop owns (``set_dropout_generator``).
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt_pipeline.fields import check, param
-from gpt_pipeline.model import fast
+from gpt_pipeline.model import fused, native_attention, native_decode
 from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.model.generation import sample_next, validate_sampling
+from gpt_pipeline.model.generation import sample, validate_sampling
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -115,6 +117,21 @@ class GPTConfig:
         return cls.from_dict(values)
 
 
+class KVCache:
+    """One block's keys and values ``[B, H, context_length, head_size]`` for positions 0 .. length - 1."""
+
+    def __init__(self, config: GPTConfig, batch: int, like: torch.Tensor):
+        shape = (batch, config.head_count, config.context_length, config.head_size)
+        self.keys, self.values, self.length = like.new_empty(shape), like.new_empty(shape), 0
+
+    def add(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``k``, ``v`` ``[B, H, T, hs]``; return every key and value so far ``[B, H, length, hs]``."""
+        end = self.length + k.size(2)
+        self.keys[:, :, self.length : end], self.values[:, :, self.length : end] = k, v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     """``head_count`` causal self-attention heads side by side, then the projection."""
 
@@ -127,21 +144,31 @@ class CausalSelfAttention(nn.Module):
         self.projection = nn.Linear(config.embedding_size, config.embedding_size)
         self.attention_dropout = Dropout(config.attention_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.heads(self.qkv(x)))  # [B, T, C] -> [B, T, 3C] -> [B, T, C]
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        return self.projection(self.heads(self.qkv(x), cache))  # [B, T, C] -> [B, T, 3C] -> [B, T, C]
 
-    def heads(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs side by side, ``[B, T, C]``, from the q/k/v projection ``[B, T, 3C]``."""
+    def heads(self, qkv: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The heads' outputs side by side, ``[B, T, C]``, from the q/k/v projection ``[B, T, 3C]``;
+        with a ``cache``, the queries are at positions ``cache.length ..`` and see its keys too."""
         B, T, C3 = qkv.shape
-        q, k, v = (part.view(B, T, self.head_count, self.head_size).transpose(1, 2)
+        H, dropout = self.head_count, self.attention_dropout
+        if cache is None and torch.is_grad_enabled() and native_attention.supports(qkv, H):
+            positions = dropout.positions(B * H * T * T)  # CPU training: the C kernel, the same draw
+            return native_attention.NativeAttention.apply(qkv, H, positions, dropout.scale)
+        q, k, v = (part.view(B, T, H, self.head_size).transpose(1, 2)
                    for part in qkv.split(C3 // 3, dim=2))  # 3 x [B, H, T, hs]
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # [B, H, T, T]
-        future = torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1)  # key after query
-        weights = self.attention_dropout(scores.masked_fill(future, float("-inf")).softmax(-1))  # [B, H, T, T]
+        if cache is not None:
+            k, v = cache.add(k, v)  # [B, H, S, hs]: the S = start + T positions so far
+        S = k.size(2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_size)  # [B, H, T, S]
+        future = torch.ones(T, S, dtype=torch.bool, device=qkv.device).triu(S - T + 1)  # key after query
+        weights = dropout(scores.masked_fill(future, float("-inf")).softmax(-1))  # [B, H, T, S]
         return (weights @ v).transpose(1, 2).reshape(B, T, C3 // 3)  # [B, H, T, hs] -> [B, T, C]
 
 
 class FeedForward(nn.Module):
+    activation = staticmethod(F.relu)  # the kernels compute ReLU; with another, the plain forward runs
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         hidden = config.embedding_size * config.feed_forward_multiplier
@@ -150,7 +177,7 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(config.feed_forward_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.output(F.relu(self.input(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
+        return self.dropout(self.output(self.activation(self.input(x))))  # [B, T, C] -> [B, T, 4C] -> [B, T, C]
 
 
 class Block(nn.Module):
@@ -162,13 +189,28 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
         self.residual_dropout = Dropout(config.residual_dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """``[B, T, C]`` -> ``[B, T, C]``; each residual dropout is drawn before its branch runs."""
-        out = fast.block_forward(self, x)  # CPU training: the same math and draws, fewer passes
-        if out is not None:
-            return out
-        x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x))  # [B, T, C]
+        if cache is None and fused.applies(x) and self.feed_forward.activation is F.relu:
+            return self.fused_forward(x)
+        x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x), cache)  # [B, T, C]
         return self.residual_dropout(x) + self.feed_forward(self.layer_norm_2(x))  # [B, T, C]
+
+    def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` for CPU float32 training: the same math and draws, in ``fused``'s passes
+        (residual, bias and dropout written once, oneDNN products; the heads as ``heads`` runs them)."""
+        attention, ff, residual = self.attention, self.feed_forward, self.residual_dropout
+        drawn = residual.positions(x.numel())  # flat positions of x [B, T, C], or None
+        h = self.layer_norm_1(x)
+        qkv = fused.LinearFunction.apply(h.flatten(0, 1), attention.qkv.weight, attention.qkv.bias)
+        y = attention.heads(qkv.view(*x.shape[:2], -1))  # [B, T, C]
+        x = fused.ProjectionResidual.apply(  # x itself, not a view: its gradient is added in place
+            y, x, attention.projection.weight, attention.projection.bias, drawn, residual.scale)
+        drawn = residual.positions(x.numel())
+        h = self.layer_norm_2(x)  # [B, T, C]
+        ff_drawn = ff.dropout.positions(h.numel())  # after the residual's, as in the plain order
+        return fused.FeedForwardResidual.apply(h, x, ff.input.weight, ff.input.bias, ff.output.weight,
+                                               ff.output.bias, ff_drawn, ff.dropout.scale, drawn, residual.scale)
 
 
 class GPT(nn.Module):
@@ -206,25 +248,25 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.linear_head(self.forward_hidden(idx))  # [B, T, C] -> [B, T, V]
+    def forward(self, idx: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        return self.linear_head(self.forward_hidden(idx, cache))  # [B, T, C] -> [B, T, V]
 
-    def forward_hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final-LayerNorm output ``[B, T, C]`` for token ids ``idx`` ``[B, T]`` at positions 0..T-1."""
-        check_input(idx, self.config.context_length)
-        T = idx.size(1)
-        positions = torch.arange(T, device=idx.device)  # [T]
+    def forward_hidden(self, idx: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Final-LayerNorm output ``[B, T, C]`` for token ids ``idx`` ``[B, T]`` at positions
+        ``start ..``: 0, or with a ``cache`` (one ``KVCache`` per block) its length, extended by T."""
+        start = cache[0].length if cache else 0
+        check_input(idx, self.config.context_length, start)
+        positions = torch.arange(start, start + idx.size(1), device=idx.device)  # [T]
         x = self.embedding_dropout(self.token_embedding(idx) + self.position_embedding(positions))  # [B, T, C]
-        for block in self.blocks:
-            x = block(x)  # [B, T, C]
+        for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
+            x = block(x, block_cache)  # [B, T, C]
         return self.layer_norm(x)  # [B, T, C]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over all positions of ``forward(idx)`` against ``targets`` [B, T]."""
         hidden = self.forward_hidden(idx)  # [B, T, C]
-        loss = fast.loss(self, hidden, targets)  # CPU: the head fused with the loss, no [B, T, V] logits
-        if loss is not None:
-            return loss
+        if fused.cpu_float32(hidden):  # the head fused with the loss: no [B, T, V] logits
+            return fused.HeadCrossEntropy.apply(hidden.flatten(0, 1), self.linear_head.weight, targets.flatten())
         logits = self.linear_head(hidden)  # [B, T, V]
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
@@ -240,12 +282,12 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
-        gpt-rs's loop, for every row: the last ``context_length`` tokens through the model, the
-        logits at the last position, ``sample_next`` (divide by the temperature, softmax, one
-        multinomial draw; ``top_k=1``: the arg-max). Dropout is off while sampling (the model's
-        mode is restored afterwards). ``fast.generate`` gives the same tokens from the same
-        draws with a key/value cache. ``between_tokens``, if given, is called before every new
-        token; whatever it raises stops the loop (a server's deadline, a request nobody awaits).
+        ``generation.sample``, gpt-rs's loop (the last ``context_length`` tokens, the logits at
+        the last position, divided by the temperature, softmax, one multinomial draw; ``top_k=1``:
+        the arg-max), with dropout off (the model's mode is restored afterwards) and a key/value
+        cache while the window fills. Its steps run in ``native_decode.Session`` (C) where it
+        applies, else through ``forward`` (``cached_step``): the same tokens. ``between_tokens``
+        as in ``sample``.
         """
         validate_sampling(max_new_tokens, temperature, top_k)
         if idx.dim() != 2 or idx.size(1) == 0:
@@ -253,17 +295,25 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = fast.generate(self, idx, max_new_tokens, temperature, top_k, generator, between_tokens)
-            if out is None:
-                out = idx
-                for _ in range(max_new_tokens):
-                    if between_tokens is not None:
-                        between_tokens()
-                    logits = self(out[:, -self.config.context_length :])[:, -1]  # [B, V], the last position
-                    out = torch.cat([out, sample_next(logits, temperature, top_k, generator)[:, None]], dim=1)
+            B = idx.size(0)
+            step = native_decode.Session(self, B).logits if native_decode.supports(self) else self.cached_step(B)
+            return sample(step, idx, max_new_tokens, self.config.context_length, temperature, top_k, generator,
+                          between_tokens)
         finally:
             self.train(was_training)
-        return out
+
+    def cached_step(self, batch: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """``step(ids, start)``: the logits ``[B, V]`` at the last of ``ids`` ``[B, T]`` at positions
+        ``start ..`` through ``forward``, the keys and values of positions before ``start`` taken from
+        the earlier steps' ``KVCache``s."""
+        cache = [KVCache(self.config, batch, self.linear_head.weight) for _ in self.blocks]
+
+        def step(ids: torch.Tensor, start: int) -> torch.Tensor:
+            for block_cache in cache:
+                block_cache.length = start
+            return self.linear_head(self.forward_hidden(ids, cache)[:, -1])  # the last position only
+
+        return step
 
 
 def check_input(idx: torch.Tensor, context_length: int, start: int = 0) -> None:

@@ -1,18 +1,10 @@
 """gpt-rs's attention heads for CPU training through the C kernel ``native/attention.c``.
 
-What this module does: ``NativeAttention`` maps the fused q/k/v projection ``[B, T, 3C]`` to the
-heads' outputs side by side, ``[B, T, C]``, with the math of ``fused_attention.AttentionHeads``
-(scores ``q @ k.T / sqrt(head_size)``, causal mask, softmax, dropout on the weights, weights
-``@ v``), forward and backward in one compiled pass per (batch row, head) that stays in the
-core's cache: no score tensors in memory, no scores above the diagonal, no layout copies. On
-gpt-rs's example config it takes about half the time of ``AttentionHeads``
-(``benchmarks/bench_attention.py``). ``kernel(head_size)`` is the compiled library or ``None``
-(``native_build.unavailable`` says why); the model then uses ``AttentionHeads``.
-
-Dropout: ``causal_weights(T)`` weights per (batch row, head) can be dropped, those on and below
-the diagonal (the rest are 0 anyway); ``positions`` are sorted flat indices into
-``[B, H, causal_weights(T)]``, row ``i``'s keys ``0 .. i`` at ``i(i+1)/2 .. i(i+1)/2 + i``.
-What it does not do: other dtypes or devices, inference (``F.scaled_dot_product_attention``).
+``NativeAttention`` is ``CausalSelfAttention.heads``' math (scores ``q @ k.T / sqrt(head_size)``,
+causal mask, softmax, dropout on the weights, weights ``@ v``) from the q/k/v projection
+``[B, T, 3C]`` to ``[B, T, C]``, forward and backward in one compiled pass per (batch row, head):
+no score tensors in memory, no scores above the diagonal, no layout copies. Dropout: sorted flat
+indices of the dropped weights in ``[B, H, T, T]``, as the plain heads draw them.
 """
 
 from __future__ import annotations
@@ -29,59 +21,21 @@ SIGNATURES = {"attention_forward": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _I6
               "attention_backward": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT])}
 
 
-def vector_length(head_size: int, widest: int | None = None) -> int | None:
-    """Floats per vector the kernel uses for ``head_size``: the largest of 16, 8 and 4 that divides
-    it and fits the machine's registers (``widest``, default ``native_build.vector_floats()``);
-    ``None`` if none does.
-
-    Example:
-        >>> vector_length(32, widest=16), vector_length(24, widest=16), vector_length(32, widest=8)
-        (16, 8, 8)
-        >>> vector_length(6, widest=16) is None
-        True
-    """
-    widest = native_build.vector_floats() if widest is None else widest
-    return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
-
-
 def kernel(head_size: int) -> ctypes.CDLL | None:
     """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    vl = vector_length(head_size)
-    if vl is None:
-        return None
-    return native_build.load("attention", {"HS": head_size, "VL": vl}, SIGNATURES)
+    return native_build.kernel("attention", head_size, SIGNATURES)
 
 
 def unavailable(head_size: int) -> str | None:
     """Why ``kernel(head_size)`` is ``None`` (one line), or ``None`` when it is there."""
-    if vector_length(head_size) is None:
-        return f"head size {head_size} is not a multiple of 4"
-    return native_build.unavailable("attention", {"HS": head_size, "VL": vector_length(head_size)})
-
-
-def causal_weights(T: int) -> int:
-    """Attention weights on and below the diagonal of one ``[T, T]`` head: ``T (T + 1) / 2``.
-
-    Example:
-        >>> causal_weights(64)
-        2080
-    """
-    return T * (T + 1) // 2
+    return native_build.why_not("attention", head_size)
 
 
 class NativeAttention(torch.autograd.Function):
     """``qkv`` ``[B, T, 3C]`` float32 on CPU -> heads' outputs ``[B, T, C]``.
 
-    ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, causal_weights(T)]``
-    (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p)).
-
-    Example:
-        >>> qkv = torch.zeros(1, 2, 48)  # one head of 16: q, k and v side by side
-        >>> qkv[0, :, 32:] = torch.tensor([[1.0], [3.0]])  # v of positions 0 and 1
-        >>> out = NativeAttention.apply(qkv, 1, None, 1.0) if kernel(16) else None  # built on first use
-        >>> out is None or out[0, :, 0].tolist() == [1.0, 2.0]  # equal scores: the mean of v so far
-        True
-    """
+    ``positions``: sorted flat int64 indices of the dropped weights in ``[B, H, T, T]``
+    (or ``None``); ``scale`` multiplies the kept ones (1 / (1 - p))."""
 
     @staticmethod
     def forward(ctx, qkv, head_count, positions, scale):
@@ -96,7 +50,7 @@ class NativeAttention(torch.autograd.Function):
             raise RuntimeError(f"no native attention kernel: {unavailable(C // head_count)}")
         qkv = qkv.contiguous()
         out = torch.empty(B, T, C, dtype=qkv.dtype)
-        probs = torch.empty(B, head_count, causal_weights(T), dtype=qkv.dtype)  # softmax, before dropout
+        probs = torch.empty(B, head_count, T * (T + 1) // 2, dtype=qkv.dtype)  # softmax, before dropout
         dropped, count = _positions(positions)
         status = lib.attention_forward(qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), dropped, count, B, T,
                                        head_count, 1.0 / math.sqrt(C // head_count), scale, torch.get_num_threads())

@@ -1,18 +1,12 @@
-"""Compile and load gpt_pipeline's C kernels (``gpt_pipeline/model/native/*.c``) with the system's C compiler.
+"""Compile and load the C kernels (``native/*.c``) with the system's C compiler, on first use.
 
-What this module does: ``load(name, defines)`` compiles ``native/<name>.c`` once per machine,
-source and defines into a shared library under the kernel cache and opens it with ``ctypes``.
-The cache is ``GPT_PIPELINE_KERNEL_CACHE`` if set, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``
-(``~/.cache/...``) or, where that cannot be written, ``<tmp>/gpt_pipeline_kernels_<uid>``; a
-folder that is not the user's own, or that others may write to, is refused (a library planted
-there would run as the user). The file name carries a hash of everything that shapes the binary
-(source and the headers it includes, defines, flags, compiler version, CPU flags), so a changed
-source or another machine never loads a stale library; it is written to a temporary name and
-renamed, so concurrent builders are safe. Compiling takes about half a second and happens on first use.
-
-What it does not do: decide when a kernel is worth using, or fall back: ``load`` returns ``None``
-and ``unavailable(name, defines)`` says why (no compiler, a failed build, ``GPT_PIPELINE_NATIVE=0``);
-callers keep a PyTorch path. Nothing here is downloaded: the sources ship in the package.
+``load(name, defines)`` builds ``native/<name>.c`` with ``-D<key>=<value>`` into the kernel cache
+(``GPT_PIPELINE_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``, else
+``<tmp>/gpt_pipeline_kernels_<uid>``; a folder others may write to is refused: a planted library
+would run as the user) and opens it with ``ctypes``. The file name hashes everything that shapes
+the binary (sources, headers, defines, flags, compiler, CPU flags); it is written under a temporary
+name and renamed. ``load`` gives ``None`` where it cannot (no compiler, a failed build,
+``GPT_PIPELINE_NATIVE=0``) and ``unavailable`` says why: callers keep a PyTorch path.
 """
 
 from __future__ import annotations
@@ -73,15 +67,8 @@ Signatures = dict[str, tuple[type, list[type]]]  # function -> (ctypes result ty
 
 
 def load(name: str, defines: dict[str, int], signatures: Signatures | None = None) -> ctypes.CDLL | None:
-    """The compiled ``native/<name>.c`` with ``-D<key>=<value>`` for ``defines``, or ``None``
-    (see ``unavailable``). Built once per machine and configuration, then cached on disk;
-    opened once per process. ``signatures`` types the library's functions (once per library).
-
-    Example:
-        >>> lib = load("attention", {"HS": 32, "VL": 16})
-        >>> lib is None or lib.attention_head_size() == 32
-        True
-    """
+    """The compiled ``native/<name>.c`` with ``-D<key>=<value>`` for ``defines`` (built once, opened
+    once per process, its functions typed by ``signatures``), or ``None`` (``unavailable``)."""
     key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
     with _lock:
         if key not in _loaded:
@@ -102,6 +89,30 @@ def unavailable(name: str, defines: dict[str, int]) -> str | None:
     """Why ``load(name, defines)`` gave ``None`` (one line), or ``None`` when it loaded."""
     key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
     return None if load(name, defines) is not None else _why[key]
+
+
+def vector_length(head_size: int, widest: int | None = None) -> int | None:
+    """Floats per vector a kernel uses for ``head_size``: the largest of 16, 8 and 4 that divides
+    it and fits the machine's registers (``widest``, default ``vector_floats()``), or ``None``.
+
+    Example:
+        >>> vector_length(32, widest=16), vector_length(24, widest=16), vector_length(32, widest=8)
+        (16, 8, 8)
+    """
+    widest = vector_floats() if widest is None else widest
+    return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
+
+
+def kernel(name: str, head_size: int, signatures: Signatures | None = None) -> ctypes.CDLL | None:
+    """``native/<name>.c`` built for ``head_size`` (``-DHS``, ``-DVL``), or ``None`` (``why_not``)."""
+    vl = vector_length(head_size)
+    return None if vl is None else load(name, {"HS": head_size, "VL": vl}, signatures)
+
+
+def why_not(name: str, head_size: int) -> str | None:
+    """Why ``kernel(name, head_size)`` is ``None`` (one line), or ``None`` when it is there."""
+    vl = vector_length(head_size)
+    return f"head size {head_size} is not a multiple of 4" if vl is None else unavailable(name, {"HS": head_size, "VL": vl})
 
 
 class _Unavailable(Exception):
@@ -141,8 +152,7 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
 
 
 def _source_parts(source: Path) -> list[bytes]:
-    """The bytes of ``source`` and of the headers it includes from ``native/`` (``#include "x.h"``),
-    in order: what the library's name hashes, so a changed header rebuilds every kernel using it."""
+    """The bytes of ``source`` and of the ``native/`` headers it includes: what the name hashes."""
     text = source.read_bytes()
     headers = re.findall(rb'^#include "([^"]+)"', text, flags=re.MULTILINE)
     return [text, *((SOURCES / name.decode()).read_bytes() for name in headers)]
@@ -176,9 +186,8 @@ def _compile(cc: str, flags: list[str], source: Path, target: Path) -> None:
 
 @functools.cache
 def vector_floats() -> int:
-    """Floats in the widest SIMD register ``-march=native`` targets here: 16 with AVX-512, 8 with
-    AVX or AVX2, else 4 (SSE, NEON). Kernels built with wider vector types than the machine has
-    spill them to memory (measured: 12x slower with AVX2 only)."""
+    """Floats in the widest SIMD register ``-march=native`` targets: 16 with AVX-512, 8 with AVX(2),
+    else 4. Vector types wider than the machine's spill to memory (12x slower with AVX2 only)."""
     flags = set(_cpu_flags().decode(errors="replace").replace("\t", " ").split())
     if platform.machine() in {"x86_64", "AMD64"}:
         if "avx512f" in flags:

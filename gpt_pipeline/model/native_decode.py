@@ -1,19 +1,11 @@
-"""Sampling from a ``GPT`` through the C kernel ``native/decode.c``: gpt-rs's tokens, one call per token.
+"""``GPT.generate``'s CPU step through the C kernel ``native/decode.c``: one call per token.
 
-What this module does: ``generate`` is ``decode.generate`` (a key/value cache while the window
-fills, the whole window once it slides, the last position alone through the last block and the
-head) with every block, the final LayerNorm and the head in one compiled call per new token, so
-that a token costs its arithmetic rather than ~100 PyTorch operators. ``sample_next`` still picks
-each token, so the random stream is the one of ``GPT.generate``'s plain loop. On gpt-rs's example
-config, one prompt, 2 threads, it samples about 4x as fast as the PyTorch path of ``decode`` and
-8x as fast as gpt-rs's loop (``benchmarks/bench_generate.py``, figures in ``docs/benchmarks.md``).
-
-``Session`` holds one call's buffers (the caches, the scratch, the logits) and the model's weights
-in the kernel's layout (the products' weights transposed to ``[in, out]``, made once per model
-and made again when a parameter changes). ``supports(model)`` says whether the kernel can run:
-float32 on CPU, eval mode, a head size that is a multiple of 4 and a compiled kernel
-(``unavailable`` says why not); ``generate`` returns ``None`` otherwise and ``fast.generate``
-falls back on ``decode``. Inference only: no gradients, no dropout.
+``Session(model, batch).logits(ids, start)`` is a step of ``generation.sample`` with every block,
+the final LayerNorm and the head in one compiled call (the last block for the last position
+alone), so that a token costs its arithmetic rather than ~100 PyTorch operators. The weights are
+packed in the kernel's layout (products' weights transposed to ``[in, out]``), again whenever a
+parameter changes. ``supports(model)``: float32 on CPU, eval mode, gpt.py's ReLU feed-forward,
+a head size that is a multiple of 4, a compiled kernel (``unavailable`` says why not).
 """
 
 from __future__ import annotations
@@ -23,10 +15,9 @@ import time
 import weakref
 
 import torch
+import torch.nn.functional as F
 
 from gpt_pipeline.model import native_build
-from gpt_pipeline.model.generation import sample_next
-from gpt_pipeline.model.native_attention import vector_length
 
 _P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9 + [_F, _INT]),
@@ -35,10 +26,7 @@ SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9
 
 def kernel(head_size: int) -> ctypes.CDLL | None:
     """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    vl = vector_length(head_size)
-    if vl is None:
-        return None
-    return native_build.load("decode", {"HS": head_size, "VL": vl}, SIGNATURES)
+    return native_build.kernel("decode", head_size, SIGNATURES)
 
 
 def unavailable(model) -> str | None:
@@ -48,10 +36,9 @@ def unavailable(model) -> str | None:
         return f"the kernel takes float32 on CPU, the model is {weight.dtype} on {weight.device}"
     if model.training:
         return "the model is in training mode (dropout on)"
-    head_size, vl = model.config.head_size, vector_length(model.config.head_size)
-    if vl is None:
-        return f"head size {head_size} is not a multiple of 4"
-    return native_build.unavailable("decode", {"HS": head_size, "VL": vl})
+    if any(block.feed_forward.activation is not F.relu for block in model.blocks):
+        return "the feed-forward's activation is not the kernel's ReLU"
+    return native_build.why_not("decode", model.config.head_size)
 
 
 def supports(model) -> bool:
@@ -66,9 +53,8 @@ def _versions(model) -> tuple:
 
 
 def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
-    """``model``'s weights in the kernel's layout and the array of their blocks' pointers, made
-    once and made again when any parameter was changed in place or replaced (the products'
-    weights are transposed copies; LayerNorms and biases are the parameters themselves)."""
+    """``model``'s weights in the kernel's layout (products' weights transposed copies, the rest
+    the parameters) and their blocks' pointers, made again when a parameter changed."""
     versions = _versions(model)
     cached = _weights.get(model)
     if cached is not None and cached[0] == versions:
@@ -92,17 +78,7 @@ def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
 
 class Session:
     """One sampling call's state for ``batch`` prompts: caches ``[L, B, ctx, C]``, the kernel's
-    scratch, the logits ``[B, V]`` and the weights; ``logits(ids, start)`` runs the model.
-
-    Example:
-        >>> from gpt_pipeline.model.gpt import GPT, GPTConfig
-        >>> model = GPT(GPTConfig(vocab_size=10, embedding_size=16, context_length=4, head_count=1,
-        ...                       block_count=1)).eval()
-        >>> ids = torch.tensor([[1, 2, 3]])
-        >>> if supports(model):  # where a C compiler built the kernel
-        ...     logits = Session(model, 1).logits(ids, 0)
-        ...     assert torch.allclose(logits, model(ids)[:, -1], atol=1e-5)
-    """
+    scratch, the logits ``[B, V]`` and the weights; ``logits(ids, start)`` runs the model."""
 
     def __init__(self, model, batch: int):
         c = model.config
@@ -117,12 +93,20 @@ class Session:
         self.out = torch.empty(batch, c.vocab_size)
         self.sizes = (c.block_count, c.embedding_size, c.head_count, F, c.vocab_size, c.context_length)
         self.eps = model.layer_norm.eps
+        self.choice, self.calls = ThreadChoice(self.threads), 0
 
     def logits(self, ids: torch.Tensor, start: int, threads: int | None = None) -> torch.Tensor:
         """Logits ``[B, V]`` at the last of ``ids`` ``[B, T]`` (int64, rows contiguous), at positions
         ``start ..``; the keys and values of positions ``0 .. start - 1`` must be those of this
         session's earlier calls, the ones of ``ids`` are added. The tensor is reused by the next call.
-        ``threads``: at most the session's (its scratch is sized for them)."""
+        ``threads``: at most the session's (its scratch is sized for them); by default all of them
+        for the first call (the prompt), then ``ThreadChoice``'s."""
+        self.calls += 1
+        if threads is None and self.calls > 1:
+            threads, started = self.choice.next(), time.perf_counter()
+            out = self.logits(ids, start, threads)
+            self.choice.record(threads, time.perf_counter() - started)
+            return out
         B, T = ids.shape
         L, C, H, F, V, ctx = self.sizes
         if B != self.batch or ids.dtype != torch.int64 or ids.stride(1) != 1 or not 0 <= start <= ctx - T:
@@ -168,33 +152,3 @@ class ThreadChoice:
         if phase == 2 * self.probes - 1:  # the probe is complete
             self.best = min(self.options, key=lambda option: sorted(self.times[option])[len(self.times[option]) // 2])
             self.times = {option: [] for option in self.options}
-
-
-@torch.no_grad()
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.7, top_k: int | None = None,
-             generator: torch.Generator | None = None, between_tokens=None) -> torch.Tensor | None:
-    """``decode.generate``'s tokens (``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled
-    ones) through the kernel, or ``None`` where it cannot run (``unavailable``); ``between_tokens``
-    as in ``GPT.generate``."""
-    if not supports(model):
-        return None
-    context_length = model.config.context_length
-    B, T = idx.shape
-    out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
-    out[:, :T] = idx
-    session = Session(model, B)
-    choice = ThreadChoice(session.threads)
-    for n in range(T, T + max_new_tokens):  # n tokens known, pick token n
-        if between_tokens is not None:
-            between_tokens()
-        if n == T <= context_length:  # the whole prompt at once: all threads, not a token to compare
-            logits = session.logits(out[:, :n], 0)
-        else:
-            threads, started = choice.next(), time.perf_counter()
-            if n <= context_length:  # the window starts at position 0 and only grows: one position a time
-                logits = session.logits(out[:, n - 1 : n], n - 1, threads)
-            else:  # the window slides: every position moves, the whole window again
-                logits = session.logits(out[:, n - context_length : n], 0, threads)
-            choice.record(threads, time.perf_counter() - started)
-        out[:, n] = sample_next(logits, temperature, top_k, generator)
-    return out.to(idx.device)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from gpt_pipeline.interop.gpt_rs import expected_names, load_checkpoint, save_gpt_rs_checkpoint
+from gpt_pipeline.model.dropout import dropped_positions
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 
@@ -51,7 +52,7 @@ def reference_logits(tensors, config, idx, generator=None):
     model = ReferenceGPT.from_gpt_rs(tensors, config)
     if generator is None:
         return model.eval()(idx)
-    return model.train().set_masks(Masks(generator, "dense"))(idx)
+    return model.train().set_masks(Masks(lambda n, p: dropped_positions(n, p, generator)))(idx)
 
 
 def test_imported_logits_equal_the_per_head_implementation(tmp_path):

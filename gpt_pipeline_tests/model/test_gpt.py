@@ -1,4 +1,7 @@
-"""Tests for gpt_pipeline.model.gpt: config validation, parameter count, shapes, init, dropout, causality."""
+"""Tests for gpt_pipeline.model.gpt: config validation, parameter count, shapes, init, dropout,
+causality; the paths that run (training's fused passes and C attention, evaluation, the sampling
+loop's C and PyTorch steps) against gpt-rs's model (``gpt_pipeline_tests.reference``), and a change
+of gpt.py's math seen by all of them."""
 
 import math
 
@@ -6,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.model.gpt import GPT, Dropout, GPTConfig, dropped_positions
+from gpt_pipeline.model import native_build, native_decode
+from gpt_pipeline.model.gpt import GPT, Dropout, FeedForward, GPTConfig, dropped_positions
+from gpt_pipeline_tests import reference
+from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 
 TINY = GPTConfig(vocab_size=11, embedding_size=8, context_length=6, head_count=2, block_count=2,
                  feed_forward_multiplier=2, embedding_dropout=0.1, attention_dropout=0.1,
@@ -192,3 +198,115 @@ def test_loss_equals_cross_entropy_of_the_logits_with_the_same_gradients():
 
 def test_no_positions_dropped_at_probability_zero():
     assert dropped_positions(1000, 0.0, torch.Generator().manual_seed(0)).tolist() == []
+
+
+def _large(config: GPTConfig, seed: int = 0) -> GPT:
+    """A model with larger weights than the initialisation: every parameter matters."""
+    model = GPT(config)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+SMALL = GPTConfig(vocab_size=40, embedding_size=16, context_length=8, head_count=2, block_count=2,
+                  feed_forward_multiplier=2, embedding_dropout=0.1, attention_dropout=0.1,
+                  feed_forward_dropout=0.1, residual_dropout=0.1)
+
+
+def test_training_mode_without_gradients_equals_gpt_rs_model_mask_for_mask():
+    """The plain forward in training mode (what trains off CPU) against the reference given the
+    same random draw."""
+    model = _large(SMALL, 3).train()
+    idx = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(9)
+    expected = ReferenceGPT.from_gpt(model).set_masks(Masks(lambda n, p: dropped_positions(n, p, g)))(idx)
+    model.set_dropout_generator(torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        logits = model(idx)
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+        model.set_dropout_generator(torch.Generator().manual_seed(10))
+        assert (model(idx) - expected).abs().max() > 1e-2  # other masks, other logits
+
+
+@pytest.mark.parametrize("step", ["native", "pytorch"])
+@pytest.mark.parametrize("prompt_length", [1, 3, 8])
+def test_the_sampling_loop_is_gpt_rs_loop_through_either_step(prompt_length, step, monkeypatch):
+    """Past the context window: the C step (``native_decode``) and the PyTorch step (``forward``
+    with a ``KVCache``; ``GPT_PIPELINE_NATIVE=0``) pick gpt-rs's tokens, sampled and greedy."""
+    if step == "pytorch":
+        monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")
+    model = _large(SMALL, 5)
+    expect_native = step == "native" and native_build.compiler() is not None
+    assert (native_decode.unavailable(model.eval()) is None) == expect_native
+    peer = ReferenceGPT.from_gpt(model)
+    prompts = torch.randint(0, 40, (3, prompt_length), generator=torch.Generator().manual_seed(6))
+    for row in range(3):
+        prompt = prompts[row : row + 1]
+        sampled = model.generate(prompt, 20, 1.0, generator=torch.Generator().manual_seed(7))[0].tolist()
+        assert sampled == reference.generate(peer, prompt[0].tolist(), 20, 1.0, torch.Generator().manual_seed(7))
+        greedy = model.generate(prompt, 12, top_k=1)[0].tolist()
+        assert greedy == reference.generate(peer, prompt[0].tolist(), 12, greedy=True)
+    out = model.generate(prompts, 20, 1.0, generator=torch.Generator().manual_seed(7))
+    assert out.shape == (3, prompt_length + 20) and len(set(out[:, prompt_length:].flatten().tolist())) > 5
+
+
+def test_the_loss_off_cpu_float32_is_the_cross_entropy_of_the_logits():
+    model = _large(SMALL).double().eval()
+    idx = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(1))
+    expected = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())  # float64
+    assert torch.allclose(model.loss(idx, idx).double(), expected, atol=1e-6)
+
+
+def _graph(tensor: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``tensor``: which passes computed it."""
+    nodes, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            todo += [n for n, _ in node.next_functions]
+    return {node.name() for node in nodes}
+
+
+def test_a_change_of_gpt_py_math_is_seen_by_training_evaluation_and_sampling(monkeypatch):
+    """Swap the feed-forward's activation in gpt.py's module (and in gpt-rs's model): the training
+    step's loss and gradients, the evaluation logits and the sampled tokens all change, to those
+    of gpt-rs's model with the same activation; the kernels that compute ReLU step aside."""
+    config = GPTConfig(vocab_size=40, embedding_size=16, context_length=8, head_count=2, block_count=2,
+                       feed_forward_multiplier=2, embedding_dropout=0.0, attention_dropout=0.0,
+                       feed_forward_dropout=0.0, residual_dropout=0.0)
+    model = _large(config, 11)
+    idx = torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(12))
+    targets = torch.randint(0, 40, (3, 8), generator=torch.Generator().manual_seed(13))
+
+    def paths(m):
+        m.train().zero_grad()
+        loss = m.loss(idx, targets) if isinstance(m, GPT) else F.cross_entropy(m(idx).flatten(0, 1), targets.flatten())
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters()} if isinstance(m, GPT) else m.gradients_as_gpt()
+        with torch.no_grad():
+            logits = m.eval()(idx)
+        if isinstance(m, GPT):
+            tokens = m.generate(idx[:1, :2], 20, top_k=1)[0].tolist()
+        else:
+            tokens = reference.generate(m, idx[0, :2].tolist(), 20, greedy=True)
+        return _graph(loss), loss.item(), grads, logits, tokens
+
+    graph, *before = paths(model)
+    assert "FeedForwardResidualBackward" in graph  # CPU training ran the fused passes
+    kernel = native_decode.supports(model.eval())
+    monkeypatch.setattr(FeedForward, "activation", staticmethod(torch.tanh))
+    monkeypatch.setattr(reference.FeedForward, "activation", staticmethod(torch.tanh))
+    graph, *after = paths(model)
+    _, *expected = paths(ReferenceGPT.from_gpt(model))
+    assert "FeedForwardResidualBackward" not in graph and not native_decode.supports(model.eval())
+    assert abs(after[0] - before[0]) > 1e-3 and abs(after[0] - expected[0]) < 1e-5  # training's loss
+    for name, grad in after[1].items():  # and gradients
+        torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert (after[2] - before[2]).abs().max() > 1e-2  # evaluation
+    torch.testing.assert_close(after[2], expected[2], rtol=1e-5, atol=1e-5)
+    assert after[3] != before[3] and after[3] == expected[3]  # sampling
+    assert kernel == (native_build.compiler() is not None)  # unpatched, the C step sampled

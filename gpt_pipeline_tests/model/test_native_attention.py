@@ -16,9 +16,9 @@ from gpt_pipeline.model import native_attention
 
 from gpt_pipeline.model import native_build
 from gpt_pipeline.model.dropout import dropped_positions
-from gpt_pipeline.model.native_attention import NativeAttention, causal_weights
+from gpt_pipeline.model.native_attention import NativeAttention
 
-from gpt_pipeline_tests.reference import causal_layout
+from gpt_pipeline_tests.reference import kept
 from gpt_pipeline_tests.reference import heads_from_qkv as _per_head
 
 
@@ -28,20 +28,14 @@ def _kernel_or_skip(head_size: int) -> None:
 
 
 def _mask(heads: int, B: int, T: int, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """The ``[H, B, T, T]`` dropout mask that ``positions`` of ``[B, H, T(T+1)/2]`` stand for."""
-    return causal_layout(positions, B, heads, T, scale)
+    """The ``[H, B, T, T]`` dropout mask that ``positions`` of ``[B, H, T, T]`` stand for."""
+    return kept(B * heads * T * T, positions, scale).view(B, heads, T, T).transpose(0, 1)
 
 
 def test_the_kernel_is_built_wherever_there_is_a_compiler():
     assert (native_attention.kernel(32) is not None) == (native_build.compiler() is not None)
     assert native_attention.unavailable(32) is None or native_build.compiler() is None
     assert native_attention.unavailable(6) == "head size 6 is not a multiple of 4"
-
-
-def test_causal_weights_are_laid_out_row_by_row():
-    rows, cols = torch.tril_indices(5, 5)
-    assert causal_weights(5) == 15 == len(rows)
-    assert [(int(r), int(c)) for r, c in zip(rows[:4], cols[:4])] == [(0, 0), (1, 0), (1, 1), (2, 0)]
 
 
 @pytest.mark.parametrize("B, T, heads, hs", [
@@ -57,7 +51,7 @@ def test_native_attention_equals_the_per_head_attention_with_dropout(B, T, heads
     _kernel_or_skip(hs)
     g = torch.Generator().manual_seed(T)
     qkv = torch.randn(B, T, 3 * heads * hs, generator=g)
-    positions = dropped_positions(B * heads * causal_weights(T), 0.2, g)
+    positions = dropped_positions(B * heads * T * T, 0.2, g)
     scale = 1 / 0.8
     grad = torch.randn(B, T, heads * hs, generator=g)
     native_in, plain_in = qkv.clone().requires_grad_(True), qkv.clone().requires_grad_(True)
@@ -68,7 +62,9 @@ def test_native_attention_equals_the_per_head_attention_with_dropout(B, T, heads
     torch.testing.assert_close(native, plain.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(native_in.grad, plain_in.grad.float(), rtol=1e-5, atol=1e-5)
     if T > 1:  # the positions matter: one fewer dropped moves the output
-        other = _per_head(qkv.double(), heads, _mask(heads, B, T, positions[1:], scale).double())
+        causal = positions % T <= positions // T % T  # on or below the diagonal: weights that count
+        fewer = positions[torch.arange(len(positions)) != int(causal.nonzero()[0])]
+        other = _per_head(qkv.double(), heads, _mask(heads, B, T, fewer, scale).double())
         assert (other - plain).abs().max() > 1e-3
 
 
@@ -83,7 +79,7 @@ def test_native_attention_on_random_shapes_and_thread_counts():
             B, T, heads, p = rng.randint(1, 3), rng.randint(1, 80), rng.randint(1, 3), rng.choice([0.0, 0.1, 0.5])
             g = torch.Generator().manual_seed(trial)
             qkv, grad = torch.randn(B, T, 3 * heads * hs, generator=g), torch.randn(B, T, heads * hs, generator=g)
-            positions = dropped_positions(B * heads * causal_weights(T), p, g) if p else None
+            positions = dropped_positions(B * heads * T * T, p, g) if p else None
             torch.set_num_threads(rng.randint(1, 3))
             native_in, plain_in = qkv.clone().requires_grad_(True), qkv.double().requires_grad_(True)
             native = NativeAttention.apply(native_in, heads, positions, 1 / (1 - p))
@@ -104,10 +100,10 @@ def test_machines_with_narrower_vectors_get_a_kernel_of_their_width(widest, monk
     if native_build.compiler() is None:
         pytest.skip("no C compiler here")
     monkeypatch.setattr(native_build, "vector_floats", lambda: widest)
-    assert native_attention.vector_length(32) == widest
+    assert native_build.vector_length(32) == widest
     g = torch.Generator().manual_seed(widest)
     qkv, grad = torch.randn(2, 21, 3 * 64, generator=g), torch.randn(2, 21, 64, generator=g)
-    positions = dropped_positions(2 * 2 * causal_weights(21), 0.2, g)
+    positions = dropped_positions(2 * 2 * 21 * 21, 0.2, g)
     native_in, plain_in = qkv.clone().requires_grad_(True), qkv.double().requires_grad_(True)
     native = NativeAttention.apply(native_in, 2, positions, 1 / 0.8)
     plain = _per_head(plain_in, 2, _mask(2, 2, 21, positions, 1 / 0.8).double())
@@ -129,7 +125,7 @@ def test_native_attention_without_dropout_and_with_every_weight_dropped():
     torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(native_in.grad, plain_in.grad, rtol=1e-5, atol=1e-6)
     qkv = qkv.clone().requires_grad_(True)
-    out = NativeAttention.apply(qkv, 2, torch.arange(2 * 2 * causal_weights(6)), 2.0)
+    out = NativeAttention.apply(qkv, 2, torch.arange(2 * 2 * 6 * 6), 2.0)
     out.sum().backward()
     assert torch.equal(out, torch.zeros(2, 6, 16))  # no weight left: no output, no gradient
     assert torch.equal(qkv.grad, torch.zeros_like(qkv))
@@ -150,7 +146,7 @@ def test_the_result_does_not_depend_on_the_thread_count():
     _kernel_or_skip(32)
     g = torch.Generator().manual_seed(0)
     qkv, grad = torch.randn(8, 64, 384, generator=g), torch.randn(8, 64, 128, generator=g)
-    positions = dropped_positions(8 * 4 * causal_weights(64), 0.1, g)
+    positions = dropped_positions(8 * 4 * 64 * 64, 0.1, g)
     results, threads = [], torch.get_num_threads()
     try:
         for count in (1, 2, 3):

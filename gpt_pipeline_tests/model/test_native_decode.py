@@ -1,11 +1,11 @@
 """Tests for gpt_pipeline.model.native_decode: the C kernel's logits against the plain forward,
-its tokens against gpt-rs's loop (``gpt_pipeline_tests.reference``) and the PyTorch path of
-``decode``, and what it refuses."""
+``GPT.generate``'s tokens through it against gpt-rs's loop (``gpt_pipeline_tests.reference``) and
+against the loop's PyTorch step, and what it refuses."""
 
 import pytest
 import torch
 
-from gpt_pipeline.model import decode, native_build, native_decode
+from gpt_pipeline.model import native_build, native_decode
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.model.native_decode import Session
 from gpt_pipeline_tests import reference
@@ -62,23 +62,27 @@ def test_tokens_are_gpt_rs_loops_greedy_and_sampled(name, prompt_length):
     peer = ReferenceGPT.from_gpt(model)
     prompt = torch.randint(0, config.vocab_size, (1, prompt_length), generator=torch.Generator().manual_seed(5))
     count = 2 * config.context_length + 5
-    greedy = native_decode.generate(model, prompt, count, top_k=1)[0].tolist()
+    assert native_decode.supports(model)  # GPT.generate steps through the kernel
+    greedy = model.generate(prompt, count, top_k=1)[0].tolist()
     assert greedy == reference.generate(peer, prompt[0].tolist(), count, greedy=True)
-    sampled = native_decode.generate(model, prompt, count, 0.9, generator=torch.Generator().manual_seed(6))[0]
+    sampled = model.generate(prompt, count, 0.9, generator=torch.Generator().manual_seed(6))[0]
     expected = reference.generate(peer, prompt[0].tolist(), count, 0.9, torch.Generator().manual_seed(6))
     assert sampled.tolist() == expected and len(set(expected[prompt_length:])) > 2
     batch = torch.cat([prompt, prompt.flip(1)])  # two rows
-    both = native_decode.generate(model, batch, count, top_k=1)
+    both = model.generate(batch, count, top_k=1)
     assert both[0].tolist() == greedy
-    assert both[1].tolist() == native_decode.generate(model, batch[1:], count, top_k=1)[0].tolist()
+    assert both[1].tolist() == model.generate(batch[1:], count, top_k=1)[0].tolist()
 
 
-def test_same_draws_as_the_pytorch_path_and_any_thread_count():
+def test_same_draws_as_the_pytorch_step_and_any_thread_count(monkeypatch):
     model = _model(CONFIGS["heads of 8"], 7)
     prompts = torch.randint(0, 40, (4, 3), generator=torch.Generator().manual_seed(8))
-    native = native_decode.generate(model, prompts, 30, 1.0, generator=torch.Generator().manual_seed(9))
-    pytorch = decode.generate(model, prompts, 30, 1.0, generator=torch.Generator().manual_seed(9))
-    assert torch.equal(native, pytorch)
+    native = model.generate(prompts, 30, 1.0, generator=torch.Generator().manual_seed(9))
+    with monkeypatch.context() as patch:
+        patch.setenv("GPT_PIPELINE_NATIVE", "0")  # GPT.generate steps through GPT.forward
+        assert not native_decode.supports(model)
+        pytorch = model.generate(prompts, 30, 1.0, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(native, pytorch) and len(set(native[:, 3:].flatten().tolist())) > 5
     threads = torch.get_num_threads()
     idx = torch.randint(0, 40, (4, 8), generator=torch.Generator().manual_seed(10))
     try:
@@ -117,13 +121,11 @@ def test_refusals_bad_ids_and_the_fallback(monkeypatch):
     with pytest.raises(ValueError, match=r"start \+ T <= 8, got torch.int64 \(1, 3\) at start=6"):
         Session(model, 1).logits(torch.tensor([[0, 1, 2]]), 6)
     assert native_decode.unavailable(model.train()) == "the model is in training mode (dropout on)"
-    assert native_decode.generate(model, torch.tensor([[1]]), 3) is None
     model.eval().double()
     assert "float32 on CPU" in native_decode.unavailable(model)
-    assert native_decode.generate(model, torch.tensor([[1]]), 3) is None
     odd = GPT(GPTConfig(vocab_size=9, embedding_size=6, context_length=4, head_count=2, block_count=1)).eval()
     assert native_decode.unavailable(odd) == "head size 3 is not a multiple of 4"
-    monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")  # the user's switch: GPT.generate uses decode's PyTorch path
+    monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")  # the user's switch: GPT.generate steps through GPT.forward
     model.float()
     assert "GPT_PIPELINE_NATIVE=0" in native_decode.unavailable(model)
     out = model.generate(torch.tensor([[1]]), 12, top_k=1)[0].tolist()

@@ -1,26 +1,14 @@
 /* gpt-rs's causal attention heads, forward and backward, for CPU training (float32).
  *
- * What it does: for every (batch row b, head h) pair, with q, k, v the head's [T, HS] slices of
- * the fused projection qkv [B, T, 3C] (C = H * HS, rows q_0 .. q_H-1, k_0 .., v_0 ..):
- *   P = softmax(alpha * q k^T) over keys j <= i      (alpha = 1 / sqrt(HS))
- *   W = P with the dropped weights set to 0 and the rest times keep_scale
- *   out[b, i, h * HS ..] = (W v)[i]
- * and the gradient of qkv from the gradient of out. Each pair runs start to end on one thread
- * (OpenMP over pairs), in L1/L2, reading q, k, v and writing their gradients where the projection
- * keeps them: no layout copies, no scores above the diagonal, one pass for softmax and dropout.
- * The result does not depend on the thread count.
- *
- * Dropout: `dropped` holds the sorted flat indices of the dropped weights in [B, H, T(T+1)/2]
- * (row i's keys 0..i at i(i+1)/2 .. i(i+1)/2 + i): the weights on and below the diagonal, the only
- * ones that are not 0 anyway. `probs` [B, H, T(T+1)/2] keeps P (before dropout) for the backward.
- *
- * Backward, per row i, with g the output's gradient: dW_ij = g_i . v_j, D_i = g_i . out_i
- * (= sum_j W_ij dW_ij), dS_ij = alpha * P_ij * (keep_ij * keep_scale * dW_ij - D_i); then
- * dq = dS k, dk = dS^T q, dv = W^T g.
- *
- * What it does not do: anything but float32 on CPU, head sizes that are not a multiple of VL,
- * inference (PyTorch's scaled_dot_product_attention does that). Built by native_build.py with
- * -DHS=<head size> -DVL=<floats per vector>; plain C with GCC/Clang vector extensions.
+ * For every (batch row b, head h), q, k, v the head's [T, HS] slices of qkv [B, T, 3C]:
+ *   P = softmax(alpha * q k^T) over keys j <= i, W = P with the dropped weights 0 and the rest
+ *   times keep_scale, out[b, i, h * HS ..] = (W v)[i]; and the gradient of qkv from out's.
+ * Each pair runs on one thread (OpenMP), in cache, reading q, k, v where the projection wrote
+ * them; the result does not depend on the thread count. `dropped`: sorted flat indices of the
+ * dropped weights in [B, H, T, T] (those above the diagonal are 0 anyway and skipped). `probs`
+ * [B, H, T(T+1)/2] keeps P for the backward, row i's keys 0..i at i(i+1)/2 ...
+ * Backward, per row i, g the output's gradient: dW_ij = g_i . v_j, D_i = g_i . out_i,
+ * dS_ij = alpha * P_ij * (keep_ij * keep_scale * dW_ij - D_i); dq = dS k, dk = dS^T q, dv = W^T g.
  */
 #include "heads.h"
 
@@ -79,7 +67,7 @@ int attention_forward(const float *qkv, float *out, float *probs, const int64_t 
 #pragma omp for schedule(static)
         for (int64_t pair = 0; pair < B * H; pair++) {
             if (!kt) continue;
-            const int64_t b = pair / H, h = pair % H, base = pair * tt;
+            const int64_t b = pair / H, h = pair % H, base = pair * tt, dense = pair * T * T;
             const float *q = qkv + b * T * row + h * HS, *k = q + C, *v = q + 2 * C;
             float *o = out + b * T * C + h * HS;
             if (pair + 1 < B * H) {
@@ -89,7 +77,7 @@ int attention_forward(const float *qkv, float *out, float *probs, const int64_t 
                 prefetch(out + b1 * T * C + h1 * HS, C, (int)T, 1);
             }
             transpose(k, row, (int)T, kt, tp);
-            int64_t next = lower_bound(dropped, n_dropped, base);
+            int64_t next = lower_bound(dropped, n_dropped, dense);
             for (int i0 = 0; i0 < T; i0 += R) {
                 const int rows = T - i0 < R ? (int)(T - i0) : R, n_max = i0 + rows;
                 const int chunks = (n_max + VL - 1) / VL;
@@ -119,7 +107,7 @@ int attention_forward(const float *qkv, float *out, float *probs, const int64_t 
                         if (j0 + VL <= n) store(p + j0, e * inv); /* whole vectors inside row i only */
                     }
                     for (j0 = n / VL * VL; j0 < n; j0++) p[j0] = sr[j0] * inv;
-                    const int64_t start = base + tri(i), end = start + n;
+                    const int64_t start = dense + (int64_t)i * T, end = start + n;
                     for (; next < n_dropped && dropped[next] < end; next++)
                         if (dropped[next] >= start) wr[dropped[next] - start] = 0.0f;
                 }
@@ -151,7 +139,7 @@ int attention_backward(const float *qkv, const float *out, const float *probs, c
 #pragma omp for schedule(static)
         for (int64_t pair = 0; pair < B * H; pair++) {
             if (!vt) continue;
-            const int64_t b = pair / H, h = pair % H, base = pair * tt;
+            const int64_t b = pair / H, h = pair % H, base = pair * tt, dense = pair * T * T;
             const float *q = qkv + b * T * row + h * HS, *k = q + C, *v = q + 2 * C;
             const float *o = out + b * T * C + h * HS, *g = grad + b * T * C + h * HS;
             float *gq = grad_qkv + b * T * row + h * HS, *gk = gq + C, *gv = gq + 2 * C;
@@ -164,7 +152,7 @@ int attention_backward(const float *qkv, const float *out, const float *probs, c
                 prefetch(gq1, row, (int)T, 1); prefetch(gq1 + C, row, (int)T, 1); prefetch(gq1 + 2 * C, row, (int)T, 1);
             }
             transpose(v, row, (int)T, vt, tp);
-            int64_t next = lower_bound(dropped, n_dropped, base);
+            int64_t next = lower_bound(dropped, n_dropped, dense);
             for (int i0 = 0; i0 < T; i0 += R) {
                 const int rows = T - i0 < R ? (int)(T - i0) : R, n_max = i0 + rows;
                 const int chunks = (n_max + VL - 1) / VL;
@@ -183,7 +171,7 @@ int attention_backward(const float *qkv, const float *out, const float *probs, c
                         wr[j] = p[j] * keep_scale;
                     }
                     for (int j = n; j < chunks * VL; j++) dsr[j] = wr[j] = 0.0f;
-                    const int64_t start = base + tri(i), end = start + n;
+                    const int64_t start = dense + (int64_t)i * T, end = start + n;
                     for (; next < n_dropped && dropped[next] < end; next++) {
                         if (dropped[next] < start) continue;
                         const int64_t j = dropped[next] - start;

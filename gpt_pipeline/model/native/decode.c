@@ -1,24 +1,14 @@
 /* gpt-rs's model for sampling, float32 on CPU: every block and the head in one call.
  *
- * What it does: for token ids [B, T] at positions start .. start + T - 1, with the keys and values
- * of positions 0 .. start - 1 already in the cache, the math of GPT.forward in eval mode (no
- * dropout): x = token_embedding + position_embedding; per block
- *   x = x + projection(heads(qkv(layer_norm_1(x))))      (causal, keys up to each query)
- *   x = x + ff_output(relu(ff_input(layer_norm_2(x))))
- * then the final LayerNorm and the head at the last position only: logits [B, V]. The block's
- * keys and values of the T new positions are written to the cache; the last block computes its
- * queries' side (attention, projection, feed-forward) for the last position alone.
- *
- * Why one call: on gpt-rs's example config a whole window (64 positions) is ~0.2 GFLOP in 4 x 8
- * small products; through PyTorch each operator costs more in dispatch than in arithmetic. Here
- * the products are register tiles over the weights pre-transposed to [in, out] (so the inner loop
- * is broadcast-multiply-add, no horizontal sums), each thread taking a share of the output
- * columns, one OpenMP region for the whole forward with a barrier between steps.
- *
- * Layouts (float32, row-major): weights `w[block * PER_BLOCK + ...]` as in the enum below, the
- * products' weights transposed ([in, out]); caches keys/values [L, B, ctx, C] (heads side by
- * side); `scratch` as decode_scratch_floats says. The result does not depend on the thread
- * count. Built by native_build.py with -DHS=<head size> -DVL=<floats per vector>.
+ * For token ids [B, T] at positions start .., the keys and values of positions 0 .. start - 1 in
+ * the cache: GPT.forward in eval mode (x = embeddings; per block x += projection(heads(qkv(ln_1(x)))),
+ * x += ff_output(relu(ff_input(ln_2(x))))), the final LayerNorm and the head at the last position:
+ * logits [B, V]. The new keys and values go to the cache; the last block computes the last
+ * position alone. One call because through PyTorch each small product costs more in dispatch than
+ * in arithmetic. Products are register tiles over weights pre-transposed to [in, out], each thread
+ * taking a share of the output columns, one OpenMP region with barriers between steps; the result
+ * does not depend on the thread count. Weights `w[block * PER_BLOCK + ...]` as in the enum below;
+ * caches [L, B, ctx, C]; `scratch` as decode_scratch_floats says.
  */
 #include "heads.h"
 

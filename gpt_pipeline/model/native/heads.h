@@ -1,10 +1,5 @@
-/* Vector helpers and register tiles of gpt-rs's attention heads, shared by attention.c (training)
- * and decode.c (sampling): float32, plain C with GCC/Clang vector extensions.
- *
- * Built with -DHS=<head size> -DVL=<floats per vector>: vf is one vector of VL floats, a head row
- * is NV vectors, a register tile is R rows. native_build.py hashes this header with each source
- * that includes it.
- */
+/* Vector helpers and register tiles of the attention heads, shared by attention.c and decode.c:
+ * float32, GCC/Clang vector extensions, built with -DHS=<head size> -DVL=<floats per vector>. */
 #ifndef GPT_PIPELINE_HEADS_H
 #define GPT_PIPELINE_HEADS_H
 #include <stdint.h>
