@@ -79,7 +79,7 @@ def weekly_sweep(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
 
 retrain_on_new_data = dg.AutomationConditionSensorDefinition(
     "retrain_on_new_data",
-    target=dg.AssetSelection.groups("gpt", "evaluation") | dg.AssetSelection.assets("stories_source"),  # the source observed too
+    target=dg.AssetSelection.groups("gpt") | dg.AssetSelection.assets("stories_source"),  # the source observed too
     default_status=dg.DefaultSensorStatus.STOPPED,
     minimum_interval_seconds=60,
     description="Declarative automation of the lineage: observes stories_source every five minutes "

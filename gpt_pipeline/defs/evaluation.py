@@ -17,7 +17,8 @@ Every path that trains passes through them: ``train_gpt_job`` (``make run``, ``g
 materialize``), the sweeps' per-variant step and declarative automation (``RETRAIN``: a variant
 is evaluated when its model changes; ``champion_evaluation`` follows ``champion_model``). The
 election (``defs.champion.standings``) ranks only a variant whose current model passed its
-evaluation. ``evaluate_job`` runs them alone (group ``evaluation``), e.g. with other settings:
+evaluation. They are in the lineage's group (``gpt``: the UI's "Materialize all" evaluates
+too); ``evaluate_job`` runs them alone, e.g. with other settings:
 ``gpt-pipeline materialize --job evaluate_job --select model_evaluation --partition VARIANT``.
 """
 
@@ -31,7 +32,7 @@ import polars as pl
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.assets import OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
+from gpt_pipeline.defs.assets import GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
 from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
@@ -44,7 +45,6 @@ from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tracking.tracker import TrackedRun
 
-EVALUATION_GROUP = "evaluation"
 PREFIX = "eval_"  # MLflow metrics and metadata: eval_<figure> (Evaluation.figures' names)
 CHECK_NAME = "continuations_do_not_collapse"
 CHECK_DESCRIPTION = ("The continuations' repeated 4-gram rate and share of words unseen in training exceed "
@@ -145,7 +145,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
 
 
 @dg.asset(
-    group_name=EVALUATION_GROUP,
+    group_name=GROUP,
     kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
@@ -171,7 +171,7 @@ def model_evaluation(
 
 
 @dg.asset(
-    group_name=EVALUATION_GROUP,
+    group_name=GROUP,
     kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
@@ -194,7 +194,7 @@ def champion_evaluation(
 
 EVALUATION_ASSETS = [model_evaluation, champion_evaluation]
 evaluate_job = dg.define_asset_job(
-    "evaluate_job", selection=dg.AssetSelection.groups(EVALUATION_GROUP), executor_def=dg.in_process_executor,
+    "evaluate_job", selection=dg.AssetSelection.assets(*EVALUATION_ASSETS), executor_def=dg.in_process_executor,
     description="Evaluate the variants' models (model_evaluation, one partition per variant) and the "
     "champion (champion_evaluation): likelihood against a bigram, continuations of held-out stories.")
 EVALUATION_JOBS = [evaluate_job]

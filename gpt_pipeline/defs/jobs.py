@@ -11,11 +11,10 @@ import yaml
 
 from gpt_pipeline.defs.assets import GROUP
 from gpt_pipeline.defs.configs import QUICKSTART
-from gpt_pipeline.defs.evaluation import EVALUATION_GROUP
 
 train_gpt_job = dg.define_asset_job(
     "train_gpt_job",
-    selection=dg.AssetSelection.groups(GROUP, EVALUATION_GROUP),  # every model is evaluated before the election
+    selection=dg.AssetSelection.groups(GROUP),  # model_evaluation and champion_evaluation included
     executor_def=dg.in_process_executor,
     # Each partition's config (Dagster loads it in the Launchpad once a partition is picked); before
     # that the Launchpad shows the config schema's defaults, which are the same values
