@@ -60,7 +60,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
 # the assets of train_gpt_job (stories_source is observed, not materialized)
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
-              "champion_model", "champion_generations"]
+              "model_evaluation", "champion_model", "champion_generations", "champion_evaluation"]
 
 
 START_SECONDS = 180  # pg_ctl start -w waits this long for the server to accept connections (busy machines)

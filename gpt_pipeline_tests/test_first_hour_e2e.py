@@ -50,7 +50,8 @@ CHROMIUM = os.environ.get("GPT_PIPELINE_CHROMIUM") or shutil.which("chromium") o
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ASSETS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model[default]",
-          "sample_generations[default]", "champion_model", "champion_generations"]
+          "sample_generations[default]", "model_evaluation[default]", "champion_model", "champion_generations",
+          "champion_evaluation"]
 LOCATION_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
 
 
@@ -243,10 +244,10 @@ COMMAND_PLAN: list[tuple[str, str | None]] = [  # (regex matching a command, Non
     (r"^gpt-pipeline (import-gpt-rs|export-hf) \.\.\.", "placeholder arguments (`...`); each has --help and tests"),
     (r"^\.venv/bin/gpt-pipeline export-hf ", None),
     (r"benchmarks/gpu_check\.py", "needs a CUDA GPU"),
-    (r"-m gpt_pipeline materialize --job evaluate_job\b", "evaluates the quickstart model of `make run`; the tiny model "
-     "here fails the collapse check by design (defs/test_evaluation.py runs a failing and a passing model)"),
-    (r"-m gpt_pipeline compare --by\b", "needs model_evaluation materialized (above): tracking/test_compare_by.py ranks by it"),
-    (r"tinystories_sample\.parquet|--dataset-dir /tmp/rs/", "gpt-rs's example model on ../shared/data, which the tests "
+    (r"-m gpt_pipeline materialize --job evaluate_job\b", "evaluates the quickstart model of `make run` again with "
+     "the default settings, which the tiny model here fails by design (defs/test_evaluation.py runs a failing and a passing model)"),
+    (r"-m gpt_pipeline compare --by\b", "the quickstart's figures: tracking/test_compare_by.py ranks by an evaluation figure"),
+    (r"tinystories_sample\.parquet|--dataset-dir /tmp/rs\d*/", "gpt-rs's example model on ../shared/data, which the tests "
      "never need: an hour of training"),
     (r"^(\.venv/bin/)?python .*benchmarks/|^PYTHONPATH=\S+ \.venv/bin/python benchmarks/|^OMP_NUM_THREADS=\d+ \S*python benchmarks/",
      "a benchmark: minutes, timed on a quiet machine (docs/benchmarks.md)"),

@@ -34,7 +34,7 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 
 # every asset of train_gpt_job that logs an MLflow run (stories_source is only observed)
 ASSET_KEYS = ["raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
-              "champion_model", "champion_generations"]
+              "model_evaluation", "champion_model", "champion_generations", "champion_evaluation"]
 
 
 def test_two_jobs_at_once_share_data_and_mlflow(tmp_path):

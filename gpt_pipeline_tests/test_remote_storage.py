@@ -143,7 +143,7 @@ def test_lineage_stores_every_asset_on_s3_and_reads_inputs_back(
         "io_manager": AssetFileIOManager(base_url=url, storage_options={"endpoint_url": s3_endpoint}),
         "mlflow": MLflowResource(),
     }
-    first = dg.materialize(ASSETS, resources=resources, run_config=TINY_RUN_CONFIG,
+    first = dg.materialize(ASSETS, resources=resources, run_config=_run_config(*ASSET_KEYS),
                            instance=with_default_variant(dg.DagsterInstance.ephemeral()), partition_key=DEFAULT_VARIANT)
     assert first.success
 

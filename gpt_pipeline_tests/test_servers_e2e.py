@@ -88,9 +88,10 @@ MATERIALIZATIONS_QUERY = """query Materializations($key: [String!]!) { assetOrEr
   ... on Asset { assetMaterializations { runId partition
     metadataEntries { label ... on TextMetadataEntry { text } } } } } }"""
 DATA_ASSETS = ("raw_stories", "bpe_tokenizer", "tokenized_dataset")
-VARIANT_ASSETS = ("trained_model", "sample_generations")
+VARIANT_ASSETS = ("trained_model", "sample_generations", "model_evaluation")
 CHAMPION_ASSETS = ("champion_model", "champion_generations")
-ALL_ASSETS = (*DATA_ASSETS, *VARIANT_ASSETS, *CHAMPION_ASSETS)
+ELECTED_ASSETS = (*CHAMPION_ASSETS, "champion_evaluation")  # unpartitioned, after the variants
+ALL_ASSETS = (*DATA_ASSETS, *VARIANT_ASSETS, *ELECTED_ASSETS)
 # Two variants of one sweep: the test's tiny config as the base, learning rates apart.
 VARIANT_RATES = {"lr_low": 0.003, "lr_high": 0.006}
 
@@ -188,8 +189,8 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
         # a pure asset backfill of the partitions chosen in the dialog (here all of them), with the
         # UI's tag and, no config saved in the dialog, no runConfigData. One backfill holds the
         # unpartitioned and the partitioned assets alike: Dagster runs the data assets once, then
-        # each variant (trained_model and sample_generations of one partition in one run), then
-        # champion_model with champion_generations.
+        # each variant (trained_model, sample_generations and model_evaluation of one partition in one run), then
+        # champion_model with champion_generations and champion_evaluation.
         # The sweep adds its variants to the instance (as `gpt-pipeline sweep` does), data first.
         monkeypatch.setenv("GPT_PIPELINE_DATA_DIR", str(tmp_path / "data"))
         sweep = load_sweep(_write_sweep(tmp_path))
@@ -252,8 +253,8 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
         assert backfill["status"] == "COMPLETED_SUCCESS", (backfill, _tail(dagster_log, 80))
         assert backfill["isAssetBackfill"] and backfill["error"] is None
         statuses = {s["assetKey"]["path"][0]: s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
-        assert set(statuses) == {*VARIANT_ASSETS, *CHAMPION_ASSETS}
-        for asset in CHAMPION_ASSETS:
+        assert set(statuses) == {*VARIANT_ASSETS, *ELECTED_ASSETS}
+        for asset in ELECTED_ASSETS:
             assert statuses[asset]["__typename"] == "UnpartitionedAssetStatus", statuses[asset]
             assert statuses[asset]["materialized"] and not statuses[asset]["failed"], statuses[asset]
         for asset in VARIANT_ASSETS:
@@ -273,7 +274,7 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
         materialized = {a: _materializations(dagster_port, a) for a in ALL_ASSETS}
         for asset, events in materialized.items():
             assert {e["runId"] for e in events} <= {*runs, data_run_id}, (asset, events, runs)
-        for asset in (*DATA_ASSETS, *CHAMPION_ASSETS):
+        for asset in (*DATA_ASSETS, *ELECTED_ASSETS):
             assert [e["partition"] for e in materialized[asset]] == [None], (asset, materialized[asset])
         assert {materialized[a][0]["runId"] for a in DATA_ASSETS} == {data_run_id}  # shared by every variant
         for asset in VARIANT_ASSETS:
@@ -283,6 +284,7 @@ def test_dagster_run_then_mlflow_rest(tmp_path, monkeypatch):
         for variant in VARIANT_RATES:
             assert (tmp_path / "data" / "trained_model" / f"{variant}.safetensors").is_file()
             assert (tmp_path / "data" / "sample_generations" / f"{variant}.parquet").is_file()
+            assert (tmp_path / "data" / "model_evaluation" / f"{variant}.parquet").is_file()
         trainings = {e["partition"]: e for e in materialized["trained_model"]}
         elected = materialized["champion_model"][0]["metadata"]["champion"]
         champion_runs = {a: materialized[a][0]["metadata"]["mlflow_run_id"] for a in CHAMPION_ASSETS}

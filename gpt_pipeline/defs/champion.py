@@ -1,18 +1,19 @@
 """``champion_model``: the best variant of the sweep, promoted.
 
-It depends on every variant (partition) of ``trained_model``: every variant the instance knows
-(``defs.variants``), however the code location was started. ``standings`` is the one election:
-among the variants whose latest model was trained on the current ``tokenized_dataset`` and not
-pruned, the lowest ``test_bits_per_character`` (comparable across vocabularies, unlike a loss per
+It depends on every variant (partition) of ``trained_model`` and of its ``model_evaluation``:
+every variant the instance knows (``defs.variants``), however the code location was started.
+``standings`` is the one election: among the variants whose latest model was trained on the
+current ``tokenized_dataset``, not pruned, and passed its evaluation, the lowest ``test_bits_per_character`` (comparable across vocabularies, unlike a loss per
 token; ties go to the variant added first). ``champion_model`` stores that model as ``data/champion_model.safetensors``,
 points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipeline@champion``)
 and tags that version with the variant and run that won (``champion_variant``, ``champion_run_id``),
 and shows the comparison in its metadata: every variant with its overrides, test loss, bits per
 character, tokens/s, training seconds and MLflow run, and for a variant without a model on the
 current data, why (its last failure, or "stale"). Its blocking check ``champion_generates``
-loads what it stores and generates from it. A variant whose current model failed the blocking
-check of ``model_evaluation`` (its continuations collapse) is not ranked, and the standings show
-each variant's headline evaluation figures (``defs.evaluation.evaluation_standing``).
+loads what it stores and generates from it. A variant whose current model has no evaluation, or
+failed the blocking check of ``model_evaluation`` (its continuations collapse), is not ranked: its
+note says which; the standings show each variant's headline evaluation figures
+(``defs.evaluation.evaluation_standing``).
 
 ``champion_generations``, unpartitioned, is what the champion writes from the prompts (the
 ``sample_generations`` step on ``champion_model``): a downstream consumer of the champion, as the
@@ -75,7 +76,8 @@ def standings(instance: dg.DagsterInstance, data_digest: str | None, variants: l
     """THE election (``champion_model``, ``gpt-pipeline sweep`` and the search read it): one row
     per variant of the instance (or of ``variants``), ranked: those whose latest model was trained
     on the data with ``data_digest`` by test bits per character (ties: the variant added first),
-    then the rest, unranked, with why in ``note`` (stale, pruned at step N, failed, not trained)."""
+    then the rest, unranked, with why in ``note`` (stale, pruned at step N, failed, not trained,
+    not evaluated, evaluation failed): a model is elected only once its evaluation passed."""
     rows = []
     for order, variant in enumerate(variants if variants is not None else known_variants(instance)):
         records = instance.fetch_materializations(
@@ -98,11 +100,11 @@ def standings(instance: dg.DagsterInstance, data_digest: str | None, variants: l
             row["note"] = "no test_bits_per_character recorded"
         elif failure:
             row["note"] = f"its last retraining {failure}; ranked with its previous model"
-        # model_evaluation (defs.evaluation): its headline figures; a failed check excludes the model
-        figures, evaluation_failed = evaluation_standing(instance, variant, row["content_digest"])
+        # model_evaluation (defs.evaluation): its headline figures; no passing evaluation, no rank
+        figures, not_eligible = evaluation_standing(instance, variant, row["content_digest"])
         row.update(figures)
-        if evaluation_failed and (not row["note"] or row["note"].startswith("its last")):
-            row["note"] = evaluation_failed
+        if not_eligible and (not row["note"] or row["note"].startswith("its last")):
+            row["note"] = not_eligible
         rows.append(row)
     ranked = sorted((r for r in rows if not r["note"] or r["note"].startswith("its last")),
                     key=lambda r: (r["test_bits_per_character"], r["order"]))
@@ -158,12 +160,13 @@ def generates(model: GPT, tokenizer: BPETokenizer) -> Gate:
     kinds={"pytorch", "safetensors", "mlflow"},
     owners=OWNERS,
     code_version="1",
-    deps=[dg.AssetDep("trained_model", partition_mapping=dg.AllPartitionMapping()), "tokenized_dataset"],
+    deps=[dg.AssetDep("trained_model", partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep("model_evaluation", partition_mapping=dg.AllPartitionMapping()), "tokenized_dataset"],
     check_specs=[CHAMPION_GENERATES],
     automation_condition=RETRAIN_CHAMPION,
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)),
     description="The variant of trained_model with the lowest test bits per character among those "
-    "trained on the current data: stored as champion_model.safetensors, aliased 'champion' in the "
+    "trained on the current data whose model_evaluation passed: stored as champion_model.safetensors, aliased 'champion' in the "
     "MLflow registry, with every variant's standing in its metadata.",
 )
 def champion_model(
@@ -178,7 +181,7 @@ def champion_model(
     context.log.info("standings:\n" + table)
     best = rows[0] if rows and rows[0]["rank"] == 1 else None
     if best is None:
-        raise dg.Failure(description="champion_model: no variant has a model trained on the current data: "
+        raise dg.Failure(description="champion_model: no variant has an evaluated model trained on the current data: "
                          + "; ".join(f"{r['variant']}: {r['note']}" for r in rows), allow_retries=False)
     with user_errors():
         model = io_manager.load_stored(dg.AssetKey("trained_model"), GPT, best["variant"])

@@ -38,6 +38,7 @@ from pydantic_core import core_schema
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.k8s import K8sLaunchConfig
+from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.storage import project_root
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
@@ -198,6 +199,11 @@ class _SampleGenerations(CoreConfig):
         return self.core(GenerationConfig)
 
 
+class _Evaluation(CoreConfig):
+    def evaluation_config(self) -> EvaluationConfig:
+        return self.core(EvaluationConfig)
+
+
 RawStoriesConfig = config_class("RawStoriesConfig", (StoriesConfig,), StoriesConfig.__doc__, CoreConfig,
                                 defaults=quickstart_defaults("raw_stories"))
 TokenizerConfig = config_class("TokenizerConfig", (TokenizerSettings,), TokenizerSettings.__doc__, CoreConfig,
@@ -228,4 +234,5 @@ TrainedModelConfig = config_class(
 SampleGenerationsConfig = config_class("SampleGenerationsConfig", (GenerationConfig,),
                                        GenerationConfig.__doc__, _SampleGenerations,
                                        defaults=quickstart_defaults("sample_generations"))
-
+ModelEvaluationConfig = config_class("ModelEvaluationConfig", (EvaluationConfig,), EvaluationConfig.__doc__,
+                                     _Evaluation, defaults=quickstart_defaults("model_evaluation"))

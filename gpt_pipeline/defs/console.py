@@ -41,6 +41,13 @@ def _trained(m: dict) -> str:
             + (f" (resumed from step {resumed})" if resumed is not None else ""))
 
 
+def _evaluated(m: dict) -> str:
+    """model_evaluation's and champion_evaluation's figures (stored only when the check passed)."""
+    return ", ".join(f"{label} {figure_text(key, _value(m, key))}" for label, key in (
+        ("ROUGE-L", "eval_rouge_l"), ("repeated 4-grams", "eval_repeated_4gram_rate"),
+        ("unseen words", "eval_unseen_word_rate"))) + " (continuations_do_not_collapse passed)"
+
+
 HEADLINES: dict[str, Callable[[dict], str]] = {
     "raw_stories": lambda m: f"{_count(m, 'stories')} stories, {_count(m, 'characters')} characters ({_value(m, 'source')})",
     "bpe_tokenizer": lambda m: (f"{_count(m, 'vocab_size')} tokens ({_count(m, 'alphabet_size')} characters + "
@@ -53,6 +60,8 @@ HEADLINES: dict[str, Callable[[dict], str]] = {
                                  f"{figure_text('test_bits_per_character', _value(m, 'test_bits_per_character'))}), "
                                  f"registered version {_value(m, 'registered_model_version')} is models:/gpt-pipeline@champion"),
     "champion_generations": lambda m: f"{_count(m, 'generations')} generations",
+    "model_evaluation": _evaluated,
+    "champion_evaluation": _evaluated,
 }
 
 

@@ -13,11 +13,13 @@ Each evaluates its model with the tokenizer and the tokenized dataset's splits, 
   the bigram's) as Parquet, with the figures' table, the curve by position (model vs bigram)
   and five continuations beside their true ones in the metadata.
 
-They are in a group of their own (``evaluation``) with no automation condition, so that
-``train_gpt_job`` and declarative automation keep their assets (a tiny test model would fail the
-check and with it every run that includes it). ``evaluate_job`` runs them:
-``gpt-pipeline materialize --job evaluate_job --select model_evaluation --partition VARIANT``
-(``--select champion_evaluation`` for the champion), or the UI.
+Every path that trains passes through them: ``train_gpt_job`` (``make run``, ``gpt-pipeline
+materialize``), the sweeps' per-variant step and declarative automation (``RETRAIN``: a variant
+is evaluated when its model changes; ``champion_evaluation`` follows ``champion_model``). The
+election (``defs.champion.standings``) ranks only a variant whose current model passed its
+evaluation. They are in the lineage's group (``gpt``: the UI's "Materialize all" evaluates
+too); ``evaluate_job`` runs them alone, e.g. with other settings:
+``gpt-pipeline materialize --job evaluate_job --select model_evaluation --partition VARIANT``.
 """
 
 import dataclasses
@@ -30,20 +32,19 @@ import polars as pl
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.assets import OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
+from gpt_pipeline.defs.assets import GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
-from gpt_pipeline.defs.configs import CoreConfig, config_class
+from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
+from gpt_pipeline.defs.sources import RETRAIN, following
 from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import loss_curve_markdown
-from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.evaluation.evaluate import Evaluation, collapse_gate, evaluate
 from gpt_pipeline.evaluation.report import markdown_table, position_curve_png, samples, samples_markdown
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tracking.tracker import TrackedRun
 
-EVALUATION_GROUP = "evaluation"
 PREFIX = "eval_"  # MLflow metrics and metadata: eval_<figure> (Evaluation.figures' names)
 CHECK_NAME = "continuations_do_not_collapse"
 CHECK_DESCRIPTION = ("The continuations' repeated 4-gram rate and share of words unseen in training exceed "
@@ -51,15 +52,6 @@ CHECK_DESCRIPTION = ("The continuations' repeated 4-gram rate and share of words
 MODEL_CHECK = blocking_check("model_evaluation", CHECK_NAME, CHECK_DESCRIPTION)
 CHAMPION_CHECK = blocking_check("champion_evaluation", CHECK_NAME, CHECK_DESCRIPTION)
 MODEL_DIGEST = "model_digest"  # in the check's metadata: which weights it judged (champion_model reads it)
-
-
-class _Evaluation(CoreConfig):
-    def evaluation_config(self) -> EvaluationConfig:
-        return self.core(EvaluationConfig)
-
-
-ModelEvaluationConfig = config_class("ModelEvaluationConfig", (EvaluationConfig,), EvaluationConfig.__doc__,
-                                     _Evaluation)
 
 
 def continuations_frame(evaluation: Evaluation) -> pl.DataFrame:
@@ -153,12 +145,13 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
 
 
 @dg.asset(
-    group_name=EVALUATION_GROUP,
+    group_name=GROUP,
     kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
     check_specs=[MODEL_CHECK],
     partitions_def=VARIANTS,
+    automation_condition=RETRAIN,
     description="The variant's model judged by its stories: test bits per character and its curve by "
     "position beside a bigram baseline's; held-out test stories cut after their first sentence and "
     "continued, with distinct-n, repeated 4-grams, invented words, sentence ends and length and "
@@ -178,11 +171,12 @@ def model_evaluation(
 
 
 @dg.asset(
-    group_name=EVALUATION_GROUP,
+    group_name=GROUP,
     kinds={"pytorch", "parquet", "mlflow"},
     owners=OWNERS,
     code_version="1",
     check_specs=[CHAMPION_CHECK],
+    automation_condition=following("champion_model"),
     description="The champion judged as model_evaluation judges a variant (its config and figures), "
     "stored as champion_evaluation.parquet.",
 )
@@ -200,7 +194,7 @@ def champion_evaluation(
 
 EVALUATION_ASSETS = [model_evaluation, champion_evaluation]
 evaluate_job = dg.define_asset_job(
-    "evaluate_job", selection=dg.AssetSelection.groups(EVALUATION_GROUP), executor_def=dg.in_process_executor,
+    "evaluate_job", selection=dg.AssetSelection.assets(*EVALUATION_ASSETS), executor_def=dg.in_process_executor,
     description="Evaluate the variants' models (model_evaluation, one partition per variant) and the "
     "champion (champion_evaluation): likelihood against a bigram, continuations of held-out stories.")
 EVALUATION_JOBS = [evaluate_job]
@@ -214,25 +208,28 @@ _CHECK_HISTORY = 200  # latest check evaluations read when looking for a model's
 
 def evaluation_standing(instance: dg.DagsterInstance, variant: str, model_digest: str | None
                         ) -> tuple[dict[str, float | None], str | None]:
-    """``(figures, failure)`` of ``trained_model[variant]`` with weights ``model_digest``: the
+    """``(figures, reason)`` of ``trained_model[variant]`` with weights ``model_digest``: the
     headline figures (``STANDING_COLUMNS``) of its latest ``model_evaluation`` when that judged
-    these weights (None each, when it has none), and the check's one-line finding when the latest
-    evaluation of these weights failed ``continuations_do_not_collapse`` (else None)."""
+    these weights (None each, when it has none), and why these weights cannot be elected: None when
+    their latest evaluation passed ``continuations_do_not_collapse``, else the check's one-line
+    finding when it failed, or that they have not been evaluated."""
     figures: dict[str, float | None] = dict.fromkeys(STANDING_COLUMNS)
+    not_evaluated = f"not evaluated: its current model has no model_evaluation (materialize model_evaluation[{variant}])"
     if not model_digest:
-        return figures, None
+        return figures, not_evaluated
+    found = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=MODEL_CHECK.asset_key, asset_partitions=[variant]), limit=1).records
+    meta = found[0].asset_materialization.metadata if found else {}
+    evaluated = meta.get("made_from.trained_model") is not None and meta["made_from.trained_model"].value == model_digest
+    if evaluated:  # stored only when the check passed
+        figures.update({name: meta[name].value for name in STANDING_COLUMNS if name in meta})
     history = instance.event_log_storage.get_asset_check_execution_history(MODEL_CHECK.key, limit=_CHECK_HISTORY)
     for record in history:  # newest first; planned executions carry no evaluation
         event = record.event.dagster_event if record.event is not None else None
         check = event.event_specific_data if event is not None else None
         judged = getattr(check, "metadata", {}).get(MODEL_DIGEST)
         if isinstance(check, dg.AssetCheckEvaluation) and judged is not None and judged.value == model_digest:
-            if not check.passed:
+            if not check.passed:  # a later evaluation of the same weights (other settings) failed
                 return figures, f"evaluation failed: {check.description}"
             break
-    found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=MODEL_CHECK.asset_key, asset_partitions=[variant]), limit=1).records
-    meta = found[0].asset_materialization.metadata if found else {}
-    if meta.get("made_from.trained_model") is not None and meta["made_from.trained_model"].value == model_digest:
-        figures.update({name: meta[name].value for name in STANDING_COLUMNS if name in meta})
-    return figures, None
+    return figures, None if evaluated else not_evaluated

@@ -1,4 +1,4 @@
-"""Jobs: ``train_gpt_job`` materializes the whole lineage, in process by default.
+"""Jobs: ``train_gpt_job`` materializes the whole lineage, evaluations included, in process by default.
 
 The in-process executor runs every step in the run's own process: the multiprocess executor
 re-imports torch for every step (about 60 s instead of 16 s for the same job here).
@@ -14,13 +14,14 @@ from gpt_pipeline.defs.configs import QUICKSTART
 
 train_gpt_job = dg.define_asset_job(
     "train_gpt_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=dg.AssetSelection.groups(GROUP),  # model_evaluation and champion_evaluation included
     executor_def=dg.in_process_executor,
     # Each partition's config (Dagster loads it in the Launchpad once a partition is picked); before
     # that the Launchpad shows the config schema's defaults, which are the same values
     # (``defs.configs.quickstart_defaults``). Every field can be edited there.
     config=yaml.safe_load(QUICKSTART.read_text()) if QUICKSTART.is_file() else None,
-    description="Materialize the whole gpt-rs lineage: stories, tokenizer, dataset, model, generations. "
+    description="Materialize the whole gpt-rs lineage: stories, tokenizer, dataset, model, generations, "
+    "the model's evaluation, then the champion and its evaluation. "
     "The Launchpad starts from configs/quickstart.yaml.",
 )
 

@@ -33,14 +33,15 @@ RETRAIN = dg.AutomationCondition.eager()
 
 
 def following(asset: str) -> dg.AutomationCondition:
-    """``eager()``, updated by ``asset`` alone: champion_model follows the variants (an update of
-    tokenized_dataset alone would elect among models of the old data; it waits while any variant
-    is in progress), champion_generations follows champion_model (not a new tokenizer alone)."""
+    """``eager()``, updated by ``asset`` alone: champion_model follows the variants' evaluations
+    (an update of tokenized_dataset alone would elect among models of the old data, and a model
+    not evaluated yet cannot be elected; it waits while any variant is in progress),
+    champion_generations and champion_evaluation follow champion_model (not a new tokenizer alone)."""
     return dg.AutomationCondition.eager().replace(
         "any_deps_updated", dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(asset)))
 
 
-RETRAIN_CHAMPION = following("trained_model")
+RETRAIN_CHAMPION = following("model_evaluation")
 TRAINING_POOL = "training"  # trainings on one machine take turns (dagster.yaml's pool limit)
 
 

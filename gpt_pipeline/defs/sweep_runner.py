@@ -46,7 +46,7 @@ from gpt_pipeline.defs.variants import DEFAULT_VARIANT, VariantError, read_varia
 from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV
 from gpt_pipeline.training.metrics import figure_text
 
-VARIANT_STEP = "trained_model,sample_generations"
+VARIANT_STEP = "trained_model,sample_generations,model_evaluation"  # evaluated before the election
 
 
 @dataclass

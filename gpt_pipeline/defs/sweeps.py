@@ -17,7 +17,8 @@ Nothing here is read when the code location loads: ``gpt-pipeline sweep`` (or th
 ``sweep_job``, given the file as config) reads the file, records each variant's config and adds
 it as a dynamic partition (``defs.variants``). ``raw_stories``, ``bpe_tokenizer`` and
 ``tokenized_dataset`` are shared by every variant (set them in ``base``: the data run gets them
-as its run config); ``trained_model`` and ``sample_generations`` are partitioned, and a
+as its run config); ``trained_model``, ``sample_generations`` and ``model_evaluation`` (its
+evaluation settings, e.g. the check's margins) are partitioned, and a
 variant's base and overrides are bound to its partition: a backfill, a schedule or declarative
 automation materializes it without any run config.
 
@@ -40,6 +41,7 @@ import yaml
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.search_space import SearchSpec, parse_search
+from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets and tests import from here
     DEFAULT_VARIANT,
     VARIANTS,
@@ -49,6 +51,7 @@ from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets an
     sweep_tags,
 )
 from gpt_pipeline.defs.configs import (
+    ModelEvaluationConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
@@ -62,11 +65,12 @@ from gpt_pipeline.training.config import TrainConfig
 
 SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
                  "tokenized_dataset": TokenizedDatasetConfig}
-VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig}
+VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig,
+                  "model_evaluation": ModelEvaluationConfig}
 ASSET_CONFIGS = {**SHARED_ASSETS, **VARIANT_ASSETS}
 CORE_CONFIGS = {"raw_stories": (StoriesConfig,), "bpe_tokenizer": (TokenizerSettings,),
                 "tokenized_dataset": (DatasetConfig,), "trained_model": (GPTConfig, TrainConfig),
-                "sample_generations": (GenerationConfig,)}
+                "sample_generations": (GenerationConfig,), "model_evaluation": (EvaluationConfig,)}
 
 
 class SweepError(ValueError):
@@ -189,6 +193,8 @@ def check_config(asset: str, values: dict[str, Any], where: str) -> None:
             config.training_config().validate()
         elif asset == "sample_generations":
             config.generation_config().validate()
+        elif asset == "model_evaluation":
+            config.evaluation_config().validate()
     except ValueError as error:
         raise SweepError(f"{where}: {asset}: {error}") from None
 

@@ -36,7 +36,7 @@ from gpt_pipeline.storage import atomic_write_text, data_dir, exclusive
 VARIANTS_NAME = "variants"
 VARIANTS = dg.DynamicPartitionsDefinition(name=VARIANTS_NAME)
 DEFAULT_VARIANT = "default"
-VARIANT_ASSET_NAMES = ("trained_model", "sample_generations")
+VARIANT_ASSET_NAMES = ("trained_model", "sample_generations", "model_evaluation")
 # a partition key and a file name at once: no path separator, no "..", no leading dot
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,63}")
 

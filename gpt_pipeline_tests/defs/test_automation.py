@@ -17,7 +17,7 @@ from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 JOB = defs.resolve_job_def("train_gpt_job")
 LINEAGE = {"raw_stories", "bpe_tokenizer", "tokenized_dataset", "trained_model", "sample_generations",
-           "champion_model", "champion_generations"}
+           "model_evaluation", "champion_model", "champion_generations", "champion_evaluation"}
 
 
 def test_schedules_and_sensors_are_stopped_and_evaluate_with_bare_contexts():
@@ -122,8 +122,8 @@ def test_a_change_of_content_requests_the_lineage_and_a_touch_does_not(tmp_path,
             assert run.success
     assert ticks == [
         {"raw_stories": [], "bpe_tokenizer": [], "tokenized_dataset": []},
-        {"trained_model": ["default"], "sample_generations": ["default"]},
-        {"champion_model": [], "champion_generations": []},
+        {"trained_model": ["default"], "sample_generations": ["default"], "model_evaluation": ["default"]},
+        {"champion_model": [], "champion_generations": [], "champion_evaluation": []},
     ], ticks
 
 

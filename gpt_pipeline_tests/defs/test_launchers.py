@@ -37,7 +37,7 @@ UPSTREAM = ["raw_stories", "bpe_tokenizer", "tokenized_dataset"]
 def _run_config(**changes) -> dict:
     run_config = copy.deepcopy(TINY_RUN_CONFIG)
     run_config["ops"]["trained_model"]["config"].update(changes)
-    del run_config["ops"]["sample_generations"]
+    del run_config["ops"]["sample_generations"], run_config["ops"]["model_evaluation"]
     return run_config
 
 

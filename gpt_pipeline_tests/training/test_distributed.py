@@ -237,7 +237,7 @@ def test_a_failing_worker_fails_the_step_with_one_line(tmp_path):
 def _ddp_run_config(**changes) -> dict:
     run_config = copy.deepcopy(TINY_RUN_CONFIG)
     run_config["ops"]["trained_model"]["config"].update(num_processes=2, **changes)
-    del run_config["ops"]["sample_generations"]
+    del run_config["ops"]["sample_generations"], run_config["ops"]["model_evaluation"]
     return run_config
 
 
