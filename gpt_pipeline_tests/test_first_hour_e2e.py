@@ -247,7 +247,7 @@ COMMAND_PLAN: list[tuple[str, str | None]] = [  # (regex matching a command, Non
     (r"-m gpt_pipeline materialize --job evaluate_job\b", "evaluates the quickstart model of `make run` again with "
      "the default settings, which the tiny model here fails by design (defs/test_evaluation.py runs a failing and a passing model)"),
     (r"-m gpt_pipeline compare --by\b", "the quickstart's figures: tracking/test_compare_by.py ranks by an evaluation figure"),
-    (r"tinystories_sample\.parquet|--dataset-dir /tmp/rs\d*/", "gpt-rs's example model on ../shared/data, which the tests "
+    (r"tinystories_sample\.parquet|/tmp/rs\d*/", "gpt-rs's example model on ../shared/data, which the tests "
      "never need: an hour of training"),
     (r"^(\.venv/bin/)?python .*benchmarks/|^PYTHONPATH=\S+ \.venv/bin/python benchmarks/|^OMP_NUM_THREADS=\d+ \S*python benchmarks/",
      "a benchmark: minutes, timed on a quiet machine (docs/benchmarks.md)"),

@@ -11,7 +11,8 @@ Both are stopped by default; turn them on in the Dagster UI (Automation) or with
 - ``retrain_on_new_data``, the sensor of declarative automation: ``stories_source`` is observed
   every five minutes (its data version is the file's content hash, ``defs.sources``); when it
   changes, every asset's ``AutomationCondition.eager()`` requests the lineage below it, each
-  variant partition (its model, generations and evaluation) and the champion included. A touch that changes no byte requests nothing.
+  variant partition (its model, generations and evaluation) and the champion included. A touch
+  that changes no byte requests nothing.
 
 No run config is written here: a variant's config is bound to its partition (``defs.sweeps``).
 """

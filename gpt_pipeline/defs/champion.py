@@ -3,8 +3,9 @@
 It depends on every variant (partition) of ``trained_model`` and of its ``model_evaluation``:
 every variant the instance knows (``defs.variants``), however the code location was started.
 ``standings`` is the one election: among the variants whose latest model was trained on the
-current ``tokenized_dataset``, not pruned, and passed its evaluation, the lowest ``test_bits_per_character`` (comparable across vocabularies, unlike a loss per
-token; ties go to the variant added first). ``champion_model`` stores that model as ``data/champion_model.safetensors``,
+current ``tokenized_dataset``, not pruned, and passed its evaluation, the lowest
+``test_bits_per_character`` (comparable across vocabularies, unlike a loss per token; ties go to
+the variant added first). ``champion_model`` stores that model as ``data/champion_model.safetensors``,
 points the MLflow registry alias ``champion`` at its version (``models:/gpt-pipeline@champion``)
 and tags that version with the variant and run that won (``champion_variant``, ``champion_run_id``),
 and shows the comparison in its metadata: every variant with its overrides, test loss, bits per
@@ -166,8 +167,8 @@ def generates(model: GPT, tokenizer: BPETokenizer) -> Gate:
     automation_condition=RETRAIN_CHAMPION,
     freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)),
     description="The variant of trained_model with the lowest test bits per character among those "
-    "trained on the current data whose model_evaluation passed: stored as champion_model.safetensors, aliased 'champion' in the "
-    "MLflow registry, with every variant's standing in its metadata.",
+    "trained on the current data whose model_evaluation passed: stored as champion_model.safetensors, "
+    "aliased 'champion' in the MLflow registry, with every variant's standing in its metadata.",
 )
 def champion_model(
     context: dg.AssetExecutionContext,
