@@ -197,7 +197,8 @@ def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, caps
     })
     assert main(["sweep", "--sweep", sweep, "--parallel", "2"]) == 0
     out = capsys.readouterr().out
-    ranking = out[out.index("rank  variant"):]
+    assert out.count("rank  variant") == 3  # the live standings after each variant, then the final ranking
+    ranking = out[out.rindex("rank  variant"):]
     good = next(line for line in ranking.splitlines() if " good " in f" {line} ")
     short = next(line for line in ranking.splitlines() if "too_short" in line)
     assert good.startswith("1 ") and short.startswith("- ")
@@ -226,3 +227,41 @@ def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_o
     info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
     assert info.limit == 1 and info.using_default_limit  # set back
     assert training_threads(0, at_once=3, cores=16) == 5 and training_threads(0, at_once=1, cores=2) == 2
+
+
+def test_sigterm_stops_the_sweep_and_the_variants_it_runs_at_once(sweep_home, isolated_storage):
+    """SIGTERM (as Ctrl-C) of `gpt-pipeline sweep --parallel 2`: its two `materialize` processes
+    get SIGTERM and end their Dagster runs FAILURE, none is left behind, it exits 130 in a line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, _ = isolated_storage
+    long = {"training_iterations": 100000, "evaluation_interval": 10}
+    sweep = _sweep(sweep_home, {"long_a": {"trained_model": long}, "long_b": {"trained_model": long}})
+    process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", sweep, "--parallel", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    give_up = time.monotonic() + 240
+    while not all(list((data / "checkpoints" / "trained_model" / v).glob("*/*.safetensors")) for v in ("long_a", "long_b")):
+        assert process.poll() is None and time.monotonic() < give_up, process.communicate()[0][-3000:]
+        time.sleep(0.2)
+    stopped = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert time.monotonic() - stopped < 30
+    assert process.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+    home = os.environ["DAGSTER_HOME"]
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # no materialize of this home left running
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        assert not (b"materialize" in cmdline and f"DAGSTER_HOME={home}".encode() in environ), cmdline
+    with dg.DagsterInstance.get() as instance:
+        for variant in ("long_a", "long_b"):
+            (run,) = _run_records(instance, variant)
+            assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED), variant
