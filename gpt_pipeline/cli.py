@@ -20,8 +20,11 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -336,13 +339,35 @@ def _generate(args: argparse.Namespace) -> None:
 COMMANDS = {"tokenize": _tokenize, "train": _train, "generate": _generate, "materialize": _materialize}
 
 
+INTERRUPTIBLE = ("materialize", "sweep")  # commands that run Dagster runs: SIGTERM ends them as Ctrl-C
+
+
+@contextlib.contextmanager
+def _interruptible(wanted: bool):
+    """SIGINT and SIGTERM raise KeyboardInterrupt for the ``with`` block (the command's runs end
+    FAILURE, it exits 130 in a line), then are set back. Even a background job, whose shell made
+    it ignore SIGINT, needs this: Dagster's in-process runs give SIGTERM SIGINT's handler after."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in previous:
+        signal.signal(number, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from gpt_pipeline.storage import StorageFault
 
     args = build_parser().parse_args(argv)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        handler(args)
+        with _interruptible(args.command in INTERRUPTIBLE):
+            handler(args)
     except (ValueError, RuntimeError, FileNotFoundError, IsADirectoryError, PermissionError, StorageFault) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 
 def _sweep_command(args) -> None:
-    import signal
-
+    # Ctrl-C and SIGTERM (cli._interruptible) stop the sweep in a line, exit status 130: the runs
+    # it started end FAILURE, its processes get SIGTERM, its trial is released to resume later
     from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
-
-    # SIGTERM stops the sweep as Ctrl-C does (the CLI's one line, exit status 130): the runs it
-    # started end FAILURE, its processes get SIGTERM, its trial is released to resume later
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     rows, times = run_sweep(args.sweep, args.config, args.parallel, args.storage_url)
     print("\n" + ranking_table(rows))

@@ -224,7 +224,7 @@ def run_sweep(
             failed[variant] = result.last_line
         if variant not in ours:
             ours.append(variant)
-        log(ranking_table(_noted(standings(instance, digest, ours), failed)))  # the live standings
+        log(live_table(_noted(standings(instance, digest, ours), failed)))  # the live standings
         return result.returncode == 0
 
     variants_started = time.monotonic()
@@ -265,6 +265,23 @@ def ranking_table(rows: list[dict]) -> str:
         body.append([str(row["rank"] or "-"), row["variant"], number("test_bits_per_character"),
                      number("test_loss"), number("tokens_per_second"),
                      number("training_seconds"), row["note"] or row["overrides"]])
+    return _text_table(header, body)
+
+
+def live_table(rows: list[dict]) -> str:
+    """The standings while a sweep runs: rank, variant, state (trained, pruned, failed, ...), the
+    step its training stopped at and its last test bits per character."""
+    body = []
+    for row in rows:
+        pruned = row["note"].startswith("pruned")
+        state = "trained" if row["rank"] else "pruned" if pruned else row["note"].split(" (")[0].split(":")[0]
+        step = row["pruned_at_step"] if pruned else row.get("steps")
+        bpc = row.get("test_bits_per_character")
+        body.append([str(row["rank"] or "-"), row["variant"], state, "-" if step is None else str(step),
+                     "-" if bpc is None else figure_text("test_bits_per_character", bpc)])
+    return _text_table(["rank", "variant", "state", "step", "test_bpc"], body)
+
+
+def _text_table(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in [header, *body])
-

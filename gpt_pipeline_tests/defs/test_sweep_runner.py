@@ -197,7 +197,10 @@ def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, caps
     })
     assert main(["sweep", "--sweep", sweep, "--parallel", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count("rank  variant") == 3  # the live standings after each variant, then the final ranking
+    live = [line.split()[:5] for line in out[:out.rindex("rank  variant")].splitlines()]  # as each variant ends
+    assert ["rank", "variant", "state", "step", "test_bpc"] in live
+    assert any(cells[1:4] == ["good", "trained", "40"] and float(cells[4]) > 0 for cells in live if len(cells) == 5)
+    assert any(cells[1:4] == ["too_short", "failed", "-"] for cells in live if len(cells) >= 4)
     ranking = out[out.rindex("rank  variant"):]
     good = next(line for line in ranking.splitlines() if " good " in f" {line} ")
     short = next(line for line in ranking.splitlines() if "too_short" in line)
