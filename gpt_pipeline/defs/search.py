@@ -10,9 +10,11 @@ the study is told PRUNED; otherwise the study is told the final test bits per ch
 The study lives in a database (``SearchSpec.storage_url``: SQLite under ``mlruns/`` by default,
 PostgreSQL in a deployment), so the search accumulates: starting it again continues the study.
 Finished trials count towards ``n_trials`` and are never retrained; a trial left RUNNING by a
-process that is gone (killed mid-search) is run again first, under the same variant, and resumes
-from its checkpoint. Trials are asked of the study's database, so two processes on one study
-never get the same trial.
+process that is gone (killed mid-search) or given back by one that was stopped (Ctrl-C) is run
+again first, under the same variant, and resumes from its checkpoint. Two processes on one study
+never run the same trial: a new trial is asked of the study's database (its own row), and who runs
+a trial is a claim row in that database (``search_trials.Claims``) that one process alone can
+write, so of two processes that find the same orphan, one adopts it.
 """
 
 from __future__ import annotations
