@@ -156,8 +156,9 @@ def _materialize(args: argparse.Namespace) -> None:
     import polars as pl
     import yaml
 
+    from gpt_pipeline.definitions import build_defs
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
-    from gpt_pipeline.defs.materialize import materialize_run
+    from gpt_pipeline.defs.materialize import materialize_run, with_console
 
     run_config = {}
     if args.config:
@@ -175,8 +176,8 @@ def _materialize(args: argparse.Namespace) -> None:
     else:
         instance = dg.DagsterInstance.ephemeral()
     storage = AssetFileIOManager(base_url=args.storage_url)
-    result = materialize_run(instance, run_config, args.select, args.partition, args.storage_url, args.quiet,
-                             args.job, args.config)
+    job = with_console(build_defs(storage).resolve_job_def(args.job))
+    result = materialize_run(instance, job, run_config, args.select, args.partition, args.quiet, args.config)
     selection = [name.strip() for name in (args.select or "").split(",") if name.strip()] or None
     if args.quiet or (selection is not None and "sample_generations" not in selection):
         print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")

@@ -23,9 +23,8 @@ from gpt_pipeline.defs.pool_turn import training_turn
 from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
 from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
 
-JOB = "train_gpt_job"
+JOB = "train_gpt_job"  # the job of every asset (``definitions``), which the callers resolve
 _INTERRUPTS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
-_jobs: dict[tuple[str | None, str], dg.JobDefinition] = {}  # built once per process and storage
 
 
 def _config_problem(error) -> str:
@@ -38,21 +37,17 @@ def _config_problem(error) -> str:
     return error.message.split(". Expected")[0]
 
 
-def _job(storage_url: str | None, name: str) -> dg.JobDefinition:
-    if (storage_url, name) not in _jobs:
-        from gpt_pipeline.definitions import build_defs
-
-        job = build_defs(AssetFileIOManager(base_url=storage_url)).resolve_job_def(name)
-        _jobs[storage_url, name] = job.with_logger_defs({"console": reader_logger})
-    return _jobs[storage_url, name]
+def with_console(job: dg.JobDefinition) -> dg.JobDefinition:
+    """``job`` with the terminal's logger (``defs.console``) as its console logger."""
+    return job.with_logger_defs({"console": reader_logger})
 
 
-def materialize_run(instance: dg.DagsterInstance, run_config: dict[str, Any], select: str | None = None,
-                    partition: str | None = None, storage_url: str | None = None, quiet: bool = False,
-                    job_name: str = JOB, config_name: str | None = None, log=print) -> dg.ExecuteInProcessResult:
-    """Run ``job_name`` (only the comma-separated assets ``select``, the others read as stored) on
-    ``partition`` (default ``default`` when a variant asset runs) in ``instance``; see the module
-    docstring for what it raises. ``config_name`` names the run config in errors."""
+def materialize_run(instance: dg.DagsterInstance, job: dg.JobDefinition, run_config: dict[str, Any],
+                    select: str | None = None, partition: str | None = None, quiet: bool = False,
+                    config_name: str | None = None, log=print) -> dg.ExecuteInProcessResult:
+    """Run ``job`` (``with_console``; only the comma-separated assets ``select``, the others read
+    as stored) on ``partition`` (default ``default`` when a variant asset runs) in ``instance``;
+    see the module docstring for what it raises. ``config_name`` names the run config in errors."""
     selection, names = None, set()
     if select:
         selection = [dg.AssetKey(name.strip()) for name in select.split(",") if name.strip()]
@@ -65,7 +60,6 @@ def materialize_run(instance: dg.DagsterInstance, run_config: dict[str, Any], se
         require_variant(instance, partition)
     # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
     run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
-    job = _job(storage_url, job_name)
     run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s
     try:
         with training_turn(instance, job, selection, run_id, log):  # asleep (Dagster's executor spins)
@@ -80,5 +74,5 @@ def materialize_run(instance: dg.DagsterInstance, run_config: dict[str, Any], se
         if error is not None and error.cls_name in _INTERRUPTS:
             raise KeyboardInterrupt  # Dagster ended the run FAILURE and returned: the caller stops too
         reason = failure_line(error) if error is not None else "see the Dagster logs"
-        raise RuntimeError(f"job {job_name} failed: {reason}")
+        raise RuntimeError(f"job {job.name} failed: {reason}")
     return result

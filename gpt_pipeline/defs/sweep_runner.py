@@ -40,7 +40,7 @@ from pathlib import Path
 import dagster as dg
 
 from gpt_pipeline.defs.champion import current_data_digest, standings
-from gpt_pipeline.defs.materialize import materialize_run
+from gpt_pipeline.defs.materialize import materialize_run, with_console
 from gpt_pipeline.defs.search import Search, at_once
 from gpt_pipeline.defs.search_trials import open_study
 from gpt_pipeline.defs.sources import TRAINING_POOL
@@ -66,13 +66,13 @@ def _finished(name: str, seconds: float, failure: str | None, log: Callable[[str
     return StepResult(name, 0 if failure is None else 1, seconds, failure or "")
 
 
-def _in_process(instance: dg.DagsterInstance, run_config: dict, select: str, partition: str | None,
-                storage_url: str | None, name: str, log: Callable[[str], None]) -> StepResult:
+def _in_process(instance: dg.DagsterInstance, job: dg.JobDefinition, run_config: dict, select: str,
+                partition: str | None, name: str, log: Callable[[str], None]) -> StepResult:
     """A Dagster run in this process (``defs.materialize``): no imports paid again. Ctrl-C (or
     SIGTERM, made one by the command) ends the run FAILURE, then raises here."""
     started = time.monotonic()
     try:
-        materialize_run(instance, run_config, select, partition, storage_url, quiet=True, log=log)
+        materialize_run(instance, job, run_config, select, partition, quiet=True, log=log)
     except (ValueError, RuntimeError) as error:
         return _finished(name, time.monotonic() - started, f"gpt-pipeline: error: {error}", log)
     return _finished(name, time.monotonic() - started, None, log)
@@ -173,10 +173,14 @@ def run_sweep(
     parallel: int = 1,
     storage_url: str | None = None,
     log: Callable[[str], None] = print,
+    *,
+    train_job: Callable[[], dg.JobDefinition],
 ) -> tuple[list[dict], dict[str, float]]:
     """Run the sweep in ``sweep_file`` (see the module docstring); return the champion's
     standings (``defs.champion.standings``: every variant of the instance) and the wall time of
-    each stage in seconds."""
+    each stage in seconds. ``train_job`` gives the job of every asset (``train_gpt_job``, storing
+    at ``storage_url``) for the runs in this process: the caller's, as ``definitions`` imports
+    this module's callers."""
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
     sweep: Sweep = load_sweep(sweep_file)  # a bad file is refused before anything runs
@@ -199,7 +203,8 @@ def run_sweep(
     # the sweep's base of the shared assets under the user's run config
     ops = {**{a: {"config": dict(v)} for a, v in sweep.base.items() if a in SHARED_ASSETS},
            **{a: v for a, v in (user.get("ops") or {}).items() if a in SHARED_ASSETS}}
-    data = _in_process(instance, {**user, "ops": ops}, ",".join(SHARED_ASSETS), None, storage_url, "data assets", log)
+    job = with_console(train_job())
+    data = _in_process(instance, job, {**user, "ops": ops}, ",".join(SHARED_ASSETS), None, "data assets", log)
     times["data"] = data.seconds
     if data.returncode != 0:
         raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
@@ -213,7 +218,7 @@ def run_sweep(
     def launch(variant: str) -> bool | None:
         """Train ``variant``; None when the sweep was stopped (Ctrl-C, SIGTERM) meanwhile."""
         if parallel == 1:  # in this process (Ctrl-C reaches the training at once)
-            result = _in_process(instance, user, VARIANT_STEP, variant, storage_url, f"variant {variant}", log)
+            result = _in_process(instance, job, user, VARIANT_STEP, variant, f"variant {variant}", log)
         else:
             variant_args = ["--config", str(base_config)] if base_config else []
             result = children.run(["--select", VARIANT_STEP, "--partition", variant, *variant_args, *common], env,
@@ -237,7 +242,7 @@ def run_sweep(
         children.stop()
         raise
     times["variants"] = time.monotonic() - variants_started
-    champion = _in_process(instance, user, "champion_model", None, storage_url, "champion_model", log)
+    champion = _in_process(instance, job, user, "champion_model", None, "champion_model", log)
     times["champion"] = champion.seconds
     times["total"] = time.monotonic() - started
     rows = _noted(standings(instance, current_data_digest(instance)), failed)
