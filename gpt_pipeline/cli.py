@@ -20,8 +20,11 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,31 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_problem(error) -> str:
-    """One Dagster config error in a line; a value out of its bounds (refused when Dagster
-    resolves the run config, ``gpt_pipeline.defs.configs``) with the core's own message."""
-    data = getattr(error, "error_data", None)
-    if getattr(data, "cls_name", None) == "PostProcessingError":
-        path = ".".join(getattr(error.stack, "levels", []))
-        return f"{path}: {data.message.split(': ', 1)[-1].strip()}"
-    return error.message.split(". Expected")[0]
-
-
 def _materialize(args: argparse.Namespace) -> None:
     import os
-    import uuid
 
     import dagster as dg
     import polars as pl
     import yaml
 
     from gpt_pipeline.definitions import build_defs
-    from gpt_pipeline.defs.checks import failure_line
-    from gpt_pipeline.defs.console import reader_logger
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
-    from gpt_pipeline.defs.pool_turn import training_turn
-    from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
-    from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
+    from gpt_pipeline.defs.materialize import materialize_run, with_console
 
     run_config = {}
     if args.config:
@@ -188,37 +176,13 @@ def _materialize(args: argparse.Namespace) -> None:
     else:
         instance = dg.DagsterInstance.ephemeral()
     storage = AssetFileIOManager(base_url=args.storage_url)
-    selection = None
-    if args.select:
-        selection = [dg.AssetKey(name.strip()) for name in args.select.split(",") if name.strip()]
-        names = {key.to_user_string() for key in selection}
-        ops = run_config.get("ops") or {}
-        run_config = {**run_config, "ops": {name: ops[name] for name in ops if name in names}}
-    partition = args.partition
-    if partition is None and (selection is None or names & set(VARIANT_ASSETS)):
-        partition = DEFAULT_VARIANT  # what `make run` trains: added as a partition beside every other
-    if partition is not None:
-        require_variant(instance, partition)
-    # Headlines, progress and warnings on the terminal (defs.console); every event in the run's event log
-    run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if args.quiet else "INFO"}}}}
-    job = build_defs(storage).resolve_job_def(args.job).with_logger_defs({"console": reader_logger})
-    run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s
-    try:
-        with training_turn(instance, job, selection, run_id, print):  # asleep (Dagster's executor spins)
-            result = job.execute_in_process(
-                run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
-                partition_key=partition, run_id=run_id,
-            )
-    except dg.DagsterInvalidConfigError as exc:
-        problems = "; ".join(_config_problem(error) for error in exc.errors) or str(exc)
-        raise ValueError(f"run config {args.config!r} is invalid: {problems}") from None
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        reason = failure_line(failure.step_failure_data.error) if failure else "see the Dagster logs"
-        raise RuntimeError(f"job {args.job} failed: {reason}")
-    if args.quiet or (selection is not None and dg.AssetKey("sample_generations") not in selection):
+    job = with_console(build_defs(storage).resolve_job_def(args.job))
+    result = materialize_run(instance, job, run_config, args.select, args.partition, args.quiet, args.config)
+    selection = [name.strip() for name in (args.select or "").split(",") if name.strip()] or None
+    if args.quiet or (selection is not None and "sample_generations" not in selection):
         print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
         return
+    partition = result.dagster_run.tags.get("dagster/partition")
     with storage.path_for(dg.AssetKey("sample_generations"), ".parquet", partition).open("rb") as handle:
         generations = pl.read_parquet(handle)
     for row in generations.iter_rows(named=True):
@@ -376,13 +340,35 @@ def _generate(args: argparse.Namespace) -> None:
 COMMANDS = {"tokenize": _tokenize, "train": _train, "generate": _generate, "materialize": _materialize}
 
 
+INTERRUPTIBLE = ("materialize", "sweep")  # commands that run Dagster runs: SIGTERM ends them as Ctrl-C
+
+
+@contextlib.contextmanager
+def _interruptible(wanted: bool):
+    """SIGINT and SIGTERM raise KeyboardInterrupt for the ``with`` block (the command's runs end
+    FAILURE, it exits 130 in a line), then are set back. Even a background job, whose shell made
+    it ignore SIGINT, needs this: Dagster's in-process runs give SIGTERM SIGINT's handler after."""
+    if not wanted or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in previous:
+        signal.signal(number, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from gpt_pipeline.storage import StorageFault
 
     args = build_parser().parse_args(argv)
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        handler(args)
+        with _interruptible(args.command in INTERRUPTIBLE):
+            handler(args)
     except (ValueError, RuntimeError, FileNotFoundError, IsADirectoryError, PermissionError, StorageFault) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)

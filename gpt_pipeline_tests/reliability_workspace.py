@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from gpt_pipeline.cli import _config_problem
+from gpt_pipeline.defs.materialize import _config_problem
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
@@ -61,7 +61,7 @@ class Workspace:
     def assert_step_fails_clearly(self, result, asset: str, fragments, before: dict[str, str]) -> None:
         """The step failed with the fragments in the first line of its message, or the run config
         was refused before any step ran with them in its one-line problem (as the CLI prints it:
-        ``cli._config_problem``); either way nothing stored changed."""
+        ``defs.materialize._config_problem``); either way nothing stored changed."""
         if isinstance(result, dg.DagsterInvalidConfigError):
             problems = [_config_problem(e) for e in result.errors]
             assert len(problems) == 1 and f"ops.{asset}.config" in problems[0].replace(":", "."), problems

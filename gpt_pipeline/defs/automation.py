@@ -39,16 +39,28 @@ class SweepJobConfig(dg.Config):
 @dg.op(description="Run a sweep file: data assets once, every variant and search trial (each a run of its "
        "own partition), then champion_model.")
 def run_sweep_file(context: dg.OpExecutionContext, config: SweepJobConfig) -> None:
+    from gpt_pipeline.defs.materialize import JOB
     from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
     from gpt_pipeline.storage import project_root
 
     path = Path(config.sweep_file)
     path = path if path.is_absolute() else project_root() / path
     try:
-        rows, times = run_sweep(path, parallel=config.parallel, log=context.log.info)
+        rows, times = run_sweep(path, parallel=config.parallel, log=context.log.info,
+                                train_job=lambda: _train_job(context, JOB))
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error).splitlines()[0], allow_retries=False) from error
     context.log.info(f"sweep done in {times['total']:.0f} s; ranking:\n" + ranking_table(rows))
+
+
+def _train_job(context: dg.OpExecutionContext, name: str) -> dg.JobDefinition:
+    """The code location's job ``name`` (what the sweep's runs run); only a run launched from the
+    code location (UI, schedule, daemon) has one."""
+    try:
+        return context.repository_def.get_job(name)
+    except Exception:  # noqa: BLE001 - Dagster's invariant error: no repository on this context
+        raise RuntimeError("sweep_job runs from its code location (the UI, a schedule or the daemon), "
+                           "not from a bare execute_in_process") from None
 
 
 @dg.job(description="Run a sweep file (config: sweep_file, parallel): the data assets once, every variant "

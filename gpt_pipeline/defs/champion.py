@@ -88,7 +88,8 @@ def standings(instance: dg.DagsterInstance, data_digest: str | None, variants: l
         row = {"order": order, "variant": variant, "overrides": record.describe() if record else "(unrecorded)",
                **{key: _value(meta, key) for key in ("test_loss", "test_bits_per_character", "tokens_per_second",
                                                     "training_seconds", "mlflow_run", "mlflow_run_id",
-                                                    "registered_model_version", "content_digest", "pruned_at_step")},
+                                                    "registered_model_version", "content_digest", "pruned_at_step",
+                                                    "steps")},
                "note": ""}
         failure = failure_reason(instance, variant, records[0].timestamp if records else None)
         if not records:

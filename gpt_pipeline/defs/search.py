@@ -10,9 +10,11 @@ the study is told PRUNED; otherwise the study is told the final test bits per ch
 The study lives in a database (``SearchSpec.storage_url``: SQLite under ``mlruns/`` by default,
 PostgreSQL in a deployment), so the search accumulates: starting it again continues the study.
 Finished trials count towards ``n_trials`` and are never retrained; a trial left RUNNING by a
-process that is gone (killed mid-search) is run again first, under the same variant, and resumes
-from its checkpoint. Trials are asked of the study's database, so two processes on one study
-never get the same trial.
+process that is gone (killed mid-search) or given back by one that was stopped (Ctrl-C) is run
+again first, under the same variant, and resumes from its checkpoint. Two processes on one study
+never run the same trial: a new trial is asked of the study's database (its own row), and who runs
+a trial is a claim row in that database (``search_trials.Claims``) that one process alone can
+write, so of two processes that find the same orphan, one adopts it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 import dagster as dg
 
 from gpt_pipeline.defs.search_space import make_sampler, suggest
-from gpt_pipeline.defs.search_trials import frozen_trial, open_study
+from gpt_pipeline.defs.search_trials import Claims, frozen_trial, open_study
 from gpt_pipeline.defs.sweeps import Sweep, variant_record
 from gpt_pipeline.defs.variants import Variant, save_variant
 from gpt_pipeline.tracking.tracker import _process_alive, _process_tags
 
 OWNER_ATTR, VARIANT_ATTR, CPU_ATTR = "owner", "variant", "cpu_seconds"
+RELEASED = "released"  # the owner of a trial given up by a search that was stopped
 
 
 def trial_variant(sweep: Sweep, number: int) -> str:
@@ -51,6 +54,7 @@ class Search:
 
         self.optuna, self.sweep, self.spec, self.instance, self.log = optuna, sweep, sweep.search, instance, log
         self.study = open_study(sweep.name, self.spec.storage_url(), self.spec.pruner, make_sampler(self.spec))
+        self.claims = Claims(self.spec.storage_url())
         self.lock = threading.Lock()
         self.owner = _process_tags()
         self.ran: list[int] = []
@@ -59,16 +63,28 @@ class Search:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
     def _orphan(self):
-        """A RUNNING trial whose process is gone (killed mid-search), claimed by this process."""
+        """A RUNNING trial whose process is gone (killed mid-search) or that it released (stopped),
+        claimed by this process: ``Claims.take`` lets one of the processes that see it win."""
         running = self.optuna.trial.TrialState.RUNNING
         for frozen in self._trials(running):
-            owner = frozen.user_attrs.get(OWNER_ATTR) or {}
-            if frozen.number in self.ran or _process_alive(owner) or VARIANT_ATTR not in frozen.user_attrs:
+            if frozen.number in self.ran or VARIANT_ATTR not in frozen.user_attrs:
                 continue
+            claim, owner = self.claims.current(frozen._trial_id) or (-1, frozen.user_attrs.get(OWNER_ATTR) or {})
+            if not owner.get(RELEASED) and _process_alive(owner):
+                continue
+            if not self.claims.take(frozen._trial_id, claim + 1, self.owner):
+                continue  # another process claimed it first
             trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
             trial.set_user_attr(OWNER_ATTR, self.owner)
             return frozen.number, frozen.user_attrs[VARIANT_ATTR], trial
         return None
+
+    def release(self, trial) -> None:
+        """Give trial ``trial`` up (this process stops): the next search claims it at once and
+        resumes it from its checkpoint."""
+        current = self.claims.current(trial._trial_id)
+        if current is not None and current[1] == self.owner:
+            self.claims.take(trial._trial_id, current[0] + 1, {RELEASED: True})
 
     def _budget_left(self) -> bool:
         trials = self._trials()
@@ -86,7 +102,9 @@ class Search:
                 return orphan
             if not self._budget_left():
                 return None
-            trial = self.study.ask()
+            trial = self.study.ask()  # a new trial: Optuna gives each asker its own
+            self.claims.take(trial._trial_id, 0, self.owner)
+            trial.set_user_attr(OWNER_ATTR, self.owner)  # before its variant: a trial with one has an owner
             overrides = suggest(trial, self.spec)
             variant = trial_variant(self.sweep, trial.number)
             record = variant_record(self.sweep, variant)
@@ -96,7 +114,6 @@ class Search:
                 {"study": self.sweep.name, "number": trial.number, "storage": self.spec.storage,
                  "pruner": self.spec.pruner}))
             trial.set_user_attr(VARIANT_ATTR, variant)
-            trial.set_user_attr(OWNER_ATTR, self.owner)
             return trial.number, variant, trial
 
     def finish(self, number: int, variant: str, trial, cpu_seconds: float, succeeded: bool) -> str:
@@ -129,24 +146,40 @@ class Search:
         return (f"{len(done)} finished, {pruned} pruned; best {top.user_attrs.get(VARIANT_ATTR)} "
                 f"test bits per character {top.value:.4f}")
 
-    def run(self, launch: Callable[[str], bool], parallel: int = 1) -> list[int]:
-        """Run trials (``parallel`` at once) until the budget is spent; return the numbers run here."""
-        def worker() -> None:
+    def run(self, launch: Callable[[str], bool | None], parallel: int = 1) -> list[int]:
+        """Run trials (``parallel`` at once) until the budget is spent; return the numbers run here.
+        ``launch`` returns None when the search is stopped (Ctrl-C, SIGTERM): the trial it ran is
+        released, to resume from its checkpoint in the next search."""
+        def worker(_=None) -> None:
             while (claimed := self.claim()) is not None:
                 number, variant, trial = claimed
                 self.ran.append(number)
                 before = _cpu()
-                succeeded = launch(variant)
+                try:
+                    succeeded = launch(variant)
+                except BaseException:  # Ctrl-C in this thread
+                    self.release(trial)
+                    raise
+                if succeeded is None:
+                    self.release(trial)
+                    return
                 line = self.finish(number, variant, trial, _cpu() - before, succeeded)
                 self.log(f"trial {number} ({variant}): {line}; {self.best()}")
 
-        if parallel == 1:  # in this thread: Ctrl-C stops the trial at once (it resumes next time)
-            worker()
-            return self.ran
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            for future in [pool.submit(worker) for _ in range(parallel)]:
-                future.result()
+        at_once(worker, list(range(parallel)), parallel)
         return self.ran
+
+
+def at_once(function: Callable, items: list, parallel: int) -> list:
+    """``function`` of each item, ``parallel`` at once (in threads; in this thread when 1). Ctrl-C
+    reaches this thread while it waits, so the caller can stop what the threads run."""
+    if parallel == 1:
+        return [function(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
+        return [future.result() for future in [pool.submit(function, item) for item in items]]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def study_summary(sweep: Sweep) -> dict[str, int]:

@@ -9,6 +9,7 @@ trial is losing. The core loop knows nothing of Optuna or Dagster.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from gpt_pipeline.defs.search_space import default_storage, make_pruner
@@ -33,6 +34,43 @@ def open_study(name: str, storage: str, pruner: dict | None = None, sampler=None
         first = (str(error).splitlines() or [""])[0][:200]
         raise ValueError(f"study database {redacted(storage)!r} cannot be opened: {type(error).__name__}: "
                          f"{first}") from None
+
+
+class Claims:
+    """Who runs each trial of a study, in the study's own database: one row per claim (trial id,
+    claim number, owner as JSON); the row with the highest number names the owner. Claiming is
+    inserting the next number: the primary key lets exactly one of two processes win (the other's
+    INSERT fails), on SQLite as on PostgreSQL, where reading an owner and then writing one would
+    let both win."""
+
+    TABLE = "gpt_pipeline_trial_claims"
+
+    def __init__(self, storage: str):
+        import sqlalchemy as sa
+
+        self.sa, self.engine = sa, sa.create_engine(storage)
+        with self.engine.begin() as connection:
+            connection.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self.TABLE} (trial_id INTEGER NOT NULL, "
+                                       "claim INTEGER NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (trial_id, claim))"))
+
+    def current(self, trial_id: int) -> tuple[int, dict] | None:
+        """``(claim number, owner)`` of the trial's latest claim, None when it has none."""
+        with self.engine.connect() as connection:
+            row = connection.execute(self.sa.text(
+                f"SELECT claim, owner FROM {self.TABLE} WHERE trial_id = :t ORDER BY claim DESC LIMIT 1"),
+                {"t": trial_id}).first()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def take(self, trial_id: int, claim: int, owner: dict) -> bool:
+        """Record claim number ``claim`` of the trial for ``owner``; False when another process
+        recorded that number first (it won)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.sa.text(f"INSERT INTO {self.TABLE} (trial_id, claim, owner) VALUES (:t, :c, :o)"),
+                                   {"t": trial_id, "c": claim, "o": json.dumps(owner, sort_keys=True)})
+        except self.sa.exc.IntegrityError:
+            return False
+        return True
 
 
 def frozen_trial(study, number: int):

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 def _sweep_command(args) -> None:
+    # Ctrl-C and SIGTERM (cli._interruptible) stop the sweep in a line, exit status 130: the runs
+    # it started end FAILURE, its processes get SIGTERM, its trial is released to resume later
     from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
 
-    rows, times = run_sweep(args.sweep, args.config, args.parallel, args.storage_url)
+    def train_job():
+        from gpt_pipeline.definitions import build_defs
+        from gpt_pipeline.defs.io_manager import AssetFileIOManager
+        from gpt_pipeline.defs.materialize import JOB
+
+        return build_defs(AssetFileIOManager(base_url=args.storage_url)).resolve_job_def(JOB)
+
+    rows, times = run_sweep(args.sweep, args.config, args.parallel, args.storage_url, train_job=train_job)
     print("\n" + ranking_table(rows))
     print(f"\nsweep wall time {times['total']:.1f} s (data {times['data']:.1f} s, variants "
           f"{times['variants']:.1f} s at --parallel {args.parallel}, champion {times['champion']:.1f} s)")

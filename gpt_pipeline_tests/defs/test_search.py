@@ -10,10 +10,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from gpt_pipeline.defs.search import OWNER_ATTR, Search
+from gpt_pipeline.defs.search import RELEASED, Search
+from gpt_pipeline.defs.search_trials import Claims
 from gpt_pipeline.defs.sweeps import parse_sweep
 from gpt_pipeline.defs.variants import known_variants, read_variant
 from gpt_pipeline.tracking.tracker import HOST_TAG, PID_TAG, START_TAG
+
+
+DEAD = {HOST_TAG: socket.gethostname(), PID_TAG: "999999999", START_TAG: "1"}  # no such process
 
 
 def _sweep(n_trials: int):
@@ -34,13 +38,58 @@ def test_searchers_share_a_study_without_sharing_a_trial_and_adopt_orphans(tmp_p
         assert record.trial == {"study": "s", "number": a[0], "storage": None, "pruner": {"kind": "median"}}
         assert record.base == {"trained_model": {"training_iterations": 40}}
         assert 0.001 <= record.overrides["trained_model"]["learning_rate"] <= 0.01
-        # The first searcher is killed while training trial a: a new one claims a again, first.
-        a[2].set_user_attr(OWNER_ATTR, {HOST_TAG: socket.gethostname(), PID_TAG: "999999999", START_TAG: "1"})
+        # The first searcher is killed while training trial a (its claim: a process that is gone):
+        # a new searcher claims a again, before any new trial.
+        claim, _ = first.claims.current(a[2]._trial_id)
+        assert first.claims.take(a[2]._trial_id, claim + 1, DEAD)
         again = Search(_sweep(3), instance, log=lambda line: None)
         assert again.claim()[:2] == a[:2]
         assert again.claim()[0] not in (a[0], b[0])  # then a new trial: the third
         assert again.claim() is None  # three trials asked: the budget is spent
         assert Search(_sweep(3), instance, log=lambda line: None).claim() is None  # b still has a live owner
+
+
+def test_an_orphaned_trial_is_adopted_by_one_of_the_searchers_that_see_it_at_once(tmp_path, isolated_storage,
+                                                                                monkeypatch):
+    """Four searchers (each its own study and claims connections, as four processes would have)
+    find the trial of a killed process at the same moment: exactly one adopts it."""
+    import threading
+
+    from gpt_pipeline.defs import search
+
+    seen = threading.Barrier(4, timeout=30)
+
+    def alive_once_all_have_looked(owner):  # the worst interleaving: all four decide it is orphaned first
+        if owner == DEAD:
+            seen.wait()
+        return process_alive(owner)
+
+    process_alive = search._process_alive
+    monkeypatch.setattr(search, "_process_alive", alive_once_all_have_looked)
+
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        killed = Search(_sweep(6), instance, log=lambda line: None)
+        number, variant, trial = killed.claim()
+        claim, _ = killed.claims.current(trial._trial_id)
+        assert killed.claims.take(trial._trial_id, claim + 1, DEAD)  # its process is gone
+        searchers = [Search(_sweep(6), instance, log=lambda line: None) for _ in range(4)]
+        start, claimed = threading.Barrier(len(searchers)), {}
+
+        def claim_one(index: int) -> None:
+            start.wait()
+            claimed[index] = searchers[index].claim()
+
+        threads = [threading.Thread(target=claim_one, args=(i,)) for i in range(len(searchers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        numbers = [c[0] for c in claimed.values() if c is not None]
+        assert len(claimed) == 4 and len(numbers) == 4 and len(set(numbers)) == 4, claimed  # never one trial twice
+        assert numbers.count(number) == 1  # the orphan: adopted once, under its variant
+        adopter = next(c for c in claimed.values() if c[0] == number)
+        assert adopter[1] == variant
 
 
 def test_a_search_interrupted_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_path, isolated_storage, monkeypatch):
@@ -73,9 +122,14 @@ def test_a_search_interrupted_mid_trial_resumes_that_trial_from_its_checkpoint(t
         time.sleep(0.2)
     sweep.send_signal(signal.SIGINT)  # Ctrl-C mid-training
     out, _ = sweep.communicate(timeout=60)
-    assert sweep.returncode != 0, out[-2000:]
+    assert sweep.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # left for the next search to resume
+    assert Claims(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").current(study.trials[0]._trial_id)[1] == {
+        RELEASED: True}  # given up by the search that stopped: the next one takes it at once
+    with dg.DagsterInstance.get() as instance:  # the interrupted run ended; it is not left STARTED
+        (run,) = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "resume-t000"}))
+    assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
     assert main(["sweep", "--sweep", str(search)]) == 0  # started again: the same trial, resumed
     study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")

@@ -198,7 +198,11 @@ def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, caps
     })
     assert main(["sweep", "--sweep", sweep, "--parallel", "2"]) == 0
     out = capsys.readouterr().out
-    ranking = out[out.index("rank  variant"):]
+    live = [line.split()[:5] for line in out[:out.rindex("rank  variant")].splitlines()]  # as each variant ends
+    assert ["rank", "variant", "state", "step", "test_bpc"] in live
+    assert any(cells[1:4] == ["good", "trained", "40"] and float(cells[4]) > 0 for cells in live if len(cells) == 5)
+    assert any(cells[1:4] == ["too_short", "failed", "-"] for cells in live if len(cells) >= 4)
+    ranking = out[out.rindex("rank  variant"):]
     good = next(line for line in ranking.splitlines() if " good " in f" {line} ")
     short = next(line for line in ranking.splitlines() if "too_short" in line)
     assert good.startswith("1 ") and short.startswith("- ")
@@ -227,3 +231,40 @@ def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_o
     info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
     assert info.limit == 1 and info.using_default_limit  # set back
     assert training_threads(0, at_once=3, cores=16) == 5 and training_threads(0, at_once=1, cores=2) == 2
+
+
+def test_sigterm_stops_the_sweep_and_the_training_processes_it_started(sweep_home, isolated_storage):
+    """SIGTERM (as Ctrl-C) of `gpt-pipeline sweep --parallel 2`: the `materialize` process of its
+    variant gets SIGTERM and ends its Dagster run FAILURE, none is left behind, the sweep exits 130
+    in a line. (One variant: a second process would cost its imports again, to show the same.)"""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, _ = isolated_storage
+    sweep = _sweep(sweep_home, {"long": {"trained_model": {"training_iterations": 100000, "evaluation_interval": 10}}})
+    process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", sweep, "--parallel", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    give_up = time.monotonic() + 240
+    while not list((data / "checkpoints" / "trained_model" / "long").glob("*/*.safetensors")):
+        assert process.poll() is None and time.monotonic() < give_up, process.communicate()[0][-3000:]
+        time.sleep(0.2)
+    stopped = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert time.monotonic() - stopped < 30
+    assert process.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
+    assert "Traceback" not in out, out[-2000:]
+    home = os.environ["DAGSTER_HOME"]
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # no materialize of this home left running
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        assert not (b"materialize" in cmdline and f"DAGSTER_HOME={home}".encode() in environ), cmdline
+    with dg.DagsterInstance.get() as instance:
+        (run,) = _run_records(instance, "long")
+        assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
