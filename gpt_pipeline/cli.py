@@ -37,24 +37,24 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str],
     from gpt_pipeline import fields
 
     group = parser.add_argument_group(title)
-    for field in fields.fields_of(cls):
-        if field.name in skip:
+    for name, info in fields.fields_of(cls).items():
+        if name in skip:
             continue
-        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
-        flag, metavar = (flags or {}).get(field.name, ("--" + field.name.replace("_", "-"), None))
-        base, _ = fields.field_type(cls, field)
-        text = fields.describe(field).replace("%", "%%")
+        default = info.get_default(call_default_factory=True)
+        flag, metavar = (flags or {}).get(name, ("--" + name.replace("_", "-"), None))
+        base, _ = fields.field_type(info)
+        text = fields.describe(info).replace("%", "%%")
         dest = flag.lstrip("-").replace("-", "_")
-        choices = field.metadata.get("choices")
+        choices = fields.choices(info)
         if base is bool:
             action = group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                         dest=dest, help=text)
         elif choices:
             action = group.add_argument(flag, type=base, choices=choices, default=default, dest=dest,
-                                        help=field.metadata["help"].replace("%", "%%"))  # choices: in the metavar
+                                        help=(info.description or "").replace("%", "%%"))  # choices: in the metavar
         else:
             action = group.add_argument(flag, type=base, default=default, dest=dest,
-                                        metavar=metavar or field.name.upper(), help=text)
+                                        metavar=metavar or name.upper(), help=text)
         if default is not None and "%(default)" not in (action.help or ""):  # Python 3.11's
             action.help = f"{action.help} (default: %(default)s)".lstrip()  # BooleanOptionalAction adds it
 
@@ -178,6 +178,7 @@ def _materialize(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             raise FileNotFoundError(f"run config {args.config!r} does not exist")
         run_config = yaml.safe_load(config_path.read_text()) or {}
+        _check_bounds(run_config, args.config)
     if os.environ.get("DAGSTER_HOME"):
         from gpt_pipeline.storage import exclusive
 
@@ -226,6 +227,21 @@ def _materialize(args: argparse.Namespace) -> None:
     print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
 
 
+def _check_bounds(run_config, where: str) -> None:
+    """``ValueError`` in one line for a value out of its bounds (Dagster's schema checks only the
+    types and choices; the step would refuse it after the upstream steps ran)."""
+    from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
+
+    ops = run_config.get("ops") if isinstance(run_config, dict) else None
+    for asset, entry in (ops.items() if isinstance(ops, dict) else ()):
+        values = entry.get("config") if isinstance(entry, dict) else None
+        if asset in ASSET_CONFIGS and isinstance(values, dict):
+            try:  # a value from the environment ({env: NAME}) is Dagster's to resolve
+                ASSET_CONFIGS[asset](**{k: v for k, v in values.items() if not (isinstance(v, dict) and "env" in v)})
+            except ValueError as error:
+                raise ValueError(f"run config {where!r} is invalid: ops.{asset}.config: {error}") from None
+
+
 DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset folder
 
 
@@ -244,8 +260,8 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     stories_config = StoriesConfig(path=args.data_parquet, text_column=args.text_column,
                                    num_stories=args.num_stories, seed=args.corpus_seed)
-    tokenizer_config = TokenizerConfig(vocab_size=args.vocab_size).validate()
-    dataset_config = DatasetConfig(training_percentage=args.training_percentage).validate()
+    tokenizer_config = TokenizerConfig(vocab_size=args.vocab_size)
+    dataset_config = DatasetConfig(training_percentage=args.training_percentage)
     source = Path(args.data_parquet).name if args.data_parquet else "embedded"
     out = Path(args.output_dir or f"datasets/dataset_{args.vocab_size}_{source}")
     if out.exists() and not out.is_dir():
@@ -326,8 +342,6 @@ def _train(args: argparse.Namespace) -> None:
         **{f.name: options[f.name] for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"},
     )
     train_config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig)})
-    model_config.validate()
-    train_config.validate()
     out = Path(args.output_dir or f"training/run_{time.strftime('%Y%m%d_%H%M%S')}")
 
     def report(evaluation) -> None:
@@ -361,7 +375,6 @@ def _generate(args: argparse.Namespace) -> None:
         prompts=(args.input,), token_count=args.token_count, temperature=args.temperature,
         top_k=args.top_k, num_samples=args.num_samples, seed=args.seed, unknown=args.unknown,
     )
-    config.validate()
     with generation_inputs(args.transformer_safetensors, args.tokenizer, args.dataset_dir, args.tracking_uri) as found:
         tokenizer = read_bundle(found.tokenizer)
         model, _ = load_checkpoint(found.model)

@@ -245,8 +245,8 @@ def trained_model(
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
         refuse_unseen_prompts(context, bpe_tokenizer)  # the run's sample prompts, before any training
-        model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
-        train_config = config.training_config().validate()
+        model_config = config.gpt_config(bpe_tokenizer.vocab_size)
+        train_config = config.training_config()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
         outcome = yield from run_training(
             context,
@@ -309,7 +309,6 @@ def write_generations(context: dg.AssetExecutionContext, config: SampleGeneratio
     with user_errors():
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer})
         generation_config = config.generation_config()
-        generation_config.validate()
         skipped = unseen_characters(tokenizer, generation_config.prompts)
         model_run = upstream_mlflow_run(context, model_asset)  # the same partition's: never another's
         with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:
