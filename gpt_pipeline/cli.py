@@ -169,7 +169,7 @@ def _materialize(args: argparse.Namespace) -> None:
     from gpt_pipeline.defs.console import reader_logger
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
     from gpt_pipeline.defs.pool_turn import training_turn
-    from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
+    from gpt_pipeline.defs.sweeps import VARIANT_ASSETS, check_run_config
     from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
 
     run_config = {}
@@ -178,7 +178,7 @@ def _materialize(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             raise FileNotFoundError(f"run config {args.config!r} does not exist")
         run_config = yaml.safe_load(config_path.read_text()) or {}
-        _check_bounds(run_config, args.config)
+        check_run_config(run_config, f"run config {args.config!r} is invalid")  # the bounds too
     if os.environ.get("DAGSTER_HOME"):
         from gpt_pipeline.storage import exclusive
 
@@ -225,21 +225,6 @@ def _materialize(args: argparse.Namespace) -> None:
     for row in generations.iter_rows(named=True):
         print(f"\n=== {row['prompt']!r} (sample {row['sample']}) ===\n{row['text']}")
     print(f"\nDagster run {result.run_id} succeeded; assets are in {storage.base_dir()}.")
-
-
-def _check_bounds(run_config, where: str) -> None:
-    """``ValueError`` in one line for a value out of its bounds (Dagster's schema checks only the
-    types and choices; the step would refuse it after the upstream steps ran)."""
-    from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
-
-    ops = run_config.get("ops") if isinstance(run_config, dict) else None
-    for asset, entry in (ops.items() if isinstance(ops, dict) else ()):
-        values = entry.get("config") if isinstance(entry, dict) else None
-        if asset in ASSET_CONFIGS and isinstance(values, dict):
-            try:  # a value from the environment ({env: NAME}) is Dagster's to resolve
-                ASSET_CONFIGS[asset](**{k: v for k, v in values.items() if not (isinstance(v, dict) and "env" in v)})
-            except ValueError as error:
-                raise ValueError(f"run config {where!r} is invalid: ops.{asset}.config: {error}") from None
 
 
 DATASET_FILE = "dataset.parquet"  # beside the tokenizer bundle in a dataset folder

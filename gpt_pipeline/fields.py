@@ -122,7 +122,8 @@ def one_line(cls: type, error: pydantic.ValidationError) -> str:
     first, name = error.errors()[0], cls.__name__
     if first["type"] == "value_error":
         return str(first["ctx"]["error"])
-    field = str(first["loc"][0]) if first["loc"] else "?"
+    field = first["loc"][0] if first["loc"] else "?"
+    field = list(fields_of(cls))[field] if isinstance(field, int) else str(field)  # a positional argument
     if first["type"] == "unexpected_keyword_argument":
         return f"{name} has no field {field!r}"
     if first["type"] == "missing_argument":

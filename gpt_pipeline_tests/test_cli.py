@@ -225,9 +225,9 @@ def test_bad_input_is_one_line_on_stderr_with_status_2(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("temperature", -1, "ops.sample_generations.config: GenerationConfig.temperature must be a "
+    ("temperature", -1, "sample_generations: GenerationConfig.temperature must be a "
                         "finite number > 0, got -1"),
-    ("unknown", "ignore", "ops.sample_generations.config: GenerationConfig.unknown must be one of ('error', 'skip'), "
+    ("unknown", "ignore", "sample_generations: GenerationConfig.unknown must be one of ('error', 'skip'), "
                           "got 'ignore'"),
 ])
 def test_materialize_refuses_a_bad_config_before_running_anything(tmp_path, field, value, message):

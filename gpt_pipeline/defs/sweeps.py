@@ -139,24 +139,32 @@ def _field_type(asset: str, name: str) -> Any:
 
 
 def check_config(asset: str, values: dict[str, Any], where: str) -> None:
-    """Refuse an unknown field, a value of the wrong type (as Dagster's config sees it: no string
-    for a number) or out of its bounds, and the rules that tie the asset's fields together, in one
-    line naming the field."""
+    """Refuse an unknown field, a value of the wrong type (no string for a number, as Dagster's
+    config) or out of its bounds, and the rules that tie the fields together, in one line naming
+    the field: the core settings classes check the values strictly, with the asset's defaults."""
     cls = ASSET_CONFIGS[asset]
     unknown = sorted(set(values) - set(cls.model_fields))
     if unknown:
         raise SweepError(f"{where}: {asset} has no field {unknown[0]!r}")
     try:
-        config = cls.model_validate(values, strict=True)
+        for source in cls.sources:
+            names = [name for name in fields.fields_of(source) if name in cls.model_fields]
+            source(**{name: values.get(name, cls.model_fields[name].default) for name in names})
+        cls.model_validate(values, strict=True)  # the fields of its own
     except pydantic.ValidationError as error:
-        raise SweepError(f"{where}: {asset}: {refusal(cls, cls.sources, error)}") from None
-    try:
-        if asset == "trained_model":
-            config.gpt_config(vocab_size=256), config.training_config()
-        elif asset == "sample_generations":
-            config.generation_config()
+        raise SweepError(f"{where}: {asset}: {refusal(cls, (), error)}") from None
     except ValueError as error:
         raise SweepError(f"{where}: {asset}: {error}") from None
+
+
+def check_run_config(run_config: Any, where: str) -> None:
+    """``check_config`` for each asset of a run config that has a derived config class (Dagster's
+    schema has no bounds); a value from the environment (``{env: NAME}``) is Dagster's to resolve."""
+    ops = run_config.get("ops") if isinstance(run_config, dict) else None
+    for asset, entry in ops.items() if isinstance(ops, dict) else ():  # the rest: Dagster's schema
+        values = entry.get("config") if isinstance(entry, dict) else None
+        if asset in ASSET_CONFIGS and isinstance(values, dict):
+            check_config(asset, {k: v for k, v in values.items() if not (isinstance(v, dict) and "env" in v)}, where)
 
 
 def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) -> Sweep:
