@@ -66,6 +66,14 @@ def refusal(cls: type, sources: tuple[type, ...], error: pydantic.ValidationErro
     return fields.one_line(owner, error)
 
 
+class ConfigRefused(dg.Failure, ValueError):
+    """A config value refused in one line: a ``ValueError`` as the core's, and to Dagster a
+    ``Failure`` (its description is what the step shows; no retry)."""
+
+    def __init__(self, message: str):
+        super().__init__(description=message, allow_retries=False)
+
+
 class CoreConfig(dg.Config):
     """A Dagster config class derived from core settings classes (``sources``), which it builds back."""
 
@@ -75,7 +83,7 @@ class CoreConfig(dg.Config):
         try:
             super().__init__(**values)
         except pydantic.ValidationError as error:  # Dagster builds it when the step starts
-            raise ValueError(refusal(type(self), self.sources, error)) from None
+            raise ConfigRefused(refusal(type(self), self.sources, error)) from None
 
     def core(self, cls: type, **values: Any) -> Any:
         """An instance of the settings class ``cls`` from this config's fields of that name (lists
