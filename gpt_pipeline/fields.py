@@ -8,11 +8,10 @@ together live in ``__post_init__``. A bad value raises ``ValueError`` in one lin
 field and the value; the Dagster config classes, the CLI and the sweeps derive from these fields.
 
 Example:
-    >>> from typing import Literal
     >>> @settings
     ... class Demo:
     ...     rate: float = pydantic.Field(0.1, description="a rate", gt=0)
-    ...     mode: Literal["a", "b"] = pydantic.Field("a", description="a mode")
+    ...     mode: typing.Literal["a", "b"] = pydantic.Field("a", description="a mode")
     >>> Demo(rate=0.5).rate
     0.5
     >>> Demo(rate=-1.0)
@@ -44,6 +43,8 @@ def settings(cls: type | None = None, *, frozen: bool = False) -> Any:
     if cls is None:
         return functools.partial(settings, frozen=frozen)
     cls = pydantic.dataclasses.dataclass(cls, frozen=frozen, config=_CONFIG)
+    if not cls.__pydantic_complete__:  # a rebuild would replace the __init__ below
+        raise TypeError(f"{cls.__name__}: every annotation must resolve where the class is defined")
     validate = cls.__init__
 
     @functools.wraps(validate)
