@@ -1,19 +1,13 @@
-"""Settings classes on pydantic: each field declared once, validated on construction.
+"""Settings on pydantic: each step's settings class (``GPTConfig``, ``TrainConfig``, ...) is a
+strict pydantic dataclass (``settings``) whose fields are declared once with ``pydantic.Field``
+(default, description, bounds; ``Literal`` for choices; ``RESULT``: the field changes what a
+training produces) and validated on construction; cross-field rules are in ``__post_init__``. A
+bad value is a one-line ``ValueError``. Dagster's config, the CLI and the sweeps derive from them.
 
-Every step's settings (``GPTConfig``, ``TrainConfig``, ``StoriesConfig``, ``TokenizerConfig``,
-``DatasetConfig``, ``GenerationConfig``, ``EvaluationConfig``) is a pydantic dataclass made by
-``settings``, each field a ``pydantic.Field(default, description=..., ge=..., ...)`` (``Literal``
-for choices; ``RESULT`` marks a field that changes what a training produces). Rules tying fields
-together live in ``__post_init__``. A bad value raises ``ValueError`` in one line naming the
-field and the value; the Dagster config classes, the CLI and the sweeps derive from these fields.
-
-Example:
     >>> @settings
     ... class Demo:
     ...     rate: float = pydantic.Field(0.1, description="a rate", gt=0)
     ...     mode: typing.Literal["a", "b"] = pydantic.Field("a", description="a mode")
-    >>> Demo(rate=0.5).rate
-    0.5
     >>> Demo(rate=-1.0)
     Traceback (most recent call last):
     ...
@@ -78,10 +72,7 @@ def field_type(info: FieldInfo) -> tuple[Any, bool]:
 def choices(info: FieldInfo) -> tuple:
     """The values a ``Literal`` field allows (``()`` for any other)."""
     hint = info.annotation
-    for arg in (hint, *typing.get_args(hint)):
-        if typing.get_origin(arg) is typing.Literal:
-            return typing.get_args(arg)
-    return ()
+    return next((typing.get_args(a) for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is typing.Literal), ())
 
 
 def bounds(info: FieldInfo) -> dict[str, Any]:
@@ -117,17 +108,18 @@ def requirement(info: FieldInfo) -> str:
     return " ".join([kind] + [f"{_SYMBOLS[name]} {value}" for name, value in limits.items()])
 
 
-def one_line(cls: type, error: pydantic.ValidationError) -> str:
+def one_line(cls: type, error: pydantic.ValidationError, sources: tuple[type, ...] = ()) -> str:
     """The first problem of ``error`` in one line: ``GPTConfig.head_count must be a positive
-    integer, got 0``; a ``__post_init__`` rule's own message; an unknown or missing field."""
-    first, name = error.errors()[0], cls.__name__
+    integer, got 0`` (in the words of the one of ``sources`` that declares the field, else of
+    ``cls``); a ``__post_init__`` rule's own message; an unknown or missing field."""
+    first = error.errors()[0]
     if first["type"] == "value_error":
         return str(first["ctx"]["error"])
     field = first["loc"][0] if first["loc"] else "?"
     field = list(fields_of(cls))[field] if isinstance(field, int) else str(field)  # a positional argument
+    cls = next((source for source in sources if field in fields_of(source)), cls)
     if first["type"] == "unexpected_keyword_argument":
-        return f"{name} has no field {field!r}"
+        return f"{cls.__name__} has no field {field!r}"
     if first["type"] == "missing_argument":
-        return f"{name}.{field} is required"
-    info = fields_of(cls)[field]
-    return f"{name}.{field} must be {requirement(info)}, got {first['input']!r}"
+        return f"{cls.__name__}.{field} is required"
+    return f"{cls.__name__}.{field} must be {requirement(fields_of(cls)[field])}, got {first['input']!r}"

@@ -1,13 +1,10 @@
-"""Run config of each asset, as the Dagster Launchpad shows it, derived from the core's settings.
+"""Each asset's Dagster config class (pydantic), derived from the core settings' fields.
 
-No field is written here: ``config_class`` builds each Dagster config class (a pydantic model)
-from the core classes' pydantic fields (``gpt_pipeline.fields``): the type, the default, the
-description with its bounds or choices, and the bounds themselves. A ``Literal`` becomes an enum
-of Dagster's schema, so the Launchpad offers the choices and Dagster refuses any other value
-before a run starts; a tuple becomes a list. Dagster's schema has no bounds: a value out of them
-is refused when the step builds its config, before any work, in one line with the core's message
-(``TrainConfig.learning_rate must be a finite number > 0, got -1.0``). Rules that tie fields
-together run when the step builds the core settings (``core``), also before any work.
+``config_class`` copies each field's type, description (with its bounds or choices) and bounds;
+the defaults are ``configs/quickstart.yaml``'s (``quickstart_defaults``). A ``Literal`` is an
+enum of Dagster's schema, refused before a run starts; a tuple becomes a list. The schema has no
+bounds: the step refuses a value out of them when it builds its config, before any work, in one
+line with the core's words (``ConfigRefused``); the CLI and the sweeps check them up front.
 """
 
 from __future__ import annotations
@@ -50,20 +47,11 @@ def _quickstart_ops() -> dict[str, Any]:
 
 
 def quickstart_defaults(asset: str) -> dict[str, Any]:
-    """``asset``'s values in ``configs/quickstart.yaml`` (what ``make run`` runs), which the Dagster
-    config of the asset takes as its defaults: a partitioned job's Launchpad opens with its config
-    schema's defaults (Dagster turns a partitioned job's ``config`` into a per-partition config
-    that the Launchpad loads only once a partition is picked), so these are what it shows, and
-    what a run launched without config (the asset graph's Materialize, automation) trains.
-    Fields it leaves out keep the core's default (gpt-rs's example value)."""
+    """``asset``'s values in ``configs/quickstart.yaml`` (``make run``'s), its Dagster config's
+    defaults: a partitioned job's Launchpad opens with the schema's defaults, and runs launched
+    without config (the asset graph's Materialize, automation) train them. Other fields keep the
+    core's default (gpt-rs's example value)."""
     return dict((_quickstart_ops().get(asset) or {}).get("config") or {})
-
-
-def refusal(cls: type, sources: tuple[type, ...], error: pydantic.ValidationError) -> str:
-    """``error`` in one line, in the words of the core class that declares the field."""
-    loc = error.errors()[0]["loc"]
-    owner = next((source for source in sources if loc and loc[0] in fields.fields_of(source)), cls)
-    return fields.one_line(owner, error)
 
 
 class ConfigRefused(dg.Failure, ValueError):
@@ -83,7 +71,7 @@ class CoreConfig(dg.Config):
         try:
             super().__init__(**values)
         except pydantic.ValidationError as error:  # Dagster builds it when the step starts
-            raise ConfigRefused(refusal(type(self), self.sources, error)) from None
+            raise ConfigRefused(fields.one_line(type(self), error, self.sources)) from None
 
     def core(self, cls: type, **values: Any) -> Any:
         """An instance of the settings class ``cls`` from this config's fields of that name (lists
@@ -92,21 +80,16 @@ class CoreConfig(dg.Config):
         return cls(**{**mine, **values})
 
 
-def config_class(name: str, sources: tuple[type, ...], doc: str, base: type = CoreConfig,
-                 skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
-                 **extra: tuple[Any, Any]) -> type:
-    """A Dagster config class ``name`` with the fields of the settings classes ``sources`` (less
-    ``skip``; ``defaults`` replaces declared defaults) and the ``extra`` (annotation,
-    ``pydantic.Field``) fields of its own."""
-    definitions: dict[str, tuple[Any, Any]] = {}
-    for source in sources:
-        for key, info in fields.fields_of(source).items():
-            if key in definitions:
-                raise ValueError(f"{name}: field {key!r} is declared by two of {sources}")
-            if key not in skip:
-                default = (defaults or {}).get(key, info.get_default(call_default_factory=True))
-                definitions[key] = _definition(info, default)
-    model = pydantic.create_model(name, __base__=base, __module__=__name__, __doc__=doc,
+def config_class(name: str, asset: str, sources: tuple[type, ...], base: type = CoreConfig,
+                 doc: str | None = None, skip: tuple[str, ...] = (), **extra: tuple[Any, Any]) -> type:
+    """The Dagster config class ``name`` of ``asset``: the fields of ``sources`` less ``skip``,
+    defaulting to ``quickstart_defaults(asset)``, and its own ``extra`` (annotation, Field)."""
+    defaults, definitions = quickstart_defaults(asset), {}
+    for key, info in ((k, i) for source in sources for k, i in fields.fields_of(source).items() if k not in skip):
+        if key in definitions:
+            raise ValueError(f"{name}: field {key!r} is declared by two of {sources}")
+        definitions[key] = _definition(info, defaults.get(key, info.get_default(call_default_factory=True)))
+    model = pydantic.create_model(name, __base__=base, __module__=__name__, __doc__=doc or sources[0].__doc__,
                                   **definitions, **extra)
     model.__qualname__, model.sources = name, sources
     return model
@@ -125,34 +108,25 @@ class _SampleGenerations(CoreConfig):
         return self.core(GenerationConfig)
 
 
-RawStoriesConfig = config_class("RawStoriesConfig", (StoriesConfig,), StoriesConfig.__doc__, CoreConfig,
-                                defaults=quickstart_defaults("raw_stories"))
-TokenizerConfig = config_class("TokenizerConfig", (TokenizerSettings,), TokenizerSettings.__doc__, CoreConfig,
-                               defaults=quickstart_defaults("bpe_tokenizer"))
-TokenizedDatasetConfig = config_class("TokenizedDatasetConfig", (DatasetConfig,), DatasetConfig.__doc__,
-                                      CoreConfig, defaults=quickstart_defaults("tokenized_dataset"))
+RawStoriesConfig = config_class("RawStoriesConfig", "raw_stories", (StoriesConfig,))
+TokenizerConfig = config_class("TokenizerConfig", "bpe_tokenizer", (TokenizerSettings,))
+TokenizedDatasetConfig = config_class("TokenizedDatasetConfig", "tokenized_dataset", (DatasetConfig,))
 TrainedModelConfig = config_class(
-    "TrainedModelConfig", (GPTConfig, TrainConfig),
+    "TrainedModelConfig", "trained_model", (GPTConfig, TrainConfig), _TrainedModel,
     "The transformer (GPTConfig; vocab_size comes from the tokenizer) and its training (TrainConfig).",
-    _TrainedModel, skip=("vocab_size",), defaults=quickstart_defaults("trained_model"),
+    skip=("vocab_size",),
     initial_checkpoint=(str | None, pydantic.Field(
-        default=None,
-        description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
+        default=None, description="Start from this checkpoint's weights (ours, or one made by `gpt-pipeline "
         "import-gpt-rs`) instead of a fresh initialisation; its config must match.")),
     export_hf=(bool, pydantic.Field(
-        default=False,
-        description="Also export the model as a Hugging Face transformers GPT-2 directory and log "
-        "it to MLflow (artifact hf_model).")),
+        default=False, description="Also export the model as a Hugging Face transformers GPT-2 directory "
+        "and log it to MLflow (artifact hf_model).")),
     # where the training runs: orchestration only, so not a core field
     launcher=(Literal["auto", "in_process", "subprocess", "k8s"], pydantic.Field(
-        default="auto",
-        description="Where the training runs: auto (in_process for one process on one node, else "
-        "subprocess), in_process (this step's process), subprocess (a Dagster Pipes worker process, "
-        "torchrun inside for several), k8s (a pod of its own through dagster-k8s's PipesK8sClient).")),
-    k8s=(K8sLaunchConfig, pydantic.Field(
-        default_factory=K8sLaunchConfig, description="The training pod of launcher k8s.")),
+        default="auto", description="Where the training runs: auto (in_process for one process on one "
+        "node, else subprocess), in_process (this step's process), subprocess (a Dagster Pipes worker "
+        "process, torchrun inside for several), k8s (a pod of its own through dagster-k8s's PipesK8sClient).")),
+    k8s=(K8sLaunchConfig, pydantic.Field(default_factory=K8sLaunchConfig, description="The training pod of launcher k8s.")),
 )
-SampleGenerationsConfig = config_class("SampleGenerationsConfig", (GenerationConfig,),
-                                       GenerationConfig.__doc__, _SampleGenerations,
-                                       defaults=quickstart_defaults("sample_generations"))
-
+SampleGenerationsConfig = config_class("SampleGenerationsConfig", "sample_generations", (GenerationConfig,),
+                                       _SampleGenerations)

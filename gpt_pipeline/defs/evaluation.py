@@ -58,8 +58,7 @@ class _Evaluation(CoreConfig):
         return self.core(EvaluationConfig)
 
 
-ModelEvaluationConfig = config_class("ModelEvaluationConfig", (EvaluationConfig,), EvaluationConfig.__doc__,
-                                     _Evaluation)
+ModelEvaluationConfig = config_class("ModelEvaluationConfig", "model_evaluation", (EvaluationConfig,), _Evaluation)
 
 
 def continuations_frame(evaluation: Evaluation) -> pl.DataFrame:

@@ -53,7 +53,6 @@ from gpt_pipeline.defs.configs import (
     TokenizedDatasetConfig,
     TokenizerConfig,
     TrainedModelConfig,
-    refusal,
 )
 
 SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
@@ -152,7 +151,7 @@ def check_config(asset: str, values: dict[str, Any], where: str) -> None:
             source(**{name: values.get(name, cls.model_fields[name].default) for name in names})
         cls.model_validate(values, strict=True)  # the fields of its own
     except pydantic.ValidationError as error:
-        raise SweepError(f"{where}: {asset}: {refusal(cls, (), error)}") from None
+        raise SweepError(f"{where}: {asset}: {fields.one_line(cls, error)}") from None
     except ValueError as error:
         raise SweepError(f"{where}: {asset}: {error}") from None
 
