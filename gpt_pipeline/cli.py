@@ -1,8 +1,8 @@
 """``gpt-pipeline``: gpt-rs's commands (tokenize, train, generate) over the same core as the assets.
 
 The CLI only parses arguments and dispatches to the core's steps, the same functions the assets
-call: ``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
-``data.dataset_files.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
+call: ``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
+``data.encode_stories.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
 dataset folder holds a tokenizer bundle (``tokenizer.bundle``) and ``dataset.parquet`` with its
 token arrays, byte for byte the files of the assets ``bpe_tokenizer`` and ``tokenized_dataset``.
 Options mirror gpt-rs's where it has them; every default comes from the core's config classes.
@@ -236,12 +236,12 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     from gpt_pipeline import provenance
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
-    from gpt_pipeline.data.encode import write_dataset
+    from gpt_pipeline.data.encode_stories import write_dataset
     from gpt_pipeline.data.story_files import write_stories
     from gpt_pipeline.data.table_file import TableFile
     from gpt_pipeline.tokenizer.bundle import write_bundle
     from gpt_pipeline.tokenizer.config import TokenizerConfig
-    from gpt_pipeline.tokenizer.fit import train_tokenizer
+    from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
     stories_config = StoriesConfig(path=args.data_parquet, text_column=args.text_column,
                                    num_stories=args.num_stories, seed=args.corpus_seed)

@@ -7,8 +7,8 @@ stories_source -> raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_m
 ``defs.variants``; checked first thing); the data assets are shared. Each asset resolves its config
 (field defaults, the variant's base, the run config, the variant's overrides: ``resolve_config``),
 validates it before any expensive work, calls its step in the core
-(``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
-``data.dataset_files.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
+(``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
+``data.encode_stories.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
 functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
 blocking check on the value and only then yields it for the IO manager to store.
 """
@@ -25,7 +25,7 @@ import polars as pl
 from gpt_pipeline import provenance, quality
 from gpt_pipeline.data import config as data_config
 from gpt_pipeline.data.dataset_files import load_splits
-from gpt_pipeline.data.encode import write_dataset
+from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.data.story_files import write_stories
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.defs.checks import (BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, check_result,
@@ -50,7 +50,7 @@ from gpt_pipeline.storage import scratch_dir
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer import config as tokenizer_config
 from gpt_pipeline.tokenizer.bundle import write_bundle
-from gpt_pipeline.tokenizer.fit import train_tokenizer
+from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
 GROUP = "gpt"
 # Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.

@@ -2,9 +2,9 @@
 
 ``gpt_pipeline.training.torchrun`` builds the command line (one machine, or ``nnodes`` machines
 meeting at ``rdzv_endpoint``) and watches it. Each worker (``run_worker`` below) loads the
-dataset file itself (``data.load_splits``: memory-mapped where the file has token companions),
+dataset file itself (``data.dataset_files.load_splits``: memory-mapped where the file has token companions),
 joins the process group (gloo on CPU, nccl on CUDA, or as configured) and calls
-``training.train`` with a ``DDPReplica``:
+``training.loop.train`` with a ``DDPReplica``:
 
 - every process draws the same global batch from the shared seed and keeps its rows (rank r of
   N: rows ``[r*B//N, (r+1)*B//N)``); DDP averages the gradients, so that the step is the
