@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt_pipeline.data.config import DatasetConfig
 from gpt_pipeline.interop import ron, ron_write
 from gpt_pipeline.interop.ron import Char, RonStruct
 from gpt_pipeline.model.gpt import GPTConfig
@@ -334,7 +335,7 @@ def import_gpt_rs_run(
     transformer_safetensors: str | os.PathLike,
     output: str | os.PathLike,
     train_config_file: str | os.PathLike | None = None,
-    training_percentage: float = 0.9,
+    training_percentage: float = DatasetConfig().training_percentage,
 ) -> ImportedRun:
     """Turn gpt-rs's files into ours in ``output``: the tokenizer bundle ``bpe_tokenizer.json``
     (+ its vocabulary listing and Hugging Face copy, ``gpt_pipeline.tokenizer.bundle``),
