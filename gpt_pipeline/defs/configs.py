@@ -40,10 +40,9 @@ def _definition(info: Any, default: Any) -> tuple[Any, Any]:
 
 
 @functools.cache
-def _quickstart_ops() -> dict[str, Any]:
-    if not QUICKSTART.is_file():  # an installed package without the project's configs/
-        return {}
-    return (yaml.safe_load(QUICKSTART.read_text()) or {}).get("ops") or {}
+def quickstart_run_config() -> dict[str, Any]:
+    """``configs/quickstart.yaml``, read once ({} in an installed package without configs/)."""
+    return (yaml.safe_load(QUICKSTART.read_text()) or {}) if QUICKSTART.is_file() else {}
 
 
 def quickstart_defaults(asset: str) -> dict[str, Any]:
@@ -51,7 +50,7 @@ def quickstart_defaults(asset: str) -> dict[str, Any]:
     defaults: a partitioned job's Launchpad opens with the schema's defaults, and runs launched
     without config (the asset graph's Materialize, automation) train them. Other fields keep the
     core's default (gpt-rs's example value)."""
-    return dict((_quickstart_ops().get(asset) or {}).get("config") or {})
+    return dict(((quickstart_run_config().get("ops") or {}).get(asset) or {}).get("config") or {})
 
 
 class ConfigRefused(dg.Failure, ValueError):

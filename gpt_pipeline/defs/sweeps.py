@@ -236,11 +236,6 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     return parse_sweep(data, path.stem, path.parent, path)
 
 
-def default_sweep() -> Sweep:
-    """One variant ``default``, no base, no overrides."""
-    return Sweep("default")
-
-
 def variant_record(sweep: Sweep, variant: str, trial: dict | None = None) -> Variant:
     """The record that binds ``variant`` of ``sweep`` to its config (``defs.variants``): the base
     and overrides of the variant assets only (the data assets are shared)."""

@@ -273,14 +273,6 @@ def train_config_to_ron(config: TrainConfig) -> str:
     return ron_write.dumps(RonStruct(values)) + "\n"
 
 
-def write_transformer_config(path: str | os.PathLike, config: GPTConfig) -> Path:
-    return atomic_write_text(path, transformer_config_to_ron(config))
-
-
-def write_train_config(path: str | os.PathLike, config: TrainConfig) -> Path:
-    return atomic_write_text(path, train_config_to_ron(config))
-
-
 def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():

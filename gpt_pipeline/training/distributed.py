@@ -205,7 +205,7 @@ def _append_event(path: Path, event: dict) -> None:
 def exit_now(code: int) -> None:
     """End a worker without the interpreter's teardown: every file is closed by now
     (checkpoints are fsynced and renamed into place); the teardown with torch and gloo loaded
-    took 3 s of a 15 s test run here."""
+    is slow (docs/benchmarks.md)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
