@@ -13,7 +13,6 @@ functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own ML
 blocking check on the value and only then yields it for the IO manager to store.
 """
 
-import dataclasses
 import shutil
 import tempfile
 import warnings
@@ -23,7 +22,7 @@ import dagster as dg
 import polars as pl
 
 from gpt_pipeline import provenance, quality
-from gpt_pipeline.data import config as data_config
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.data.story_files import write_stories
@@ -31,10 +30,10 @@ from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.defs.checks import (BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, check_result,
                                       gate, user_errors)
 from gpt_pipeline.defs.configs import (
+    BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
-    TokenizerConfig,
     TrainedModelConfig,
 )
 from gpt_pipeline.defs.launchers import retry_transient
@@ -48,7 +47,7 @@ from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import generate_samples, unseen_characters
 from gpt_pipeline.storage import scratch_dir
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.tokenizer import config as tokenizer_config
+from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
@@ -56,11 +55,6 @@ GROUP = "gpt"
 # Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.
 warnings.filterwarnings("ignore", message=".*`data_version`.*", category=dg.BetaWarning)
 OWNERS = ["team:ml"]
-
-
-def core_config(cls, config: dg.Config):
-    """The core step config ``cls`` (a dataclass) with the values of the asset's run config."""
-    return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
@@ -90,7 +84,7 @@ def raw_stories(
         scratch = scratch_dir()
         path = scratch / "raw_stories.parquet"
         try:
-            stats = write_stories(path, core_config(data_config.StoriesConfig, config))
+            stats = write_stories(path, config.core(StoriesConfig))
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -127,7 +121,7 @@ def raw_stories(
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
-    config: TokenizerConfig,
+    config: BpeTokenizerConfig,
     raw_stories: TableFile,
     mlflow: MLflowResource,
 ):
@@ -135,7 +129,7 @@ def bpe_tokenizer(
     with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
         run.log_params(config.model_dump())
         stories = provenance.of(raw_stories, "raw_stories")
-        tokenizer, stats = train_tokenizer(raw_stories, core_config(tokenizer_config.TokenizerConfig, config))
+        tokenizer, stats = train_tokenizer(raw_stories, config.core(TokenizerConfig))
         record = provenance.made("bpe_tokenizer", provenance.tokenizer_digest(tokenizer), {"raw_stories": stories})
         provenance.attach(tokenizer, record)  # stored in the tokenizer JSON
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
@@ -188,7 +182,7 @@ def tokenized_dataset(
         scratch = scratch_dir()
         try:
             dataset, stats = write_dataset(
-                bpe_tokenizer, raw_stories, core_config(data_config.DatasetConfig, config),
+                bpe_tokenizer, raw_stories, config.core(DatasetConfig),
                 scratch / "tokenized_dataset.parquet",
                 metadata=provenance.footer(provenance.made("tokenized_dataset", "", inputs)),
             )

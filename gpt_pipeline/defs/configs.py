@@ -23,7 +23,7 @@ from gpt_pipeline.defs.k8s import K8sLaunchConfig
 from gpt_pipeline.storage import project_root
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
-from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
+from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig
 
 QUICKSTART = project_root() / "configs" / "quickstart.yaml"  # the run config of `make run`
@@ -108,7 +108,7 @@ class _SampleGenerations(CoreConfig):
 
 
 RawStoriesConfig = config_class("RawStoriesConfig", "raw_stories", (StoriesConfig,))
-TokenizerConfig = config_class("TokenizerConfig", "bpe_tokenizer", (TokenizerSettings,))
+BpeTokenizerConfig = config_class("BpeTokenizerConfig", "bpe_tokenizer", (TokenizerConfig,))
 TokenizedDatasetConfig = config_class("TokenizedDatasetConfig", "tokenized_dataset", (DatasetConfig,))
 TrainedModelConfig = config_class(
     "TrainedModelConfig", "trained_model", (GPTConfig, TrainConfig), _TrainedModel,

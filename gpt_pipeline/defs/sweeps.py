@@ -48,14 +48,14 @@ from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets an
     sweep_tags,
 )
 from gpt_pipeline.defs.configs import (
+    BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
-    TokenizerConfig,
     TrainedModelConfig,
 )
 
-SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
+SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": BpeTokenizerConfig,
                  "tokenized_dataset": TokenizedDatasetConfig}
 VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig}
 ASSET_CONFIGS = {**SHARED_ASSETS, **VARIANT_ASSETS}

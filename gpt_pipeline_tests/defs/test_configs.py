@@ -21,10 +21,10 @@ from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
 from gpt_pipeline.defs.configs import (
+    BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
-    TokenizerConfig,
     TrainedModelConfig,
 )
 from gpt_pipeline.defs.training_run import result_settings
@@ -32,14 +32,14 @@ from gpt_pipeline.definitions import defs
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig
 from gpt_pipeline.training.checkpoint import fingerprint
-from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
+from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG, with_default_variant
 
 QUICKSTART_OPS = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())["ops"]
 DERIVED = [  # (config class, the core classes it derives from, its own fields in order)
     (RawStoriesConfig, (StoriesConfig,), ()),
-    (TokenizerConfig, (TokenizerSettings,), ()),
+    (BpeTokenizerConfig, (TokenizerConfig,), ()),
     (TokenizedDatasetConfig, (DatasetConfig,), ()),
     (TrainedModelConfig, (GPTConfig, TrainConfig), ("initial_checkpoint", "export_hf", "launcher", "k8s")),
     (SampleGenerationsConfig, (GenerationConfig,), ()),
@@ -67,7 +67,7 @@ def test_every_field_comes_from_the_core_declaration(config_class, sources, extr
     assert list(config_class.model_fields) == [name for name, _ in declared] + list(extra)
     defaults = config_class()
     schema = infer_schema_from_config_class(config_class).config_type.fields
-    asset = {"RawStoriesConfig": "raw_stories", "TokenizerConfig": "bpe_tokenizer",
+    asset = {"RawStoriesConfig": "raw_stories", "BpeTokenizerConfig": "bpe_tokenizer",
              "TokenizedDatasetConfig": "tokenized_dataset", "TrainedModelConfig": "trained_model",
              "SampleGenerationsConfig": "sample_generations"}[config_class.__name__]
     quickstart = QUICKSTART_OPS[asset]["config"]  # `make run`'s values are the Launchpad's defaults
@@ -81,7 +81,7 @@ def test_every_field_comes_from_the_core_declaration(config_class, sources, extr
         assert config_class.model_fields[name].description == (fields.describe(info) or None)
         assert schema[name].description == (fields.describe(info) or None)
         assert fields.bounds(config_class.model_fields[name]) == fields.bounds(info), name
-    assert ASSET_CONFIGS[{"RawStoriesConfig": "raw_stories", "TokenizerConfig": "bpe_tokenizer",
+    assert ASSET_CONFIGS[{"RawStoriesConfig": "raw_stories", "BpeTokenizerConfig": "bpe_tokenizer",
                           "TokenizedDatasetConfig": "tokenized_dataset", "TrainedModelConfig": "trained_model",
                           "SampleGenerationsConfig": "sample_generations"}[config_class.__name__]] is config_class
 
