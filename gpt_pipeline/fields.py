@@ -118,8 +118,11 @@ def one_line(cls: type, error: pydantic.ValidationError, sources: tuple[type, ..
     field = first["loc"][0] if first["loc"] else "?"
     field = list(fields_of(cls))[field] if isinstance(field, int) else str(field)  # a positional argument
     cls = next((source for source in sources if field in fields_of(source)), cls)
-    if first["type"] == "unexpected_keyword_argument":
+    if field not in fields_of(cls):  # unexpected_keyword_argument, extra_forbidden
         return f"{cls.__name__} has no field {field!r}"
     if first["type"] == "missing_argument":
         return f"{cls.__name__}.{field} is required"
-    return f"{cls.__name__}.{field} must be {requirement(fields_of(cls)[field])}, got {first['input']!r}"
+    info, where = fields_of(cls)[field], ".".join(map(str, first["loc"]))
+    if len(first["loc"]) > 1 and field_type(info)[0] is not tuple:  # inside a nested model
+        return f"{cls.__name__}.{where}: {first['msg'].lower()}, got {first['input']!r}"
+    return f"{cls.__name__}.{field} must be {requirement(info)}, got {first['input']!r}"
