@@ -68,8 +68,8 @@ def data(folder: Path):
 def run_trial(values: dict, tokenizer, splits, characters, threads: int, report=None) -> tuple[float, int, float]:
     """(test bits per character at the end, steps done, CPU seconds) of one training."""
     config = TrainedModelConfig(**{**BASE, **values, "threads": threads})
-    model_config = config.gpt_config(tokenizer.vocab_size).validate()
-    train_config = dataclasses.replace(config.training_config(), resume=False).validate()
+    model_config = config.gpt_config(tokenizer.vocab_size)
+    train_config = dataclasses.replace(config.training_config(), resume=False)
     started = time.process_time()
     result = train(model_config, train_config, *splits, on_evaluation=report, characters=characters)
     return result.evaluations[-1].test_bits_per_character, result.steps, time.process_time() - started
