@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig  # noqa: E402
 from gpt_pipeline.data.dataset_files import load_splits, split_characters  # noqa: E402
-from gpt_pipeline.data.encode import write_dataset  # noqa: E402
+from gpt_pipeline.data.encode_stories import write_dataset  # noqa: E402
 from gpt_pipeline.data.story_files import write_stories  # noqa: E402
 from gpt_pipeline.data.table_file import TableFile  # noqa: E402
 from gpt_pipeline.defs.search_space import make_pruner, make_sampler, suggest  # noqa: E402
 from gpt_pipeline.defs.sweeps import parse_sweep  # noqa: E402
 from gpt_pipeline.defs.configs import TrainedModelConfig  # noqa: E402
 from gpt_pipeline.tokenizer.config import TokenizerConfig  # noqa: E402
-from gpt_pipeline.tokenizer.fit import train_tokenizer  # noqa: E402
+from gpt_pipeline.tokenizer.from_stories import train_tokenizer  # noqa: E402
 from gpt_pipeline.training.loop import StopTraining, train  # noqa: E402
 
 # A model a few times smaller than the quickstart's, evaluated often (the pruner's checkpoints).
@@ -68,8 +68,8 @@ def data(folder: Path):
 def run_trial(values: dict, tokenizer, splits, characters, threads: int, report=None) -> tuple[float, int, float]:
     """(test bits per character at the end, steps done, CPU seconds) of one training."""
     config = TrainedModelConfig(**{**BASE, **values, "threads": threads})
-    model_config = config.gpt_config(tokenizer.vocab_size).validate()
-    train_config = dataclasses.replace(config.training_config(), resume=False).validate()
+    model_config = config.gpt_config(tokenizer.vocab_size)
+    train_config = dataclasses.replace(config.training_config(), resume=False)
     started = time.process_time()
     result = train(model_config, train_config, *splits, on_evaluation=report, characters=characters)
     return result.evaluations[-1].test_bits_per_character, result.steps, time.process_time() - started

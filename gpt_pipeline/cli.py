@@ -1,8 +1,8 @@
 """``gpt-pipeline``: gpt-rs's commands (tokenize, train, generate) over the same core as the assets.
 
 The CLI only parses arguments and dispatches to the core's steps, the same functions the assets
-call: ``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
-``data.dataset_files.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
+call: ``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
+``data.encode_stories.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
 dataset folder holds a tokenizer bundle (``tokenizer.bundle``) and ``dataset.parquet`` with its
 token arrays, byte for byte the files of the assets ``bpe_tokenizer`` and ``tokenized_dataset``.
 Options mirror gpt-rs's where it has them; every default comes from the core's config classes.
@@ -40,24 +40,24 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str],
     from gpt_pipeline import fields
 
     group = parser.add_argument_group(title)
-    for field in fields.fields_of(cls):
-        if field.name in skip:
+    for name, info in fields.fields_of(cls).items():
+        if name in skip:
             continue
-        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
-        flag, metavar = (flags or {}).get(field.name, ("--" + field.name.replace("_", "-"), None))
-        base, _ = fields.field_type(cls, field)
-        text = fields.describe(field).replace("%", "%%")
+        default = info.get_default(call_default_factory=True)
+        flag, metavar = (flags or {}).get(name, ("--" + name.replace("_", "-"), None))
+        base, _ = fields.field_type(info)
+        text = fields.describe(info).replace("%", "%%")
         dest = flag.lstrip("-").replace("-", "_")
-        choices = field.metadata.get("choices")
+        choices = fields.choices(info)
         if base is bool:
             action = group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                         dest=dest, help=text)
         elif choices:
             action = group.add_argument(flag, type=base, choices=choices, default=default, dest=dest,
-                                        help=field.metadata["help"].replace("%", "%%"))  # choices: in the metavar
+                                        help=(info.description or "").replace("%", "%%"))  # choices: in the metavar
         else:
             action = group.add_argument(flag, type=base, default=default, dest=dest,
-                                        metavar=metavar or field.name.upper(), help=text)
+                                        metavar=metavar or name.upper(), help=text)
         if default is not None and "%(default)" not in (action.help or ""):  # Python 3.11's
             action.help = f"{action.help} (default: %(default)s)".lstrip()  # BooleanOptionalAction adds it
 
@@ -159,6 +159,7 @@ def _materialize(args: argparse.Namespace) -> None:
     from gpt_pipeline.definitions import build_defs
     from gpt_pipeline.defs.io_manager import AssetFileIOManager
     from gpt_pipeline.defs.materialize import materialize_run, with_console
+    from gpt_pipeline.defs.sweeps import check_run_config
 
     run_config = {}
     if args.config:
@@ -166,6 +167,7 @@ def _materialize(args: argparse.Namespace) -> None:
         if not config_path.is_file():
             raise FileNotFoundError(f"run config {args.config!r} does not exist")
         run_config = yaml.safe_load(config_path.read_text()) or {}
+        check_run_config(run_config, f"run config {args.config!r} is invalid")  # the bounds too
     if os.environ.get("DAGSTER_HOME"):
         from gpt_pipeline.storage import exclusive
 
@@ -199,17 +201,17 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     from gpt_pipeline import provenance
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
-    from gpt_pipeline.data.encode import write_dataset
+    from gpt_pipeline.data.encode_stories import write_dataset
     from gpt_pipeline.data.story_files import write_stories
     from gpt_pipeline.data.table_file import TableFile
     from gpt_pipeline.tokenizer.bundle import write_bundle
     from gpt_pipeline.tokenizer.config import TokenizerConfig
-    from gpt_pipeline.tokenizer.fit import train_tokenizer
+    from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
     stories_config = StoriesConfig(path=args.data_parquet, text_column=args.text_column,
                                    num_stories=args.num_stories, seed=args.corpus_seed)
-    tokenizer_config = TokenizerConfig(vocab_size=args.vocab_size).validate()
-    dataset_config = DatasetConfig(training_percentage=args.training_percentage).validate()
+    tokenizer_config = TokenizerConfig(vocab_size=args.vocab_size)
+    dataset_config = DatasetConfig(training_percentage=args.training_percentage)
     source = Path(args.data_parquet).name if args.data_parquet else "embedded"
     out = Path(args.output_dir or f"datasets/dataset_{args.vocab_size}_{source}")
     if out.exists() and not out.is_dir():
@@ -290,8 +292,6 @@ def _train(args: argparse.Namespace) -> None:
         **{f.name: options[f.name] for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"},
     )
     train_config = TrainConfig(**{f.name: options[f.name] for f in dataclasses.fields(TrainConfig)})
-    model_config.validate()
-    train_config.validate()
     out = Path(args.output_dir or f"training/run_{time.strftime('%Y%m%d_%H%M%S')}")
 
     def report(evaluation) -> None:
@@ -325,7 +325,6 @@ def _generate(args: argparse.Namespace) -> None:
         prompts=(args.input,), token_count=args.token_count, temperature=args.temperature,
         top_k=args.top_k, num_samples=args.num_samples, seed=args.seed, unknown=args.unknown,
     )
-    config.validate()
     with generation_inputs(args.transformer_safetensors, args.tokenizer, args.dataset_dir, args.tracking_uri) as found:
         tokenizer = read_bundle(found.tokenizer)
         model, _ = load_checkpoint(found.model)

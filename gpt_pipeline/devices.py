@@ -51,8 +51,8 @@ def training_threads(requested: int = 0, at_once: int | None = None, cores: int 
     trainings that run at the same time on this machine (``at_once``, by default
     ``$GPT_PIPELINE_TRAININGS_AT_ONCE``, else 1), at least one.
 
-    Oversubscribed OpenMP threads spin: on 2 cores, two trainings of 2 threads each ran a step in
-    1.3 s where 1 thread each took 0.7 s (and one alone 0.35 s).
+    Oversubscribed OpenMP threads spin, so that trainings side by side with too many threads
+    each are slower than with their share (docs/benchmarks.md).
 
     Example:
         >>> training_threads(0, at_once=3, cores=16), training_threads(0, at_once=4, cores=2)

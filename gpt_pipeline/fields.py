@@ -1,144 +1,128 @@
-"""Config fields declared once: default, description, bounds and choices in one ``param(...)``.
+"""Settings on pydantic: each step's settings class (``GPTConfig``, ``TrainConfig``, ...) is a
+strict pydantic dataclass (``settings``) whose fields are declared once with ``pydantic.Field``
+(default, description, bounds; ``Literal`` for choices; ``RESULT``: the field changes what a
+training produces) and validated on construction; cross-field rules are in ``__post_init__``. A
+bad value is a one-line ``ValueError``. Dagster's config, the CLI and the sweeps derive from them.
 
-Every step's settings are a plain dataclass in the core (``GPTConfig``, ``TrainConfig``,
-``StoriesConfig``, ``TokenizerConfig``, ``DatasetConfig``, ``GenerationConfig``). Each field is
-written once, with ``param``; the Dagster config classes (``gpt_pipeline.defs.configs``), the CLI's
-options and help, the schedules and the sweeps are all derived from these declarations, and
-``check`` validates an instance against them.
-
-Example:
-    >>> from dataclasses import dataclass
-    >>> @dataclass(frozen=True)
+    >>> @settings
     ... class Demo:
-    ...     rate: float = param(0.1, "a rate", gt=0)
-    ...     mode: str = param("a", "a mode", choices=("a", "b"))
-    >>> check(Demo(rate=0.5)).rate
-    0.5
-    >>> check(Demo(rate=-1.0))
+    ...     rate: float = pydantic.Field(0.1, description="a rate", gt=0)
+    ...     mode: typing.Literal["a", "b"] = pydantic.Field("a", description="a mode")
+    >>> Demo(rate=-1.0)
     Traceback (most recent call last):
     ...
     ValueError: Demo.rate must be a finite number > 0, got -1.0
-    >>> describe(fields_of(Demo)[1])
+    >>> describe(fields_of(Demo)["mode"])
     'a mode (one of: a, b)'
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import functools
 import types
 import typing
 from typing import Any
 
-_BOUNDS = (("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
-           ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b))
+import pydantic
+import pydantic.dataclasses
+from pydantic.fields import FieldInfo
+
+RESULT = {"affects_result": True}  # json_schema_extra of a field that keys checkpoints and resumes
+_SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_CONFIG = pydantic.ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 
-def param(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-    choices: tuple | None = None,
-    affects_result: bool = False,
-    default_factory: Any = dataclasses.MISSING,
-) -> Any:
-    """A dataclass field carrying its description, bounds and choices.
+def settings(cls: type | None = None, *, frozen: bool = False) -> Any:
+    """``cls`` as a strict pydantic dataclass whose ``ValidationError`` is one line (``ValueError``)."""
+    if cls is None:
+        return functools.partial(settings, frozen=frozen)
+    cls = pydantic.dataclasses.dataclass(cls, frozen=frozen, config=_CONFIG)
+    if not cls.__pydantic_complete__:  # a rebuild would replace the __init__ below
+        raise TypeError(f"{cls.__name__}: every annotation must resolve where the class is defined")
+    validate = cls.__init__
 
-    ``affects_result``: the field changes what a training produces (its weights), so it keys
-    checkpoints and resumes; fields without it (device, resume, logging) do not.
-    """
-    metadata = {"help": help, "choices": choices, "affects_result": affects_result,
-                **{name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le))
-                   if bound is not None}}
-    if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except pydantic.ValidationError as error:
+            raise ValueError(one_line(cls, error)) from None
+
+    cls.__init__ = __init__
+    return cls
 
 
-def fields_of(cls_or_instance: Any) -> tuple[dataclasses.Field, ...]:
-    """The dataclass fields of a config class (or instance), in declaration order."""
-    return dataclasses.fields(cls_or_instance)
+def fields_of(cls: Any) -> dict[str, FieldInfo]:
+    """The fields of a settings class (or instance) by name, in declaration order."""
+    return dict(cls.__pydantic_fields__)
 
 
-def field_type(cls: type, field: dataclasses.Field) -> tuple[type, bool]:
-    """``(base type, optional)`` of a field: ``int | None`` gives ``(int, True)``; tuples of
-    strings give ``(tuple, False)``."""
-    hint = typing.get_type_hints(cls)[field.name]
-    optional = False
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(hint))
-        hint = args[0]
-    origin = typing.get_origin(hint)
-    return (origin or hint), optional
+def field_type(info: FieldInfo) -> tuple[Any, bool]:
+    """``(base type, optional)``: ``int | None`` gives ``(int, True)``, ``tuple[str, ...]`` gives
+    ``(tuple, False)``, a ``Literal`` gives ``(str, ...)`` (the type of its choices)."""
+    hint, args = info.annotation, typing.get_args(info.annotation)
+    optional = (isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union) and type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return type(typing.get_args(hint)[0]), optional
+    return typing.get_origin(hint) or hint, optional
 
 
-def describe(field: dataclasses.Field) -> str:
-    """The field's description with its choices or bounds, for help texts and the Launchpad."""
-    meta = field.metadata
-    text = meta.get("help", "")
-    extra = []
-    if meta.get("choices"):
-        extra.append("one of: " + ", ".join(str(c) for c in meta["choices"]))
-    for name, symbol, _ in _BOUNDS:
-        if name in meta:
-            extra.append(f"{symbol} {meta[name]}")
+def choices(info: FieldInfo) -> tuple:
+    """The values a ``Literal`` field allows (``()`` for any other)."""
+    hint = info.annotation
+    return next((typing.get_args(a) for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is typing.Literal), ())
+
+
+def bounds(info: FieldInfo) -> dict[str, Any]:
+    """The field's ``gt``/``ge``/``lt``/``le`` bounds."""
+    return {name: getattr(m, name) for m in info.metadata for name in _SYMBOLS if hasattr(m, name)}
+
+
+def describe(info: FieldInfo) -> str:
+    """The description with the choices or bounds, for help texts and the Launchpad."""
+    extra = ["one of: " + ", ".join(map(str, choices(info)))] if choices(info) else []
+    extra += [f"{_SYMBOLS[name]} {value}" for name, value in bounds(info).items()]
+    text = info.description or ""
     return f"{text} ({'; '.join(extra)})" if extra else text
 
 
 def result_fields(cls: type) -> tuple[str, ...]:
-    """Names of the fields declared with ``affects_result=True``."""
-    return tuple(f.name for f in fields_of(cls) if f.metadata.get("affects_result"))
+    """Names of the fields declared with ``json_schema_extra=RESULT``."""
+    return tuple(name for name, info in fields_of(cls).items() if info.json_schema_extra == RESULT)
 
 
-def requirement(cls: type, field: dataclasses.Field) -> str:
-    """What a value of ``field`` must be, in words: ``a positive integer``, ``in [0, 1)``,
-    ``one of ('a', 'b')``, ``a finite number > 0``."""
-    meta = field.metadata
-    if meta.get("choices"):
-        return f"one of {tuple(meta['choices'])!r}"
-    base, _ = field_type(cls, field)
-    bounds = {name: meta[name] for name, _, _ in _BOUNDS if name in meta}
-    if base is int and bounds == {"ge": 1}:
+def requirement(info: FieldInfo) -> str:
+    """What a value must be, in words: ``a positive integer``, ``in [0, 1)``, ``one of ('a', 'b')``."""
+    if choices(info):
+        return f"one of {choices(info)!r}"
+    base, limits = field_type(info)[0], bounds(info)
+    if base is int and limits == {"ge": 1}:
         return "a positive integer"
-    if base is float and len(bounds) == 2 and ("ge" in bounds or "gt" in bounds):
-        low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}"
-        high = f"{bounds['lt']})" if "lt" in bounds else f"{bounds['le']}]"
-        return f"in {low}, {high}"
+    if base is float and len(limits) == 2 and ("ge" in limits or "gt" in limits):
+        low = f"[{limits['ge']}" if "ge" in limits else f"({limits['gt']}"
+        return f"in {low}, {limits['lt']})" if "lt" in limits else f"in {low}, {limits['le']}]"
     kind = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string",
-            tuple: "a list", list: "a list"}.get(base, getattr(base, "__name__", str(base)))
-    return " ".join([kind] + [f"{symbol} {bounds[name]}" for name, symbol, _ in _BOUNDS if name in bounds])
+            tuple: "a list of strings"}.get(base, getattr(base, "__name__", str(base)))
+    return " ".join([kind] + [f"{_SYMBOLS[name]} {value}" for name, value in limits.items()])
 
 
-def check(instance: Any) -> Any:
-    """Raise ``ValueError`` naming the first field whose value has the wrong type, is out of its
-    bounds or not among its choices (``GPTConfig.head_count must be a positive integer, got 0``);
-    return ``instance`` when all are fine."""
-    cls = type(instance)
-    for field in fields_of(cls):
-        value = getattr(instance, field.name)
-        base, optional = field_type(cls, field)
-        if value is None and optional:
-            continue
-        if base is bool:
-            ok = isinstance(value, bool)
-        elif base is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif base is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif base in (tuple, list):
-            ok = isinstance(value, (tuple, list))
-        else:
-            ok = isinstance(value, base)
-        meta = field.metadata
-        if ok and meta.get("choices"):
-            ok = value in meta["choices"]
-        if ok:
-            ok = all(holds(value, meta[name]) for name, _, holds in _BOUNDS if name in meta)
-        if not ok:
-            raise ValueError(f"{cls.__name__}.{field.name} must be {requirement(cls, field)}, got {value!r}")
-    return instance
+def one_line(cls: type, error: pydantic.ValidationError, sources: tuple[type, ...] = ()) -> str:
+    """The first problem of ``error`` in one line: ``GPTConfig.head_count must be a positive
+    integer, got 0`` (in the words of the one of ``sources`` that declares the field, else of
+    ``cls``); a ``__post_init__`` rule's own message; an unknown or missing field."""
+    first = error.errors()[0]
+    if first["type"] == "value_error":
+        return str(first["ctx"]["error"])
+    field = first["loc"][0] if first["loc"] else "?"
+    field = list(fields_of(cls))[field] if isinstance(field, int) else str(field)  # a positional argument
+    cls = next((source for source in sources if field in fields_of(source)), cls)
+    if field not in fields_of(cls):  # unexpected_keyword_argument, extra_forbidden
+        return f"{cls.__name__} has no field {field!r}"
+    if first["type"] == "missing_argument":
+        return f"{cls.__name__}.{field} is required"
+    info, where = fields_of(cls)[field], ".".join(map(str, first["loc"]))
+    if len(first["loc"]) > 1 and field_type(info)[0] is not tuple:  # inside a nested model
+        return f"{cls.__name__}.{where}: {first['msg'].lower()}, got {first['input']!r}"
+    return f"{cls.__name__}.{field} must be {requirement(info)}, got {first['input']!r}"

@@ -97,12 +97,24 @@ def tokenizer_digest(tokenizer) -> str:
     return fileformat.digest(tokenizer.alphabet, tokenizer.merges)
 
 
-def weights_digest(model) -> str:
-    """sha256 over a model's weights: name, dtype, shape and bytes of each tensor, in name order."""
+def weights_digest(weights) -> str:
+    """sha256 over a model's weights (the model or its ``state_dict()``): name, dtype, shape and
+    bytes of each tensor, in name order; the same for the same weights whatever file, device or
+    run they come from (the provenance records and the MLflow registry's tag alike).
+
+    Example:
+        >>> import torch
+        >>> a = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
+        >>> weights_digest(a) == weights_digest({"b": torch.zeros(3), "w": torch.ones(2, 3)})
+        True
+        >>> weights_digest(a) == weights_digest({**a, "b": torch.full((3,), 1e-9)})
+        False
+    """
     import torch
 
+    state = weights.state_dict() if hasattr(weights, "state_dict") else weights
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
@@ -116,12 +128,9 @@ def frame_digest(frame) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 over a file's bytes, read a few MB at a time."""
-    digest = hashlib.sha256()
+    """sha256 over a file's bytes (``hashlib.file_digest``: read in chunks)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def table_digest(table_file: TableFile) -> str:

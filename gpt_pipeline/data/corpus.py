@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import random
 import re
 from collections.abc import Iterator
-from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gpt_pipeline.data.corpus_words import (
     ACTIVITIES,
@@ -47,7 +42,6 @@ from gpt_pipeline.data.corpus_words import (
     TIMES,
     TRAITS,
 )
-from gpt_pipeline.storage import atomic_write
 
 DEFAULT_NUM_STORIES = 5000  # stories in the embedded corpus (issue 2: at least 5,000)
 PARQUET_BATCH = 10_000  # stories per Parquet row group when writing large corpora
@@ -336,24 +330,3 @@ def iter_story_batches(
 def generate_stories(num_stories: int = DEFAULT_NUM_STORIES, seed: int = 0) -> list[str]:
     """The embedded corpus as a list: ``num_stories`` stories generated from ``seed``."""
     return list(iter_stories(num_stories, seed))
-
-
-def write_corpus_parquet(
-    path: str | os.PathLike, num_stories: int = DEFAULT_NUM_STORIES, seed: int = 0
-) -> Path:
-    """Write the corpus atomically as a Parquet file with one ``text`` column; returns ``path``.
-
-    Stories are generated and written in row groups of ``PARQUET_BATCH``, so that a large corpus
-    never has to fit in memory as one list.
-    """
-    schema = pa.schema([("text", pa.string())])
-    batches = iter_story_batches(num_stories, seed)  # validates num_stories before any file is made
-
-    def write(tmp: Path) -> None:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in batches:
-                writer.write_table(pa.table({"text": pa.array(batch, pa.string())}, schema=schema))
-            if num_stories == 0:
-                writer.write_table(schema.empty_table())
-
-    return atomic_write(path, write)

@@ -66,7 +66,7 @@ class DatasetWriter:
     ``num_stories`` must be known up front (the split column and the offsets' place depend on
     it): with a Parquet source, its footer's row count. ``metadata`` goes into the Parquet
     footer beside the digest (the dataset's provenance). Use as a context manager; then
-    ``result`` is the ``TableFile`` and the dataset's figures (as ``data.dataset_stats`` gives
+    ``result`` is the ``TableFile`` and the dataset's figures (as ``data.splits.dataset_stats`` gives
     them, plus ``digest``).
 
     Example:

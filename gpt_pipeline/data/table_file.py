@@ -114,6 +114,3 @@ class TableFile:
             return pq.read_table(self.path, columns=columns)
         except (pa.ArrowException, OSError) as error:
             raise self._unreadable(error) from None
-
-    def scan(self) -> pl.LazyFrame:
-        return pl.scan_parquet(self.path)

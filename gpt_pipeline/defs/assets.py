@@ -7,13 +7,12 @@ stories_source -> raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_m
 ``defs.variants``; checked first thing); the data assets are shared. Each asset resolves its config
 (field defaults, the variant's base, the run config, the variant's overrides: ``resolve_config``),
 validates it before any expensive work, calls its step in the core
-(``data.story_files.write_stories``, ``tokenizer.fit.train_tokenizer``,
-``data.dataset_files.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
+(``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
+``data.encode_stories.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
 functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
 blocking check on the value and only then yields it for the IO manager to store.
 """
 
-import dataclasses
 import shutil
 import tempfile
 import warnings
@@ -23,18 +22,18 @@ import dagster as dg
 import polars as pl
 
 from gpt_pipeline import provenance, quality
-from gpt_pipeline.data import config as data_config
+from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.data.dataset_files import load_splits
-from gpt_pipeline.data.encode import write_dataset
+from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.data.story_files import write_stories
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.defs.checks import (BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, check_result,
                                       gate, user_errors)
 from gpt_pipeline.defs.configs import (
+    BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
-    TokenizerConfig,
     TrainedModelConfig,
 )
 from gpt_pipeline.defs.launchers import retry_transient
@@ -48,19 +47,14 @@ from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.sampling import generate_samples, unseen_characters
 from gpt_pipeline.storage import scratch_dir
 from gpt_pipeline.tokenizer import BPETokenizer
-from gpt_pipeline.tokenizer import config as tokenizer_config
+from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.tokenizer.bundle import write_bundle
-from gpt_pipeline.tokenizer.fit import train_tokenizer
+from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
 GROUP = "gpt"
 # Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.
 warnings.filterwarnings("ignore", message=".*`data_version`.*", category=dg.BetaWarning)
 OWNERS = ["team:ml"]
-
-
-def core_config(cls, config: dg.Config):
-    """The core step config ``cls`` (a dataclass) with the values of the asset's run config."""
-    return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
@@ -90,7 +84,7 @@ def raw_stories(
         scratch = scratch_dir()
         path = scratch / "raw_stories.parquet"
         try:
-            stats = write_stories(path, core_config(data_config.StoriesConfig, config))
+            stats = write_stories(path, config.core(StoriesConfig))
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
@@ -127,7 +121,7 @@ def raw_stories(
 )
 def bpe_tokenizer(
     context: dg.AssetExecutionContext,
-    config: TokenizerConfig,
+    config: BpeTokenizerConfig,
     raw_stories: TableFile,
     mlflow: MLflowResource,
 ):
@@ -135,7 +129,7 @@ def bpe_tokenizer(
     with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
         run.log_params(config.model_dump())
         stories = provenance.of(raw_stories, "raw_stories")
-        tokenizer, stats = train_tokenizer(raw_stories, core_config(tokenizer_config.TokenizerConfig, config))
+        tokenizer, stats = train_tokenizer(raw_stories, config.core(TokenizerConfig))
         record = provenance.made("bpe_tokenizer", provenance.tokenizer_digest(tokenizer), {"raw_stories": stories})
         provenance.attach(tokenizer, record)  # stored in the tokenizer JSON
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
@@ -188,7 +182,7 @@ def tokenized_dataset(
         scratch = scratch_dir()
         try:
             dataset, stats = write_dataset(
-                bpe_tokenizer, raw_stories, core_config(data_config.DatasetConfig, config),
+                bpe_tokenizer, raw_stories, config.core(DatasetConfig),
                 scratch / "tokenized_dataset.parquet",
                 metadata=provenance.footer(provenance.made("tokenized_dataset", "", inputs)),
             )
@@ -245,8 +239,8 @@ def trained_model(
         inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
                                 bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
         refuse_unseen_prompts(context, bpe_tokenizer)  # the run's sample prompts, before any training
-        model_config = config.gpt_config(bpe_tokenizer.vocab_size).validate()
-        train_config = config.training_config().validate()
+        model_config = config.gpt_config(bpe_tokenizer.vocab_size)
+        train_config = config.training_config()
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
         outcome = yield from run_training(
             context,
@@ -309,7 +303,6 @@ def write_generations(context: dg.AssetExecutionContext, config: SampleGeneratio
     with user_errors():
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer})
         generation_config = config.generation_config()
-        generation_config.validate()
         skipped = unseen_characters(tokenizer, generation_config.prompts)
         model_run = upstream_mlflow_run(context, model_asset)  # the same partition's: never another's
         with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:

@@ -11,6 +11,7 @@ reads as that message instead of a wrapped traceback.
 """
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import dagster as dg
@@ -90,4 +91,4 @@ def failure_line(error) -> str:
     while error.cause is not None and (error.cls_name or "").startswith("DagsterExecution"):
         error = error.cause  # DagsterExecutionStepExecutionError, ...LoadInputError, ...HandleOutputError
     line = (error.message.strip().splitlines() or [error.cls_name or "error"])[0]
-    return line.removeprefix("dagster._core.definitions.events.Failure: ").removeprefix(f"{error.cls_name}: ")
+    return re.sub(rf"^(?:[\w.]+\.)?(?:Failure|{re.escape(error.cls_name or 'Error')}): ", "", line)  # the class

@@ -101,7 +101,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
     variant = check_variant(context) if context.has_partition_key else None
     config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation")
     with user_errors():  # a bad config or inputs that do not belong together: refused before any work
-        settings = config.evaluation_config().validate()
+        settings = config.evaluation_config()
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer,
                                                    "tokenized_dataset": dataset})
         train, test = load_splits(dataset)

@@ -1,16 +1,15 @@
 """Jobs: ``train_gpt_job`` materializes the whole lineage, evaluations included, in process by default.
 
 The in-process executor runs every step in the run's own process: the multiprocess executor
-re-imports torch for every step (about 60 s instead of 16 s for the same job here).
+re-imports torch for every step (docs/benchmarks.md: what that costs).
 """
 
 from __future__ import annotations
 
 import dagster as dg
-import yaml
 
 from gpt_pipeline.defs.assets import GROUP
-from gpt_pipeline.defs.configs import QUICKSTART
+from gpt_pipeline.defs.configs import quickstart_run_config
 
 train_gpt_job = dg.define_asset_job(
     "train_gpt_job",
@@ -19,7 +18,7 @@ train_gpt_job = dg.define_asset_job(
     # Each partition's config (Dagster loads it in the Launchpad once a partition is picked); before
     # that the Launchpad shows the config schema's defaults, which are the same values
     # (``defs.configs.quickstart_defaults``). Every field can be edited there.
-    config=yaml.safe_load(QUICKSTART.read_text()) if QUICKSTART.is_file() else None,
+    config=quickstart_run_config() or None,
     description="Materialize the whole gpt-rs lineage: stories, tokenizer, dataset, model, generations, "
     "the model's evaluation, then the champion and its evaluation. "
     "The Launchpad starts from configs/quickstart.yaml.",

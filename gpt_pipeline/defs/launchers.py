@@ -2,9 +2,8 @@
 is retried.
 
 - ``in_process``: ``gpt_pipeline.training.loop.train`` in the step's own process (one process on
-  one node only). ``auto`` (the default) picks it for one process: for a tiny training it was
-  as fast as a Pipes subprocess in a fresh process and 3 to 4 s faster in a process that had
-  trained before (no second interpreter or torch import; docs/deployment.md's figures).
+  one node only). ``auto`` (the default) picks it for one process: no second interpreter or
+  torch import (docs/deployment.md's figures).
 - ``subprocess``: the worker ``gpt_pipeline.defs.pipes_worker`` (torchrun around it for several
   processes or nodes) started here in a Dagster Pipes session (``dg.open_pipes_session`` with the
   temp-file injector and reader that ``PipesSubprocessClient`` uses; the process is started here

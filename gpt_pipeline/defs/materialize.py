@@ -28,12 +28,8 @@ _INTERRUPTS = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
 
 
 def _config_problem(error) -> str:
-    """One Dagster config error in a line; a value out of its bounds (refused when Dagster
-    resolves the run config, ``gpt_pipeline.defs.configs``) with the core's own message."""
-    data = getattr(error, "error_data", None)
-    if getattr(data, "cls_name", None) == "PostProcessingError":
-        path = ".".join(getattr(error.stack, "levels", []))
-        return f"{path}: {data.message.split(': ', 1)[-1].strip()}"
+    """One Dagster config error (a wrong type, an unknown field, a value not among the choices)
+    in a line."""
     return error.message.split(". Expected")[0]
 
 

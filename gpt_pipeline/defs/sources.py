@@ -11,13 +11,13 @@ hashed again only when its size or modification time changed since the last obse
 """
 
 
-import hashlib
 import os
+import warnings
 from pathlib import Path
 
-import warnings
-
 import dagster as dg
+
+from gpt_pipeline.provenance import file_digest
 
 
 # observable_source_asset is marked beta; it is what makes a data version of a file outside Dagster
@@ -57,11 +57,7 @@ def file_state(path: Path, previous: dict | None = None) -> dict:
     stat = path.stat()
     if previous and previous.get("size") == stat.st_size and previous.get("mtime_ns") == stat.st_mtime_ns:
         return dict(previous)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_digest(path)}
 
 
 def _previous_state(context: dg.AssetExecutionContext, path: Path) -> dict | None:

@@ -39,9 +39,7 @@ import pydantic
 import yaml
 
 from gpt_pipeline import fields
-from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.search_space import SearchSpec, parse_search
-from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets and tests import from here
     DEFAULT_VARIANT,
     VARIANTS,
@@ -51,26 +49,19 @@ from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets an
     sweep_tags,
 )
 from gpt_pipeline.defs.configs import (
+    BpeTokenizerConfig,
     ModelEvaluationConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
     TokenizedDatasetConfig,
-    TokenizerConfig,
     TrainedModelConfig,
 )
-from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.model.sampling import GenerationConfig
-from gpt_pipeline.tokenizer.config import TokenizerConfig as TokenizerSettings
-from gpt_pipeline.training.config import TrainConfig
 
-SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": TokenizerConfig,
+SHARED_ASSETS = {"raw_stories": RawStoriesConfig, "bpe_tokenizer": BpeTokenizerConfig,
                  "tokenized_dataset": TokenizedDatasetConfig}
 VARIANT_ASSETS = {"trained_model": TrainedModelConfig, "sample_generations": SampleGenerationsConfig,
                   "model_evaluation": ModelEvaluationConfig}
 ASSET_CONFIGS = {**SHARED_ASSETS, **VARIANT_ASSETS}
-CORE_CONFIGS = {"raw_stories": (StoriesConfig,), "bpe_tokenizer": (TokenizerSettings,),
-                "tokenized_dataset": (DatasetConfig,), "trained_model": (GPTConfig, TrainConfig),
-                "sample_generations": (GenerationConfig,), "model_evaluation": (EvaluationConfig,)}
 
 
 class SweepError(ValueError):
@@ -143,60 +134,39 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
         raise SweepError(f"run config {str(path)!r} is not YAML: {str(error).splitlines()[0]}") from None
 
 
-def _type_problem(asset: str, name: str, value: Any) -> str | None:
-    """What is wrong with the type of ``value`` for the core field ``name`` (as Dagster's config
-    types see it: no string for a number, no number for a flag), or None."""
-    for cls in CORE_CONFIGS[asset]:
-        field = next((f for f in fields.fields_of(cls) if f.name == name), None)
-        if field is None:
-            continue
-        base, optional = fields.field_type(cls, field)
-        if value is None:
-            return None if optional else "must be set, got None"
-        expected = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list,), list: (list,)}
-        allowed = expected.get(base)
-        if allowed and (not isinstance(value, allowed) or (base is not bool and isinstance(value, bool))):
-            return f"must be {'a list' if base in (tuple, list) else base.__name__}, got {value!r}"
-    return None
-
-
-def _field_type(asset: str, name: str) -> type | None:
-    """The Python type of field ``name`` of a variant asset's config, or None when it has none."""
-    for cls in CORE_CONFIGS.get(asset, ()):
-        found = next((f for f in fields.fields_of(cls) if f.name == name), None)
-        if found is not None:
-            return fields.field_type(cls, found)[0]
-    model_field = ASSET_CONFIGS[asset].model_fields.get(name) if asset in ASSET_CONFIGS else None
-    return model_field.annotation if isinstance(getattr(model_field, "annotation", None), type) else None
+def _field_type(asset: str, name: str) -> Any:
+    """The Python type of field ``name`` of an asset's config (``list`` for a list), or None."""
+    info = ASSET_CONFIGS[asset].model_fields.get(name) if asset in ASSET_CONFIGS else None
+    return fields.field_type(info)[0] if info is not None else None
 
 
 def check_config(asset: str, values: dict[str, Any], where: str) -> None:
-    """Refuse an unknown field, a value of the wrong type or out of its bounds, and the rules
-    that tie the asset's fields together, naming the field."""
+    """Refuse an unknown field, a value of the wrong type (no string for a number, as Dagster's
+    config) or out of its bounds, and the rules that tie the fields together, in one line naming
+    the field: the core settings classes check the values strictly, with the asset's defaults."""
     cls = ASSET_CONFIGS[asset]
     unknown = sorted(set(values) - set(cls.model_fields))
     if unknown:
         raise SweepError(f"{where}: {asset} has no field {unknown[0]!r}")
-    for name, value in values.items():
-        problem = _type_problem(asset, name, value)
-        if problem:
-            raise SweepError(f"{where}: {asset}.{name} {problem}")
     try:
-        config = cls.model_validate(values, strict=True)
+        for source in cls.sources:
+            names = [name for name in fields.fields_of(source) if name in cls.model_fields]
+            source(**{name: values.get(name, cls.model_fields[name].default) for name in names})
+        cls.model_validate(values, strict=True)  # the fields of its own
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "?"
-        raise SweepError(f"{where}: {asset}.{name}: {first['msg']}, got {first.get('input')!r}") from None
-    try:
-        if asset == "trained_model":
-            config.gpt_config(vocab_size=256).validate()
-            config.training_config().validate()
-        elif asset == "sample_generations":
-            config.generation_config().validate()
-        elif asset == "model_evaluation":
-            config.evaluation_config().validate()
+        raise SweepError(f"{where}: {asset}: {fields.one_line(cls, error)}") from None
     except ValueError as error:
         raise SweepError(f"{where}: {asset}: {error}") from None
+
+
+def check_run_config(run_config: Any, where: str) -> None:
+    """``check_config`` for each asset of a run config that has a derived config class (Dagster's
+    schema has no bounds); a value from the environment (``{env: NAME}``) is Dagster's to resolve."""
+    ops = run_config.get("ops") if isinstance(run_config, dict) else None
+    for asset, entry in ops.items() if isinstance(ops, dict) else ():  # the rest: Dagster's schema
+        values = entry.get("config") if isinstance(entry, dict) else None
+        if asset in ASSET_CONFIGS and isinstance(values, dict):
+            check_config(asset, {k: v for k, v in values.items() if not (isinstance(v, dict) and "env" in v)}, where)
 
 
 def parse_sweep(data: Any, name: str, folder: Path, path: Path | None = None) -> Sweep:
@@ -267,11 +237,6 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     except yaml.YAMLError as error:
         raise SweepError(f"sweep {path} is not YAML: {str(error).splitlines()[0]}") from None
     return parse_sweep(data, path.stem, path.parent, path)
-
-
-def default_sweep() -> Sweep:
-    """One variant ``default``, no base, no overrides."""
-    return Sweep("default")
 
 
 def variant_record(sweep: Sweep, variant: str, trial: dict | None = None) -> Variant:

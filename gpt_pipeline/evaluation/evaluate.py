@@ -76,7 +76,6 @@ def training_vocabulary(train: TokenArray, tokenizer) -> set[str]:
 def evaluate(model, tokenizer, train: TokenArray, test: TokenArray, config: EvaluationConfig) -> Evaluation:
     """Evaluate ``model`` (see the module docstring). ``ValueError`` when the model and the
     tokenizer do not belong together or the test split has no story to continue."""
-    config.validate()
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "
                          f"{tokenizer.vocab_size} tokens: they come from different trainings")

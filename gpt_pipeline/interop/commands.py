@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_TRAINING_PERCENTAGE = 0.9  # gpt-rs --training-percentage default
+from gpt_pipeline.data.config import DatasetConfig
+
+DEFAULT_TRAINING_PERCENTAGE = DatasetConfig().training_percentage  # gpt-rs --training-percentage default
 
 
 def add_interop_commands(subparsers) -> None:

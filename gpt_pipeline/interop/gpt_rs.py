@@ -16,11 +16,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gpt_pipeline.training.checkpoint import read_checkpoint
 from gpt_pipeline.model.gpt import GPT, GPTConfig
-from gpt_pipeline.storage import atomic_write
 
 PREFIX = "transformer."
 
@@ -72,7 +70,6 @@ def load_checkpoint(path: str | os.PathLike, config: GPTConfig) -> GPT:
     ``config``.
     """
     path = Path(path)
-    config.validate()
     tensors, _ = read_checkpoint(path)
     missing = sorted(expected_names(config) - set(tensors))
     unexpected = sorted(set(tensors) - expected_names(config))
@@ -99,19 +96,3 @@ def load_checkpoint(path: str | os.PathLike, config: GPTConfig) -> GPT:
             )
     model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     return model.eval()
-
-
-def save_gpt_rs_checkpoint(path: str | os.PathLike, model: GPT) -> Path:
-    """Write ``model`` as gpt-rs would (per-head names, no metadata), atomically."""
-    config = model.config
-    ours = {name: t.detach().to("cpu") for name, t in model.state_dict().items()}
-    tensors = {theirs: ours[name].contiguous() for name, theirs in _renames(config).items()}
-    C, hs = config.embedding_size, config.head_size
-    for i in range(config.block_count):
-        for kind in ("weight", "bias"):
-            fused = ours[f"blocks.{i}.attention.qkv.{kind}"]  # [3C, C] or [3C]
-            for p, part in enumerate(("query", "key", "value")):
-                for h in range(config.head_count):
-                    rows = fused[p * C + h * hs : p * C + (h + 1) * hs]  # [hs, C] or [hs]
-                    tensors[_head_name(i, h, part, kind)] = rows.clone().contiguous()
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))

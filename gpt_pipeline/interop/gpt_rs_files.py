@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt_pipeline.data.config import DatasetConfig
 from gpt_pipeline.interop import ron, ron_write
 from gpt_pipeline.interop.ron import Char, RonStruct
 from gpt_pipeline.model.gpt import GPTConfig
@@ -260,25 +261,16 @@ def read_train_config(path: str | os.PathLike) -> TrainConfig:
 
 def transformer_config_to_ron(config: GPTConfig) -> str:
     """``transformer_config.ron`` text for ``config`` (floats always with a point or exponent)."""
-    values = config.validate().to_dict()
+    values = config.to_dict()
     floats = _float_fields(GPTConfig)
     return ron_write.dumps(RonStruct({k: float(v) if k in floats else v for k, v in values.items()})) + "\n"
 
 
 def train_config_to_ron(config: TrainConfig) -> str:
     """``train_config.ron`` text: gpt-rs's five fields of ``config`` (ours have no place there)."""
-    config.validate()
     values = {name: getattr(config, name) for name in TRAIN_CONFIG_FIELDS}
     values["learning_rate"] = float(values["learning_rate"])
     return ron_write.dumps(RonStruct(values)) + "\n"
-
-
-def write_transformer_config(path: str | os.PathLike, config: GPTConfig) -> Path:
-    return atomic_write_text(path, transformer_config_to_ron(config))
-
-
-def write_train_config(path: str | os.PathLike, config: TrainConfig) -> Path:
-    return atomic_write_text(path, train_config_to_ron(config))
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -335,7 +327,7 @@ def import_gpt_rs_run(
     transformer_safetensors: str | os.PathLike,
     output: str | os.PathLike,
     train_config_file: str | os.PathLike | None = None,
-    training_percentage: float = 0.9,
+    training_percentage: float = DatasetConfig().training_percentage,
 ) -> ImportedRun:
     """Turn gpt-rs's files into ours in ``output``: the tokenizer bundle ``bpe_tokenizer.json``
     (+ its vocabulary listing and Hugging Face copy, ``gpt_pipeline.tokenizer.bundle``),

@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
-from gpt_pipeline.fields import check, param
+from gpt_pipeline.fields import RESULT, settings
 from gpt_pipeline.model import fused, native_attention, native_decode
 from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
 from gpt_pipeline.model.generation import sample, validate_sampling
@@ -49,14 +50,14 @@ INIT_STD = 0.02  # std of the normal initialisation of linear weights and embedd
 
 
 def _size(default: int, help: str):
-    return param(default, help, ge=1, affects_result=True)
+    return Field(default, description=help, ge=1, json_schema_extra=RESULT)
 
 
 def _dropout(help: str):
-    return param(0.05, help, ge=0, lt=1, affects_result=True)
+    return Field(0.05, description=help, ge=0, lt=1, json_schema_extra=RESULT)
 
 
-@dataclass
+@settings
 class GPTConfig:
     """gpt-rs's ``transformer_config.ron``; the defaults are its example values (2,118,912 params)."""
 
@@ -71,15 +72,12 @@ class GPTConfig:
     feed_forward_dropout: float = _dropout("Dropout after the feed-forward's output linear layer.")
     residual_dropout: float = _dropout("Dropout on the residual path, twice per block.")
 
-    def validate(self) -> GPTConfig:
-        """Raise ``ValueError`` naming the first bad field; return ``self`` when all are fine."""
-        check(self)
+    def __post_init__(self) -> None:
         if self.embedding_size % self.head_count:
             raise ValueError(
                 f"GPTConfig.embedding_size={self.embedding_size} is not divisible by "
                 f"head_count={self.head_count}"
             )
-        return self
 
     @property
     def head_size(self) -> int:
@@ -101,7 +99,7 @@ class GPTConfig:
         missing = sorted(names - set(values))
         if unknown or missing:
             raise ValueError(f"GPTConfig keys do not match: unknown {unknown}, missing {missing}")
-        return cls(**values).validate()
+        return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -218,7 +216,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.config = config.validate()
+        self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         self.position_embedding = nn.Embedding(config.context_length, config.embedding_size)
         self.embedding_dropout = Dropout(config.embedding_dropout)

@@ -10,35 +10,35 @@ tokenizer cannot encode (dropped with ``unknown="skip"``). The tokenizer is any 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Literal
 
 import polars as pl
+from pydantic import Field
 
-from gpt_pipeline.fields import check, param
+from gpt_pipeline.fields import settings
 from gpt_pipeline.model.generation import generate_text
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class GenerationConfig:
     """How ``sample_generations`` and ``gpt-pipeline generate`` sample text (gpt-rs's defaults)."""
 
-    prompts: tuple[str, ...] = param(("Once",), "Prompts to continue (gpt-rs --input).")
-    token_count: int = param(256, "New tokens per generation (gpt-rs --token-count).", ge=1)
-    temperature: float = param(0.7, "Softmax temperature (gpt-rs: 0.7).", gt=0)
-    top_k: int | None = param(None, "Sample among the k likeliest tokens; empty: all of them (gpt-rs).",
-                              ge=1)
-    num_samples: int = param(1, "Generations per prompt.", ge=1)
-    seed: int = param(1234, "Seed of the sampling generator.")
-    unknown: str = param("error", "Prompt characters the tokenizer never saw: 'error' (fail) or "
-                         "'skip' (drop them).", choices=("error", "skip"))
+    prompts: tuple[str, ...] = Field(("Once",), description="Prompts to continue (gpt-rs --input).",
+                                     strict=False)  # a list (CLI, YAML) is taken as a tuple
+    token_count: int = Field(256, description="New tokens per generation (gpt-rs --token-count).", ge=1)
+    temperature: float = Field(0.7, description="Softmax temperature (gpt-rs: 0.7).", gt=0)
+    top_k: int | None = Field(None, description="Sample among the k likeliest tokens; empty: all of them "
+                              "(gpt-rs).", ge=1)
+    num_samples: int = Field(1, description="Generations per prompt.", ge=1)
+    seed: int = Field(1234, description="Seed of the sampling generator.")
+    unknown: Literal["error", "skip"] = Field("error", description="Prompt characters the tokenizer never "
+                                              "saw: 'error' (fail) or 'skip' (drop them).")
 
-    def validate(self) -> GenerationConfig:
+    def __post_init__(self) -> None:
         if not self.prompts:
             raise ValueError("prompts is empty: give at least one prompt")
-        for prompt in self.prompts:
-            if not prompt:
-                raise ValueError("prompt is empty: gpt-rs needs at least one character to start from")
-        return check(self)
+        if not all(self.prompts):
+            raise ValueError("prompt is empty: gpt-rs needs at least one character to start from")
 
 
 GENERATIONS_SCHEMA = {"prompt": pl.String, "sample": pl.Int32, "text": pl.String, "token_count": pl.Int32}
@@ -51,7 +51,6 @@ def generate_samples(model, tokenizer, config: GenerationConfig) -> pl.DataFrame
     Prompt i samples with seed ``config.seed + i``. The model and the tokenizer must come from
     the same training (equal vocabulary sizes), else ``ValueError``.
     """
-    config.validate()
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(
             f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from gpt_pipeline.tokenizer import fileformat
-from gpt_pipeline.tokenizer.encoding import MergeEncoder, UnseenCharacters
+from gpt_pipeline.tokenizer.merge_encoding import MergeEncoder, UnseenCharacters
 from gpt_pipeline.tokenizer.pieces import PieceCounter, as_string_series
-from gpt_pipeline.tokenizer.training import learn_merges
+from gpt_pipeline.tokenizer.merge_learning import learn_merges
 
 UNKNOWN_MODES = ("error", "skip")
 

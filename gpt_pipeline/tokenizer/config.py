@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from gpt_pipeline.fields import check, param
+from gpt_pipeline.fields import settings
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class TokenizerConfig:
     """gpt-rs's BPE training: the vocabulary size (its example: 2048)."""
 
-    vocab_size: int = param(2048, "Tokens in the vocabulary: the corpus characters plus one per "
-                            "learnt merge.", ge=1)
-
-    def validate(self) -> TokenizerConfig:
-        return check(self)
+    vocab_size: int = Field(2048, description="Tokens in the vocabulary: the corpus characters plus one "
+                            "per learnt merge.", ge=1)

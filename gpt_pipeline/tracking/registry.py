@@ -26,7 +26,6 @@ ranks trained models) and registers it; nothing else here logs models or runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -40,6 +39,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag  # noqa
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from gpt_pipeline.provenance import weights_digest
 from gpt_pipeline.tracking.pyfunc import MODEL_NAME as LOGGED_MODEL_NAME
 from gpt_pipeline.tracking.pyfunc import log_pyfunc_model
 
@@ -164,28 +164,6 @@ def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:
     except MlflowException as error:
         if _code(error) not in _ALREADY_EXISTS and "already exists" not in str(error).lower():
             raise
-
-
-def weights_digest(state_dict) -> str:
-    """SHA-256 over a model's tensors (``model.state_dict()``): names, dtypes, shapes and bytes,
-    in name order. Equal for the same weights whatever file, device or run they come from.
-
-    Example:
-        >>> import torch
-        >>> a = {"w": torch.ones(2, 3), "b": torch.zeros(3)}
-        >>> weights_digest(a) == weights_digest({"b": torch.zeros(3), "w": torch.ones(2, 3)})
-        True
-        >>> weights_digest(a) == weights_digest({**a, "b": torch.full((3,), 1e-9)})
-        False
-    """
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def version_with_weights(client: MlflowClient, digest: str, model_name: str = MODEL_NAME,

@@ -136,11 +136,6 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise ValueError(f"{path} is not a readable safetensors file (truncated?): {error}") from None
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> GPTConfig:
-    """The ``GPTConfig`` stored in a checkpoint, reading only its header."""
-    return _config_from_metadata(Path(path), read_checkpoint_metadata(path))
-
-
 def model_from_tensors(path: Path, config: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPT:
     """A ``GPT`` holding ``tensors`` (extra ``optimizer.``/``rng.`` entries are ignored)."""
     model = GPT(config)

@@ -8,104 +8,94 @@ re-exports everything below. Nothing here touches a model, a file or a device.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
+from typing import Literal
+
+from pydantic import Field
 
 from gpt_pipeline.devices import resolve_device
-from gpt_pipeline.fields import check, param
+from gpt_pipeline.fields import RESULT, settings
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.data.tokens import TokenArray
 
 
-@dataclass
+def _result(default, help: str, **constraints):
+    """A field that changes what a training produces (``fields.RESULT``)."""
+    return Field(default, description=help, json_schema_extra=RESULT, **constraints)
+
+
+@settings
 class TrainConfig:
     """gpt-rs's ``train_config.ron`` (its example values) plus seed, device and our options.
 
-    ``affects_result``: every field but ``device`` and ``resume`` changes what a training produces
-    or reports (its weights, its evaluations, its checkpoints), so those fields key the
-    ``trained_model`` asset's checkpoint folder (``gpt_pipeline.defs.training_run``) and, less the
-    ones a continued run may change, must match a checkpoint to resume from it (``loop``).
+    ``RESULT``: every field but the placement ones (device, resume, threads, the nodes) changes
+    what a training produces or reports (its weights, its evaluations, its checkpoints), so those
+    fields key the ``trained_model`` asset's checkpoint folder (``gpt_pipeline.defs.training_run``)
+    and, less the ones a continued run may change, must match a checkpoint to resume from it (``loop``).
     """
 
-    learning_rate: float = param(2e-4, "AdamW learning rate (the peak one with a schedule).", gt=0,
-                                 affects_result=True)
-    training_iterations: int = param(60000, "Optimizer steps.", ge=1, affects_result=True)
-    evaluation_interval: int = param(500, "Steps between evaluations and checkpoints (step 0 included).",
-                                     ge=1, affects_result=True)
-    evaluation_iterations: int = param(5, "Batches of train and of test averaged per evaluation.", ge=1,
-                                       affects_result=True)
-    contexts_per_batch: int = param(64, "Stories (one window each) per batch.", ge=1, affects_result=True)
-    seed: int = param(1234, "Seeds initialisation, batches, dropout and evaluation batches.", ge=0,
-                      affects_result=True)
-    device: str = param("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
-    resume: bool = param(True, "Continue from the latest checkpoint of this configuration, if any.")
-    threads: int = param(0, "CPU threads of this training (torch.set_num_threads); 0: the machine's "
-                         "cores divided by the trainings allowed at once (the Dagster pool 'training', "
-                         "or gpt-pipeline sweep --parallel N), so that trainings side by side do not "
-                         "oversubscribe the cores.", ge=0)
-    lr_schedule: str = param("constant", "constant (gpt-rs) or cosine (linear warm-up, then cosine decay "
-                             "to min_learning_rate).", choices=("constant", "cosine"), affects_result=True)
-    warmup_iterations: int = param(0, "Linear warm-up steps from learning_rate / warmup to learning_rate.",
-                                   ge=0, affects_result=True)
-    min_learning_rate: float = param(2e-5, "Where the cosine decay ends.", ge=0, affects_result=True)
-    grad_clip: str = param("value", "value (gpt-rs: clamp every gradient element), norm (global norm) "
-                           "or none.", choices=("value", "norm", "none"), affects_result=True)
-    grad_clip_value: float = param(0.5, "The clamp bound, or the maximum norm.", gt=0, affects_result=True)
-    weight_decay: float = param(0.1, "AdamW decay on linear weight matrices only.", ge=0,
-                                affects_result=True)
-    precision: str = param("float32", "float32, or bfloat16 (autocast, CUDA only; else float32).",
-                           choices=("float32", "bfloat16"), affects_result=True)
-    num_processes: int = param(1, "Data-parallel processes (torchrun + DDP; each takes its share of "
-                               "every batch, rank 0 evaluates and checkpoints); 1: train in this process.",
-                               ge=1, affects_result=True)
-    distributed_backend: str = param("auto", "Process-group backend with num_processes > 1: auto (nccl "
-                                     "on CUDA, else gloo), gloo or nccl.", choices=("auto", "gloo", "nccl"),
-                                     affects_result=True)
+    learning_rate: float = _result(2e-4, "AdamW learning rate (the peak one with a schedule).", gt=0)
+    training_iterations: int = _result(60000, "Optimizer steps.", ge=1)
+    evaluation_interval: int = _result(500, "Steps between evaluations and checkpoints (step 0 included).",
+                                       ge=1)
+    evaluation_iterations: int = _result(5, "Batches of train and of test averaged per evaluation.", ge=1)
+    contexts_per_batch: int = _result(64, "Stories (one window each) per batch.", ge=1)
+    seed: int = _result(1234, "Seeds initialisation, batches, dropout and evaluation batches.", ge=0)
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    resume: bool = Field(True, description="Continue from the latest checkpoint of this configuration, if any.")
+    threads: int = Field(0, description="CPU threads of this training (torch.set_num_threads); 0: the "
+                         "machine's cores divided by the trainings allowed at once (the Dagster pool "
+                         "'training', or gpt-pipeline sweep --parallel N), so that trainings side by side do "
+                         "not oversubscribe the cores.", ge=0)
+    lr_schedule: Literal["constant", "cosine"] = _result(
+        "constant", "constant (gpt-rs) or cosine (linear warm-up, then cosine decay to min_learning_rate).")
+    warmup_iterations: int = _result(0, "Linear warm-up steps from learning_rate / warmup to learning_rate.",
+                                     ge=0)
+    min_learning_rate: float = _result(2e-5, "Where the cosine decay ends.", ge=0)
+    grad_clip: Literal["value", "norm", "none"] = _result(
+        "value", "value (gpt-rs: clamp every gradient element), norm (global norm) or none.")
+    grad_clip_value: float = _result(0.5, "The clamp bound, or the maximum norm.", gt=0)
+    weight_decay: float = _result(0.1, "AdamW decay on linear weight matrices only.", ge=0)
+    precision: Literal["float32", "bfloat16"] = _result(
+        "float32", "float32, or bfloat16 (autocast, CUDA only; else float32).")
+    num_processes: int = _result(1, "Data-parallel processes (torchrun + DDP; each takes its share of "
+                                 "every batch, rank 0 evaluates and checkpoints); 1: train in this process.",
+                                 ge=1)
+    distributed_backend: Literal["auto", "gloo", "nccl"] = _result(
+        "auto", "Process-group backend with num_processes > 1: auto (nccl on CUDA, else gloo), gloo or nccl.")
 
     # more than one machine (torchrun's static rendezvous); none of these changes the result
-    nnodes: int = param(1, "Machines (nodes) training together, each running num_processes processes; "
-                        "above 1 they meet at rdzv_endpoint.", ge=1)
-    node_rank: int = param(0, "This machine's rank among the nnodes (0: the one that evaluates, "
+    nnodes: int = Field(1, description="Machines (nodes) training together, each running num_processes "
+                        "processes; above 1 they meet at rdzv_endpoint.", ge=1)
+    node_rank: int = Field(0, description="This machine's rank among the nnodes (0: the one that evaluates, "
                            "checkpoints and reports; Dagster runs node 0).", ge=0)
-    rdzv_endpoint: str = param("", "host:port of node 0's rendezvous store (torchrun's rendezvous "
-                               "endpoint); required when nnodes > 1.")
+    rdzv_endpoint: str = Field("", description="host:port of node 0's rendezvous store (torchrun's "
+                               "rendezvous endpoint); required when nnodes > 1.")
 
-    def validate(self) -> TrainConfig:
-        """``ValueError`` naming the first bad field (``fields.check``), then the rules that tie
-        fields together."""
-        check(self)
+    def __post_init__(self) -> None:
+        """The rules that tie fields together."""
         resolve_device(self.device, check_available=False)
-        self._validate_nodes()
-        processes = self.num_processes * self.nnodes
-        if processes > self.contexts_per_batch:
-            across = f" x nnodes={self.nnodes}" if self.nnodes > 1 else ""
-            raise ValueError(f"TrainConfig.num_processes={self.num_processes}{across} is more than contexts_per_batch="
-                             f"{self.contexts_per_batch}: every process needs at least one story per batch")
-        if self.num_processes > 1 and self.device == "mps":
-            raise ValueError("TrainConfig.num_processes > 1 needs device 'cpu' or 'cuda', got 'mps'")
-        return self
-
-    def _validate_nodes(self) -> None:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"TrainConfig.node_rank={self.node_rank} is out of range for nnodes={self.nnodes} "
                              f"(0 to {self.nnodes - 1})")
-        if not isinstance(self.rdzv_endpoint, str):
-            raise ValueError(f"TrainConfig.rdzv_endpoint must be a string host:port, got {self.rdzv_endpoint!r}")
         if self.nnodes > 1 or self.rdzv_endpoint:
             host, _, port = self.rdzv_endpoint.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"TrainConfig.rdzv_endpoint must be host:port (node 0's address) when nnodes="
                                  f"{self.nnodes}, got {self.rdzv_endpoint!r}")
+        if self.num_processes * self.nnodes > self.contexts_per_batch:
+            across = f" x nnodes={self.nnodes}" if self.nnodes > 1 else ""
+            raise ValueError(f"TrainConfig.num_processes={self.num_processes}{across} is more than contexts_per_batch="
+                             f"{self.contexts_per_batch}: every process needs at least one story per batch")
+        if self.num_processes > 1 and self.device == "mps":
+            raise ValueError("TrainConfig.num_processes > 1 needs device 'cpu' or 'cuda', got 'mps'")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}")
-        return cls(**values).validate()
-
+        return cls(**values)
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:

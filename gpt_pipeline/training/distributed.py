@@ -2,9 +2,9 @@
 
 ``gpt_pipeline.training.torchrun`` builds the command line (one machine, or ``nnodes`` machines
 meeting at ``rdzv_endpoint``) and watches it. Each worker (``run_worker`` below) loads the
-dataset file itself (``data.load_splits``: memory-mapped where the file has token companions),
+dataset file itself (``data.dataset_files.load_splits``: memory-mapped where the file has token companions),
 joins the process group (gloo on CPU, nccl on CUDA, or as configured) and calls
-``training.train`` with a ``DDPReplica``:
+``training.loop.train`` with a ``DDPReplica``:
 
 - every process draws the same global batch from the shared seed and keeps its rows (rank r of
   N: rows ``[r*B//N, (r+1)*B//N)``); DDP averages the gradients, so that the step is the
@@ -205,7 +205,7 @@ def _append_event(path: Path, event: dict) -> None:
 def exit_now(code: int) -> None:
     """End a worker without the interpreter's teardown: every file is closed by now
     (checkpoints are fsynced and renamed into place); the teardown with torch and gloo loaded
-    took 3 s of a 15 s test run here."""
+    is slow (docs/benchmarks.md)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

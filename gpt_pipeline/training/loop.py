@@ -243,8 +243,7 @@ def train(
     (``{"train": n, "test": m}``, the splits' characters) adds bits per character to every
     evaluation (``gpt_pipeline.training.metrics``).
     """
-    model_config.validate()
-    config = train_config.validate()
+    config = train_config
     if replica is None and config.num_processes > 1:
         raise ValueError(f"num_processes={config.num_processes} trains in torchrun workers: use "
                          "gpt_pipeline.training.torchrun.launch, or trained_model's launcher 'subprocess'")

@@ -83,8 +83,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def check_launchable(model_config: GPTConfig, train_config: TrainConfig, dataset: str | os.PathLike) -> TrainConfig:
     """``ValueError`` (or ``FileNotFoundError``) for what would fail once workers run."""
-    model_config.validate()
-    config = train_config.validate()
+    config = train_config
     resolve_backend(config.distributed_backend, resolve_device(config.device))
     if config.num_processes * config.nnodes > 1 and not dist.is_available():
         raise ValueError("this torch build has no torch.distributed: use num_processes=1 and nnodes=1")

@@ -22,8 +22,8 @@ from gpt_pipeline.data.corpus import (
     past_form,
     plural,
     with_article,
-    write_corpus_parquet,
 )
+from gpt_pipeline_tests.file_writers import write_corpus_parquet
 
 
 @pytest.fixture(scope="module")

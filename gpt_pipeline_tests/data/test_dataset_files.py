@@ -24,7 +24,7 @@ from gpt_pipeline.data.splits import DataError, build_dataset_table, dataset_spl
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.config import DatasetConfig
 from gpt_pipeline.data.dataset_files import ARRAYS, DatasetWriter, open_token_arrays
-from gpt_pipeline.data.encode import write_dataset
+from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource

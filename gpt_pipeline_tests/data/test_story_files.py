@@ -1,5 +1,5 @@
 """Streaming of the first two stages: raw_stories written batch by batch (``write_stories``), the
-tokenizer's piece counts from batches of text (the step itself: ``tokenizer/test_fit.py``). Every
+tokenizer's piece counts from batches of text (the step itself: ``tokenizer/test_from_stories.py``). Every
 streamed result is compared with the one-shot result it replaces."""
 
 from __future__ import annotations

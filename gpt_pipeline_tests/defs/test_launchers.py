@@ -172,7 +172,7 @@ def test_retry_transient_retries_unexpected_errors_and_not_user_errors():
 ])
 def test_bad_node_settings_are_refused_with_one_line(changes, message):
     with pytest.raises(ValueError) as info:
-        TrainConfig(**changes).validate()
+        TrainConfig(**changes)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 

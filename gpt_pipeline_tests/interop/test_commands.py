@@ -14,12 +14,12 @@ from gpt_pipeline import cli
 from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.interop import gpt_rs_files as files
 from gpt_pipeline.interop.commands import add_interop_commands
-from gpt_pipeline.interop.gpt_rs import save_gpt_rs_checkpoint
 from gpt_pipeline.interop.ron import RonError
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.training.loop import TrainConfig
+from gpt_pipeline_tests.file_writers import save_gpt_rs_checkpoint, write_train_config, write_transformer_config
 
 STORIES = ["Once upon a time a cat sat.", 'The dog said "hi" to the cat.\nThe end.', "A cat and a dog.",
            "Once the dog ran.", "The cat ran to the dog."] * 4
@@ -43,8 +43,8 @@ def gpt_rs_run(tmp_path):
     return {
         "tokenizer": tokenizer, "model": model,
         "dataset": files.write_dataset(d / "dataset.ron", tokenizer, tokenizer.encode_batch(STORIES)),
-        "config": files.write_transformer_config(d / "transformer_config.ron", config),
-        "train": files.write_train_config(d / "train_config.ron", TrainConfig(training_iterations=100)),
+        "config": write_transformer_config(d / "transformer_config.ron", config),
+        "train": write_train_config(d / "train_config.ron", TrainConfig(training_iterations=100)),
         "checkpoint": save_gpt_rs_checkpoint(d / "final.safetensors", model),
     }
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpt_pipeline.interop.gpt_rs import expected_names, load_checkpoint, save_gpt_rs_checkpoint
+from gpt_pipeline.interop.gpt_rs import expected_names, load_checkpoint
 from gpt_pipeline.model.dropout import dropped_positions
+from gpt_pipeline_tests.file_writers import save_gpt_rs_checkpoint
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 

@@ -17,7 +17,7 @@ from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.data.corpus import generate_stories
 from gpt_pipeline.data.splits import dataset_splits
 from gpt_pipeline.interop import gpt_rs_files as files
-from gpt_pipeline.interop.gpt_rs import save_gpt_rs_checkpoint
+from gpt_pipeline_tests.file_writers import save_gpt_rs_checkpoint, write_train_config, write_transformer_config
 from gpt_pipeline.interop.ron import RonError
 from gpt_pipeline.model.gpt import GPTConfig
 from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
@@ -47,8 +47,8 @@ def write_gpt_rs_run(directory, tokenizer, encoded, model, train_config=TRAINING
     """gpt-rs's four files for our objects, as gpt-rs would have left them."""
     paths = {
         "dataset": files.write_dataset(directory / "dataset_200_stories.parquet.ron", tokenizer, encoded),
-        "config": files.write_transformer_config(directory / "transformer_config.ron", model.config),
-        "train": files.write_train_config(directory / "train_config.ron", train_config),
+        "config": write_transformer_config(directory / "transformer_config.ron", model.config),
+        "train": write_train_config(directory / "train_config.ron", train_config),
         "checkpoint": save_gpt_rs_checkpoint(directory / "final.safetensors", model),
     }
     return paths
@@ -189,13 +189,13 @@ def test_config_writers_known_answer_and_round_trip(tmp_path):
         "(\n    vocab_size: 300,\n    embedding_size: 32,\n    context_length: 16,\n    head_count: 2,\n"
         "    block_count: 1,\n    feed_forward_multiplier: 2,\n    embedding_dropout: 0.0,\n"
         "    attention_dropout: 0.1,\n    feed_forward_dropout: 0.0,\n    residual_dropout: 0.0,\n)\n")
-    assert files.read_transformer_config(files.write_transformer_config(tmp_path / "c.ron", config)) == config
+    assert files.read_transformer_config(write_transformer_config(tmp_path / "c.ron", config)) == config
     train_config = TrainConfig(learning_rate=1e-3, training_iterations=7, evaluation_interval=2,
                                evaluation_iterations=3, contexts_per_batch=5)
     text = files.train_config_to_ron(train_config)
     assert text == ("(\n    learning_rate: 0.001,\n    training_iterations: 7,\n    evaluation_interval: 2,\n"
                     "    evaluation_iterations: 3,\n    contexts_per_batch: 5,\n)\n")
-    assert files.read_train_config(files.write_train_config(tmp_path / "t.ron", train_config)) == train_config
+    assert files.read_train_config(write_train_config(tmp_path / "t.ron", train_config)) == train_config
 
 
 @pytest.mark.parametrize(
@@ -234,11 +234,11 @@ def test_import_checks_everything_before_writing(tmp_path, trained):
     gpt_rs = write_gpt_rs_run(tmp_path, tokenizer, encoded, model)
     out = tmp_path / "out"
     wrong = GPTConfig(**{**MODEL.to_dict(), "vocab_size": 201})
-    files.write_transformer_config(tmp_path / "wrong.ron", wrong)
+    write_transformer_config(tmp_path / "wrong.ron", wrong)
     with pytest.raises(ValueError, match="vocab_size is 201 but the dataset file's tokenizer has 200 tokens"):
         files.import_gpt_rs_run(gpt_rs["dataset"], tmp_path / "wrong.ron", gpt_rs["checkpoint"], out)
     other = GPTConfig(**{**MODEL.to_dict(), "embedding_size": 8})
-    files.write_transformer_config(tmp_path / "other.ron", other)
+    write_transformer_config(tmp_path / "other.ron", other)
     with pytest.raises(ValueError, match="has shape"):
         files.import_gpt_rs_run(gpt_rs["dataset"], tmp_path / "other.ron", gpt_rs["checkpoint"], out)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):

@@ -48,7 +48,7 @@ def test_default_config_is_gpt_rs_example():
 )
 def test_validate_rejects_bad_fields(change, message):
     with pytest.raises(ValueError, match=message):
-        GPTConfig(**change).validate()
+        GPTConfig(**change)
     with pytest.raises(ValueError, match=message):
         GPT(GPTConfig(**change))
 

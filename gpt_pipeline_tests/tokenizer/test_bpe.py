@@ -278,7 +278,7 @@ def test_count_pieces_equals_counting_every_piece_of_every_text():
         assert count_pieces(texts) == dict(expected)
 
 
-@pytest.mark.parametrize("module", ["pieces", "training", "encoding", "fileformat", "huggingface", "bpe"])
+@pytest.mark.parametrize("module", ["pieces", "merge_learning", "merge_encoding", "fileformat", "huggingface", "bpe"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -177,7 +177,8 @@ def test_two_processes_registering_at_once(tmp_path):
 def test_the_same_weights_are_registered_once(tmp_path):
     import torch
 
-    from gpt_pipeline.tracking.registry import WEIGHTS_DIGEST_TAG, log_and_register, weights_digest
+    from gpt_pipeline.provenance import weights_digest  # the one digest of weights, provenance's too
+    from gpt_pipeline.tracking.registry import WEIGHTS_DIGEST_TAG, log_and_register
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(uri)

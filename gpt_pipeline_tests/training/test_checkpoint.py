@@ -9,12 +9,12 @@ from safetensors.torch import save_file
 from gpt_pipeline.training.checkpoint import (
     load_checkpoint,
     load_training_checkpoint,
-    read_checkpoint_config,
     save_checkpoint,
     save_training_checkpoint,
 )
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.training.loop import TrainConfig, make_optimizer
+from gpt_pipeline_tests.file_writers import read_checkpoint_config
 
 TINY = GPTConfig(vocab_size=13, embedding_size=8, context_length=5, head_count=2, block_count=2,
                  feed_forward_multiplier=2)

@@ -11,7 +11,7 @@ from gpt_pipeline.data.dataset_files import load_splits, split_characters
 import pyarrow as pa
 
 from gpt_pipeline.data.config import DatasetConfig
-from gpt_pipeline.data.encode import write_dataset
+from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.data.story_files import write_texts
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.training.metrics import bits_per_character, characters_of, significant, token_characters

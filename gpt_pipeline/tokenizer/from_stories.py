@@ -48,7 +48,6 @@ def train_tokenizer(
         >>> tokenizer.merges, facts["longest_tokens"][:3]
         ([(5, 4), (6, 3), (1, 5)], ['the', 'th', 'at'])
     """
-    config.validate()  # before the pass over the stories
     started = time.perf_counter()
     table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
     rows = table_file.num_rows

@@ -52,7 +52,6 @@ def write_dataset(
         >>> pq.read_table(table_file.path).to_pydict(), facts["train_tokens"]
         ({'tokens': [[2], [1, 0], [2, 2]], 'split': ['train', 'test', 'test']}, 1)
     """
-    config.validate()
     table_file = stories if isinstance(stories, TableFile) else TableFile(stories)
     seconds, row = 0.0, 0
     with DatasetWriter(path, table_file.num_rows, tokenizer.vocab_size, config.training_percentage,

@@ -1,4 +1,4 @@
-"""The tokenizer step (``tokenizer.fit``): trained on a story file in batches, it learns exactly
+"""The tokenizer step (``tokenizer.from_stories``): trained on a story file in batches, it learns exactly
 ``BPETokenizer.train``'s merges and reports the held-out compression without a second pass."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from gpt_pipeline.data.splits import split_point
 from gpt_pipeline.data.table_file import TableFile
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.config import TokenizerConfig
-from gpt_pipeline.tokenizer.fit import chars_per_token, train_tokenizer
+from gpt_pipeline.tokenizer.from_stories import chars_per_token, train_tokenizer
 
 
 @pytest.fixture(scope="module")
