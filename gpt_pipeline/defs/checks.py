@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from gpt_pipeline.defs.sweeps import check_run_config
 from gpt_pipeline.quality import Gate
 from gpt_pipeline.storage import StorageFault
 from gpt_pipeline.tracking.tracker import TrackingError
@@ -66,14 +67,25 @@ def gate(spec: dg.AssetCheckSpec, outcome: Gate) -> Iterator[dg.AssetCheckResult
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Re-raise bad-input errors from the core as a ``dagster.Failure`` with their message; a
-    storage fault (full disk, permission denied, ...) also names the asset of the step."""
+    storage fault (full disk, permission denied, ...) also names the asset of the step. Inside a
+    step, the whole run's config is checked first (the bounds Dagster's schema does not hold), so
+    a run whose later step has a value out of bounds stops at its first step, before any work."""
     try:
+        _check_run_config()
         yield
     except StorageFault as exc:
         raise dg.Failure(description=f"{current_asset()}: {exc}", allow_retries=False) from exc
     except (ValueError, FileNotFoundError, IsADirectoryError, TrackingError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise dg.Failure(description=message, allow_retries=False) from exc
+
+
+def _check_run_config() -> None:
+    try:
+        run_config = dg.AssetExecutionContext.get().run_config
+    except Exception:  # no step running, or not an asset step
+        return
+    check_run_config(run_config, "run config")
 
 
 def current_asset() -> str:
