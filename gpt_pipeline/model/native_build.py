@@ -112,7 +112,9 @@ def kernel(name: str, head_size: int, signatures: Signatures | None = None) -> c
 def why_not(name: str, head_size: int) -> str | None:
     """Why ``kernel(name, head_size)`` is ``None`` (one line), or ``None`` when it is there."""
     vl = vector_length(head_size)
-    return f"head size {head_size} is not a multiple of 4" if vl is None else unavailable(name, {"HS": head_size, "VL": vl})
+    if vl is None:
+        return f"head size {head_size} is not a multiple of 4"
+    return unavailable(name, {"HS": head_size, "VL": vl})
 
 
 class _Unavailable(Exception):
