@@ -108,7 +108,7 @@ def seeded_generator(device: torch.device | str, seed: int | None) -> torch.Gene
 
 
 def generate_text(
-    model: "GPT",  # gpt_pipeline.model.gpt.GPT (not imported: it calls this module)
+    model,  # a gpt_pipeline.model.gpt.GPT (not imported: gpt.py imports this module)
     tokenizer: TextTokenizer,
     prompt: str,
     token_count: int,
