@@ -2,7 +2,7 @@
 
 The CLI only parses arguments and dispatches to the core's steps, the same functions the assets
 call: ``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
-``data.encode_stories.write_dataset``, ``training`` and ``model.sampling.generate_samples``; a
+``data.encode_stories.write_dataset``, ``training`` and ``model.generations.generate_samples``; a
 dataset folder holds a tokenizer bundle (``tokenizer.bundle``) and ``dataset.parquet`` with its
 token arrays, byte for byte the files of the assets ``bpe_tokenizer`` and ``tokenized_dataset``.
 Options mirror gpt-rs's where it has them; every default comes from the core's config classes.
@@ -65,7 +65,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str],
 def build_parser() -> argparse.ArgumentParser:
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
     from gpt_pipeline.model.gpt import GPTConfig
-    from gpt_pipeline.model.sampling import GenerationConfig
+    from gpt_pipeline.model.generations import GenerationConfig
     from gpt_pipeline.tokenizer.config import TokenizerConfig
     from gpt_pipeline.training.config import TrainConfig
 
@@ -316,7 +316,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from gpt_pipeline import provenance
-    from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
+    from gpt_pipeline.model.generations import GenerationConfig, generate_samples
     from gpt_pipeline.tokenizer.bundle import read_bundle
     from gpt_pipeline.tracking.generate_command import generation_inputs
     from gpt_pipeline.training.checkpoint import load_checkpoint

@@ -75,7 +75,7 @@ def test_help_shows_each_field_description_choices_and_default(capsys, command):
     from gpt_pipeline import fields
     from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
     from gpt_pipeline.model.gpt import GPTConfig
-    from gpt_pipeline.model.sampling import GenerationConfig
+    from gpt_pipeline.model.generations import GenerationConfig
     from gpt_pipeline.tokenizer.config import TokenizerConfig
     from gpt_pipeline.training.config import TrainConfig
 

@@ -8,7 +8,7 @@ stories_source -> raw_stories -> bpe_tokenizer -> tokenized_dataset -> trained_m
 (field defaults, the variant's base, the run config, the variant's overrides: ``resolve_config``),
 validates it before any expensive work, calls its step in the core
 (``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
-``data.encode_stories.write_dataset``, ``training``, ``model.sampling.generate_samples``: the same
+``data.encode_stories.write_dataset``, ``training``, ``model.generations.generate_samples``: the same
 functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
 blocking check on the value and only then yields it for the IO manager to store.
 """
@@ -44,7 +44,7 @@ from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, 
 from gpt_pipeline.defs.search_trials import trial_reporter
 from gpt_pipeline.defs.training_run import run_training
 from gpt_pipeline.model.gpt import GPT
-from gpt_pipeline.model.sampling import generate_samples, unseen_characters
+from gpt_pipeline.model.generations import generate_samples, unseen_characters
 from gpt_pipeline.storage import scratch_dir
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.config import TokenizerConfig

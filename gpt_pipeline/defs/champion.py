@@ -37,7 +37,7 @@ from gpt_pipeline.defs.metadata import standings_tables
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN_CHAMPION, following
 from gpt_pipeline.defs.variants import Variant, VariantError, known_variants, read_variant
-from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import generate_text
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.quality import Gate
 from gpt_pipeline.tokenizer import BPETokenizer

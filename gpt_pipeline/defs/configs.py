@@ -23,7 +23,7 @@ from gpt_pipeline.defs.k8s import K8sLaunchConfig
 from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.storage import project_root
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.model.generations import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig
 

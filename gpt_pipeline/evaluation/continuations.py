@@ -32,7 +32,7 @@ import torch
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.evaluation.likelihood import Bigram
 from gpt_pipeline.evaluation.metrics import SENTENCE_END, WORD
-from gpt_pipeline.model.generation import seeded_generator
+from gpt_pipeline.model.sampling import seeded_generator
 
 
 @dataclass(frozen=True)

@@ -195,13 +195,13 @@ def generate_sliding(
     seed: int | None = None,
 ) -> str:
     """``prompt`` + ``max_new_tokens`` tokens sampled from an exported model with gpt-rs's loop
-    (``generation.sample``, the one ``GPT.generate`` runs): the model's key/value cache
+    (``sampling.sample``, the one ``GPT.generate`` runs): the model's key/value cache
     while the window fills, the last ``n_positions`` tokens from position 0
     once it slides. ``pipeline`` is a ``transformers`` text-generation pipeline on the exported
     folder (anything with ``.model`` and ``.tokenizer``). The draws are ours, so the text equals
     ``generate_text(our model, ...)`` for the same seed. No length limit.
     """
-    from gpt_pipeline.model.generation import sample, seeded_generator, validate_sampling
+    from gpt_pipeline.model.sampling import sample, seeded_generator, validate_sampling
 
     validate_sampling(max_new_tokens, temperature, top_k)
     model, tokenizer = pipeline.model, pipeline.tokenizer

@@ -43,7 +43,7 @@ from pydantic import Field
 from gpt_pipeline.fields import RESULT, settings
 from gpt_pipeline.model import fused, native_attention, native_decode
 from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
-from gpt_pipeline.model.generation import sample, validate_sampling
+from gpt_pipeline.model.sampling import sample, validate_sampling
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
 INIT_STD = 0.02  # std of the normal initialisation of linear weights and embeddings
@@ -280,7 +280,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
-        ``generation.sample``, gpt-rs's loop (the last ``context_length`` tokens, the logits at
+        ``sampling.sample``, gpt-rs's loop (the last ``context_length`` tokens, the logits at
         the last position, divided by the temperature, softmax, one multinomial draw; ``top_k=1``:
         the arg-max), with dropout off (the model's mode is restored afterwards) and a key/value
         cache while the window fills. Its steps run in ``native_decode.Session`` (C) where it

@@ -1,6 +1,6 @@
 """``GPT.generate``'s CPU step through the C kernel ``native/decode.c``: one call per token.
 
-``Session(model, batch).logits(ids, start)`` is a step of ``generation.sample`` with every block,
+``Session(model, batch).logits(ids, start)`` is a step of ``sampling.sample`` with every block,
 the final LayerNorm and the head in one compiled call (the last block for the last position
 alone), so that a token costs its arithmetic rather than ~100 PyTorch operators. The weights are
 packed in the kernel's layout (products' weights transposed to ``[in, out]``), again whenever a

@@ -62,8 +62,8 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import gpt_pipeline
-from gpt_pipeline.model.generation import generate_text
-from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.model.sampling import generate_text
+from gpt_pipeline.model.generations import GenerationConfig
 from gpt_pipeline.storage import atomic_write_text
 from gpt_pipeline.tokenizer import UNKNOWN_MODES, BPETokenizer
 from gpt_pipeline.training.checkpoint import (

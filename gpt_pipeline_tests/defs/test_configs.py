@@ -30,7 +30,7 @@ from gpt_pipeline.defs.configs import (
 from gpt_pipeline.defs.training_run import result_settings
 from gpt_pipeline.definitions import defs
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.model.sampling import GenerationConfig
+from gpt_pipeline.model.generations import GenerationConfig
 from gpt_pipeline.training.checkpoint import fingerprint
 from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig

@@ -19,7 +19,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
 from gpt_pipeline.defs.variants import known_variants
 from gpt_pipeline.model.gpt import GPT
-from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
+from gpt_pipeline.model.generations import GenerationConfig, generate_samples
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
 

@@ -9,7 +9,7 @@ from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.evaluation.continuations import (bigram_continuations, first_sentence_cut, held_out_stories,
                                                    model_continuations)
 from gpt_pipeline.evaluation.likelihood import Bigram
-from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import generate_text
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 

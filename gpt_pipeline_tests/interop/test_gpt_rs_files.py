@@ -20,7 +20,7 @@ from gpt_pipeline.interop import gpt_rs_files as files
 from gpt_pipeline_tests.file_writers import save_gpt_rs_checkpoint, write_train_config, write_transformer_config
 from gpt_pipeline.interop.ron import RonError
 from gpt_pipeline.model.gpt import GPTConfig
-from gpt_pipeline.model.sampling import GenerationConfig, generate_samples
+from gpt_pipeline.model.generations import GenerationConfig, generate_samples
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.training.loop import TrainConfig, train

@@ -15,7 +15,7 @@ import torch
 
 from gpt_pipeline.data.corpus import generate_stories
 from gpt_pipeline.interop.hf import check_length, export, generate_sliding
-from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import generate_text
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.tokenizer import BPETokenizer
 

@@ -13,7 +13,7 @@ import pytest
 from safetensors import safe_open
 
 from gpt_pipeline.training.checkpoint import load_checkpoint
-from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import generate_text
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.tracker import Tracker
@@ -142,7 +142,7 @@ def test_logged_model_is_weights_and_json_without_pickles(tracking_env):
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".joblib"))], files
     assert {"MLmodel", "gpt_text_generator.py", "artifacts/model.safetensors",
             "artifacts/bpe_tokenizer.json", "requirements.txt", "code/gpt_pipeline/__init__.py",
-            "code/gpt_pipeline/tracking/pyfunc.py", "code/gpt_pipeline/model/generation.py"} <= set(files)
+            "code/gpt_pipeline/tracking/pyfunc.py", "code/gpt_pipeline/model/sampling.py"} <= set(files)
     assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".so"))], files
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (root / "MLmodel").read_text()
     assert "code: code" in (root / "MLmodel").read_text()  # put on sys.path when the model loads

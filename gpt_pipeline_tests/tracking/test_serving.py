@@ -23,7 +23,7 @@ import uuid
 import psutil
 import pytest
 
-from gpt_pipeline.model.generation import generate_text
+from gpt_pipeline.model.sampling import generate_text
 from gpt_pipeline.tracking.registry import CHAMPION_ALIAS, MODEL_NAME, champion, register_training, set_champion
 from gpt_pipeline.tracking.tracker import Tracker
 from gpt_pipeline.training.checkpoint import load_checkpoint
