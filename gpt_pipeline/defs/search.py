@@ -125,7 +125,7 @@ class Search:
         bpc = meta.get("test_bits_per_character")
         with self.lock:
             trial.set_user_attr(CPU_ATTR, float(cpu_seconds))
-            if succeeded and meta.get("pruned") and meta["pruned"].value:
+            if meta.get("pruned") and meta["pruned"].value:  # its evaluation may fail: still pruned
                 self.study.tell(number, state=state.PRUNED)
                 return f"pruned at step {meta['pruned_at_step'].value}"
             if succeeded and bpc is not None:

@@ -52,6 +52,7 @@ from gpt_pipeline.storage import exclusive
 from gpt_pipeline.training.metrics import figure_text
 
 VARIANT_STEP = "trained_model,sample_generations,model_evaluation"  # evaluated before the election
+CHAMPION_STEP = "champion_model,champion_evaluation"
 
 
 @dataclass
@@ -233,7 +234,7 @@ def run_sweep(
         children.stop()
         raise
     times["variants"] = time.monotonic() - variants_started
-    champion = _in_process(instance, job, user, "champion_model", None, "champion_model", log)
+    champion = _in_process(instance, job, user, CHAMPION_STEP, None, "champion_model", log)
     times["champion"] = champion.seconds
     times["total"] = time.monotonic() - started
     rows = _noted(standings(instance, current_data_digest(instance)), failed)
