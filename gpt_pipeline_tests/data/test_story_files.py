@@ -140,7 +140,7 @@ def test_write_stories_streams_the_embedded_corpus(tmp_path) -> None:
         "source": "embedded corpus (seed 2)", "rows_read": 30, "null_dropped": 0, "empty_dropped": 0,
         "rows_kept": 30, "source_column": "text",
     }
-    with pytest.raises(ValueError, match="num_stories must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="num_stories must be a positive integer, got 0"):
         write_stories(tmp_path / "none.parquet", StoriesConfig(num_stories=0))
     assert not (tmp_path / "none.parquet").exists()
 
