@@ -237,15 +237,15 @@ def test_trained_model_rejects_bad_config_before_training(ws, case):
     ws.assert_step_fails_clearly(result, "trained_model", fragments, before)
 
 
-def test_whole_job_with_a_bad_model_config_fails_at_that_step_only(ws):
+def test_whole_job_with_a_bad_model_config_fails_at_its_first_step_before_any_work(ws):
     run_config = copy.deepcopy(TINY_RUN_CONFIG)
     run_config["ops"]["trained_model"]["config"]["head_count"] = 3
     before = ws.snapshot()
     result = defs.resolve_job_def("train_gpt_job").execute_in_process(
         run_config=run_config, instance=with_default_variant(ws.baseline.instance), raise_on_error=False, partition_key=DEFAULT_VARIANT
     )
-    # Stories, tokenizer and dataset are rewritten with the same config: the same bytes.
-    ws.assert_step_fails_clearly(result, "trained_model", ["embedding_size=32", "head_count=3"], before)
+    # The run's first step checks the whole run config (checks.user_errors): nothing is rewritten.
+    ws.assert_step_fails_clearly(result, "raw_stories", ["trained_model", "embedding_size=32", "head_count=3"], before)
 
 
 # --- sample_generations: the checkpoint and the sampling config --------------------------------

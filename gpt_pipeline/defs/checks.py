@@ -82,7 +82,7 @@ def user_errors() -> Iterator[None]:
 
 def _check_run_config() -> None:
     try:
-        run_config = dg.AssetExecutionContext.get().run_config
+        run_config = dg.AssetExecutionContext.get().run.run_config
     except Exception:  # no step running, or not an asset step
         return
     check_run_config(run_config, "run config")

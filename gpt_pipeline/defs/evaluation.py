@@ -37,7 +37,7 @@ from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_er
 from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, following
-from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
+from gpt_pipeline.defs.variants import VARIANTS, check_variant, read_variant, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import loss_curve_markdown
 from gpt_pipeline.evaluation.evaluate import Evaluation, collapse_gate, evaluate
 from gpt_pipeline.evaluation.report import markdown_table, position_curve_png, samples, samples_markdown
@@ -93,13 +93,23 @@ def model_logged_id(context: dg.AssetExecutionContext, model_asset: str) -> str 
     return uri.value.removeprefix("models:/") if uri is not None and uri.value.startswith("models:/") else None
 
 
+def champion_variant(instance: dg.DagsterInstance) -> str | None:
+    """The variant the latest ``champion_model`` elected (its metadata), if any."""
+    records = instance.fetch_materializations(dg.AssetKey("champion_model"), limit=1).records
+    meta = records[0].asset_materialization.metadata if records and records[0].asset_materialization else {}
+    return meta["champion"].value if "champion" in meta else None
+
+
 def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: GPT, tokenizer: BPETokenizer,
                    dataset: TableFile, mlflow: MLflowResource, model_asset: str, check: dg.AssetCheckSpec):
     """The work of ``model_evaluation`` and ``champion_evaluation`` (see the module docstring)."""
     asset = context.asset_key.to_user_string()
     # first: a variant's partition key that is unknown or unsafe is refused before any work
     variant = check_variant(context) if context.has_partition_key else None
-    config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation")
+    won = None if asset == "model_evaluation" else champion_variant(context.instance)
+    champion = read_variant(won) if won else None
+    config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation",
+                            variant=champion)
     with user_errors():  # a bad config or inputs that do not belong together: refused before any work
         settings = config.evaluation_config()
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer,

@@ -189,11 +189,18 @@ def resolve_config(context: dg.AssetExecutionContext, asset: str, config: dg.Con
     under the fields the run config does not set, and the variant's overrides over all.
 
     ``like``: an asset configured as another (``champion_generations`` as ``sample_generations``):
-    the other's run config applies first, then this asset's own."""
+    the other's run config applies first (under ``variant``'s base and overrides of it, when
+    given: ``champion_evaluation`` judges as the champion's ``model_evaluation`` did), then this
+    asset's own."""
     given = given_config(context, asset)
     values = config.model_dump()
     if like is not None:
-        values.update(given_config(context, like))
+        other = given_config(context, like)
+        if variant is not None:
+            values.update({k: v for k, v in variant.base.get(like, {}).items() if k not in other})
+        values.update(other)
+        if variant is not None:
+            values.update(variant.overrides.get(like, {}))
         values.update(given)
         return type(config)(**values)
     if asset in VARIANT_ASSET_NAMES:
