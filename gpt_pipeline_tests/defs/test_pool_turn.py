@@ -4,8 +4,10 @@ per step, Dagster's default), and real in-process runs."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 import uuid
 
 import dagster as dg
@@ -43,6 +45,13 @@ def _instance(tmp_path, per_step: bool = False) -> dg.DagsterInstance:
     return dg.DagsterInstance.local_temp(str(tmp_path), overrides=overrides)
 
 
+def _stacks() -> str:
+    """Every thread's stack: why a run that should have ended is still running."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items())
+
+
 @pytest.fixture(autouse=True)
 def _released():
     TRAINING.clear()
@@ -70,6 +79,7 @@ def test_a_run_waits_for_its_turn_asleep_and_dagster_takes_the_slot_it_holds(tmp
         assert not results and waiting.is_alive()  # it waits for the slot
         assert cpu < 0.5, f"{cpu:.2f} s of CPU in 3 s of waiting"  # Dagster's own wait: ~3 s (one core)
     waiting.join(timeout=60)
+    assert not waiting.is_alive(), f"the waiting run did not end within 60 s:\n{_stacks()}"
     assert results and results[0].success
     assert messages == [f"waiting for a free slot in the Dagster pool {TRAINING_POOL!r} (another run holds it)"]
     info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
@@ -119,6 +129,7 @@ def test_a_run_waits_asleep_while_a_launched_run_uses_the_pool(tmp_path):
     RELEASE.set()
     first.join(timeout=60)
     waiting.join(timeout=60)
+    assert not waiting.is_alive(), f"the waiting run did not end within 60 s:\n{_stacks()}"
     assert results and results[0].success
     info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
     assert not info.claimed_slots and not info.pending_steps
