@@ -1,0 +1,125 @@
+"""The Dagster daemon that serves a sweep: its sensors (``sweep_sensor``) and its run queue.
+
+``serving(instance)``: when a daemon already beats for the instance (``dagster dev``, a
+deployment's daemon), nothing to do; otherwise ``dagster-daemon run`` for the project's code
+location (``workspace.yaml``) as a child, with ``DAGSTER_HOME`` the instance's folder, in a
+session of its own (a Ctrl-C in the terminal reaches the command, which cancels its runs through
+the daemon's code server first), stopped when the ``with`` block ends. Its log is
+``<instance>/sweeps/daemon.log`` (Dagster keeps ``logs/`` for itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+
+from gpt_pipeline.storage import project_root
+
+SERVING = ("SENSOR", "QUEUED_RUN_COORDINATOR")  # the daemons a sweep needs
+FRESH_SECONDS = 75.0  # Dagster's daemons beat every 30 s
+TICK_SECONDS = 20.0  # sweep_sensor ticks every 2 s where a daemon serves it
+STOP_GRACE = 20.0
+
+
+def tick_stamp(instance: dg.DagsterInstance) -> Path:
+    """The file ``sweep_sensor`` touches at each tick: a daemon that stopped leaves heartbeats that
+    look fresh for a minute, a sensor that stopped ticking does not."""
+    return Path(instance.root_directory) / "sweeps" / "sensor-tick"
+
+
+def touch_tick(instance: dg.DagsterInstance) -> None:
+    stamp = tick_stamp(instance)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+
+
+def daemon_alive(instance: dg.DagsterInstance) -> bool:
+    """Whether a daemon serves ``instance``: its sensor and run-queue daemons beat, and
+    ``sweep_sensor`` ticked lately."""
+    beats = instance.get_daemon_heartbeats()
+    now = time.time()
+    stamp = tick_stamp(instance)
+    return (all(kind in beats and now - beats[kind].timestamp < FRESH_SECONDS for kind in SERVING)
+            and stamp.is_file() and now - stamp.stat().st_mtime < TICK_SECONDS)
+
+
+class DaemonChild:
+    """``dagster-daemon run`` in a process (and session) of its own."""
+
+    def __init__(self, home: Path):
+        (home / "sweeps").mkdir(parents=True, exist_ok=True)
+        self.log_path = home / "sweeps" / "daemon.log"
+        executable = Path(sys.executable).parent / "dagster-daemon"
+        # its runs divide the cores by the pool's limit (``training_run.trainings_at_once``)
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(executable), "run", "-w", str(project_root() / "workspace.yaml")], cwd=project_root(),
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the Dagster daemon stopped (exit status {self.process.returncode}); its log: "
+                               f"{self.log_path.parent.name}/{self.log_path.name} in the instance's folder")
+
+    def stop(self) -> None:
+        """SIGTERM to the daemon and what it started (its code server, in its session), then
+        SIGKILL to what is left after ``STOP_GRACE`` seconds."""
+        group = self.process.pid  # its own session and process group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=STOP_GRACE)
+        while _group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Serving:
+    """The daemon of a sweep: the one serving the instance, else (or once it stops) a child."""
+
+    def __init__(self, instance: dg.DagsterInstance, home: Path, log):
+        self.instance, self.home, self.log, self.child = instance, home, log, None
+        self.check()
+
+    def check(self) -> None:
+        """A child that stopped: ``RuntimeError``; no daemon serving the instance: a child started."""
+        if self.child is not None:
+            self.child.check()
+        elif not daemon_alive(self.instance):
+            self.log(f"starting the Dagster daemon for this instance (its log: {self.home.name}/sweeps/daemon.log)")
+            self.child = DaemonChild(self.home)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+
+
+@contextlib.contextmanager
+def serving(instance: dg.DagsterInstance, home: Path, log=print) -> Iterator[Serving]:
+    """A daemon serving ``instance`` for the ``with`` block (``Serving``); a child started for it
+    is stopped at the end."""
+    daemon = Serving(instance, home, log)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
