@@ -25,8 +25,10 @@ from gpt_pipeline.storage import project_root
 
 SERVING = ("SENSOR", "QUEUED_RUN_COORDINATOR")  # the daemons a sweep needs
 FRESH_SECONDS = 75.0  # Dagster's daemons beat every 30 s
-TICK_SECONDS = 20.0  # sweep_sensor ticks every 2 s where a daemon serves it
+TICK_SECONDS = 60.0  # sweep_sensor ticks every 2-5 s where a daemon serves it, later on a busy machine
+STOPPED_SECONDS = 180.0  # no tick for this long with our own daemon running: the sensor was stopped
 STOP_GRACE = 20.0
+START_SECONDS = 240.0  # a daemon child's first sensor tick comes within this, even on a busy machine
 
 
 def tick_stamp(instance: dg.DagsterInstance) -> Path:
@@ -84,6 +86,7 @@ class DaemonChild:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         self.process.wait(timeout=10)
+        (self.log_path.parent / "sensor-tick").unlink(missing_ok=True)  # its ticks are over: the next sweep sees so at once
 
 
 def _group_alive(group: int) -> bool:
@@ -105,9 +108,14 @@ class Serving:
         """A child that stopped: ``RuntimeError``; no daemon serving the instance: a child started."""
         if self.child is not None:
             self.child.check()
+            stamp = tick_stamp(self.instance)
+            if time.monotonic() - self.started > START_SECONDS and (
+                    not stamp.is_file() or time.time() - stamp.stat().st_mtime > STOPPED_SECONDS):
+                raise RuntimeError("sweep_sensor does not tick: it was stopped in this instance; start it in the "
+                                   "Dagster UI (Automation) or with `dagster sensor start sweep_sensor`")
         elif not daemon_alive(self.instance):
             self.log(f"starting the Dagster daemon for this instance (its log: {self.home.name}/sweeps/daemon.log)")
-            self.child = DaemonChild(self.home)
+            self.child, self.started = DaemonChild(self.home), time.monotonic()
 
     def stop(self) -> None:
         if self.child is not None:

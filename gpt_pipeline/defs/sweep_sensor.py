@@ -158,7 +158,7 @@ def _trials(instance: dg.DagsterInstance, submission: Submission, sweep: Sweep, 
 @dg.sensor(
     name="sweep_sensor",
     job=train_gpt_job,
-    minimum_interval_seconds=2,  # a trial's end to the next trial's request: a tick
+    minimum_interval_seconds=5,  # as often as Dagster's sensor daemon looks (every 5 s)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Turns submitted sweeps (`gpt-pipeline sweep`, `sweep_job`) into queued runs: the data "
     "assets, then every variant and search trial (as many trials asked of Optuna as the pool "
