@@ -32,7 +32,8 @@ import polars as pl
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.assets import GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
+from gpt_pipeline.defs.assets import (GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run,
+                                      versioned_output)
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
 from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
@@ -137,7 +138,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
             yield from gate(check, outcome)
             record = provenance.made(asset, provenance.frame_digest(frame), inputs)
     context.log.info(f"{asset}:\n{table}")
-    yield dg.Output(
+    yield versioned_output(
         provenance.attach(frame, record),
         data_version=dg.DataVersion(record.digest),
         metadata={
