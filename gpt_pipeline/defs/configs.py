@@ -25,10 +25,9 @@ from gpt_pipeline.model.generations import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig
 
-# `make run`'s values (configs/quickstart.yaml holds the same; a test checks), the Dagster config's
-# defaults: a partitioned job's Launchpad opens with the schema's defaults, and runs launched without
-# config (the asset graph's Materialize, automation) train them. Other fields keep the core's default
-# (gpt-rs's example value).
+# `make run`'s values (configs/quickstart.yaml holds the same; a test checks) are the Dagster config's
+# defaults: the Launchpad opens with them, runs launched without config (the asset graph's Materialize,
+# automation) train them. Other fields keep the core's default (gpt-rs's example value).
 QUICKSTART: dict[str, dict[str, Any]] = {
     "raw_stories": {"num_stories": 5000, "seed": 0},
     "bpe_tokenizer": {"vocab_size": 1024},
@@ -76,31 +75,27 @@ def _field(info: FieldInfo, default: Any) -> tuple[Any, FieldInfo]:
     return hint, pydantic.Field(default, description=fields.describe(info) or None, **fields.bounds(info))
 
 
-def derived(asset: str, *sources: type, skip: tuple[str, ...] = ()) -> type[CoreConfig]:
-    """A ``CoreConfig`` with the fields of ``sources`` less ``skip``, defaulting to ``QUICKSTART[asset]``."""
+def derived(name: str, asset: str, *sources: type, skip: tuple[str, ...] = ()) -> type[CoreConfig]:
+    """The ``CoreConfig`` ``name`` with the fields of ``sources`` less ``skip``, defaulting to
+    ``QUICKSTART[asset]``; its docstring (the Launchpad's description) is the first source's."""
     definitions: dict[str, Any] = {}
     for key, info in ((k, i) for source in sources for k, i in fields.fields_of(source).items() if k not in skip):
         if key in definitions:
             raise ValueError(f"{asset}: field {key!r} is declared by two of {sources}")
         definitions[key] = _field(info, QUICKSTART.get(asset, {}).get(key, info.get_default(call_default_factory=True)))
-    model = pydantic.create_model(f"{asset}_fields", __base__=CoreConfig, __module__=__name__, **definitions)
+    model = pydantic.create_model(name, __base__=CoreConfig, __module__=__name__, __doc__=sources[0].__doc__,
+                                  **definitions)
     model.sources = sources
     return model
 
 
-class RawStoriesConfig(derived("raw_stories", StoriesConfig)):
-    """The stories (``StoriesConfig``)."""
+RawStoriesConfig = derived("RawStoriesConfig", "raw_stories", StoriesConfig)
+BpeTokenizerConfig = derived("BpeTokenizerConfig", "bpe_tokenizer", TokenizerConfig)
+TokenizedDatasetConfig = derived("TokenizedDatasetConfig", "tokenized_dataset", DatasetConfig)
 
 
-class BpeTokenizerConfig(derived("bpe_tokenizer", TokenizerConfig)):
-    """The tokenizer (``TokenizerConfig``)."""
-
-
-class TokenizedDatasetConfig(derived("tokenized_dataset", DatasetConfig)):
-    """The dataset's split (``DatasetConfig``)."""
-
-
-class TrainedModelConfig(derived("trained_model", GPTConfig, TrainConfig, skip=("vocab_size",))):
+class TrainedModelConfig(derived("TrainedModelFields", "trained_model", GPTConfig, TrainConfig,
+                                 skip=("vocab_size",))):
     """The transformer (GPTConfig; vocab_size comes from the tokenizer) and its training (TrainConfig)."""
 
     initial_checkpoint: str | None = pydantic.Field(
@@ -123,15 +118,15 @@ class TrainedModelConfig(derived("trained_model", GPTConfig, TrainConfig, skip=(
         return self.core(TrainConfig)
 
 
-class SampleGenerationsConfig(derived("sample_generations", GenerationConfig)):
-    """The sampling (``GenerationConfig``)."""
+class SampleGenerationsConfig(derived("SampleGenerationsFields", "sample_generations", GenerationConfig)):
+    __doc__ = GenerationConfig.__doc__
 
     def generation_config(self) -> GenerationConfig:
         return self.core(GenerationConfig)
 
 
-class ModelEvaluationConfig(derived("model_evaluation", EvaluationConfig)):
-    """The evaluation (``EvaluationConfig``)."""
+class ModelEvaluationConfig(derived("ModelEvaluationFields", "model_evaluation", EvaluationConfig)):
+    __doc__ = EvaluationConfig.__doc__
 
     def evaluation_config(self) -> EvaluationConfig:
         return self.core(EvaluationConfig)

@@ -40,14 +40,7 @@ import yaml
 
 from gpt_pipeline import fields
 from gpt_pipeline.defs.search_space import SearchSpec, parse_search
-from gpt_pipeline.defs.variants import (  # noqa: F401 - the names the assets and tests import from here
-    DEFAULT_VARIANT,
-    VARIANTS,
-    Variant,
-    is_safe_name,
-    resolve_config,
-    sweep_tags,
-)
+from gpt_pipeline.defs.variants import DEFAULT_VARIANT, Variant, is_safe_name
 from gpt_pipeline.defs.configs import (
     BpeTokenizerConfig,
     ModelEvaluationConfig,
@@ -137,7 +130,7 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
 def _field_type(asset: str, name: str) -> Any:
     """The Python type of field ``name`` of an asset's config (``list`` for a list), or None."""
     info = ASSET_CONFIGS[asset].model_fields.get(name) if asset in ASSET_CONFIGS else None
-    return fields.field_type(info)[0] if info is not None else None
+    return fields.field_type(info) if info is not None else None
 
 
 def check_config(asset: str, values: dict[str, Any], where: str) -> None:
