@@ -1,10 +1,10 @@
 """Importing the package has no effect on the process or the project's files: every module of
 ``gpt_pipeline``, imported in a fresh interpreter, opens no file of the project (a config, a data
-file: only its own code), leaves no warning filter of its own, sets no umask, signal handler,
-environment variable or working directory. ``PROBE`` records each of these as it happens (an audit
-hook on "open", "os.putenv", "os.unsetenv", "os.chdir"; wrappers of the functions that have no
-audit event) when the caller is the package's own code, and prints them; the test on a small
-planted package shows that it finds each."""
+file: only its own code) and no other file from its own code, leaves no warning filter of its own,
+sets no umask, signal handler, environment variable or working directory. ``PROBE`` records each of
+these as it happens (an audit hook on "open", "os.putenv", "os.unsetenv", "os.chdir"; wrappers of
+the functions that have no audit event) when the caller is the package's own code, and prints them;
+the test on a small planted package shows that it finds each."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ import importlib, os, pkgutil, signal, sys, warnings
 
 root, package_name = os.path.realpath(sys.argv[1]), sys.argv[2]
 package_dir = os.path.join(root, package_name) + os.sep
+stdlib = os.path.dirname(os.__file__)
 found, added_filters = [], []
 
 
 def ours(frame) -> str | None:
-    """``file:line`` of the caller (past os.environ's frames and this probe's) when it is the
-    package's own code, else None."""
-    while frame is not None and frame.f_code.co_filename in (os.__file__, "<frozen os>", "<string>"):  # os.environ; this probe
+    """``file:line`` of the caller (past the standard library's frames and this probe's) when it is
+    the package's own code, else None."""
+    while frame is not None and frame.f_code.co_filename.startswith((stdlib, "<frozen", "<string>")):
         frame = frame.f_back
     if frame is not None and frame.f_code.co_filename.startswith(package_dir):
         return f"{os.path.relpath(frame.f_code.co_filename, root)}:{frame.f_lineno}"
@@ -38,8 +39,10 @@ def audit(event, args):
         path = os.path.realpath(os.fsdecode(args[0]))
         inside = os.path.relpath(path, root)
         code = path.endswith((".py", ".pyc")) or any(part in path for part in ("__pycache__", "__editable__", ".egg-info"))
-        if not inside.startswith((os.pardir, ".venv")) and not code:
+        if not code and not inside.startswith((os.pardir, ".venv")):  # a file of the project
             found.append(f"opened {inside}")
+        elif not code and (where := ours(sys._getframe(1))):  # any other file, by the package's code
+            found.append(f"opened {path} at {where}")
     elif event in ("os.putenv", "os.unsetenv", "os.chdir") and (where := ours(sys._getframe(1))):
         found.append(f"{event}{args!r} at {where}")
 
@@ -93,6 +96,7 @@ def test_the_probe_finds_each_effect(tmp_path):
     (tmp_path / "planted" / "effects.py").write_text(textwrap.dedent("""
         import os, pathlib, signal, warnings
         SETTINGS = (pathlib.Path(__file__).parents[1] / "configs" / "settings.yaml").read_text()
+        NOTHING = open(os.devnull).read()
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         os.environ["PLANTED"] = "1"
         os.umask(os.umask(0o022))
@@ -102,7 +106,7 @@ def test_the_probe_finds_each_effect(tmp_path):
     """))
     effects = import_effects(tmp_path, "planted")
     assert [line.split("(")[0].split(" at ")[0] for line in effects] == [
-        "opened configs/settings.yaml", "warnings.filterwarnings", "os.putenv", "os.umask", "os.umask",
-        "signal.signal"], effects
-    assert all(line.endswith(("planted/effects.py:4", "planted/effects.py:5", "planted/effects.py:6",
-                              "planted/effects.py:7")) for line in effects[1:]), effects
+        "opened configs/settings.yaml", "opened /dev/null", "warnings.filterwarnings", "os.putenv",
+        "os.umask", "os.umask", "signal.signal"], effects
+    assert [line.rpartition(":")[2] for line in effects[1:]] == ["4", "5", "6", "7", "7", "8"], effects
+    assert all("planted/effects.py:" in line for line in effects[1:]), effects

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import pydantic
-from pydantic.fields import FieldInfo
 
 from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
@@ -67,22 +66,18 @@ class CoreConfig(dg.Config):
         return cls(**{**mine, **values})
 
 
-def _field(info: FieldInfo, default: Any) -> tuple[Any, FieldInfo]:
-    """``create_model``'s (annotation, ``pydantic.Field``) of a core field, defaulting to ``default``."""
-    hint = info.annotation
-    if typing.get_origin(hint) is tuple:  # Dagster's config has lists, not tuples
-        hint, default = list[typing.get_args(hint)[0]], list(default)
-    return hint, pydantic.Field(default, description=fields.describe(info) or None, **fields.bounds(info))
-
-
 def derived(name: str, asset: str, *sources: type, skip: tuple[str, ...] = ()) -> type[CoreConfig]:
-    """The ``CoreConfig`` ``name`` with the fields of ``sources`` less ``skip``, defaulting to
-    ``QUICKSTART[asset]``; its docstring (the Launchpad's description) is the first source's."""
+    """The ``CoreConfig`` ``name`` with the fields of ``sources`` less ``skip`` (type, bounds,
+    description with them), defaulting to ``QUICKSTART[asset]``; its docstring (the Launchpad's
+    description) is the first source's."""
     definitions: dict[str, Any] = {}
     for key, info in ((k, i) for source in sources for k, i in fields.fields_of(source).items() if k not in skip):
         if key in definitions:
             raise ValueError(f"{asset}: field {key!r} is declared by two of {sources}")
-        definitions[key] = _field(info, QUICKSTART.get(asset, {}).get(key, info.get_default(call_default_factory=True)))
+        hint, default = info.annotation, QUICKSTART.get(asset, {}).get(key, info.get_default(call_default_factory=True))
+        if typing.get_origin(hint) is tuple:  # Dagster's config has lists, not tuples
+            hint, default = list[typing.get_args(hint)[0]], list(default)
+        definitions[key] = hint, pydantic.Field(default, description=fields.describe(info) or None, **fields.bounds(info))
     model = pydantic.create_model(name, __base__=CoreConfig, __module__=__name__, __doc__=sources[0].__doc__,
                                   **definitions)
     model.sources = sources
@@ -92,6 +87,7 @@ def derived(name: str, asset: str, *sources: type, skip: tuple[str, ...] = ()) -
 RawStoriesConfig = derived("RawStoriesConfig", "raw_stories", StoriesConfig)
 BpeTokenizerConfig = derived("BpeTokenizerConfig", "bpe_tokenizer", TokenizerConfig)
 TokenizedDatasetConfig = derived("TokenizedDatasetConfig", "tokenized_dataset", DatasetConfig)
+ModelEvaluationConfig = derived("ModelEvaluationConfig", "model_evaluation", EvaluationConfig)
 
 
 class TrainedModelConfig(derived("TrainedModelFields", "trained_model", GPTConfig, TrainConfig,
@@ -123,10 +119,3 @@ class SampleGenerationsConfig(derived("SampleGenerationsFields", "sample_generat
 
     def generation_config(self) -> GenerationConfig:
         return self.core(GenerationConfig)
-
-
-class ModelEvaluationConfig(derived("ModelEvaluationFields", "model_evaluation", EvaluationConfig)):
-    __doc__ = EvaluationConfig.__doc__
-
-    def evaluation_config(self) -> EvaluationConfig:
-        return self.core(EvaluationConfig)
