@@ -1,10 +1,9 @@
-"""Each asset's Dagster config class (pydantic), derived from the core settings' fields.
+"""Each asset's Dagster config class (pydantic), derived from the core settings' fields (``derived``).
 
-``derived`` copies each field's type, description (with its bounds or choices) and bounds; the
-defaults are ``QUICKSTART``'s. A ``Literal`` is an enum of Dagster's schema, refused before a run
-starts; a tuple becomes a list. The schema has no bounds: the step refuses a value out of them when
-it builds its config, before any work, in one line with the core's words (``ConfigRefused``); the
-CLI and the sweeps check them up front.
+A ``Literal`` is an enum of Dagster's schema, refused before a run starts; a tuple becomes a list.
+The schema has no bounds: the step refuses a value out of them when it builds its config, before
+any work, in one line with the core's words (``ConfigRefused``); the CLI and the sweeps check them
+up front.
 """
 
 from __future__ import annotations
