@@ -52,8 +52,6 @@ from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
 GROUP = "gpt"
-# Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.
-warnings.filterwarnings("ignore", message=".*`data_version`.*", category=dg.BetaWarning)
 OWNERS = ["team:ml"]
 
 
@@ -90,7 +88,7 @@ def raw_stories(
             raise
         run.log_metrics({"stories": stats["rows_kept"], "characters": stats["characters"]})
         record = provenance.of(TableFile(path), "raw_stories")  # the text digest in its footer
-    return dg.Output(
+    return versioned_output(
         TableFile(path),
         data_version=dg.DataVersion(record.digest),
         metadata={
@@ -138,7 +136,7 @@ def bpe_tokenizer(
         with tempfile.TemporaryDirectory() as tmp:
             write_bundle(tokenizer, Path(tmp))
             run.log_artifact(Path(tmp), "tokenizer")
-    yield dg.Output(
+    yield versioned_output(
         tokenizer,
         data_version=dg.DataVersion(record.digest),
         metadata={
@@ -193,7 +191,7 @@ def tokenized_dataset(
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-    yield dg.Output(
+    yield versioned_output(
         dataset,
         data_version=dg.DataVersion(record.digest),
         metadata={
@@ -263,8 +261,8 @@ def trained_model(
         model = outcome.output.value
         record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
         provenance.attach(model, record)  # stored in the safetensors metadata
-    yield dg.Output(model, metadata={**outcome.output.metadata, **lineage(record)},
-                    data_version=dg.DataVersion(record.digest))
+    yield versioned_output(model, metadata={**outcome.output.metadata, **lineage(record)},
+                           data_version=dg.DataVersion(record.digest))
     yield outcome.check_result()
 
 
@@ -316,7 +314,7 @@ def write_generations(context: dg.AssetExecutionContext, config: SampleGeneratio
             record = provenance.made(asset, provenance.frame_digest(frame), inputs)
     for row in frame.iter_rows(named=True):
         context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
-    yield dg.Output(
+    yield versioned_output(
         provenance.attach(frame, record),  # stored in the Parquet footer
         data_version=dg.DataVersion(record.digest),
         metadata={
@@ -346,6 +344,13 @@ def checked_inputs(context: dg.AssetExecutionContext, asset: str, **values) -> d
     for warning in provenance.check_inputs(asset, inputs):
         context.log.warning(warning)
     return inputs
+
+
+def versioned_output(value, **kwargs) -> dg.Output:
+    """``dg.Output(value, data_version=..., ...)``: Dagster marks ``data_version`` beta (the data
+    versions keep the UI's staleness true); its BetaWarning is silenced for this call, not the process."""
+    with warnings.catch_warnings(action="ignore", category=dg.BetaWarning):
+        return dg.Output(value, **kwargs)
 
 
 def lineage(record: provenance.Provenance) -> dict[str, dg.MetadataValue]:

@@ -28,7 +28,7 @@ import dagster as dg
 import torch
 
 from gpt_pipeline import provenance
-from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_generations
+from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, versioned_output, write_generations
 from gpt_pipeline.defs.checks import blocking_check, check_result, failure_line, gate, user_errors
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.evaluation import STANDING_COLUMNS, evaluation_standing
@@ -207,7 +207,7 @@ def champion_model(
             run.log_text(table, "standings.md")
             run.log_dict({"standings": [{k: r.get(k) for k in (*COLUMNS, "mlflow_run_id")} for r in rows]},
                          "standings.json")
-    yield dg.Output(
+    yield versioned_output(
         provenance.attach(model.to(torch.device("cpu")), record),
         data_version=dg.DataVersion(record.digest),
         metadata={

@@ -32,13 +32,15 @@ import polars as pl
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.assets import GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
+from gpt_pipeline.defs.assets import (GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run,
+                                      versioned_output)
 from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
 from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, following
 from gpt_pipeline.defs.variants import VARIANTS, check_variant, read_variant, resolve_config, sweep_tags
 from gpt_pipeline.defs.training_run import loss_curve_markdown
+from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.evaluation.evaluate import Evaluation, collapse_gate, evaluate
 from gpt_pipeline.evaluation.report import markdown_table, position_curve_png, samples, samples_markdown
 from gpt_pipeline.model.gpt import GPT
@@ -111,7 +113,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
     config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation",
                             variant=champion)
     with user_errors():  # a bad config or inputs that do not belong together: refused before any work
-        settings = config.evaluation_config()
+        settings = config.core(EvaluationConfig)
         inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer,
                                                    "tokenized_dataset": dataset})
         train, test = load_splits(dataset)
@@ -137,7 +139,7 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
             yield from gate(check, outcome)
             record = provenance.made(asset, provenance.frame_digest(frame), inputs)
     context.log.info(f"{asset}:\n{table}")
-    yield dg.Output(
+    yield versioned_output(
         provenance.attach(frame, record),
         data_version=dg.DataVersion(record.digest),
         metadata={

@@ -21,6 +21,7 @@ from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
 from gpt_pipeline.defs.configs import (
+    QUICKSTART,
     BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
@@ -84,6 +85,13 @@ def test_every_field_comes_from_the_core_declaration(config_class, sources, extr
     assert ASSET_CONFIGS[{"RawStoriesConfig": "raw_stories", "BpeTokenizerConfig": "bpe_tokenizer",
                           "TokenizedDatasetConfig": "tokenized_dataset", "TrainedModelConfig": "trained_model",
                           "SampleGenerationsConfig": "sample_generations"}[config_class.__name__]] is config_class
+
+
+def test_the_defaults_are_the_quickstart_file_and_the_job_config():
+    """One place per default: ``QUICKSTART`` (Python, read at no import) is configs/quickstart.yaml's
+    content, and train_gpt_job's config, so `make run` and a run without config train the same model."""
+    assert QUICKSTART_OPS == {asset: {"config": values} for asset, values in QUICKSTART.items()}
+    assert defs.resolve_job_def("train_gpt_job").partitioned_config.get_run_config_for_partition_key("default") == {"ops": QUICKSTART_OPS}
 
 
 def test_choices_are_enums_of_the_schema_and_bounds_are_in_the_description():
