@@ -1,7 +1,10 @@
-"""Shared fixtures: an isolated data directory and MLflow store for every test that asks, and a
+"""Shared fixtures: an isolated data directory and MLflow store for every test that asks, the signal
+dispositions each test found put back after it, and a
 kernel cache of the session's own (no test reads or writes ``~/.cache``)."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 
@@ -12,6 +15,18 @@ def session_kernel_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path_factory.mktemp("kernels")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def signals_kept():
+    """SIGINT's and SIGTERM's dispositions put back after each test: Dagster's in-process runs
+    (``dg.materialize`` in a test) give SIGTERM SIGINT's, which a background ``make test`` ignores,
+    and every process a later test starts would inherit SIGTERM ignored."""
+    kept = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in kept.items():
+        if handler is not None:
+            signal.signal(number, handler)
 
 
 @pytest.fixture
