@@ -23,9 +23,8 @@ from gpt_pipeline.model.generations import GenerationConfig
 from gpt_pipeline.tokenizer.config import TokenizerConfig
 from gpt_pipeline.training.config import TrainConfig
 
-# `make run`'s values (configs/quickstart.yaml holds the same; a test checks) are the Dagster config's
-# defaults: the Launchpad opens with them, runs launched without config (the asset graph's Materialize,
-# automation) train them. Other fields keep the core's default (gpt-rs's example value).
+# The Dagster config's defaults: `make run`'s values (configs/quickstart.yaml, checked equal by a test), so a run
+# launched without config (Materialize, automation) trains them; other fields keep gpt-rs's example value.
 QUICKSTART: dict[str, dict[str, Any]] = {
     "raw_stories": {"num_stories": 5000, "seed": 0},
     "bpe_tokenizer": {"vocab_size": 1024},
@@ -33,8 +32,7 @@ QUICKSTART: dict[str, dict[str, Any]] = {
     "trained_model": {"embedding_size": 96, "context_length": 64, "head_count": 4, "block_count": 3,
                       "learning_rate": 0.002, "training_iterations": 600, "evaluation_interval": 50,
                       "evaluation_iterations": 5, "contexts_per_batch": 32, "seed": 1234, "device": "auto"},
-    "sample_generations": {"prompts": ["Once", "The little dog"], "token_count": 120, "temperature": 0.7,
-                           "seed": 1234},
+    "sample_generations": {"prompts": ["Once", "The little dog"], "token_count": 120, "temperature": 0.7, "seed": 1234},
 }
 
 
@@ -87,6 +85,7 @@ RawStoriesConfig = derived("RawStoriesConfig", "raw_stories", StoriesConfig)
 BpeTokenizerConfig = derived("BpeTokenizerConfig", "bpe_tokenizer", TokenizerConfig)
 TokenizedDatasetConfig = derived("TokenizedDatasetConfig", "tokenized_dataset", DatasetConfig)
 ModelEvaluationConfig = derived("ModelEvaluationConfig", "model_evaluation", EvaluationConfig)
+SampleGenerationsConfig = derived("SampleGenerationsConfig", "sample_generations", GenerationConfig)
 
 
 class TrainedModelConfig(derived("TrainedModelFields", "trained_model", GPTConfig, TrainConfig,
@@ -105,16 +104,3 @@ class TrainedModelConfig(derived("TrainedModelFields", "trained_model", GPTConfi
         "node, else subprocess), in_process (this step's process), subprocess (a Dagster Pipes worker "
         "process, torchrun inside for several), k8s (a pod of its own through dagster-k8s's PipesK8sClient).")
     k8s: K8sLaunchConfig = pydantic.Field(default_factory=K8sLaunchConfig, description="The training pod of launcher k8s.")
-
-    def gpt_config(self, vocab_size: int) -> GPTConfig:
-        return self.core(GPTConfig, vocab_size=vocab_size)
-
-    def training_config(self) -> TrainConfig:
-        return self.core(TrainConfig)
-
-
-class SampleGenerationsConfig(derived("SampleGenerationsFields", "sample_generations", GenerationConfig)):
-    __doc__ = GenerationConfig.__doc__
-
-    def generation_config(self) -> GenerationConfig:
-        return self.core(GenerationConfig)

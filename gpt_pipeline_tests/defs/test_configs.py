@@ -115,9 +115,9 @@ def _quickstart(asset: str, cls: type, **values):
 
 def test_methods_build_the_core_configs():
     config = TrainedModelConfig(embedding_size=32, learning_rate=0.01, lr_schedule="cosine", export_hf=True)
-    assert config.gpt_config(300) == _quickstart("trained_model", GPTConfig, vocab_size=300, embedding_size=32)
-    assert config.training_config() == _quickstart("trained_model", TrainConfig, learning_rate=0.01, lr_schedule="cosine")
-    generation = SampleGenerationsConfig(prompts=["Once", "The dog"], top_k=5).generation_config()
+    assert config.core(GPTConfig, vocab_size=300) == _quickstart("trained_model", GPTConfig, vocab_size=300, embedding_size=32)
+    assert config.core(TrainConfig) == _quickstart("trained_model", TrainConfig, learning_rate=0.01, lr_schedule="cosine")
+    generation = SampleGenerationsConfig(prompts=["Once", "The dog"], top_k=5).core(GenerationConfig)
     assert generation == _quickstart("sample_generations", GenerationConfig, prompts=("Once", "The dog"), top_k=5)
     assert RawStoriesConfig(num_stories=9).core(StoriesConfig) == _quickstart("raw_stories", StoriesConfig, num_stories=9)
 
