@@ -77,7 +77,9 @@ def _load(name: str, head_size: int) -> tuple[ctypes.CDLL | None, str | None]:
     vl = vector_length(head_size)
     if vl is None:
         return None, f"head size {head_size} is not a multiple of 4"
-    key = (name, head_size, vl, cache_dirs(), enabled())
+    env = os.environ  # what cache_dirs() reads: cheaper than the paths on every training forward
+    key = (name, head_size, vl, enabled(), *map(env.get, ("GPT_PIPELINE_KERNEL_CACHE", "XDG_CACHE_HOME", "HOME")),
+           tempfile.gettempdir())
     with _lock:
         if key not in _loaded:
             try:
