@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -226,8 +227,6 @@ class TrackedRun:
         """Log finite numeric metrics at ``step`` (None and non-finite values are skipped, not
         stored); with ``model_id`` they are also the metrics of that logged model (what
         ``mlflow.search_logged_models`` ranks by), with ``dataset`` (name, digest) measured on it."""
-        import time
-
         stamp = int(time.time() * 1000)
         name, digest = dataset or (None, None)
         items = [
@@ -247,12 +246,18 @@ class TrackedRun:
         from mlflow.data.sources import LocalArtifactDatasetSource
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
         dataset = MetaDataset(LocalArtifactDatasetSource(str(source)), name=name,
                               digest=digest[:DATASET_DIGEST_LENGTH])
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        with signals_deferred():
-            self.client.log_inputs(self.run_id, datasets=[entry])
+        for attempt in range(3):  # two trainings that log one dataset at once race in MLflow's get-or-create
+            try:
+                with signals_deferred():
+                    self.client.log_inputs(self.run_id, datasets=[entry])
+                return
+            except Exception as error:  # noqa: BLE001 - MlflowException or SQLAlchemy's: the unique key lost
+                if "unique" not in str(error).lower() or attempt == 2:
+                    raise
+            time.sleep(0.2 * (attempt + 1))  # the other's row is there now: linked on the next try
 
     def log_model_params(self, model_id: str, params: Mapping[str, Any]) -> None:
         """``params`` as the parameters of the logged model ``model_id`` (shown and searchable with it)."""
