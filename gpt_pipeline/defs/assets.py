@@ -215,7 +215,7 @@ def trained_model(
         outcome = yield from run_training(
             step, plan, bpe_tokenizer, export_hf=config.export_hf,
             tags={"gpt_pipeline/overrides": variant.describe()},
-            # created once the training data is checked: a refused config leaves no parent run
+            # created after plan_training checked the data and config: a refused one leaves no parent run
             parent_run_id=mlflow.sweep_parent(variant.sweep, inputs["tokenized_dataset"].digest),
             on_evaluation=trial_reporter(variant),
         )

@@ -22,7 +22,6 @@ import dagster as dg
 
 from gpt_pipeline.defs.checks import failure_line
 from gpt_pipeline.defs.console import reader_logger
-from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.pool_turn import training_turn
 from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
 from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
