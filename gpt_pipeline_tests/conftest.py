@@ -4,9 +4,21 @@ kernel cache of the session's own (no test reads or writes ``~/.cache``)."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under ``pytest -n N`` (pytest-xdist, as ``make test`` runs), each worker is pinned to its
+    own share of the cores, and so is every process it starts: two workers training at once do
+    not spin OpenMP threads on each other's core (torch and ``devices`` read the affinity)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count:
+        cores = sorted(os.sched_getaffinity(0))
+        share = cores[int(worker.removeprefix("gw")) % len(cores)::int(count)] or cores
+        os.sched_setaffinity(0, share)
 
 
 @pytest.fixture(autouse=True, scope="session")
