@@ -48,10 +48,13 @@ sweep: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 $(DAGSTER_HOME)/dagster.yaml: | $(STAMP)
 	$(PY) -m gpt_pipeline.defs.local_instance $@
 
-# `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest.
+# `dg check defs` loads the code location as dg sees it ([tool.dg] in pyproject.toml), then pytest
+# on TEST_WORKERS workers (pytest-xdist; one per core, at most 4), a test file each at a time, each
+# worker pinned to its own cores (gpt_pipeline_tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(DG) check defs
-	$(PY) -m pytest gpt_pipeline_tests -q --durations=25
+	$(PY) -m pytest gpt_pipeline_tests -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # The code location `gpt_pipeline` of [tool.dg] (workspace.yaml names the same one).
 #

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from gpt_pipeline.model import native_attention
+from gpt_pipeline.model import native_build
 from gpt_pipeline.model.dropout import Dropout
 from gpt_pipeline.model.gpt import CausalSelfAttention, GPTConfig
 from gpt_pipeline.model.native_attention import NativeAttention
@@ -35,8 +35,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     c = GPTConfig()
     B, T, H, C = args.batch, c.context_length, c.head_count, c.embedding_size
-    if native_attention.kernel(C // H) is None:
-        raise SystemExit(f"no native attention kernel: {native_attention.unavailable(C // H)}")
+    if native_build.kernel("attention", C // H) is None:
+        raise SystemExit(f"no native attention kernel: {native_build.why_not('attention', C // H)}")
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(B, T, 3 * C, generator=g).requires_grad_(True)  # [B, T, 3C]
     grad = torch.randn(B, T, C, generator=g)  # [B, T, C]

@@ -35,7 +35,9 @@ from gpt_pipeline.data.table_file import TableFile  # noqa: E402
 from gpt_pipeline.defs.search_space import make_pruner, make_sampler, suggest  # noqa: E402
 from gpt_pipeline.defs.sweeps import parse_sweep  # noqa: E402
 from gpt_pipeline.defs.configs import TrainedModelConfig  # noqa: E402
+from gpt_pipeline.model.gpt import GPTConfig  # noqa: E402
 from gpt_pipeline.tokenizer.config import TokenizerConfig  # noqa: E402
+from gpt_pipeline.training.config import TrainConfig  # noqa: E402
 from gpt_pipeline.tokenizer.from_stories import train_tokenizer  # noqa: E402
 from gpt_pipeline.training.loop import StopTraining, train  # noqa: E402
 
@@ -68,8 +70,8 @@ def data(folder: Path):
 def run_trial(values: dict, tokenizer, splits, characters, threads: int, report=None) -> tuple[float, int, float]:
     """(test bits per character at the end, steps done, CPU seconds) of one training."""
     config = TrainedModelConfig(**{**BASE, **values, "threads": threads})
-    model_config = config.gpt_config(tokenizer.vocab_size)
-    train_config = dataclasses.replace(config.training_config(), resume=False)
+    model_config = config.core(GPTConfig, vocab_size=tokenizer.vocab_size)
+    train_config = dataclasses.replace(config.core(TrainConfig), resume=False)
     started = time.process_time()
     result = train(model_config, train_config, *splits, on_evaluation=report, characters=characters)
     return result.evaluations[-1].test_bits_per_character, result.steps, time.process_time() - started

@@ -45,7 +45,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: set[str],
             continue
         default = info.get_default(call_default_factory=True)
         flag, metavar = (flags or {}).get(name, ("--" + name.replace("_", "-"), None))
-        base, _ = fields.field_type(info)
+        base = fields.field_type(info)
         text = fields.describe(info).replace("%", "%%")
         dest = flag.lstrip("-").replace("-", "_")
         choices = fields.choices(info)

@@ -57,16 +57,15 @@ def fields_of(cls: Any) -> dict[str, FieldInfo]:
     return dict(cls.__pydantic_fields__)
 
 
-def field_type(info: FieldInfo) -> tuple[Any, bool]:
-    """``(base type, optional)``: ``int | None`` gives ``(int, True)``, ``tuple[str, ...]`` gives
-    ``(tuple, False)``, a ``Literal`` gives ``(str, ...)`` (the type of its choices)."""
-    hint, args = info.annotation, typing.get_args(info.annotation)
-    optional = (isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union) and type(None) in args
-    if optional:
-        hint = next(a for a in args if a is not type(None))
-    if typing.get_origin(hint) is typing.Literal:
-        return type(typing.get_args(hint)[0]), optional
-    return typing.get_origin(hint) or hint, optional
+def field_type(info: FieldInfo) -> type:
+    """The field's type: ``int | None`` gives ``int``, ``tuple[str, ...]`` gives ``tuple``, a
+    ``Literal`` the type of its choices."""
+    if choices(info):
+        return type(choices(info)[0])
+    hint = info.annotation
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
 
 
 def choices(info: FieldInfo) -> tuple:
@@ -97,7 +96,7 @@ def requirement(info: FieldInfo) -> str:
     """What a value must be, in words: ``a positive integer``, ``in [0, 1)``, ``one of ('a', 'b')``."""
     if choices(info):
         return f"one of {choices(info)!r}"
-    base, limits = field_type(info)[0], bounds(info)
+    base, limits = field_type(info), bounds(info)
     if base is int and limits == {"ge": 1}:
         return "a positive integer"
     if base is float and len(limits) == 2 and ("ge" in limits or "gt" in limits):
@@ -123,6 +122,6 @@ def one_line(cls: type, error: pydantic.ValidationError, sources: tuple[type, ..
     if first["type"] == "missing_argument":
         return f"{cls.__name__}.{field} is required"
     info, where = fields_of(cls)[field], ".".join(map(str, first["loc"]))
-    if len(first["loc"]) > 1 and field_type(info)[0] is not tuple:  # inside a nested model
+    if len(first["loc"]) > 1 and field_type(info) is not tuple:  # inside a nested model
         return f"{cls.__name__}.{where}: {first['msg'].lower()}, got {first['input']!r}"
     return f"{cls.__name__}.{field} must be {requirement(info)}, got {first['input']!r}"

@@ -93,7 +93,7 @@ def test_help_shows_each_field_description_choices_and_default(capsys, command):
             flag = "--" + name.replace("_", "-")
             if cls is StoriesConfig and name in renamed:
                 key = renamed[name]
-            elif fields.field_type(info)[0] is bool:
+            elif fields.field_type(info) is bool:
                 key = f"{flag}"
             else:
                 key = f"{flag} {{{','.join(choices)}}}" if choices else f"{flag} {name.upper()}"

@@ -28,7 +28,8 @@ from gpt_pipeline.training.checkpoint import load_checkpoint
 from gpt_pipeline.defs.assets import ASSETS
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.resources import MLflowResource
-from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS, VARIANTS
+from gpt_pipeline.defs.sweeps import DEFAULT_VARIANT, VARIANT_ASSETS
+from gpt_pipeline.defs.variants import VARIANTS
 from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.remote import STORAGE_URL_ENV, StorageError
 from gpt_pipeline.data.table_file import TableFile

@@ -10,12 +10,12 @@ validates it before any expensive work, calls its step in the core
 (``data.story_files.write_stories``, ``tokenizer.from_stories.train_tokenizer``,
 ``data.encode_stories.write_dataset``, ``training``, ``model.generations.generate_samples``: the same
 functions ``gpt-pipeline tokenize | train | generate`` call), logs to its own MLflow run, runs its
-blocking check on the value and only then yields it for the IO manager to store.
+blocking check on the value and only then yields it for the IO manager to store. The steps every
+asset shares are ``defs.asset_step.AssetStep``'s; each asset here says only what is its own.
 """
 
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -27,8 +27,8 @@ from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.encode_stories import write_dataset
 from gpt_pipeline.data.story_files import write_stories
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.checks import (BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, check_result,
-                                      gate, user_errors)
+from gpt_pipeline.defs.asset_step import AssetStep, upstream_mlflow_run
+from gpt_pipeline.defs.checks import BEATS_UNIGRAM, GENERATIONS_DECODE, IDS_IN_VOCAB, ROUND_TRIP, user_errors
 from gpt_pipeline.defs.configs import (
     BpeTokenizerConfig,
     RawStoriesConfig,
@@ -40,28 +40,20 @@ from gpt_pipeline.defs.launchers import retry_transient
 from gpt_pipeline.defs.prompt_check import refuse_unseen_prompts
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, SOURCE_KEY, TRAINING_POOL
-from gpt_pipeline.defs.variants import VARIANTS, check_variant, resolve_config, sweep_tags
+from gpt_pipeline.defs.variants import VARIANTS
 from gpt_pipeline.defs.search_trials import trial_reporter
-from gpt_pipeline.defs.training_run import run_training
-from gpt_pipeline.model.gpt import GPT
-from gpt_pipeline.model.generations import generate_samples, unseen_characters
+from gpt_pipeline.defs.training_run import plan_training, run_training
+from gpt_pipeline.model.gpt import GPT, GPTConfig
+from gpt_pipeline.model.generations import GenerationConfig, generate_samples, unseen_characters
 from gpt_pipeline.storage import scratch_dir
 from gpt_pipeline.tokenizer import BPETokenizer
 from gpt_pipeline.tokenizer.config import TokenizerConfig
+from gpt_pipeline.training.config import TrainConfig
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tokenizer.from_stories import train_tokenizer
 
 GROUP = "gpt"
-# Output(data_version=...) is marked beta; the data versions are what keeps the UI's staleness true.
-warnings.filterwarnings("ignore", message=".*`data_version`.*", category=dg.BetaWarning)
 OWNERS = ["team:ml"]
-
-
-def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
-    return {
-        "mlflow_run_id": dg.MetadataValue.text(run.run_id),
-        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
-    }
 
 
 @dg.asset(
@@ -78,33 +70,26 @@ def run_link(mlflow: MLflowResource, run) -> dict[str, dg.MetadataValue]:
 def raw_stories(
     context: dg.AssetExecutionContext, config: RawStoriesConfig, mlflow: MLflowResource
 ) -> dg.Output[TableFile]:
-    config = resolve_config(context, "raw_stories", config)
-    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
-        run.log_params(config.model_dump())
+    step = AssetStep(context, mlflow, config)
+    with step.run() as run:
         scratch = scratch_dir()
         path = scratch / "raw_stories.parquet"
         try:
-            stats = write_stories(path, config.core(StoriesConfig))
+            stats = write_stories(path, step.config.core(StoriesConfig))
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         run.log_metrics({"stories": stats["rows_kept"], "characters": stats["characters"]})
-        record = provenance.of(TableFile(path), "raw_stories")  # the text digest in its footer
-    return dg.Output(
-        TableFile(path),
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            "source": stats["source"],
-            "stories": dg.MetadataValue.int(stats["rows_kept"]),
-            "rows_read": dg.MetadataValue.int(stats["rows_read"]),
-            "null_dropped": dg.MetadataValue.int(stats["null_dropped"]),
-            "empty_dropped": dg.MetadataValue.int(stats["empty_dropped"]),
-            "characters": dg.MetadataValue.int(stats["characters"]),
-            "preview": dg.MetadataValue.md(_quote(stats["first"])),
-            **lineage(record),
-            **run_link(mlflow, run),
-        },
-    )
+        step.record = provenance.of(TableFile(path), "raw_stories")  # the text digest in its footer
+    return step.output(TableFile(path), {
+        "source": stats["source"],
+        "stories": dg.MetadataValue.int(stats["rows_kept"]),
+        "rows_read": dg.MetadataValue.int(stats["rows_read"]),
+        "null_dropped": dg.MetadataValue.int(stats["null_dropped"]),
+        "empty_dropped": dg.MetadataValue.int(stats["empty_dropped"]),
+        "characters": dg.MetadataValue.int(stats["characters"]),
+        "preview": dg.MetadataValue.md(_quote(stats["first"])),
+    })
 
 
 @dg.asset(
@@ -125,34 +110,25 @@ def bpe_tokenizer(
     raw_stories: TableFile,
     mlflow: MLflowResource,
 ):
-    config = resolve_config(context, "bpe_tokenizer", config)
-    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
-        run.log_params(config.model_dump())
+    step = AssetStep(context, mlflow, config, check=ROUND_TRIP)
+    with step.run() as run:
         stories = provenance.of(raw_stories, "raw_stories")
-        tokenizer, stats = train_tokenizer(raw_stories, config.core(TokenizerConfig))
-        record = provenance.made("bpe_tokenizer", provenance.tokenizer_digest(tokenizer), {"raw_stories": stories})
-        provenance.attach(tokenizer, record)  # stored in the tokenizer JSON
+        tokenizer, stats = train_tokenizer(raw_stories, step.config.core(TokenizerConfig))
+        # the provenance is stored in the tokenizer JSON
+        step.made(provenance.tokenizer_digest(tokenizer), {"raw_stories": stories}, value=tokenizer)
         run.log_metrics({k: stats[k] for k in ("alphabet_size", "merges", "training_seconds", "chars_per_token_test")})
-        outcome = quality.tokenizer_round_trip(tokenizer, raw_stories)
-        yield from gate(ROUND_TRIP, outcome)
+        yield from step.gate(quality.tokenizer_round_trip(tokenizer, raw_stories))
         with tempfile.TemporaryDirectory() as tmp:
             write_bundle(tokenizer, Path(tmp))
             run.log_artifact(Path(tmp), "tokenizer")
-    yield dg.Output(
-        tokenizer,
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            "vocab_size": dg.MetadataValue.int(stats["vocab_size"]),
-            "alphabet_size": dg.MetadataValue.int(stats["alphabet_size"]),
-            "merges": dg.MetadataValue.int(stats["merges"]),
-            "chars_per_token_test": dg.MetadataValue.float(stats["chars_per_token_test"]),
-            "training_seconds": dg.MetadataValue.float(stats["training_seconds"]),
-            "longest_tokens": dg.MetadataValue.json(stats["longest_tokens"]),
-            **lineage(record),
-            **run_link(mlflow, run),
-        },
-    )
-    yield check_result(ROUND_TRIP, outcome)
+    yield from step.results(tokenizer, {
+        "vocab_size": dg.MetadataValue.int(stats["vocab_size"]),
+        "alphabet_size": dg.MetadataValue.int(stats["alphabet_size"]),
+        "merges": dg.MetadataValue.int(stats["merges"]),
+        "chars_per_token_test": dg.MetadataValue.float(stats["chars_per_token_test"]),
+        "training_seconds": dg.MetadataValue.float(stats["training_seconds"]),
+        "longest_tokens": dg.MetadataValue.json(stats["longest_tokens"]),
+    })
 
 
 @dg.asset(
@@ -174,37 +150,28 @@ def tokenized_dataset(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    config = resolve_config(context, "tokenized_dataset", config)
-    with user_errors():  # stored inputs that do not belong together: refused before any work
-        inputs = checked_inputs(context, "tokenized_dataset", raw_stories=raw_stories, bpe_tokenizer=bpe_tokenizer)
-    with user_errors(), mlflow.asset_run(context, tags=sweep_tags(context)) as run:
-        run.log_params(config.model_dump())
+    step = AssetStep(context, mlflow, config, check=IDS_IN_VOCAB)
+    # stored inputs that do not belong together: refused before any work
+    inputs = step.check_inputs(raw_stories=raw_stories, bpe_tokenizer=bpe_tokenizer)
+    with step.run() as run:
         scratch = scratch_dir()
         try:
             dataset, stats = write_dataset(
-                bpe_tokenizer, raw_stories, config.core(DatasetConfig),
+                bpe_tokenizer, raw_stories, step.config.core(DatasetConfig),
                 scratch / "tokenized_dataset.parquet",
                 metadata=provenance.footer(provenance.made("tokenized_dataset", "", inputs)),
             )
-            record = provenance.made("tokenized_dataset", stats["digest"], inputs)
+            step.made(stats["digest"])  # content_digest: the token arrays' digest
             run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
-            outcome = quality.token_ids_in_vocab(dataset, bpe_tokenizer.vocab_size)
-            yield from gate(IDS_IN_VOCAB, outcome)
+            yield from step.gate(quality.token_ids_in_vocab(dataset, bpe_tokenizer.vocab_size))
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-    yield dg.Output(
-        dataset,
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            **{k: dg.MetadataValue.int(v) for k, v in stats.items() if isinstance(v, int)},
-            "encoding_seconds": dg.MetadataValue.float(stats["encoding_seconds"]),
-            "length_stats": dg.MetadataValue.json({k: stats[k] for k in LENGTH_STATS}),
-            **lineage(record),  # content_digest: the token arrays' digest
-            **run_link(mlflow, run),
-        },
-    )
-    yield check_result(IDS_IN_VOCAB, outcome)
+    yield from step.results(dataset, {
+        **{k: dg.MetadataValue.int(v) for k, v in stats.items() if isinstance(v, int)},
+        "encoding_seconds": dg.MetadataValue.float(stats["encoding_seconds"]),
+        "length_stats": dg.MetadataValue.json({k: stats[k] for k in LENGTH_STATS}),
+    })
 
 
 LENGTH_STATS = ("stories", "tokens", "train_stories", "train_tokens", "test_stories", "test_tokens",
@@ -233,38 +200,27 @@ def trained_model(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    variant = check_variant(context)  # first: an unknown or unsafe partition key is refused before any work
-    config = resolve_config(context, "trained_model", config, variant=variant)
+    step = AssetStep(context, mlflow, config, check=BEATS_UNIGRAM)  # the partition key first, then the config
+    config, variant = step.config, step.variant
     with retry_transient(context), user_errors():  # a retry resumes from the last checkpoint
-        inputs = checked_inputs(context, "trained_model", tokenized_dataset=tokenized_dataset,
-                                bpe_tokenizer=bpe_tokenizer, initial_checkpoint=config.initial_checkpoint)
+        inputs = step.check_inputs(tokenized_dataset=tokenized_dataset, bpe_tokenizer=bpe_tokenizer,
+                                   initial_checkpoint=config.initial_checkpoint)
         refuse_unseen_prompts(context, bpe_tokenizer)  # the run's sample prompts, before any training
-        model_config = config.gpt_config(bpe_tokenizer.vocab_size)
-        train_config = config.training_config()
+        model_config = config.core(GPTConfig, vocab_size=bpe_tokenizer.vocab_size)
+        train_config = config.core(TrainConfig)
         train_data, test_data = load_splits(tokenized_dataset)  # memory-mapped: read as sampled
+        plan = plan_training(context, model_config, train_config, train_data, test_data, bpe_tokenizer,
+                             initial_checkpoint=config.initial_checkpoint, dataset_file=tokenized_dataset,
+                             launcher=config.launcher, k8s=config.k8s)
         outcome = yield from run_training(
-            context,
-            mlflow,
-            model_config,
-            train_config,
-            train_data,
-            test_data,
-            bpe_tokenizer,
-            initial_checkpoint=config.initial_checkpoint,
-            export_hf=config.export_hf,
-            dataset_file=tokenized_dataset,
-            launcher=config.launcher,
-            k8s=config.k8s,
-            tags={**sweep_tags(context, variant), "gpt_pipeline/overrides": variant.describe()},
-            # created once the training data is checked: a refused config leaves no parent run
-            parent_run_id=lambda: mlflow.sweep_parent(variant.sweep, inputs["tokenized_dataset"].digest),
+            step, plan, bpe_tokenizer, export_hf=config.export_hf,
+            tags={"gpt_pipeline/overrides": variant.describe()},
+            # created after plan_training checked the data and config: a refused one leaves no parent run
+            parent_run_id=mlflow.sweep_parent(variant.sweep, inputs["tokenized_dataset"].digest),
             on_evaluation=trial_reporter(variant),
         )
-        model = outcome.output.value
-        record = provenance.made("trained_model", provenance.weights_digest(model), inputs)
-        provenance.attach(model, record)  # stored in the safetensors metadata
-    yield dg.Output(model, metadata={**outcome.output.metadata, **lineage(record)},
-                    data_version=dg.DataVersion(record.digest))
+        step.made(provenance.weights_digest(outcome.model), value=outcome.model)  # in the safetensors metadata
+    yield step.output(outcome.model, outcome.metadata)
     yield outcome.check_result()
 
 
@@ -287,83 +243,36 @@ def sample_generations(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    yield from write_generations(context, config, trained_model, bpe_tokenizer, mlflow, "trained_model",
-                                 GENERATIONS_DECODE)
+    step = AssetStep(context, mlflow, config, check=GENERATIONS_DECODE)  # the partition key first
+    yield from write_generations(step, trained_model, bpe_tokenizer, "trained_model")
 
 
-def write_generations(context: dg.AssetExecutionContext, config: SampleGenerationsConfig, model: GPT,
-                      tokenizer: BPETokenizer, mlflow: MLflowResource, model_asset: str,
-                      check: dg.AssetCheckSpec):
+def write_generations(step: AssetStep, model: GPT, tokenizer: BPETokenizer, model_asset: str):
     """The work of ``sample_generations`` (a variant's model) and ``champion_generations`` (the
     champion's): generate, log to MLflow (nested under the model's own run, which gets the table
-    too), gate on ``check``, then yield the frame with its metadata."""
-    asset = context.asset_key.to_user_string()
-    variant = check_variant(context) if asset == "sample_generations" else None  # before any work
-    config = resolve_config(context, asset, config, like=None if variant else "sample_generations", variant=variant)
+    too), gate, then yield the frame with its metadata."""
     with user_errors():
-        inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer})
-        generation_config = config.generation_config()
+        step.check_inputs(**{model_asset: model, "bpe_tokenizer": tokenizer})
+        generation_config = step.config.core(GenerationConfig)
         skipped = unseen_characters(tokenizer, generation_config.prompts)
-        model_run = upstream_mlflow_run(context, model_asset)  # the same partition's: never another's
-        with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:
-            run.log_params(config.model_dump())
+        model_run = upstream_mlflow_run(step.context, model_asset)  # the same partition's: never another's
+        with step.run(parent_run_id=model_run) as run:
             frame = generate_samples(model, tokenizer, generation_config)
             run.log_table(frame, "generations.json")
             if model_run:  # the model's run shows what its model writes, too
                 run.client.log_table(model_run, data=frame.to_pandas(), artifact_file="generations.json")
-            outcome = quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(), tokenizer)
-            yield from gate(check, outcome)
-            record = provenance.made(asset, provenance.frame_digest(frame), inputs)
+            yield from step.gate(quality.generations_decode(frame["text"].to_list(), frame["prompt"].to_list(),
+                                                            tokenizer))
+            step.made(provenance.frame_digest(frame), value=frame)  # stored in the Parquet footer
     for row in frame.iter_rows(named=True):
-        context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
-    yield dg.Output(
-        provenance.attach(frame, record),  # stored in the Parquet footer
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            "generations": dg.MetadataValue.int(len(frame)),
-            "text": dg.MetadataValue.md("\n\n---\n\n".join(_quote(t) for t in frame["text"])),
-            "table": generations_table(frame),
-            "unknown_characters": generation_config.unknown,
-            "skipped_characters": dg.MetadataValue.json(skipped if generation_config.unknown == "skip" else []),
-            **lineage(record),
-            **run_link(mlflow, run),
-        },
-    )
-    yield check_result(check, outcome)
-
-
-def checked_inputs(context: dg.AssetExecutionContext, asset: str, **values) -> dict[str, provenance.Provenance]:
-    """The provenance of ``asset``'s stored inputs (``initial_checkpoint``: a path or None),
-    refused (``ProvenanceError``) when they do not belong together; files that record none are
-    accepted with a warning in the log."""
-    inputs = {}
-    for name, value in values.items():
-        if name != "initial_checkpoint":
-            inputs[name] = provenance.of(value, name)
-        elif value and Path(value).is_file():  # only its tokenizer must be ours: it may start a new dataset
-            start = provenance.of_checkpoint(value)
-            inputs[name] = provenance.Provenance(name, start.digest, {k: v for k, v in (start.inputs or {}).items() if k == "bpe_tokenizer"})
-    for warning in provenance.check_inputs(asset, inputs):
-        context.log.warning(warning)
-    return inputs
-
-
-def lineage(record: provenance.Provenance) -> dict[str, dg.MetadataValue]:
-    """``content_digest`` (also the data version) and ``made_from.<input>`` digests."""
-    return {name: dg.MetadataValue.text(value) for name, value in record.metadata().items()}
-
-
-def upstream_mlflow_run(context: dg.AssetExecutionContext, asset: str) -> str | None:
-    """The MLflow run id recorded in the latest materialization of ``asset``'s partition of the
-    same key as this step's (a variant reads its own training run, whatever ran since), if any."""
-    partition = context.partition_key if context.has_partition_key else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("mlflow_run_id")
-    return value.value if value is not None else None
+        step.context.log.info(f"generation {row['sample']} for {row['prompt']!r}:\n{row['text']}")
+    yield from step.results(frame, {
+        "generations": dg.MetadataValue.int(len(frame)),
+        "text": dg.MetadataValue.md("\n\n---\n\n".join(_quote(t) for t in frame["text"])),
+        "table": generations_table(frame),
+        "unknown_characters": generation_config.unknown,
+        "skipped_characters": dg.MetadataValue.json(skipped if generation_config.unknown == "skip" else []),
+    })
 
 
 def generations_table(frame: pl.DataFrame) -> dg.MetadataValue:

@@ -28,8 +28,9 @@ import dagster as dg
 import torch
 
 from gpt_pipeline import provenance
-from gpt_pipeline.defs.assets import GROUP, OWNERS, lineage, run_link, write_generations
-from gpt_pipeline.defs.checks import blocking_check, check_result, failure_line, gate, user_errors
+from gpt_pipeline.defs.asset_step import AssetStep
+from gpt_pipeline.defs.assets import GROUP, OWNERS, write_generations
+from gpt_pipeline.defs.checks import blocking_check, failure_line, user_errors
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.evaluation import STANDING_COLUMNS, evaluation_standing
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
@@ -177,6 +178,7 @@ def champion_model(
     mlflow: MLflowResource,
     io_manager: dg.ResourceParam[AssetFileIOManager],
 ):
+    step = AssetStep(context, mlflow, check=CHAMPION_GENERATES)
     digest = current_data_digest(context.instance)
     rows = standings(context.instance, digest)
     table = comparison_markdown(rows)
@@ -187,40 +189,31 @@ def champion_model(
                          + "; ".join(f"{r['variant']}: {r['note']}" for r in rows), allow_retries=False)
     with user_errors():
         model = io_manager.load_stored(dg.AssetKey("trained_model"), GPT, best["variant"])
-        record = provenance.made("champion_model", provenance.weights_digest(model), {
+        step.made(provenance.weights_digest(model), {
             "trained_model": best["content_digest"] or "", "tokenized_dataset": digest or "",
             "bpe_tokenizer": provenance.of(bpe_tokenizer, "bpe_tokenizer").digest})
         if best["content_digest"] and provenance.weights_digest(model) != best["content_digest"]:
             raise ValueError(f"trained_model[{best['variant']}] changed since its materialization "
                              "(a run is writing it): materialize champion_model again when it is done")
-        outcome = generates(model, bpe_tokenizer)
-        yield from gate(CHAMPION_GENERATES, outcome)
-        tracker = mlflow.tracker()
+        yield from step.gate(generates(model, bpe_tokenizer))
         version = best["registered_model_version"]
         if version is not None:  # the version names the variant and the run that won, whoever registered it
-            set_champion(tracker.client, version, variant=best["variant"], run_id=best["mlflow_run_id"],
+            set_champion(mlflow.tracker().client, version, variant=best["variant"], run_id=best["mlflow_run_id"],
                          bits_per_character=best["test_bits_per_character"])
         sweep = (_record(best["variant"]) or Variant(best["variant"])).sweep
-        with mlflow.asset_run(context, tags={"gpt_pipeline/sweep": sweep, "gpt_pipeline/champion": best["variant"]},
-                              parent_run_id=mlflow.sweep_parent(sweep, digest or "")) as run:
+        with step.run(tags={"gpt_pipeline/sweep": sweep, "gpt_pipeline/champion": best["variant"]},
+                      parent_run_id=mlflow.sweep_parent(sweep, digest or "")) as run:
             run.log_metrics({"champion_test_bits_per_character": best["test_bits_per_character"]})
             run.log_text(table, "standings.md")
             run.log_dict({"standings": [{k: r.get(k) for k in (*COLUMNS, "mlflow_run_id")} for r in rows]},
                          "standings.json")
-    yield dg.Output(
-        provenance.attach(model.to(torch.device("cpu")), record),
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            "champion": best["variant"],
-            "overrides": best["overrides"],
-            "test_bits_per_character": dg.MetadataValue.float(float(best["test_bits_per_character"])),
-            "registered_model_version": dg.MetadataValue.int(int(version) if version is not None else -1),
-            **standings_tables(rows),
-            **lineage(record),
-            **run_link(mlflow, run),
-        },
-    )
-    yield check_result(CHAMPION_GENERATES, outcome)
+    yield from step.results(provenance.attach(model.to(torch.device("cpu")), step.record), {
+        "champion": best["variant"],
+        "overrides": best["overrides"],
+        "test_bits_per_character": dg.MetadataValue.float(float(best["test_bits_per_character"])),
+        "registered_model_version": dg.MetadataValue.int(int(version) if version is not None else -1),
+        **standings_tables(rows),
+    })
 
 
 @dg.asset(
@@ -240,8 +233,8 @@ def champion_generations(
     bpe_tokenizer: BPETokenizer,
     mlflow: MLflowResource,
 ):
-    yield from write_generations(context, config, champion_model, bpe_tokenizer, mlflow, "champion_model",
-                                 CHAMPION_GENERATIONS_DECODE)
+    step = AssetStep(context, mlflow, config, check=CHAMPION_GENERATIONS_DECODE, like="sample_generations")
+    yield from write_generations(step, champion_model, bpe_tokenizer, "champion_model")
 
 
 CHAMPION_ASSETS = [champion_model, champion_generations]

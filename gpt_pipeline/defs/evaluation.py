@@ -32,13 +32,15 @@ import polars as pl
 from gpt_pipeline import provenance
 from gpt_pipeline.data.dataset_files import load_splits
 from gpt_pipeline.data.table_file import TableFile
-from gpt_pipeline.defs.assets import GROUP, OWNERS, checked_inputs, lineage, run_link, upstream_mlflow_run
-from gpt_pipeline.defs.checks import blocking_check, check_result, gate, user_errors
+from gpt_pipeline.defs.asset_step import AssetStep, latest_metadata, upstream_mlflow_run
+from gpt_pipeline.defs.assets import GROUP, OWNERS
+from gpt_pipeline.defs.checks import blocking_check, user_errors
 from gpt_pipeline.defs.configs import ModelEvaluationConfig
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import RETRAIN, following
-from gpt_pipeline.defs.variants import VARIANTS, check_variant, read_variant, resolve_config, sweep_tags
+from gpt_pipeline.defs.variants import VARIANTS, read_variant
 from gpt_pipeline.defs.training_run import loss_curve_markdown
+from gpt_pipeline.evaluation.config import EvaluationConfig
 from gpt_pipeline.evaluation.evaluate import Evaluation, collapse_gate, evaluate
 from gpt_pipeline.evaluation.report import markdown_table, position_curve_png, samples, samples_markdown
 from gpt_pipeline.model.gpt import GPT
@@ -83,14 +85,8 @@ def headline(figures: dict[str, float | None]) -> dict[str, float]:
 def model_logged_id(context: dg.AssetExecutionContext, model_asset: str) -> str | None:
     """The logged model (``models:/<id>``) of the latest materialization of ``model_asset``'s
     partition, when it recorded one (``trained_model`` does)."""
-    partition = context.partition_key if context.has_partition_key else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(model_asset), asset_partitions=[partition] if partition else None),
-        limit=1).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    uri = records[0].asset_materialization.metadata.get("mlflow_model_uri")
-    return uri.value.removeprefix("models:/") if uri is not None and uri.value.startswith("models:/") else None
+    uri = latest_metadata(context, model_asset, "mlflow_model_uri")
+    return uri.removeprefix("models:/") if uri is not None and uri.startswith("models:/") else None
 
 
 def champion_variant(instance: dg.DagsterInstance) -> str | None:
@@ -100,24 +96,15 @@ def champion_variant(instance: dg.DagsterInstance) -> str | None:
     return meta["champion"].value if "champion" in meta else None
 
 
-def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: GPT, tokenizer: BPETokenizer,
-                   dataset: TableFile, mlflow: MLflowResource, model_asset: str, check: dg.AssetCheckSpec):
+def run_evaluation(step: AssetStep, model: GPT, tokenizer: BPETokenizer, dataset: TableFile, model_asset: str):
     """The work of ``model_evaluation`` and ``champion_evaluation`` (see the module docstring)."""
-    asset = context.asset_key.to_user_string()
-    # first: a variant's partition key that is unknown or unsafe is refused before any work
-    variant = check_variant(context) if context.has_partition_key else None
-    won = None if asset == "model_evaluation" else champion_variant(context.instance)
-    champion = read_variant(won) if won else None
-    config = resolve_config(context, asset, config, like=None if asset == "model_evaluation" else "model_evaluation",
-                            variant=champion)
+    context, asset = step.context, step.asset
     with user_errors():  # a bad config or inputs that do not belong together: refused before any work
-        settings = config.evaluation_config()
-        inputs = checked_inputs(context, asset, **{model_asset: model, "bpe_tokenizer": tokenizer,
-                                                   "tokenized_dataset": dataset})
+        settings = step.config.core(EvaluationConfig)
+        inputs = step.check_inputs(**{model_asset: model, "bpe_tokenizer": tokenizer, "tokenized_dataset": dataset})
         train, test = load_splits(dataset)
         model_run = upstream_mlflow_run(context, model_asset)
-        with mlflow.asset_run(context, tags=sweep_tags(context, variant), parent_run_id=model_run) as run:
-            run.log_params(dataclasses.asdict(settings))
+        with step.run(params=dataclasses.asdict(settings), parent_run_id=model_run) as run:
             evaluation = evaluate(model.cpu(), tokenizer, train, test, settings)
             figures = {PREFIX + name: value for name, value in evaluation.figures().items()}
             outcome = collapse_gate(evaluation, settings)
@@ -132,26 +119,19 @@ def run_evaluation(context: dg.AssetExecutionContext, config: dg.Config, model: 
             with tempfile.TemporaryDirectory() as tmp:
                 run.log_artifact(position_curve_png(evaluation, Path(tmp) / "bits_by_position.png", title=asset))
                 curve = loss_curve_markdown(position_curve_png(evaluation, Path(tmp) / "small.png", dpi=60))
-            digest = inputs[model_asset].digest
-            outcome = dataclasses.replace(outcome, figures={**outcome.figures, MODEL_DIGEST: digest})
-            yield from gate(check, outcome)
-            record = provenance.made(asset, provenance.frame_digest(frame), inputs)
+            # which weights it judged: champion_model reads it in the check's metadata
+            yield from step.gate(dataclasses.replace(outcome, figures={**outcome.figures,
+                                                                       MODEL_DIGEST: inputs[model_asset].digest}))
+            step.made(provenance.frame_digest(frame), value=frame)
     context.log.info(f"{asset}:\n{table}")
-    yield dg.Output(
-        provenance.attach(frame, record),
-        data_version=dg.DataVersion(record.digest),
-        metadata={
-            "evaluation": dg.MetadataValue.md(table),
-            "bits_by_position": dg.MetadataValue.md(curve),
-            "samples": samples_table(evaluation),
-            "samples_text": dg.MetadataValue.md(samples_markdown(evaluation)),
-            **{name: dg.MetadataValue.float(float(value)) for name, value in headline(figures).items()},
-            "evaluation_seconds": dg.MetadataValue.float(round(sum(evaluation.seconds.values()), 2)),
-            **lineage(record),
-            **run_link(mlflow, run),
-        },
-    )
-    yield check_result(check, outcome)
+    yield from step.results(frame, {
+        "evaluation": dg.MetadataValue.md(table),
+        "bits_by_position": dg.MetadataValue.md(curve),
+        "samples": samples_table(evaluation),
+        "samples_text": dg.MetadataValue.md(samples_markdown(evaluation)),
+        **{name: dg.MetadataValue.float(float(value)) for name, value in headline(figures).items()},
+        "evaluation_seconds": dg.MetadataValue.float(round(sum(evaluation.seconds.values()), 2)),
+    })
 
 
 @dg.asset(
@@ -176,8 +156,8 @@ def model_evaluation(
     tokenized_dataset: TableFile,
     mlflow: MLflowResource,
 ):
-    yield from run_evaluation(context, config, trained_model, bpe_tokenizer, tokenized_dataset, mlflow,
-                              "trained_model", MODEL_CHECK)
+    step = AssetStep(context, mlflow, config, check=MODEL_CHECK)  # the partition key first
+    yield from run_evaluation(step, trained_model, bpe_tokenizer, tokenized_dataset, "trained_model")
 
 
 @dg.asset(
@@ -198,8 +178,10 @@ def champion_evaluation(
     tokenized_dataset: TableFile,
     mlflow: MLflowResource,
 ):
-    yield from run_evaluation(context, config, champion_model, bpe_tokenizer, tokenized_dataset, mlflow,
-                              "champion_model", CHAMPION_CHECK)
+    won = champion_variant(context.instance)  # judged with its variant's model_evaluation settings
+    step = AssetStep(context, mlflow, config, check=CHAMPION_CHECK, like="model_evaluation",
+                     like_variant=read_variant(won) if won else None)
+    yield from run_evaluation(step, champion_model, bpe_tokenizer, tokenized_dataset, "champion_model")
 
 
 EVALUATION_ASSETS = [model_evaluation, champion_evaluation]

@@ -10,14 +10,17 @@ the run FAILURE and returns, the caller stops.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
 from gpt_pipeline.defs.checks import failure_line
 from gpt_pipeline.defs.console import reader_logger
-from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.pool_turn import training_turn
 from gpt_pipeline.defs.sweeps import VARIANT_ASSETS
 from gpt_pipeline.defs.variants import DEFAULT_VARIANT, require_variant
@@ -30,6 +33,20 @@ def _config_problem(error) -> str:
     """One Dagster config error (a wrong type, an unknown field, a value not among the choices)
     in a line."""
     return error.message.split(". Expected")[0]
+
+
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Put SIGTERM's disposition back as it was after the block. Dagster's in-process run leaves
+    SIGTERM with SIGINT's handler (mapped "for k8s"); in a background process SIGINT is ignored, so
+    SIGTERM would be ignored from then on, by this process and every process it starts (a
+    ``terminate()`` of Dagster's own log-tailing processes then waits 30 s)."""
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: not set from Python, or not the main thread
+            signal.signal(signal.SIGTERM, previous)
 
 
 def with_console(job: dg.JobDefinition) -> dg.JobDefinition:
@@ -57,7 +74,7 @@ def materialize_run(instance: dg.DagsterInstance, job: dg.JobDefinition, run_con
     run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING" if quiet else "INFO"}}}}
     run_id = str(uuid.uuid4())  # Dagster's run ids are UUID4s
     try:
-        with training_turn(instance, job, selection, run_id, log):  # asleep (Dagster's executor spins)
+        with training_turn(instance, job, selection, run_id, log), sigterm_kept():  # asleep (Dagster's executor spins)
             result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                             asset_selection=selection, partition_key=partition, run_id=run_id)
     except dg.DagsterInvalidConfigError as exc:

@@ -13,6 +13,7 @@ import dagster as dg
 
 from gpt_pipeline.defs.configs import SampleGenerationsConfig
 from gpt_pipeline.defs.variants import given_config, resolve_config
+from gpt_pipeline.model.generations import GenerationConfig
 
 SAMPLES = dg.AssetKey("sample_generations")
 
@@ -24,7 +25,7 @@ def refuse_unseen_prompts(context: dg.AssetExecutionContext, tokenizer) -> None:
     if selection and SAMPLES not in selection:  # empty or None: the whole job
         return
     given = SampleGenerationsConfig(**given_config(context, "sample_generations"))  # as Dagster resolves it
-    config = resolve_config(context, "sample_generations", given).generation_config()
+    config = resolve_config(context, "sample_generations", given).core(GenerationConfig)
     for prompt in config.prompts:
         try:
             tokenizer.encode(prompt, unknown=config.unknown)

@@ -58,7 +58,7 @@ class MLflowResource(dg.ConfigurableResource):
         key = context.asset_key.to_user_string()
         partition = f"-{context.partition_key}" if context.has_partition_key else ""
         tags = {
-            "dagster.run_id": context.run_id,
+            "dagster.run_id": context.run.run_id,
             "dagster.asset_key": key,
             "dagster.job": context.job_name or "",
             **({"dagster.partition": context.partition_key} if context.has_partition_key else {}),
@@ -68,7 +68,7 @@ class MLflowResource(dg.ConfigurableResource):
         }
         tracker = self.tracker()
         try:
-            with tracker.run(f"{key}{partition}-{context.run_id[:8]}", tags=tags) as run:
+            with tracker.run(f"{key}{partition}-{context.run.run_id[:8]}", tags=tags) as run:
                 context.log.info(f"MLflow run {run.run_id}: {self.run_url(run)}")
                 yield run
         finally:

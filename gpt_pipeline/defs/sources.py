@@ -19,9 +19,6 @@ import dagster as dg
 
 from gpt_pipeline.provenance import file_digest
 
-
-# observable_source_asset is marked beta; it is what makes a data version of a file outside Dagster
-warnings.filterwarnings("ignore", message=".*observable_source_asset.*", category=dg.BetaWarning)
 SOURCE_ENV = "GPT_PIPELINE_SOURCE_PARQUET"
 SOURCE_KEY = dg.AssetKey("stories_source")
 EMBEDDED_VERSION = "embedded-corpus"  # the corpus the code generates: it changes with the code only
@@ -70,13 +67,19 @@ def _previous_state(context: dg.AssetExecutionContext, path: Path) -> dict | Non
     return {key: meta[key].value for key in ("size", "mtime_ns", "sha256") if key in meta}
 
 
-@dg.observable_source_asset(
-    key=SOURCE_KEY,
-    group_name="gpt",
-    description="The stories raw_stories reads (a Parquet file, or the embedded corpus), observed: "
-    "its data version is the file's SHA-256, so only a change of content makes the lineage stale.",
-    automation_condition=dg.AutomationCondition.cron_tick_passed("*/5 * * * *"),
-)
+# observable_source_asset is marked beta; it is what makes a data version of a file outside Dagster.
+# Its BetaWarning is silenced for this call, not for the process.
+with warnings.catch_warnings(action="ignore", category=dg.BetaWarning):
+    _observable = dg.observable_source_asset(
+        key=SOURCE_KEY,
+        group_name="gpt",
+        description="The stories raw_stories reads (a Parquet file, or the embedded corpus), observed: "
+        "its data version is the file's SHA-256, so only a change of content makes the lineage stale.",
+        automation_condition=dg.AutomationCondition.cron_tick_passed("*/5 * * * *"),
+    )
+
+
+@_observable
 def stories_source(context: dg.AssetExecutionContext) -> dg.ObserveResult:
     path = watched_path()
     if path is None:

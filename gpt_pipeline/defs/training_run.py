@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -27,13 +28,14 @@ from gpt_pipeline import quality
 from gpt_pipeline.defs.sources import TRAINING_POOL
 from gpt_pipeline.devices import trainings_at_once_declared, training_threads
 from gpt_pipeline.fields import result_fields
-from gpt_pipeline.defs.checks import BEATS_UNIGRAM, check_result, gate
+from gpt_pipeline.defs.asset_step import AssetStep
+from gpt_pipeline.defs.checks import BEATS_UNIGRAM, check_result
 from gpt_pipeline.training.checkpoint import fingerprint, load_checkpoint
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.launchers import resolve_launcher, train_in_workers
 from gpt_pipeline.defs.metadata import loss_table, mlflow_picture
 from gpt_pipeline.interop import hf
-from gpt_pipeline.model.gpt import GPTConfig
+from gpt_pipeline.model.gpt import GPT, GPTConfig
 from gpt_pipeline.storage import data_dir, exclusive
 from gpt_pipeline.data.dataset_files import content_digest, split_characters
 from gpt_pipeline.data.table_file import TableFile
@@ -41,6 +43,7 @@ from gpt_pipeline.data.tokens import TokenArray
 from gpt_pipeline.tracking.plots import loss_curve_png
 from gpt_pipeline.tokenizer.bundle import write_bundle
 from gpt_pipeline.tracking.registry import log_and_register
+from gpt_pipeline.tracking.tracker import TrackedRun
 from gpt_pipeline.training.metrics import characters_of, evaluation_metrics, figure, token_characters
 from gpt_pipeline.training.loop import Evaluation, TrainConfig, TrainResult, train, validate_training_data
 from gpt_pipeline.training.progress import progress_line
@@ -49,21 +52,6 @@ from gpt_pipeline.training.progress import progress_line
 SMALL_CURVE = "loss_curve_small.png"  # the loss curve the Dagster UI shows, an artifact of the run
 PRUNED_TAG = "gpt_pipeline/pruned"  # MLflow run tag of a trial a search's pruner stopped: "true"
 PRUNED_STEP_TAG = "gpt_pipeline/pruned_at_step"
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    output: dg.Output  # the trained GPT with its metadata, for the IO manager
-    gate: quality.Gate  # the beats_unigram check, already passed (unless pruned)
-    pruned_at: int | None = None  # the step a search's pruner stopped the training at
-
-    def check_result(self) -> dg.AssetCheckResult:
-        """``beats_unigram``'s result; for a pruned trial (no failure) a warning that does not block."""
-        if self.pruned_at is None:
-            return check_result(BEATS_UNIGRAM, self.gate)
-        return dg.AssetCheckResult(check_name=BEATS_UNIGRAM.name, asset_key=BEATS_UNIGRAM.asset_key,
-                                   passed=self.gate.passed, severity=dg.AssetCheckSeverity.WARN,
-                                   description=f"pruned at step {self.pruned_at}: {self.gate.description}")
 
 
 def checkpoint_dir(
@@ -144,34 +132,40 @@ def system_facts(device: str) -> dict[str, str]:
     }
 
 
-def run_training(
-    context: dg.AssetExecutionContext,
-    mlflow: MLflowResource,
-    model_config: GPTConfig,
-    train_config: TrainConfig,
-    train_data: TokenArray,
-    test_data: TokenArray,
-    tokenizer,
-    initial_checkpoint: str | None = None,
-    export_hf: bool = False,
-    dataset_file: TableFile | str | os.PathLike | None = None,
-    launcher: str = "auto",
-    k8s=None,
-    tags: dict[str, str] | None = None,
-    parent_run_id: str | Callable[[], str] | None = None,
-    on_evaluation: Callable[[Evaluation], None] | None = None,
-) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
-    """Train (or resume), log to MLflow, and gate on ``beats_unigram`` before returning the output.
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A training checked and placed before it starts (``plan_training``)."""
+    model_config: GPTConfig
+    train_config: TrainConfig  # threads resolved
+    train_data: TokenArray
+    test_data: TokenArray
+    launcher: str  # resolved: in_process, subprocess, torchrun, k8s
+    folder: Path  # its checkpoints
+    characters: dict[str, int]  # each split's characters, for bits per character
+    dataset: tuple[str, str]  # (name, digest) of the training data, as MLflow records it
+    dataset_file: TableFile | str | os.PathLike | None = None
+    initial_checkpoint: str | None = None
+    initial_model: GPT | None = None
+    k8s: Any = None
 
-    A generator: it yields the failed check result (then raises) when the model does not beat
-    the unigram baseline, so that nothing is stored. Unless ``launcher`` resolves to
-    ``in_process``, the training runs in Dagster Pipes workers (``train_in_workers``) that read
-    ``dataset_file``, the stored dataset. The MLflow run gets ``tags`` and is nested under
-    ``parent_run_id`` (the sweep's run, or a function that finds or creates it: called only once
-    the inputs are checked, so a refused input leaves no parent run); a partition (the variant) has checkpoints of its own;
-    ``threads`` 0 becomes the cores divided by ``trainings_at_once``. ``on_evaluation`` (in
-    process only) sees each evaluation once it is logged and may raise ``StopTraining`` (a
-    search's pruner): the model is then output as it is, marked ``pruned``, unregistered."""
+    @property
+    def params(self) -> dict:
+        return {**self.model_config.to_dict(), **self.train_config.to_dict()}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {"train": len(self.train_data.tokens), "test": len(self.test_data.tokens)}
+
+
+def plan_training(context: dg.AssetExecutionContext, model_config: GPTConfig, train_config: TrainConfig,
+                  train_data: TokenArray, test_data: TokenArray, tokenizer, initial_checkpoint: str | None = None,
+                  dataset_file: TableFile | str | os.PathLike | None = None, launcher: str = "auto",
+                  k8s=None) -> TrainingPlan:
+    """Everything checked before a training starts (``ValueError`` naming what is wrong): the data
+    against the model, the launcher, the starting weights' config; ``threads`` 0 becomes the cores
+    divided by ``trainings_at_once``; a partition (the variant) has checkpoints of its own.
+    Unless ``launcher`` resolves to ``in_process``, Dagster Pipes workers read ``dataset_file``,
+    the stored dataset."""
     if train_config.threads == 0 and train_config.device in ("auto", "cpu"):
         train_config = dataclasses.replace(
             train_config, threads=training_threads(0, trainings_at_once(context)))
@@ -188,131 +182,182 @@ def run_training(
     variant = context.partition_key if context.has_partition_key else None
     folder = checkpoint_dir(model_config, train_config, train_data, test_data, initial_checkpoint, variant)
     characters = split_character_counts(context, dataset_file, train_data, test_data, tokenizer)
-    tokens = {"train": len(train_data.tokens), "test": len(test_data.tokens)}
     stored_digest = content_digest(dataset_file) if isinstance(dataset_file, TableFile) else None
     dataset = ("tokenized_dataset", stored_digest or data_digest(train_data, test_data).hexdigest())
-    final_step = train_config.training_iterations  # its figures are logged with the model, below
-    if callable(parent_run_id):
-        parent_run_id = parent_run_id()
-    with mlflow.asset_run(context, tags=tags, parent_run_id=parent_run_id) as run, exclusive(folder):
-        params = {**model_config.to_dict(), **train_config.to_dict()}
-        run.log_params(params)
-        run.set_tags({"checkpoint_dir": str(folder), **system_facts(train_config.device)})
-        if isinstance(dataset_file, TableFile):
-            run.log_dataset(*dataset, source=str(dataset_file.path))
-        reported: set[int] = set()
+    return TrainingPlan(model_config, train_config, train_data, test_data, launcher, folder, characters, dataset,
+                        dataset_file, initial_checkpoint, initial_model, k8s)
 
-        def report(evaluation: Evaluation) -> None:
-            reported.add(evaluation.step)
-            if launcher == "in_process":  # a Pipes worker logs its own line through Pipes
-                context.log.info(progress_line(evaluation, train_config.training_iterations))
-            if evaluation.step != final_step:
-                run.log_metrics(evaluation_metrics(evaluation, tokens, characters), step=evaluation.step)
-            if on_evaluation is not None and launcher == "in_process":
-                on_evaluation(evaluation)
 
-        if launcher != "in_process":  # workers that read the dataset file themselves
-            result = train_in_workers(context, model_config, train_config, dataset_file, folder, report,
-                                      initial_checkpoint, launcher, k8s)
-        else:
-            result = train(model_config, train_config, train_data, test_data, folder, report, initial_model,
-                           on_progress=lambda progress: context.log.info(progress.line()),
-                           characters=characters)
-        for evaluation in result.evaluations:  # restored from a checkpoint when resuming
-            if evaluation.step not in reported and evaluation.step != final_step:
-                metrics = evaluation_metrics(evaluation, tokens, characters)
-                run.log_metrics({k: v for k, v in metrics.items() if k != "tokens_per_second"}, evaluation.step)
-        final = evaluation_metrics(result.evaluations[-1], tokens, characters)
-        if result.evaluations[-1].step not in reported:  # restored: its throughput was another session's
-            final.pop("tokens_per_second")
-        device = str(next(result.model.parameters()).device)
-        run.set_tags({"system.device": device})
-        baseline = quality.unigram_loss(train_data, test_data, model_config.vocab_size)
+@dataclass(frozen=True)
+class TrainingOutcome:
+    model: GPT
+    metadata: dict[str, Any]  # the trained model's Dagster metadata (lineage and run link: the step's)
+    gate: quality.Gate  # the beats_unigram check, already passed (unless pruned)
+    pruned_at: int | None = None  # the step a search's pruner stopped the training at
+
+    def check_result(self) -> dg.AssetCheckResult:
+        """``beats_unigram``'s result; for a pruned trial (no failure) a warning that does not block."""
+        if self.pruned_at is None:
+            return check_result(BEATS_UNIGRAM, self.gate)
+        return dg.AssetCheckResult(check_name=BEATS_UNIGRAM.name, asset_key=BEATS_UNIGRAM.asset_key,
+                                   passed=self.gate.passed, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"pruned at step {self.pruned_at}: {self.gate.description}")
+
+
+def run_training(
+    step: AssetStep,
+    plan: TrainingPlan,
+    tokenizer,
+    export_hf: bool = False,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
+) -> Generator[dg.AssetCheckResult, None, TrainingOutcome]:
+    """Train (or resume) in the step's MLflow run (``tags``, nested under ``parent_run_id``), gate
+    on ``beats_unigram``, then log and register the model.
+
+    A generator: it yields the failed check result (then raises) when the model does not beat
+    the unigram baseline, so that nothing is stored. ``on_evaluation`` (in process only) sees
+    each evaluation once it is logged and may raise ``StopTraining`` (a search's pruner): the
+    model is then output as it is, marked ``pruned``, unregistered."""
+    with step.run(params=plan.params, tags=tags, parent_run_id=parent_run_id) as run, exclusive(plan.folder):
+        result, final = train_logged(step.context, run, plan, on_evaluation)
+        baseline = quality.unigram_loss(plan.train_data, plan.test_data, plan.model_config.vocab_size)
         outcome = quality.beats_unigram(result.test_loss, baseline)
-        summary = {
-            "final_train_loss": result.train_loss,
-            "final_test_loss": result.test_loss,
-            "final_train_bits_per_character": final["train_bits_per_character"],
-            "final_test_bits_per_character": final["test_bits_per_character"],
-            "unigram_test_loss": baseline,
-            "training_seconds": result.seconds,
-            "tokens_per_second": result.tokens_per_second or float("nan"),
-            "parameters": result.model.num_parameters(),
-        }
-        # tokens_per_second is in the history already (the final evaluation's): no repeat at step 0
-        run.log_metrics({k: v for k, v in summary.items() if k != "tokens_per_second"})
+        run.log_metrics(summary_metrics(result, final, baseline))
         if result.stopped_at is not None:  # pruned: its last metrics, no model logged or registered
             run.set_tags({PRUNED_TAG: "true", PRUNED_STEP_TAG: str(result.stopped_at)})
-            return _pruned_outcome(result, final, baseline, outcome, mlflow, run)
+            return TrainingOutcome(result.model, pruned_metadata(result, final, baseline), outcome, result.stopped_at)
         if not outcome.passed:
-            run.log_metrics(final, step=result.steps, dataset=dataset)
-        yield from gate(BEATS_UNIGRAM, outcome)  # a failing model is never logged as a model
-        run.log_artifact(folder / "final.safetensors", "checkpoint")
-        run.log_dict(params, "config.json")
+            run.log_metrics(final, step=result.steps, dataset=plan.dataset)
+        yield from step.gate(outcome)  # a failing model is never logged as a model
+        logged = log_model(step.context, run, plan, result, final, tokenizer, export_hf)
+    return TrainingOutcome(result.model, model_metadata(step.mlflow, run, plan, result, final, baseline, logged), outcome)
+
+
+def train_logged(context: dg.AssetExecutionContext, run: TrackedRun, plan: TrainingPlan,
+                 on_evaluation: Callable[[Evaluation], None] | None = None) -> tuple[TrainResult, dict[str, float]]:
+    """Train with ``plan``, each evaluation logged to ``run`` (and the Dagster log) as it comes;
+    the result, and the final evaluation's metrics (logged with the model)."""
+    run.set_tags({"checkpoint_dir": str(plan.folder), **system_facts(plan.train_config.device)})
+    if isinstance(plan.dataset_file, TableFile):
+        run.log_dataset(*plan.dataset, source=str(plan.dataset_file.path))
+    final_step = plan.train_config.training_iterations  # its figures are logged with the model
+    in_process = plan.launcher == "in_process"
+    reported: set[int] = set()
+
+    def report(evaluation: Evaluation) -> None:
+        reported.add(evaluation.step)
+        if in_process:  # a Pipes worker logs its own line through Pipes
+            context.log.info(progress_line(evaluation, plan.train_config.training_iterations))
+        if evaluation.step != final_step:
+            run.log_metrics(evaluation_metrics(evaluation, plan.tokens, plan.characters), step=evaluation.step)
+        if on_evaluation is not None and in_process:
+            on_evaluation(evaluation)
+
+    if not in_process:  # workers that read the dataset file themselves
+        result = train_in_workers(context, plan.model_config, plan.train_config, plan.dataset_file, plan.folder,
+                                  report, plan.initial_checkpoint, plan.launcher, plan.k8s)
+    else:
+        result = train(plan.model_config, plan.train_config, plan.train_data, plan.test_data, plan.folder, report,
+                       plan.initial_model, on_progress=lambda progress: context.log.info(progress.line()),
+                       characters=plan.characters)
+    for evaluation in result.evaluations:  # restored from a checkpoint when resuming
+        if evaluation.step not in reported and evaluation.step != final_step:
+            metrics = evaluation_metrics(evaluation, plan.tokens, plan.characters)
+            run.log_metrics({k: v for k, v in metrics.items() if k != "tokens_per_second"}, evaluation.step)
+    final = evaluation_metrics(result.evaluations[-1], plan.tokens, plan.characters)
+    if result.evaluations[-1].step not in reported:  # restored: its throughput was another session's
+        final.pop("tokens_per_second")
+    run.set_tags({"system.device": str(next(result.model.parameters()).device)})
+    return result, final
+
+
+def summary_metrics(result: TrainResult, final: dict[str, float], baseline: float) -> dict[str, float]:
+    """The run's final figures (tokens_per_second is in the history already: no repeat at step 0)."""
+    return {
+        "final_train_loss": result.train_loss,
+        "final_test_loss": result.test_loss,
+        "final_train_bits_per_character": final["train_bits_per_character"],
+        "final_test_bits_per_character": final["test_bits_per_character"],
+        "unigram_test_loss": baseline,
+        "training_seconds": result.seconds,
+        "parameters": result.model.num_parameters(),
+    }
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    uri: str  # models:/<id>
+    version: Any  # the registered model version
+    curve_markdown: str  # the small loss curve, inline
+
+
+def log_model(context: dg.AssetExecutionContext, run: TrackedRun, plan: TrainingPlan, result: TrainResult,
+              final: dict[str, float], tokenizer, export_hf: bool = False) -> LoggedModel:
+    """The model that passed its gate, to MLflow: checkpoint, config, tokenizer bundle, loss
+    curves, the logged and registered model (``log_and_register``), its Hugging Face export."""
+    run.log_artifact(plan.folder / "final.safetensors", "checkpoint")
+    run.log_dict(plan.params, "config.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "tokenizer"
+        write_bundle(tokenizer, bundle)
+        run.log_artifact(bundle, "tokenizer")
+        points = [(e.step, e.train_loss, e.test_loss) for e in result.evaluations]
+        run.log_artifact(loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run.run_id[:8]}"))
+        # small (360 x 240 pixels): it fits the Dagster UI's metadata column, and travels inline
+        small = loss_curve_png(points, Path(tmp) / SMALL_CURVE, title="loss", dpi=80, inches=(4.5, 3.0))
+        run.log_artifact(small)
+        curve_markdown = loss_curve_markdown(small)
+        variant = context.partition_key if context.has_partition_key else None
+        model_uri, version, reused = log_and_register(
+            run, plan.folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
+            result.test_loss, plan.params, final, step=result.steps, dataset=plan.dataset, variant=variant)
+    if reused:
+        context.log.info(f"weights unchanged: registered model version {version.version} ({model_uri}) reused")
+    if export_hf:
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = Path(tmp) / "tokenizer"
-            write_bundle(tokenizer, bundle)
-            run.log_artifact(bundle, "tokenizer")
-            points = [(e.step, e.train_loss, e.test_loss) for e in result.evaluations]
-            curve = loss_curve_png(points, Path(tmp) / "loss_curve.png", title=f"trained_model {context.run_id[:8]}")
-            run.log_artifact(curve)
-            # small (360 x 240 pixels): it fits the Dagster UI's metadata column, and travels inline
-            small = loss_curve_png(points, Path(tmp) / SMALL_CURVE, title="loss", dpi=80, inches=(4.5, 3.0))
-            run.log_artifact(small)
-            curve_markdown = loss_curve_markdown(small)
-            model_uri, version, reused = log_and_register(
-                run, folder / "final.safetensors", bundle / "bpe_tokenizer.json", result.model.state_dict(),
-                result.test_loss, params, final, step=result.steps, dataset=dataset, variant=variant)
-        if reused:
-            context.log.info(f"weights unchanged: registered model version {version.version} ({model_uri}) reused")
-        if export_hf:
-            with tempfile.TemporaryDirectory() as tmp:
-                run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
-    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:
-        """Rounded as every table shows it (MLflow has the exact value); no entry when not measured."""
-        value = figure(name, value)
-        return {} if value is None else {name: dg.MetadataValue.float(float(value))}
-
-    resumed = result.resumed_from is not None
-    output = dg.Output(
-        result.model,
-        metadata={
-            **shown("train_loss", result.train_loss),
-            **shown("test_loss", result.test_loss),
-            **{key: value for key in ("train_bits_per_character", "test_bits_per_character")
-               for key, value in shown(key, final[key]).items()},
-            # The curve inline (short Markdown: the UI renders it in place) while the MLflow UI
-            # serves the run's loss_curve.png; the figures as a table; the picture itself behind
-            # "[Show Markdown]" (its inline data is too long to render in place).
-            "loss_curve": dg.MetadataValue.md(mlflow_picture(mlflow.ui_url, run.run_id, SMALL_CURVE)),
-            "loss_history": loss_table(result.evaluations),
-            "loss_curve_png": dg.MetadataValue.md(curve_markdown),
-            **shown("unigram_test_loss", baseline),
-            "parameters": dg.MetadataValue.int(summary["parameters"]),
-            "steps": dg.MetadataValue.int(result.steps),
-            # not measured when a finished checkpoint was resumed (nothing trained in this run)
-            **shown("tokens_per_second", result.tokens_per_second),
-            **shown("training_seconds", result.seconds),
-            "device": device,
-            **({"resumed_from_step": dg.MetadataValue.int(result.resumed_from)} if resumed else {}),
-            "checkpoint_dir": dg.MetadataValue.path(str(folder)),
-            "mlflow_model_uri": dg.MetadataValue.text(model_uri),
-            "registered_model_version": dg.MetadataValue.int(int(version.version)),
-            "mlflow_run_id": dg.MetadataValue.text(run.run_id),
-            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
-        },
-    )
-    return TrainingOutcome(output, outcome)
+            run.log_artifact(hf.export(result.model.cpu(), tokenizer, Path(tmp) / "hf_model"), "hf_model")
+    return LoggedModel(model_uri, version, curve_markdown)
 
 
-def _pruned_outcome(result: TrainResult, final: dict, baseline: float, outcome: quality.Gate,
-                    mlflow: MLflowResource, run) -> TrainingOutcome:
+def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:
+    """Rounded as every table shows it (MLflow has the exact value); no entry when not measured."""
+    value = figure(name, value)
+    return {} if value is None else {name: dg.MetadataValue.float(float(value))}
+
+
+def model_metadata(mlflow: MLflowResource, run: TrackedRun, plan: TrainingPlan, result: TrainResult,
+                   final: dict[str, float], baseline: float, logged: LoggedModel) -> dict[str, Any]:
+    """The trained model's Dagster metadata: its figures, loss curve and MLflow model."""
+    return {
+        **shown("train_loss", result.train_loss),
+        **shown("test_loss", result.test_loss),
+        **{key: value for key in ("train_bits_per_character", "test_bits_per_character")
+           for key, value in shown(key, final[key]).items()},
+        # The curve inline (short Markdown: the UI renders it in place) while the MLflow UI
+        # serves the run's loss_curve.png; the figures as a table; the picture itself behind
+        # "[Show Markdown]" (its inline data is too long to render in place).
+        "loss_curve": dg.MetadataValue.md(mlflow_picture(mlflow.ui_url, run.run_id, SMALL_CURVE)),
+        "loss_history": loss_table(result.evaluations),
+        "loss_curve_png": dg.MetadataValue.md(logged.curve_markdown),
+        **shown("unigram_test_loss", baseline),
+        "parameters": dg.MetadataValue.int(result.model.num_parameters()),
+        "steps": dg.MetadataValue.int(result.steps),
+        # not measured when a finished checkpoint was resumed (nothing trained in this run)
+        **shown("tokens_per_second", result.tokens_per_second),
+        **shown("training_seconds", result.seconds),
+        "device": str(next(result.model.parameters()).device),
+        **({"resumed_from_step": dg.MetadataValue.int(result.resumed_from)} if result.resumed_from is not None else {}),
+        "checkpoint_dir": dg.MetadataValue.path(str(plan.folder)),
+        "mlflow_model_uri": dg.MetadataValue.text(logged.uri),
+        "registered_model_version": dg.MetadataValue.int(int(logged.version.version)),
+    }
+
+
+def pruned_metadata(result: TrainResult, final: dict[str, float], baseline: float) -> dict[str, Any]:
     """A trial stopped by its pruner at ``result.stopped_at``: the model as it is, its last metrics."""
-    def shown(name: str, value: float | None) -> dict[str, dg.MetadataValue]:  # as every table shows it
-        value = figure(name, value)
-        return {} if value is None else {name: dg.MetadataValue.float(float(value))}
-
-    metadata = {
+    return {
         "pruned": True,
         "pruned_at_step": dg.MetadataValue.int(int(result.stopped_at)),
         **shown("train_loss", result.train_loss),
@@ -322,7 +367,4 @@ def _pruned_outcome(result: TrainResult, final: dict, baseline: float, outcome: 
         **shown("unigram_test_loss", baseline),
         "steps": dg.MetadataValue.int(result.steps),
         **shown("training_seconds", result.seconds),
-        "mlflow_run_id": dg.MetadataValue.text(run.run_id),
-        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run)),
     }
-    return TrainingOutcome(dg.Output(result.model, metadata=metadata), outcome, pruned_at=result.stopped_at)

@@ -1,11 +1,11 @@
 """Dropout for gpt_pipeline's model: every element dropped independently with probability p.
 
-``nn.Dropout`` draws one random number per element from the single-threaded Mersenne Twister,
-which cost about a seventh of a training step on a 2-core CPU. ``dropped_positions`` draws the
-gaps between dropped positions instead (geometric gaps: the same distribution from about p as
-many random numbers), and on CPU they are applied directly (``DropPositions``; ``fused`` and the
-C attention kernel take them too). Off CPU, ``Dropout`` multiplies by a scaled mask. Kept
-elements are scaled by 1 / (1 - p), as ``nn.Dropout`` does.
+``nn.Dropout`` draws one random number per element from the single-threaded Mersenne Twister
+(a large share of a CPU training step); ``dropped_positions`` draws the gaps between dropped
+positions instead (geometric gaps: the same distribution from about p as many random numbers),
+applied directly on CPU (``DropPositions``; ``fused`` and the C attention kernel take them too).
+Off CPU, ``Dropout`` multiplies by a scaled mask. Kept elements are scaled by 1 / (1 - p), as
+``nn.Dropout`` does.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Hand-written forward and backward passes of a CPU training step: ``gpt.Block.fused_forward``
-and ``gpt.GPT.loss`` call them.
-
-On a 2-core CPU every pass over a ``[B * T, 4 * C]`` tensor that is not in cache costs about as
-much as a small matrix product, so the block's halves are written with fewer passes:
+and ``gpt.GPT.loss`` call them. Every pass over a ``[B * T, 4 * C]`` tensor that is not in cache
+costs about as much as a small matrix product on a small CPU, so the block's halves take fewer:
 
 - ``linear`` / ``linear_add``: ``x @ W.T + b`` (then ReLU, or ``+ other``) through oneDNN's fused
   linear kernel where this torch has it (bias, ReLU and residual in the product's own pass), else
@@ -24,38 +22,27 @@ import torch
 
 from gpt_pipeline.model.dropout import scaled_except
 
-
-def _onednn_linear_works() -> bool:
-    """Whether oneDNN's fused linear (torch.compile's CPU kernel) is here and gives a known answer."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)
-        out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
-        summed = torch.ops.mkldnn._linear_pointwise.binary(x, out, w, b, "add")
-        return out.tolist() == [[3.0, 4.0, 5.0, 6.0]] * 2 and summed.tolist() == [[6.0, 8.0, 10.0, 12.0]] * 2
-    except (AttributeError, RuntimeError):
-        return False
-
-
 ONEDNN: bool | None = None  # probed on first use (tests set it); False: every product goes through torch.mm
 
 
 def onednn() -> bool:
-    """Whether products go through oneDNN's fused linear: probed once, on first use."""
+    """Whether products go through oneDNN's fused linear (torch.compile's CPU kernel): whether it is
+    here and gives a known answer, probed once, on first use."""
     global ONEDNN
     if ONEDNN is None:
-        ONEDNN = _onednn_linear_works()
+        try:
+            x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.arange(4.0)
+            out = torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+            summed = torch.ops.mkldnn._linear_pointwise.binary(x, out, w, b, "add")
+            ONEDNN = (torch.backends.mkldnn.is_available() and out.tolist() == [[3.0, 4.0, 5.0, 6.0]] * 2
+                      and summed.tolist() == [[6.0, 8.0, 10.0, 12.0]] * 2)
+        except (AttributeError, RuntimeError):
+            ONEDNN = False
     return ONEDNN
 
 
 def cpu_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 and x.device.type == "cpu"
-
-
-def applies(x: torch.Tensor) -> bool:
-    """Whether a block's input is trained with these passes: CPU float32, gradients on."""
-    return cpu_float32(x) and torch.is_grad_enabled()
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, relu: bool = False) -> torch.Tensor:

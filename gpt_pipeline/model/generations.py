@@ -52,30 +52,15 @@ def generate_samples(model, tokenizer, config: GenerationConfig) -> pl.DataFrame
     the same training (equal vocabulary sizes), else ``ValueError``.
     """
     if model.config.vocab_size != tokenizer.vocab_size:
-        raise ValueError(
-            f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "
-            f"{tokenizer.vocab_size} tokens: they come from different trainings"
-        )
-    rows: dict[str, list] = {name: [] for name in GENERATIONS_SCHEMA}
+        raise ValueError(f"the model's vocab_size {model.config.vocab_size} does not match the tokenizer's "
+                         f"{tokenizer.vocab_size} tokens: they come from different trainings")
+    rows = []
     for index, prompt in enumerate(config.prompts):
-        texts = generate_text(
-            model,
-            tokenizer,
-            prompt,
-            token_count=config.token_count,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            seed=config.seed + index,
-            num_samples=config.num_samples,
-            unknown=config.unknown,
-        )
-        for sample, text in enumerate(texts):
-            rows["prompt"].append(prompt)
-            rows["sample"].append(sample)
-            rows["text"].append(text)
-            rows["token_count"].append(config.token_count)
+        texts = generate_text(model, tokenizer, prompt, config.token_count, config.temperature, config.top_k,
+                              seed=config.seed + index, num_samples=config.num_samples, unknown=config.unknown)
+        rows += [{"prompt": prompt, "sample": sample, "text": text, "token_count": config.token_count}
+                 for sample, text in enumerate(texts)]
     return pl.DataFrame(rows, schema=GENERATIONS_SCHEMA)
-
 
 def unseen_characters(tokenizer, texts: Sequence[str]) -> list[str]:
     """Characters of ``texts`` outside the tokenizer's alphabet, sorted.

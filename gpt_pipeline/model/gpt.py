@@ -42,7 +42,7 @@ from pydantic import Field
 
 from gpt_pipeline.fields import RESULT, settings
 from gpt_pipeline.model import fused, native_attention, native_decode
-from gpt_pipeline.model.dropout import Dropout, dropped_positions  # noqa: F401 - re-exported
+from gpt_pipeline.model.dropout import Dropout
 from gpt_pipeline.model.sampling import sample, validate_sampling
 
 LAYER_NORM_EPS = 1e-5  # tch's LayerNorm default, as in gpt-rs
@@ -189,7 +189,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """``[B, T, C]`` -> ``[B, T, C]``; each residual dropout is drawn before its branch runs."""
-        if cache is None and fused.applies(x) and self.feed_forward.activation is F.relu:
+        relu = self.feed_forward.activation is F.relu  # the fused passes compute ReLU
+        if cache is None and fused.cpu_float32(x) and torch.is_grad_enabled() and relu:
             return self.fused_forward(x)
         x = self.residual_dropout(x) + self.attention(self.layer_norm_1(x), cache)  # [B, T, C]
         return self.residual_dropout(x) + self.feed_forward(self.layer_norm_2(x))  # [B, T, C]
@@ -253,7 +254,11 @@ class GPT(nn.Module):
         """Final-LayerNorm output ``[B, T, C]`` for token ids ``idx`` ``[B, T]`` at positions
         ``start ..``: 0, or with a ``cache`` (one ``KVCache`` per block) its length, extended by T."""
         start = cache[0].length if cache else 0
-        check_input(idx, self.config.context_length, start)
+        if idx.dim() != 2:
+            raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
+        if start + idx.size(1) > self.config.context_length:
+            raise ValueError(f"sequence of {start + idx.size(1)} tokens is longer than "
+                             f"context_length={self.config.context_length}")
         positions = torch.arange(start, start + idx.size(1), device=idx.device)  # [T]
         x = self.embedding_dropout(self.token_embedding(idx) + self.position_embedding(positions))  # [B, T, C]
         for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
@@ -280,13 +285,9 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """``idx`` ``[B, T]`` followed by ``max_new_tokens`` sampled tokens: ``[B, T + max_new_tokens]``.
 
-        ``sampling.sample``, gpt-rs's loop (the last ``context_length`` tokens, the logits at
-        the last position, divided by the temperature, softmax, one multinomial draw; ``top_k=1``:
-        the arg-max), with dropout off (the model's mode is restored afterwards) and a key/value
-        cache while the window fills. Its steps run in ``native_decode.Session`` (C) where it
-        applies, else through ``forward`` (``cached_step``): the same tokens. ``between_tokens``
-        as in ``sample``.
-        """
+        ``sampling.sample`` (gpt-rs's loop; its arguments) with dropout off (the mode is restored
+        afterwards), its steps in ``native_decode.Session`` (C) where it applies, else through
+        ``forward`` (``cached_step``): the same tokens."""
         validate_sampling(max_new_tokens, temperature, top_k)
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"prompt ids must have shape [B, T] with T >= 1, got {tuple(idx.shape)}")
@@ -313,12 +314,3 @@ class GPT(nn.Module):
 
         return step
 
-
-def check_input(idx: torch.Tensor, context_length: int, start: int = 0) -> None:
-    """Raise ``ValueError`` unless ``idx`` is ``[B, T]`` and positions ``start .. start + T - 1`` fit."""
-    if idx.dim() != 2:
-        raise ValueError(f"GPT expects token ids of shape [B, T], got {tuple(idx.shape)}")
-    if start + idx.size(1) > context_length:
-        raise ValueError(
-            f"sequence of {start + idx.size(1)} tokens is longer than context_length={context_length}"
-        )

@@ -4,31 +4,17 @@
 causal mask, softmax, dropout on the weights, weights ``@ v``) from the q/k/v projection
 ``[B, T, 3C]`` to ``[B, T, C]``, forward and backward in one compiled pass per (batch row, head):
 no score tensors in memory, no scores above the diagonal, no layout copies. Dropout: sorted flat
-indices of the dropped weights in ``[B, H, T, T]``, as the plain heads draw them.
+indices of the dropped weights in ``[B, H, T, T]``, as the plain heads draw them. The kernel:
+``native_build.kernel("attention", head_size)``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
 
 from gpt_pipeline.model import native_build
-
-_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-SIGNATURES = {"attention_forward": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]),
-              "attention_backward": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT])}
-
-
-def kernel(head_size: int) -> ctypes.CDLL | None:
-    """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    return native_build.kernel("attention", head_size, SIGNATURES)
-
-
-def unavailable(head_size: int) -> str | None:
-    """Why ``kernel(head_size)`` is ``None`` (one line), or ``None`` when it is there."""
-    return native_build.why_not("attention", head_size)
 
 
 class NativeAttention(torch.autograd.Function):
@@ -44,18 +30,15 @@ class NativeAttention(torch.autograd.Function):
             raise ValueError(f"NativeAttention takes a CPU float32 [B, T, 3 x {head_count} heads x head size] "
                              f"tensor, got {qkv.dtype} {tuple(qkv.shape)} on {qkv.device}")
         B, T, C3 = qkv.shape
-        C = C3 // 3
-        lib = kernel(C // head_count)
+        hs = C3 // 3 // head_count
+        lib = native_build.kernel("attention", hs)
         if lib is None:
-            raise RuntimeError(f"no native attention kernel: {unavailable(C // head_count)}")
+            raise RuntimeError(f"no native attention kernel: {native_build.why_not('attention', hs)}")
         qkv = qkv.contiguous()
-        out = torch.empty(B, T, C, dtype=qkv.dtype)
+        out = torch.empty(B, T, C3 // 3, dtype=qkv.dtype)
         probs = torch.empty(B, head_count, T * (T + 1) // 2, dtype=qkv.dtype)  # softmax, before dropout
-        dropped, count = _positions(positions)
-        status = lib.attention_forward(qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), dropped, count, B, T,
-                                       head_count, 1.0 / math.sqrt(C // head_count), scale, torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("native attention: could not allocate its scratch memory")
+        _check(lib.attention_forward(qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), *_positions(positions), B,
+                                     T, head_count, 1.0 / math.sqrt(hs), scale, torch.get_num_threads()))
         ctx.save_for_backward(qkv, out, probs, positions)
         ctx.head_count, ctx.scale, ctx.lib = head_count, scale, lib
         return out
@@ -65,22 +48,23 @@ class NativeAttention(torch.autograd.Function):
         qkv, out, probs, positions = ctx.saved_tensors
         B, T, C3 = qkv.shape
         H = ctx.head_count
-        hs = C3 // 3 // H
         grad = grad.contiguous()
         grad_qkv = torch.empty_like(qkv)  # every element written by the kernel
-        dropped, count = _positions(positions)
-        status = ctx.lib.attention_backward(
-            qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), grad.data_ptr(), grad_qkv.data_ptr(), dropped, count,
-            B, T, H, 1.0 / math.sqrt(hs), ctx.scale, torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("native attention: could not allocate its scratch memory")
+        _check(ctx.lib.attention_backward(
+            qkv.data_ptr(), out.data_ptr(), probs.data_ptr(), grad.data_ptr(), grad_qkv.data_ptr(),
+            *_positions(positions), B, T, H, 1.0 / math.sqrt(C3 // 3 // H), ctx.scale, torch.get_num_threads()))
         return grad_qkv, None, None, None
 
 
 def supports(qkv: torch.Tensor, head_count: int) -> bool:
     """Whether ``NativeAttention`` can run on ``qkv`` (CPU float32, a compiled kernel for its head size)."""
     return (qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 3
-            and kernel(qkv.size(2) // 3 // head_count) is not None)
+            and native_build.kernel("attention", qkv.size(2) // 3 // head_count) is not None)
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise MemoryError("native attention: could not allocate its scratch memory")
 
 
 def _positions(positions: torch.Tensor | None) -> tuple[int | None, int]:

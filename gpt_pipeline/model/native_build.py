@@ -1,12 +1,13 @@
 """Compile and load the C kernels (``native/*.c``) with the system's C compiler, on first use.
 
-``load(name, defines)`` builds ``native/<name>.c`` with ``-D<key>=<value>`` into the kernel cache
-(``GPT_PIPELINE_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/gpt_pipeline/kernels``, else
-``<tmp>/gpt_pipeline_kernels_<uid>``; a folder others may write to is refused: a planted library
-would run as the user) and opens it with ``ctypes``. The file name hashes everything that shapes
-the binary (sources, headers, defines, flags, compiler, CPU flags); it is written under a temporary
-name and renamed. ``load`` gives ``None`` where it cannot (no compiler, a failed build,
-``GPT_PIPELINE_NATIVE=0``) and ``unavailable`` says why: callers keep a PyTorch path.
+``kernel(name, head_size)`` builds ``native/<name>.c`` with ``-DHS=<head size> -DVL=<floats per
+vector>`` into the kernel cache (``GPT_PIPELINE_KERNEL_CACHE``, else
+``$XDG_CACHE_HOME/gpt_pipeline/kernels``, else ``<tmp>/gpt_pipeline_kernels_<uid>``; a folder others
+may write to is refused: a planted library would run as the user) and opens it with ``ctypes``,
+its functions typed by ``SIGNATURES``. The file name hashes everything that shapes the binary
+(sources, headers, defines, flags, compiler, CPU flags); it is written under a temporary name and
+renamed. ``kernel`` gives ``None`` where it cannot (no compiler, a failed build,
+``GPT_PIPELINE_NATIVE=0``) and ``why_not`` says why: callers keep a PyTorch path.
 """
 
 from __future__ import annotations
@@ -27,11 +28,17 @@ from pathlib import Path
 SOURCES = Path(__file__).with_name("native")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-Wall")
 X86_FLAGS = ("-mprefer-vector-width=512",)  # wide vectors where the CPU has them
+_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+SIGNATURES = {  # kernel -> its functions -> (ctypes result type, argument types)
+    "attention": {"attention_forward": (_INT, [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT]),
+                  "attention_backward": (_INT, [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _F, _F, _INT])},
+    "decode": {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9 + [_F, _INT]),
+               "decode_scratch_floats": (_I64, [_I64] * 5 + [_INT])},
+}
 
 _log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_loaded: dict[tuple, ctypes.CDLL | None] = {}
-_why: dict[tuple, str] = {}
+_loaded: dict[tuple, tuple[ctypes.CDLL | None, str | None]] = {}  # key -> (library, why not)
 
 
 def enabled() -> bool:
@@ -41,18 +48,11 @@ def enabled() -> bool:
 
 def cache_dirs() -> tuple[Path, ...]:
     """Where built libraries may go, in order (see the module docstring)."""
-    env = os.environ
-    return _cache_dirs(env.get("GPT_PIPELINE_KERNEL_CACHE"), env.get("XDG_CACHE_HOME"), env.get("HOME"),
-                       tempfile.gettempdir())
-
-
-@functools.lru_cache(maxsize=16)  # called on every training forward: build the paths once per setting
-def _cache_dirs(override: str | None, xdg: str | None, home: str | None, tmp: str) -> tuple[Path, ...]:
-    if override:
-        return (Path(override),)
-    base = xdg or str(Path.home() / ".cache")
+    if os.environ.get("GPT_PIPELINE_KERNEL_CACHE"):
+        return (Path(os.environ["GPT_PIPELINE_KERNEL_CACHE"]),)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     user = getattr(os, "getuid", lambda: "user")()
-    return (Path(base) / "gpt_pipeline" / "kernels", Path(tmp) / f"gpt_pipeline_kernels_{user}")
+    return Path(base) / "gpt_pipeline" / "kernels", Path(tempfile.gettempdir()) / f"gpt_pipeline_kernels_{user}"
 
 
 def compiler() -> str | None:
@@ -63,32 +63,31 @@ def compiler() -> str | None:
     return None
 
 
-Signatures = dict[str, tuple[type, list[type]]]  # function -> (ctypes result type, argument types)
+def kernel(name: str, head_size: int) -> ctypes.CDLL | None:
+    """``native/<name>.c`` built for ``head_size`` (once; opened once per process), or ``None``."""
+    return _load(name, head_size)[0]
 
 
-def load(name: str, defines: dict[str, int], signatures: Signatures | None = None) -> ctypes.CDLL | None:
-    """The compiled ``native/<name>.c`` with ``-D<key>=<value>`` for ``defines`` (built once, opened
-    once per process, its functions typed by ``signatures``), or ``None`` (``unavailable``)."""
-    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
+def why_not(name: str, head_size: int) -> str | None:
+    """Why ``kernel(name, head_size)`` is ``None`` (one line), or ``None`` when it is there."""
+    return _load(name, head_size)[1]
+
+
+def _load(name: str, head_size: int) -> tuple[ctypes.CDLL | None, str | None]:
+    vl = vector_length(head_size)
+    if vl is None:
+        return None, f"head size {head_size} is not a multiple of 4"
+    env = os.environ  # what cache_dirs() reads: cheaper than the paths on every training forward
+    key = (name, head_size, vl, enabled(), *map(env.get, ("GPT_PIPELINE_KERNEL_CACHE", "XDG_CACHE_HOME", "HOME")),
+           tempfile.gettempdir())
     with _lock:
         if key not in _loaded:
             try:
-                _loaded[key] = _build_and_open(name, defines)
+                _loaded[key] = _build_and_open(name, {"HS": head_size, "VL": vl}), None
             except _Unavailable as why:
-                _loaded[key], _why[key] = None, str(why)
-                _log.warning("native %s kernel %s unavailable (%s): using the PyTorch path", name, defines, why)
-        lib = _loaded[key]
-        if lib is not None and signatures and not hasattr(lib, "_typed"):
-            for function, (result, arguments) in signatures.items():
-                getattr(lib, function).restype, getattr(lib, function).argtypes = result, arguments
-            lib._typed = True
-        return lib
-
-
-def unavailable(name: str, defines: dict[str, int]) -> str | None:
-    """Why ``load(name, defines)`` gave ``None`` (one line), or ``None`` when it loaded."""
-    key = (name, tuple(sorted(defines.items())), cache_dirs(), enabled())
-    return None if load(name, defines) is not None else _why[key]
+                _loaded[key] = None, str(why)
+                _log.warning("native %s kernel HS=%d unavailable (%s): using the PyTorch path", name, head_size, why)
+        return _loaded[key]
 
 
 def vector_length(head_size: int, widest: int | None = None) -> int | None:
@@ -101,20 +100,6 @@ def vector_length(head_size: int, widest: int | None = None) -> int | None:
     """
     widest = vector_floats() if widest is None else widest
     return next((v for v in (16, 8, 4) if v <= widest and head_size % v == 0), None)
-
-
-def kernel(name: str, head_size: int, signatures: Signatures | None = None) -> ctypes.CDLL | None:
-    """``native/<name>.c`` built for ``head_size`` (``-DHS``, ``-DVL``), or ``None`` (``why_not``)."""
-    vl = vector_length(head_size)
-    return None if vl is None else load(name, {"HS": head_size, "VL": vl}, signatures)
-
-
-def why_not(name: str, head_size: int) -> str | None:
-    """Why ``kernel(name, head_size)`` is ``None`` (one line), or ``None`` when it is there."""
-    vl = vector_length(head_size)
-    if vl is None:
-        return f"head size {head_size} is not a multiple of 4"
-    return unavailable(name, {"HS": head_size, "VL": vl})
 
 
 class _Unavailable(Exception):
@@ -130,10 +115,8 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
     source = SOURCES / f"{name}.c"
     flags = [*FLAGS, *(X86_FLAGS if platform.machine() in {"x86_64", "AMD64"} else ()),
              *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
-    digest = hashlib.sha256()
-    for part in (*_source_parts(source), " ".join(flags).encode(), _compiler_version(cc), _cpu_flags()):
-        digest.update(part)
-        digest.update(b"\0")
+    version = subprocess.run([cc, "--version"], capture_output=True).stdout + cc.encode()
+    digest = hashlib.sha256(b"\0".join([*_source_parts(source), " ".join(flags).encode(), version, _cpu_flags()]))
     tag = "_".join(f"{k}{v}" for k, v in sorted(defines.items()))
     file_name = f"{name}_{tag}_{digest.hexdigest()[:16]}.so"
     reasons = []
@@ -147,9 +130,12 @@ def _build_and_open(name: str, defines: dict[str, int]) -> ctypes.CDLL:
         if not target.exists():
             _compile(cc, flags, source, target)
         try:
-            return ctypes.CDLL(str(target))
+            lib = ctypes.CDLL(str(target))
         except OSError as error:
             raise _Unavailable(f"cannot open {target}: {error}") from None
+        for function, (result, arguments) in SIGNATURES.get(name, {}).items():
+            getattr(lib, function).restype, getattr(lib, function).argtypes = result, arguments
+        return lib
     raise _Unavailable("; ".join(reasons))
 
 
@@ -197,11 +183,6 @@ def vector_floats() -> int:
         if "avx2" in flags or "avx" in flags:
             return 8
     return 4
-
-
-def _compiler_version(cc: str) -> bytes:
-    result = subprocess.run([cc, "--version"], capture_output=True)
-    return result.stdout + cc.encode()
 
 
 @functools.cache

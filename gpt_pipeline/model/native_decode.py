@@ -19,15 +19,6 @@ import torch.nn.functional as F
 
 from gpt_pipeline.model import native_build
 
-_P, _I64, _F, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-SIGNATURES = {"decode_forward": (_INT, [_P] * 7 + [_I64] + [_P] * 4 + [_I64] * 9 + [_F, _INT]),
-              "decode_scratch_floats": (_I64, [_I64] * 5 + [_INT])}
-
-
-def kernel(head_size: int) -> ctypes.CDLL | None:
-    """The compiled kernel for ``head_size`` (built on first use), or ``None``."""
-    return native_build.kernel("decode", head_size, SIGNATURES)
-
 
 def unavailable(model) -> str | None:
     """Why ``generate`` cannot run ``model`` through the kernel (one line), or ``None``."""
@@ -48,14 +39,10 @@ def supports(model) -> bool:
 _weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (versions, tensors, pointers)
 
 
-def _versions(model) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
 def packed_weights(model) -> tuple[list[torch.Tensor], ctypes.Array]:
     """``model``'s weights in the kernel's layout (products' weights transposed copies, the rest
     the parameters) and their blocks' pointers, made again when a parameter changed."""
-    versions = _versions(model)
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
     cached = _weights.get(model)
     if cached is not None and cached[0] == versions:
         return cached[1], cached[2]
@@ -83,7 +70,7 @@ class Session:
     def __init__(self, model, batch: int):
         c = model.config
         self.model, self.batch, self.threads = model, batch, torch.get_num_threads()
-        self.lib = kernel(c.head_size)
+        self.lib = native_build.kernel("decode", c.head_size)
         self.weights, self.pointers = packed_weights(model)
         F = c.embedding_size * c.feed_forward_multiplier
         cache = (c.block_count, batch, c.context_length, c.embedding_size)
@@ -129,10 +116,8 @@ class ThreadChoice:
     ``period`` tokens, ``probes`` tokens with all the session's threads and as many with one,
     alternately, then the faster of the two (median seconds per token) until the next probe.
 
-    Alone, all threads win (gpt-rs's example config, 2 threads: ~1.7x one). Beside another busy
-    process, threads that wait for each other at the kernel's barriers lose whenever one of them
-    is descheduled; one thread then samples faster than all of them (and than PyTorch's
-    operators): ``benchmarks/bench_generate.py --beside-training``."""
+    Alone, all threads win; beside another busy process, threads waiting at the kernel's barriers
+    lose whenever one is descheduled and one thread is faster (``bench_generate.py --beside-training``)."""
 
     def __init__(self, most: int, period: int = 128, probes: int = 4):
         self.options = [most, 1] if most > 1 else [1]

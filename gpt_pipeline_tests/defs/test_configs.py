@@ -21,6 +21,7 @@ from gpt_pipeline import fields
 from gpt_pipeline.data.config import DatasetConfig, StoriesConfig
 from gpt_pipeline.defs.sweeps import ASSET_CONFIGS
 from gpt_pipeline.defs.configs import (
+    QUICKSTART,
     BpeTokenizerConfig,
     RawStoriesConfig,
     SampleGenerationsConfig,
@@ -86,6 +87,13 @@ def test_every_field_comes_from_the_core_declaration(config_class, sources, extr
                           "SampleGenerationsConfig": "sample_generations"}[config_class.__name__]] is config_class
 
 
+def test_the_defaults_are_the_quickstart_file_and_the_job_config():
+    """One place per default: ``QUICKSTART`` (Python, read at no import) is configs/quickstart.yaml's
+    content, and train_gpt_job's config, so `make run` and a run without config train the same model."""
+    assert QUICKSTART_OPS == {asset: {"config": values} for asset, values in QUICKSTART.items()}
+    assert defs.resolve_job_def("train_gpt_job").partitioned_config.get_run_config_for_partition_key("default") == {"ops": QUICKSTART_OPS}
+
+
 def test_choices_are_enums_of_the_schema_and_bounds_are_in_the_description():
     schema = infer_schema_from_config_class(TrainedModelConfig).config_type.fields
     assert typing.get_args(TrainedModelConfig.model_fields["lr_schedule"].annotation) == ("constant", "cosine")
@@ -107,9 +115,9 @@ def _quickstart(asset: str, cls: type, **values):
 
 def test_methods_build_the_core_configs():
     config = TrainedModelConfig(embedding_size=32, learning_rate=0.01, lr_schedule="cosine", export_hf=True)
-    assert config.gpt_config(300) == _quickstart("trained_model", GPTConfig, vocab_size=300, embedding_size=32)
-    assert config.training_config() == _quickstart("trained_model", TrainConfig, learning_rate=0.01, lr_schedule="cosine")
-    generation = SampleGenerationsConfig(prompts=["Once", "The dog"], top_k=5).generation_config()
+    assert config.core(GPTConfig, vocab_size=300) == _quickstart("trained_model", GPTConfig, vocab_size=300, embedding_size=32)
+    assert config.core(TrainConfig) == _quickstart("trained_model", TrainConfig, learning_rate=0.01, lr_schedule="cosine")
+    generation = SampleGenerationsConfig(prompts=["Once", "The dog"], top_k=5).core(GenerationConfig)
     assert generation == _quickstart("sample_generations", GenerationConfig, prompts=("Once", "The dog"), top_k=5)
     assert RawStoriesConfig(num_stories=9).core(StoriesConfig) == _quickstart("raw_stories", StoriesConfig, num_stories=9)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_pipeline.model import fused, native_attention
+from gpt_pipeline.model import fused, native_build
 from gpt_pipeline.model.dropout import DropPositions, dropped_positions, scaled_except
 from gpt_pipeline.model.fused import FeedForwardResidual, LinearFunction, ProjectionResidual, linear, linear_add
 from gpt_pipeline.model.gpt import GPT, GPTConfig
@@ -27,11 +27,11 @@ def products(request, monkeypatch):
 def attention(request, monkeypatch):
     """Run a test with the compiled attention kernel and again with the plain heads."""
     if request.param == "native":
-        if native_attention.kernel(8) is None:
-            pytest.skip(f"no native attention kernel here: {native_attention.unavailable(8)}")
+        if native_build.kernel("attention", 8) is None:
+            pytest.skip(f"no native attention kernel here: {native_build.why_not('attention', 8)}")
     else:
         monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")
-        assert native_attention.kernel(8) is None
+        assert native_build.kernel("attention", 8) is None
     return request.param
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt_pipeline.model import native_build, native_decode
-from gpt_pipeline.model.gpt import GPT, Dropout, FeedForward, GPTConfig, dropped_positions
+from gpt_pipeline.model.dropout import Dropout, dropped_positions
+from gpt_pipeline.model.gpt import GPT, FeedForward, GPTConfig
 from gpt_pipeline_tests import reference
 from gpt_pipeline_tests.reference import Masks, ReferenceGPT
 

@@ -12,8 +12,6 @@ import tempfile
 import pytest
 import torch
 
-from gpt_pipeline.model import native_attention
-
 from gpt_pipeline.model import native_build
 from gpt_pipeline.model.dropout import dropped_positions
 from gpt_pipeline.model.native_attention import NativeAttention
@@ -23,8 +21,8 @@ from gpt_pipeline_tests.reference import heads_from_qkv as _per_head
 
 
 def _kernel_or_skip(head_size: int) -> None:
-    if native_attention.kernel(head_size) is None:  # only without a compiler (asserted below)
-        pytest.skip(f"no native attention kernel here: {native_attention.unavailable(head_size)}")
+    if native_build.kernel("attention", head_size) is None:  # only without a compiler (asserted below)
+        pytest.skip(f"no native attention kernel here: {native_build.why_not('attention', head_size)}")
 
 
 def _mask(heads: int, B: int, T: int, positions: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -33,9 +31,9 @@ def _mask(heads: int, B: int, T: int, positions: torch.Tensor | None, scale: flo
 
 
 def test_the_kernel_is_built_wherever_there_is_a_compiler():
-    assert (native_attention.kernel(32) is not None) == (native_build.compiler() is not None)
-    assert native_attention.unavailable(32) is None or native_build.compiler() is None
-    assert native_attention.unavailable(6) == "head size 6 is not a multiple of 4"
+    assert (native_build.kernel("attention", 32) is not None) == (native_build.compiler() is not None)
+    assert native_build.why_not("attention", 32) is None or native_build.compiler() is None
+    assert native_build.why_not("attention", 6) == "head size 6 is not a multiple of 4"
 
 
 @pytest.mark.parametrize("B, T, heads, hs", [
@@ -176,19 +174,19 @@ def test_a_build_is_cached_on_disk_and_keyed_by_its_source(tmp_path, monkeypatch
     if native_build.compiler() is None:
         pytest.skip("no C compiler here")
     monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path))
-    lib = native_build.load("attention", {"HS": 8, "VL": 8})
+    lib = native_build.kernel("attention", 8)
     assert lib is not None and lib.attention_head_size() == 8
-    built = list(tmp_path.glob("attention_HS8_VL8_*.so"))
+    built = list(tmp_path.glob(f"attention_HS8_VL{native_build.vector_length(8)}_*.so"))
     assert len(built) == 1 and list(tmp_path.iterdir()) == built  # no temporary file left
     stamp = built[0].stat().st_mtime_ns
     code = ("from gpt_pipeline.model import native_build; "
-            "print(native_build.load('attention', {'HS': 8, 'VL': 8}).attention_head_size())")
+            "print(native_build.kernel('attention', 8).attention_head_size())")
     env = {**os.environ, "GPT_PIPELINE_KERNEL_CACHE": str(tmp_path)}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "8"
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # not rebuilt
-    native_build.load("attention", {"HS": 16, "VL": 16})
-    assert len(list(tmp_path.glob("attention_HS16_VL16_*.so"))) == 1  # another head size, another file
+    native_build.kernel("attention", 16)
+    assert len(list(tmp_path.glob("attention_HS16_VL*.so"))) == 1  # another head size, another file
 
 
 def test_without_a_working_compiler_the_model_trains_on_the_pytorch_path(tmp_path, monkeypatch):
@@ -197,8 +195,8 @@ def test_without_a_working_compiler_the_model_trains_on_the_pytorch_path(tmp_pat
     broken.chmod(0o755)
     monkeypatch.setenv("CC", str(broken))
     monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path / "cache"))
-    assert native_attention.kernel(8) is None
-    assert native_attention.unavailable(8) == "cc failed on attention.c: cc: error: this compiler is broken"
+    assert native_build.kernel("attention", 8) is None
+    assert native_build.why_not("attention", 8) == "cc failed on attention.c: cc: error: this compiler is broken"
     from gpt_pipeline.model.gpt import GPT, GPTConfig
 
     config = GPTConfig(vocab_size=30, embedding_size=16, context_length=8, head_count=2, block_count=1)
@@ -207,7 +205,7 @@ def test_without_a_working_compiler_the_model_trains_on_the_pytorch_path(tmp_pat
     model.loss(x, x).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     monkeypatch.setenv("GPT_PIPELINE_NATIVE", "0")
-    assert native_attention.unavailable(8) == "turned off by GPT_PIPELINE_NATIVE=0"
+    assert native_build.why_not("attention", 8) == "turned off by GPT_PIPELINE_NATIVE=0"
 
 
 
@@ -216,8 +214,8 @@ def test_an_unwritable_kernel_cache_means_the_pytorch_path_not_a_crash(tmp_path,
         pytest.skip("no C compiler here")
     (tmp_path / "a_file").write_text("not a folder")
     monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(tmp_path / "a_file" / "kernels"))
-    assert native_attention.kernel(8) is None
-    assert native_attention.unavailable(8).startswith(f"cannot build into {tmp_path / 'a_file' / 'kernels'}: ")
+    assert native_build.kernel("attention", 8) is None
+    assert native_build.why_not("attention", 8).startswith(f"cannot build into {tmp_path / 'a_file' / 'kernels'}: ")
 
 
 def test_a_kernel_folder_that_others_may_write_to_is_refused(tmp_path, monkeypatch):
@@ -225,8 +223,8 @@ def test_a_kernel_folder_that_others_may_write_to_is_refused(tmp_path, monkeypat
     shared.mkdir()
     shared.chmod(0o777)  # anyone could plant a library here
     monkeypatch.setenv("GPT_PIPELINE_KERNEL_CACHE", str(shared))
-    assert native_attention.kernel(8) is None
-    assert native_attention.unavailable(8) == (
+    assert native_build.kernel("attention", 8) is None
+    assert native_build.why_not("attention", 8) == (
         f"refusing kernel folder {shared}: owned by another user or writable by others")
     assert list(shared.iterdir()) == []  # nothing built or loaded there
 
@@ -239,7 +237,7 @@ def test_without_a_writable_home_cache_the_kernel_goes_to_a_private_temporary_fo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    assert native_attention.kernel(8) is not None
+    assert native_build.kernel("attention", 8) is not None
     folder = tmp_path / "tmp" / f"gpt_pipeline_kernels_{os.getuid()}"
     assert len(list(folder.glob("attention_HS8_VL*.so"))) == 1
     assert folder.stat().st_mode & 0o777 == 0o700

@@ -86,20 +86,7 @@ int attention_forward(const float *qkv, float *out, float *probs, const int64_t 
                 for (int r = 0; r < rows; r++) {
                     const int i = i0 + r, n = i + 1;
                     float *sr = s + r * tp, *wr = w + r * tp, *p = probs + base + tri(i);
-                    vf m = splat(-3.0e38f);
-                    for (int j0 = 0; j0 < n; j0 += VL) {
-                        vf x = choose(lanes_below(j0, n), load(sr + j0) * alpha, splat(-3.0e38f));
-                        store(sr + j0, x);
-                        m = choose(x > m, x, m);
-                    }
-                    const vf top = splat(hmax(m));
-                    vf sum = splat(0.0f);
-                    for (int j0 = 0; j0 < n; j0 += VL) {
-                        vf e = choose(lanes_below(j0, n), vexp(load(sr + j0) - top), splat(0.0f));
-                        store(sr + j0, e);
-                        sum += e;
-                    }
-                    const float inv = 1.0f / hsum(sum), kept = inv * keep_scale;
+                    const float inv = softmax_exps(sr, n, chunks, alpha), kept = inv * keep_scale;
                     int j0 = 0;
                     for (; j0 < chunks * VL; j0 += VL) {
                         const vf e = load(sr + j0);

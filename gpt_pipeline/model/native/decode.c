@@ -145,20 +145,7 @@ static void attend(const float *q, int64_t qs, int rows, int first, const float 
         for (int r = 0; r < tile; r++) {
             const int n = first + i0 + r + 1; /* keys 0 .. n - 1 */
             float *sr = s + r * tp;
-            vf top = splat(-3.0e38f);
-            for (int j0 = 0; j0 < chunks * VL; j0 += VL) {
-                const vf x = choose(lanes_below(j0, n), load(sr + j0) * alpha, splat(-3.0e38f));
-                store(sr + j0, x);
-                top = choose(x > top, x, top);
-            }
-            const vf high = splat(hmax(top));
-            vf sum = splat(0.0f);
-            for (int j0 = 0; j0 < chunks * VL; j0 += VL) {
-                const vf e = choose(lanes_below(j0, n), vexp(load(sr + j0) - high), splat(0.0f));
-                store(sr + j0, e);
-                sum += e;
-            }
-            const float inv = 1.0f / hsum(sum);
+            const float inv = softmax_exps(sr, n, chunks, alpha);
             for (int j0 = 0; j0 < chunks * VL; j0 += VL) store(sr + j0, load(sr + j0) * inv);
         }
         rows_times(s, tp, n_max, v, kvs, o + i0 * os, os, tile);
@@ -168,8 +155,6 @@ static void attend(const float *q, int64_t qs, int rows, int first, const float 
 static inline int64_t share(int64_t n, int t, int nt) { return n * t / nt; } /* rows share(n, t) .. share(n, t + 1) */
 
 static inline int padded_context(int64_t ctx) { return (int)((ctx + VL - 1) / VL * VL); }
-
-int decode_head_size(void) { return HS; }
 
 /* Floats of `scratch` decode_forward needs for B prompts of up to T positions on `threads` threads. */
 int64_t decode_scratch_floats(int64_t B, int64_t T, int64_t C, int64_t F, int64_t ctx, int threads) {
@@ -205,8 +190,10 @@ int decode_forward(const float *const *w, const float *token_embedding, const fl
 #pragma omp barrier
         for (int64_t l = 0; l < L; l++) {
             const float *const *p = w + l * PER_BLOCK;
-            const int only_last = l == L - 1; /* the last block: the last position's side alone */
-            float *kc = keys + l * B * ctx * C, *vc = values + l * B * ctx * C;
+            /* after the attention, the last block computes each prompt's last position alone, into `last` */
+            const int only_last = l == L - 1;
+            const int64_t first = only_last ? T - 1 : 0, rows = only_last ? B : M;
+            float *kc = keys + l * B * ctx * C, *vc = values + l * B * ctx * C, *out = only_last ? last : x;
             layer_norm(x, C, p[LN1_W], p[LN1_B], h, C, C, eps, share(M, t, nt), share(M, t + 1, nt));
 #pragma omp barrier
             product(h, C, p[QKV_W], C3, C, p[QKV_B], NULL, 0, 0, qkv, C3, M, t, nt);
@@ -219,31 +206,18 @@ int decode_forward(const float *const *w, const float *token_embedding, const fl
                     memcpy(kb + (start + i) * C, row + C, sizeof(float) * HS);
                     memcpy(vb + (start + i) * C, row + 2 * C, sizeof(float) * HS);
                 }
-                if (only_last)
-                    attend(qkv + (b * T + T - 1) * C3 + hd * HS, C3, 1, (int)(start + T - 1), kb, vb, C,
-                           y + b * C + hd * HS, C, alpha, kt, s, pad, tp);
-                else
-                    attend(qkv + b * T * C3 + hd * HS, C3, (int)T, (int)start, kb, vb, C, y + b * T * C + hd * HS, C,
-                           alpha, kt, s, pad, tp);
+                attend(qkv + (b * T + first) * C3 + hd * HS, C3, (int)(T - first), (int)(start + first), kb, vb, C,
+                       y + b * (T - first) * C + hd * HS, C, alpha, kt, s, pad, tp);
             }
 #pragma omp barrier
-            if (!only_last) {
-                product(y, C, p[PROJ_W], C, C, p[PROJ_B], x, C, 0, x, C, M, t, nt); /* x += projection */
+            /* out = x (its rows from `first`, every T-th for the last block) + projection */
+            product(y, C, p[PROJ_W], C, C, p[PROJ_B], x + first * C, only_last ? T * C : C, 0, out, C, rows, t, nt);
 #pragma omp barrier
-                layer_norm(x, C, p[LN2_W], p[LN2_B], h, C, C, eps, share(M, t, nt), share(M, t + 1, nt));
+            layer_norm(out, C, p[LN2_W], p[LN2_B], h, C, C, eps, share(rows, t, nt), share(rows, t + 1, nt));
 #pragma omp barrier
-                product(h, C, p[FF1_W], F, C, p[FF1_B], NULL, 0, 1, f, F, M, t, nt);
+            product(h, C, p[FF1_W], F, C, p[FF1_B], NULL, 0, 1, f, F, rows, t, nt);
 #pragma omp barrier
-                product(f, F, p[FF2_W], C, F, p[FF2_B], x, C, 0, x, C, M, t, nt); /* x += feed-forward */
-            } else { /* one row per prompt: last = x[last position] + projection, then the feed-forward */
-                product(y, C, p[PROJ_W], C, C, p[PROJ_B], x + (T - 1) * C, T * C, 0, last, C, B, t, nt);
-#pragma omp barrier
-                layer_norm(last, C, p[LN2_W], p[LN2_B], h, C, C, eps, share(B, t, nt), share(B, t + 1, nt));
-#pragma omp barrier
-                product(h, C, p[FF1_W], F, C, p[FF1_B], NULL, 0, 1, f, F, B, t, nt);
-#pragma omp barrier
-                product(f, F, p[FF2_W], C, F, p[FF2_B], last, C, 0, last, C, B, t, nt);
-            }
+            product(f, F, p[FF2_W], C, F, p[FF2_B], out, C, 0, out, C, rows, t, nt); /* out += feed-forward */
 #pragma omp barrier
         }
         layer_norm(last, C, final_w, final_b, last_h, C, C, eps, share(B, t, nt), share(B, t + 1, nt));

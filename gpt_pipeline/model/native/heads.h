@@ -76,12 +76,28 @@ DEFINE_TILE(4)
 static void rows_times_t(const float *a, int64_t as, const float *bt, int tp, int chunks, float *out) {
     int c0 = 0;
     for (; c0 + 4 <= chunks; c0 += 4) tile_4(a, as, bt, tp, c0, out);
-    switch (chunks - c0) {
-        case 3: tile_3(a, as, bt, tp, c0, out); break;
-        case 2: tile_2(a, as, bt, tp, c0, out); break;
-        case 1: tile_1(a, as, bt, tp, c0, out); break;
-        default: break;
+    if (chunks - c0 == 3) tile_3(a, as, bt, tp, c0, out);
+    else if (chunks - c0 == 2) tile_2(a, as, bt, tp, c0, out);
+    else if (chunks - c0 == 1) tile_1(a, as, bt, tp, c0, out);
+}
+
+/* A row of scores s [chunks * VL]: s = exp(alpha * s - max) over its first n entries, 0 after;
+ * returns 1 / their sum (softmax = s * that). */
+static inline float softmax_exps(float *s, int n, int chunks, float alpha) {
+    vf top = splat(-3.0e38f);
+    for (int j0 = 0; j0 < chunks * VL; j0 += VL) {
+        const vf x = choose(lanes_below(j0, n), load(s + j0) * alpha, splat(-3.0e38f));
+        store(s + j0, x);
+        top = choose(x > top, x, top);
     }
+    const vf high = splat(hmax(top));
+    vf sum = splat(0.0f);
+    for (int j0 = 0; j0 < chunks * VL; j0 += VL) {
+        const vf e = choose(lanes_below(j0, n), vexp(load(s + j0) - high), splat(0.0f));
+        store(s + j0, e);
+        sum += e;
+    }
+    return 1.0f / hsum(sum);
 }
 
 /* out[r] = sum_{j < n} w[r][j] * b[j] for R rows of w [*, tp]; b rows [HS] at stride bs; the
@@ -124,6 +140,5 @@ static const float *padded(const float *x, int64_t xs, int rows, float *pad) {
     for (int r = 0; r < rows; r++) memcpy(pad + r * HS, x + r * xs, sizeof(float) * HS);
     return pad;
 }
-
 
 #endif /* GPT_PIPELINE_HEADS_H */
