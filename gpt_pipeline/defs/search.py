@@ -57,22 +57,30 @@ class Search:
     def _trials(self, *states):
         return self.study.get_trials(deepcopy=False, states=states or None)
 
-    def _orphan(self):
+    def _orphan(self, skip: set[int]):
         """A RUNNING trial whose process is gone (killed mid-search) or that it released (stopped),
         claimed by this process: ``Claims.take`` lets one of the processes that see it win."""
         running = self.optuna.trial.TrialState.RUNNING
         for frozen in self._trials(running):
-            if frozen.number in self.ran or VARIANT_ATTR not in frozen.user_attrs:
+            if frozen.number in self.ran or frozen.number in skip or VARIANT_ATTR not in frozen.user_attrs:
                 continue
-            claim, owner = self.claims.current(frozen._trial_id) or (-1, frozen.user_attrs.get(OWNER_ATTR) or {})
-            if not owner.get(RELEASED) and _process_alive(owner):
-                continue
-            if not self.claims.take(frozen._trial_id, claim + 1, self.owner):
-                continue  # another process claimed it first
-            trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
-            trial.set_user_attr(OWNER_ATTR, self.owner)
-            return frozen.number, frozen.user_attrs[VARIANT_ATTR], trial
+            if self.adopt(frozen, only_orphan=True):
+                return frozen.number, frozen.user_attrs[VARIANT_ATTR], self.optuna.trial.Trial(self.study, frozen._trial_id)
         return None
+
+    def adopt(self, frozen, only_orphan: bool = False) -> bool:
+        """Whether this process holds the claim of trial ``frozen``: it did already (unless
+        ``only_orphan``), or took it as its owner is gone or released it. Of two processes that
+        try at once, one wins (``Claims.take``)."""
+        claim, owner = self.claims.current(frozen._trial_id) or (-1, frozen.user_attrs.get(OWNER_ATTR) or {})
+        if owner == self.owner:
+            return not only_orphan
+        if not owner.get(RELEASED) and _process_alive(owner):
+            return False
+        if not self.claims.take(frozen._trial_id, claim + 1, self.owner):
+            return False  # another process claimed it first
+        self.optuna.trial.Trial(self.study, frozen._trial_id).set_user_attr(OWNER_ATTR, self.owner)
+        return True
 
     def release(self, trial) -> None:
         """Give trial ``trial`` up (this process stops): the next search claims it at once and
@@ -88,10 +96,11 @@ class Search:
         spent = sum(float(t.user_attrs.get(CPU_ATTR, 0.0)) for t in trials)
         return self.spec.cpu_seconds is None or spent < self.spec.cpu_seconds
 
-    def claim(self):
-        """``(number, variant, trial)`` of the next trial to run, or None when the budget is spent."""
+    def claim(self, skip: set[int] = frozenset()):
+        """``(number, variant, trial)`` of the next trial to run (an orphan not in ``skip`` first),
+        or None when the budget is spent."""
         with self.lock:
-            orphan = self._orphan()
+            orphan = self._orphan(skip)
             if orphan is not None:
                 self.log(f"trial {orphan[0]} ({orphan[1]}): interrupted before, resumed from its checkpoint")
                 return orphan

@@ -11,6 +11,7 @@ the daemon's code server first), stopped when the ``with`` block ends. Its log i
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from gpt_pipeline.storage import project_root
+from gpt_pipeline.storage import atomic_write_text, project_root
+from gpt_pipeline.tracking.tracker import _process_alive, _process_tags
 
 SERVING = ("SENSOR", "QUEUED_RUN_COORDINATOR")  # the daemons a sweep needs
 FRESH_SECONDS = 75.0  # Dagster's daemons beat every 30 s
@@ -32,25 +34,34 @@ START_SECONDS = 240.0  # a daemon child's first sensor tick comes within this, e
 
 
 def tick_stamp(instance: dg.DagsterInstance) -> Path:
-    """The file ``sweep_sensor`` touches at each tick: a daemon that stopped leaves heartbeats that
-    look fresh for a minute, a sensor that stopped ticking does not."""
+    """The file ``sweep_sensor`` writes at each tick, naming the process that ticked (the daemon's
+    code server): a daemon that stopped leaves heartbeats that look fresh for a minute, a sensor
+    that stopped ticking does not, and a killed one names a process that is gone."""
     return Path(instance.root_directory) / "sweeps" / "sensor-tick"
 
 
 def touch_tick(instance: dg.DagsterInstance) -> None:
     stamp = tick_stamp(instance)
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.touch()
+    atomic_write_text(stamp, json.dumps(_process_tags(), sort_keys=True))
+
+
+def _ticker_alive(stamp: Path) -> bool:
+    try:
+        ticker = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(ticker, dict) and _process_alive(ticker)
 
 
 def daemon_alive(instance: dg.DagsterInstance) -> bool:
     """Whether a daemon serves ``instance``: its sensor and run-queue daemons beat, and
-    ``sweep_sensor`` ticked lately."""
+    ``sweep_sensor`` ticked lately in a process still there."""
     beats = instance.get_daemon_heartbeats()
     now = time.time()
     stamp = tick_stamp(instance)
     return (all(kind in beats and now - beats[kind].timestamp < FRESH_SECONDS for kind in SERVING)
-            and stamp.is_file() and now - stamp.stat().st_mtime < TICK_SECONDS)
+            and stamp.is_file() and now - stamp.stat().st_mtime < TICK_SECONDS and _ticker_alive(stamp))
 
 
 class DaemonChild:

@@ -9,6 +9,12 @@ data assets, every variant and search trial, then ``champion_model``. The run qu
 ``training`` decide how many train at once. As each variant or trial run ends, the live
 standings; at the end, the ranking.
 
+Killed instead (``kill -9`` of the command, the daemon and the runs), the submission stays
+active with its runs STARTED: the next ``gpt-pipeline sweep`` of that file continues it
+(``_take_over``: its finished runs stand, its runs whose process is gone run again, a trial
+from its checkpoint: ``defs.run_workers``); another file of the same sweep name cancels it first,
+as Ctrl-C would have.
+
 Ctrl-C or SIGTERM (``cli._interruptible``) cancels the sweep: the submission is marked
 cancelled (the sensor requests nothing more), its queued runs are canceled and its started runs
 terminated through the run coordinator (they end CANCELED; a trial keeps its checkpoint and is
@@ -27,10 +33,12 @@ import dagster as dg
 from gpt_pipeline.defs import sweep_submissions as submissions
 from gpt_pipeline.defs.champion import current_data_digest, standings
 from gpt_pipeline.defs.local_instance import instance_home
+from gpt_pipeline.defs.run_workers import settle_gone_runs
 from gpt_pipeline.defs.sweep_daemon import serving
 from gpt_pipeline.defs.sweep_sensor import CHAMPION, DATA, pool_limit
 from gpt_pipeline.defs.sweep_submissions import STEP_TAG, SUBMISSION_TAG, TRIAL_TAG
 from gpt_pipeline.storage import exclusive
+from gpt_pipeline.tracking.tracker import _process_tags
 from gpt_pipeline.training.metrics import figure_text
 
 POLL_SECONDS = 1.0
@@ -80,7 +88,9 @@ def run_sweep(sweep_file: str | os.PathLike, base_config: str | os.PathLike | No
     limit = pool_limit(instance)
     started = time.monotonic()
     with serving(instance, home, log) as daemon:
-        submission = submissions.submit(instance, content, user)
+        submission = _take_over(instance, content, user, log)
+        if submission is None:
+            submission = submissions.submit(instance, content, user, _process_tags())
         log(f"sweep {sweep.name}: {len(sweep.variants)} variants"
             + (f" and a search ({sweep.search.n_trials or 'until'} trials"
                f"{' or ' + str(sweep.search.cpu_seconds) + ' CPU s' if sweep.search.cpu_seconds else ''})" if sweep.search else "")
@@ -95,6 +105,25 @@ def run_sweep(sweep_file: str | os.PathLike, base_config: str | os.PathLike | No
     if final.state == submissions.FAILED:
         raise RuntimeError(f"sweep {sweep.name}: {final.note}")
     return _noted(standings(instance, current_data_digest(instance)), failed), times
+
+
+def _take_over(instance: dg.DagsterInstance, content: dict, user: dict, log) -> submissions.Submission | None:
+    """The active submission of this very sweep (content and run config) left by a command that
+    was killed, now this command's: the sensor goes on with it. Other such submissions of the
+    sweep's name are cancelled, as Ctrl-C would have (their trials released for this one)."""
+    with exclusive(str(Path(instance.root_directory) / "sweeps")):  # two commands: one takes it
+        left = submissions.orphans(instance, content["name"])
+        same = next((s for s in left if s.sweep == content and s.user_config == user), None)
+        if same is not None:
+            same.owner = _process_tags()
+            submissions.save(instance, same)
+    for other in left:
+        if other is not same:
+            log(f"cancelling submission {other.id} of sweep {content['name']}: its command was killed")
+            cancel(instance, other.id)
+    if same is not None:
+        log(f"continuing submission {same.id}, left by a command that was killed: its finished runs stand")
+    return same
 
 
 def _watch(instance, submission_id: str, daemon, log) -> tuple[dict[str, float], dict[str, str]]:
@@ -138,6 +167,8 @@ def cancel(instance: dg.DagsterInstance, submission_id: str) -> None:
     asked: set[str] = set()
     quiet_since = None
     while time.monotonic() < deadline:
+        if settle_gone_runs(instance, _runs(instance, submission_id)):  # killed before: nothing to terminate
+            continue
         live = [run for run in _runs(instance, submission_id) if not run.is_finished]
         for run in live:
             if run.run_id not in asked or run.status == dg.DagsterRunStatus.QUEUED:

@@ -16,7 +16,10 @@ At each tick, for each active submission:
    is requested again and resumes from its checkpoint; a finished trial is never run again;
 4. once all have ended, ``champion_model`` and ``champion_evaluation``; the submission is ``done``.
 
-Run keys (the submission, the step, the attempt) make a request that a tick repeats a no-op.
+A run whose process is gone (killed with the daemon: ``defs.run_workers``) is marked failed and
+its step requested again, a trial resuming from its checkpoint (at most ``MAX_INTERRUPTIONS``
+times a step, then it stays failed). Run keys (the submission, the step, the attempt) make a
+request that a tick repeats a no-op.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import dagster as dg
 
 from gpt_pipeline.defs import sweep_submissions as submissions
 from gpt_pipeline.defs.jobs import train_gpt_job
+from gpt_pipeline.defs.run_workers import interrupted, settle_gone_runs
 from gpt_pipeline.defs.sources import TRAINING_POOL
 from gpt_pipeline.defs.sweep_daemon import touch_tick
 from gpt_pipeline.defs.sweep_submissions import STEP_TAG, SUBMISSION_TAG, TRIAL_TAG, Submission
@@ -34,6 +38,7 @@ from gpt_pipeline.defs.variants import save_variant
 VARIANT_STEP = ("trained_model", "sample_generations", "model_evaluation")  # evaluated before the election
 CHAMPION_STEP = ("champion_model", "champion_evaluation")
 DATA, VARIANT, TRIAL, CHAMPION = "data", "variant", "trial", "champion"
+MAX_INTERRUPTIONS = 3  # a step whose process went away this often stays failed (it may be what kills it)
 
 
 def pool_limit(instance: dg.DagsterInstance) -> int:
@@ -64,19 +69,31 @@ def _latest(runs: list[dg.DagsterRun]) -> dg.DagsterRun | None:
     return runs[0] if runs else None  # get_runs gives the newest first
 
 
+def _again(runs: list[dg.DagsterRun]) -> bool:
+    """Whether a step's runs (newest first) ended with its process gone, and may run once more."""
+    return bool(runs) and interrupted(runs[0]) and sum(map(interrupted, runs)) < MAX_INTERRUPTIONS
+
+
+def _key(key: str, runs: list) -> str:
+    return f"{key}:{len(runs)}" if runs else key  # the first attempt's key as before
+
+
 def advance(instance: dg.DagsterInstance, submission: Submission, log=None) -> list[dg.RunRequest]:
     """The runs ``submission`` needs now (see the module docstring); ends it when all are done."""
     sweep = submission.parsed()
     runs = instance.get_runs(dg.RunsFilter(tags={SUBMISSION_TAG: submission.id}))
+    if settle_gone_runs(instance, runs):
+        runs = instance.get_runs(dg.RunsFilter(tags={SUBMISSION_TAG: submission.id}))
     steps: dict[str, list[dg.DagsterRun]] = {}
     for run in runs:
         steps.setdefault(run.tags.get(STEP_TAG, ""), []).append(run)
     user = submission.user_config
-    data = _latest(steps.get(DATA, []))
-    if data is None:
+    data_runs = steps.get(DATA, [])
+    data = _latest(data_runs)
+    if data is None or _again(data_runs):
         base_ops = {a: {"config": dict(v)} for a, v in sweep.base.items() if a in SHARED_ASSETS}
         config = {**user, "ops": {**base_ops, **(user.get("ops") or {})}}
-        return [_request(submission, DATA, SHARED_ASSETS, "data", config)]
+        return [_request(submission, DATA, SHARED_ASSETS, _key("data", data_runs), config)]
     if not data.is_finished:
         return []
     if data.status != dg.DagsterRunStatus.SUCCESS:
@@ -85,19 +102,24 @@ def advance(instance: dg.DagsterInstance, submission: Submission, log=None) -> l
     requests, waiting = [], False
     if sweep.search is not None:  # queued before the listed variants: Optuna asks as the pool frees
         requests, waiting = _trials(instance, submission, sweep, steps.get(TRIAL, []), log)
-    variant_runs = {run.tags.get("dagster/partition"): run for run in reversed(steps.get(VARIANT, []))}
+    variant_runs: dict[str, list[dg.DagsterRun]] = {}
+    for run in steps.get(VARIANT, []):
+        variant_runs.setdefault(run.tags.get("dagster/partition"), []).append(run)
     for variant in sweep.variants:
-        if variant not in variant_runs:
+        previous = variant_runs.get(variant, [])
+        if not previous or _again(previous):
             save_variant(instance, variant_record(sweep, variant))
-            requests.append(_request(submission, VARIANT, VARIANT_STEP, f"variant:{variant}", user, variant))
+            requests.append(_request(submission, VARIANT, VARIANT_STEP, _key(f"variant:{variant}", previous), user,
+                                     variant))
             waiting = True
-        elif not variant_runs[variant].is_finished:
+        elif not previous[0].is_finished:
             waiting = True
     if waiting:
         return requests
-    champion = _latest(steps.get(CHAMPION, []))
-    if champion is None:
-        return [_request(submission, CHAMPION, CHAMPION_STEP, "champion", user)]
+    champion_runs = steps.get(CHAMPION, [])
+    champion = _latest(champion_runs)
+    if champion is None or _again(champion_runs):
+        return [_request(submission, CHAMPION, CHAMPION_STEP, _key("champion", champion_runs), user)]
     if champion.is_finished:
         submissions.set_state(instance, submission.id, submissions.DONE)
     return []
@@ -127,9 +149,12 @@ def _trials(instance: dg.DagsterInstance, submission: Submission, sweep: Sweep, 
         frozen = running.get(number)
         if not run.is_finished:
             in_flight += 1
-        elif frozen is not None and run.status == dg.DagsterRunStatus.CANCELED:
-            again(number, frozen.user_attrs[VARIANT_ATTR])  # interrupted: resumes from its checkpoint
-            in_flight += 1
+        elif frozen is not None and (run.status == dg.DagsterRunStatus.CANCELED or _again(trial_runs)):
+            # interrupted: resumes from its checkpoint, once this process holds its claim (a trial
+            # whose run's process was killed is claimed by that dead code server; see Search.adopt)
+            if search.adopt(frozen):
+                again(number, frozen.user_attrs[VARIANT_ATTR])
+                in_flight += 1
         elif frozen is not None:
             trial = optuna.trial.Trial(search.study, frozen._trial_id)
             line = search.finish(number, frozen.user_attrs[VARIANT_ATTR], trial, None,
@@ -144,7 +169,7 @@ def _trials(instance: dg.DagsterInstance, submission: Submission, sweep: Sweep, 
     free = pool_limit(instance) - in_flight
     exhausted = False
     while free > 0:
-        claimed = search.claim()  # an orphaned trial first (it resumes), else a new one: Optuna asks
+        claimed = search.claim(skip=set(by_number))  # an orphaned trial first (it resumes), else a new one
         if claimed is None:
             exhausted = True
             break

@@ -6,7 +6,10 @@ the Dagster instance's folder, ``<instance root>/sweeps/<id>.json`` (written ato
 the checked sweep itself (its name, base, variants and search), not the file's path: editing the
 file later changes nothing already submitted. Its ``state`` is ``active`` until the sensor has
 run the champion (``done``), the data assets failed (``failed``), or the command that submitted
-it was stopped (``cancelled``: the sensor requests nothing more for it).
+it was stopped (``cancelled``: the sensor requests nothing more for it). ``owner`` names the
+``gpt-pipeline sweep`` process that watches it (none for ``sweep_job``'s): an active submission
+whose owner is gone was left by a command that was killed (``orphans``), and the next command of
+that sweep takes it over (``defs.sweep_runner``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Submission:
     state: str = ACTIVE
     note: str = ""
     submitted: float = 0.0
+    owner: dict[str, str] = field(default_factory=dict)  # the command's process (tracker._process_tags)
 
     def parsed(self) -> Sweep:
         return parse_sweep(self.sweep, self.sweep["name"], Path("."))
@@ -71,12 +75,20 @@ def check_sweep(sweep_file, base_config=None) -> tuple[Sweep, dict, dict]:
     return sweep, content, user
 
 
-def submit(instance: dg.DagsterInstance, content: dict, user_config: dict) -> Submission:
+def submit(instance: dg.DagsterInstance, content: dict, user_config: dict, owner: dict | None = None) -> Submission:
     """Record a checked sweep (``check_sweep``) for the sensor; return its submission."""
     submission = Submission(f"{content['name'][:40]}-{uuid.uuid4().hex[:8]}", content, user_config,
-                            submitted=time.time())
+                            submitted=time.time(), owner=owner or {})
     save(instance, submission)
     return submission
+
+
+def orphans(instance: dg.DagsterInstance, name: str) -> list[Submission]:
+    """The active submissions of sweep ``name`` whose command is gone (killed), newest first."""
+    from gpt_pipeline.tracking.tracker import _process_alive
+
+    found = [s for s in active(instance) if s.sweep["name"] == name and s.owner and not _process_alive(s.owner)]
+    return found[::-1]
 
 
 def save(instance: dg.DagsterInstance, submission: Submission) -> None:
