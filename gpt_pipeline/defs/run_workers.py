@@ -11,19 +11,23 @@ and ``sweep_sensor`` runs its step again (a trial resumes from its checkpoint). 
 process was killed while its code server lived was failed by that server ("Run execution
 process for ... was terminated by signal 9"): it is tagged alike.
 
-It judges only where the instance uses the default launcher, whose runs live on this machine
-(one daemon serves an instance, as Dagster requires).
+It judges only runs of the default launcher whose code server (the run's ``.dagster/grpc_info``
+tag) is on this machine: their processes are this machine's (one daemon serves an instance, as
+Dagster requires).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 
 import dagster as dg
 
 WORKER_GONE_TAG = "gpt_pipeline/worker_gone"  # its value: the pid that was the run's process
 _STARTED_PROCESS = "Started process for run"
+GRPC_INFO_TAG = ".dagster/grpc_info"  # where DefaultRunLauncher launched the run: host and port, or socket
 _CRASHED = "Run execution process for "  # the code server's line for a run whose process died
 
 
@@ -59,10 +63,21 @@ def _alive_since(pid: int, recorded: float) -> bool:
     return boot + ticks / os.sysconf("SC_CLK_TCK") <= recorded + 2.0  # btime is whole seconds
 
 
+def _launched_here(run: dg.DagsterRun) -> bool:
+    """Whether the run's code server (so its process) is on this machine."""
+    try:
+        server = json.loads(run.tags.get(GRPC_INFO_TAG) or "null")
+    except ValueError:
+        return False
+    if not isinstance(server, dict):
+        return False
+    return bool(server.get("socket")) or server.get("host") in ("localhost", "127.0.0.1", "::1", socket.gethostname())
+
+
 def worker_gone(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
     """The pid of ``run``'s process when the run is in progress and that process is gone."""
     if run.status not in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING) or not isinstance(
-            instance.run_launcher, dg.DefaultRunLauncher):
+            instance.run_launcher, dg.DefaultRunLauncher) or not _launched_here(run):
         return None
     found = _worker_pid(instance, run.run_id)
     if found is None or _alive_since(*found):

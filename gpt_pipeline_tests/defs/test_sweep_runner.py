@@ -298,7 +298,7 @@ def test_ctrl_c_cancels_the_sweep_kill_9_leaves_it_to_continue_and_a_failing_var
     data, _ = isolated_storage
     home = str(sweep_home / "home")
     long = copy.deepcopy(TINY_RUN_CONFIG)
-    long["ops"]["trained_model"]["config"].update(training_iterations=160, evaluation_interval=10)
+    long["ops"]["trained_model"]["config"].update(training_iterations=160, evaluation_interval=20)
     (sweep_home / "long.yaml").write_text(yaml.safe_dump(long))
     search = sweep_home / "resume.yaml"
     search.write_text(yaml.safe_dump({
