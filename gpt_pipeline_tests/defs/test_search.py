@@ -91,3 +91,24 @@ def test_an_orphaned_trial_is_adopted_by_one_of_the_searchers_that_see_it_at_onc
         assert numbers.count(number) == 1  # the orphan: adopted once, under its variant
         adopter = next(c for c in claimed.values() if c[0] == number)
         assert adopter[1] == variant
+
+
+def test_a_trial_whose_run_was_killed_is_adopted_once_by_the_sensor_that_requests_it_again(tmp_path, isolated_storage):
+    """``Search.adopt`` (``sweep_sensor`` before it requests an interrupted trial's run again): a
+    trial whose claim names a live owner is not taken; its own owner holds it; once that owner
+    is gone (kill -9) or gave it back (Ctrl-C), one searcher takes it and the other does not."""
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        first = Search(_sweep(2), instance, log=lambda line: None, owner={"submission": "a"})
+        second = Search(_sweep(2), instance, log=lambda line: None, owner={"submission": "b"})
+        number, _, trial = first.claim()
+        frozen = next(t for t in first.study.get_trials(deepcopy=False) if t.number == number)
+        assert first.adopt(frozen) and not second.adopt(frozen)  # first's, alive
+        claims = Claims(first.spec.storage_url())
+        assert claims.take(trial._trial_id, claims.current(trial._trial_id)[0] + 1, DEAD)  # its owner killed
+        assert second.adopt(frozen) and not first.adopt(frozen)  # taken once, by second
+        assert claims.current(trial._trial_id)[1] == second.owner
+        second.release(trial)  # second stopped: given back
+        assert claims.current(trial._trial_id)[1] == {RELEASED: True}
+        assert first.adopt(frozen) and not second.adopt(frozen)
+        assert first.claim(skip={number})[0] != number  # a trial the sensor requests itself is not an orphan
