@@ -1,8 +1,8 @@
 """The search's bookkeeping against a real Optuna study (SQLite) and a real Dagster instance: two
 searchers of one study never claim the same trial; a trial left running by a process that is gone
 is claimed again, under its variant, before any new one; the budget counts every trial.
-(Trials trained end to end through the daemon, pruned, interrupted, resumed and continued:
-``test_sweep_runner``.)"""
+(Trials trained end to end through the daemon, pruned and continued: ``test_sweep_runner``;
+interrupted and resumed: ``test_run_workers``.)"""
 
 from __future__ import annotations
 
