@@ -34,13 +34,13 @@ run: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	@echo "MLflow UI (training runs, loss curves, models):          make mlflow-ui   -> http://$(HOST):5000/#/experiments?workflowType=machine_learning"
 	@echo "More stories from the champion:  $(VENV)/bin/gpt-pipeline generate --model data/champion_model.safetensors --input 'Once'"
 
-# A sweep (README.md, "Experiments"): the data once, the variants PARALLEL at a time (the cores
-# divided among them), then the champion; prints the ranking.
+# A sweep (README.md, "Experiments"), submitted to the instance: the data once, the variants as
+# many at a time as the pool 'training' allows (`dagster instance concurrency set training N`),
+# then the champion; prints the standings and the ranking.
 SWEEP ?= configs/sweep.yaml
-PARALLEL ?= 1
 sweep: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	mkdir -p data mlruns
-	$(PY) -m gpt_pipeline sweep --sweep $(SWEEP) --parallel $(PARALLEL)
+	$(PY) -m gpt_pipeline sweep --sweep $(SWEEP)
 
 # A local instance (runs, materializations) shared by `make run`, `make sweep` and `make
 # dagster-ui`; its pools take one run at a time, so trainings (pool "training") take turns, and a

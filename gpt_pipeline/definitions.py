@@ -19,6 +19,7 @@ from gpt_pipeline.defs.io_manager import AssetFileIOManager
 from gpt_pipeline.defs.jobs import JOBS
 from gpt_pipeline.defs.resources import MLflowResource
 from gpt_pipeline.defs.sources import stories_source
+from gpt_pipeline.defs.sweep_sensor import SENSORS as SWEEP_SENSORS
 
 
 def build_defs(io_manager: AssetFileIOManager | None = None) -> dg.Definitions:
@@ -29,7 +30,7 @@ def build_defs(io_manager: AssetFileIOManager | None = None) -> dg.Definitions:
         assets=[stories_source, *ASSETS, *CHAMPION_ASSETS, *EVALUATION_ASSETS],
         jobs=[*JOBS, *AUTOMATION_JOBS, *EVALUATION_JOBS],
         schedules=SCHEDULES,
-        sensors=SENSORS,
+        sensors=[*SENSORS, *SWEEP_SENSORS],
         resources={"io_manager": io_manager or AssetFileIOManager(), "mlflow": MLflowResource()},
         executor=dg.in_process_executor,
     )

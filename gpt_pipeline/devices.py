@@ -35,7 +35,7 @@ def resolve_device(device: str = "auto", check_available: bool = True) -> torch.
     return torch.device(device)
 
 
-TRAININGS_AT_ONCE_ENV = "GPT_PIPELINE_TRAININGS_AT_ONCE"  # set by ``gpt-pipeline sweep --parallel N``
+TRAININGS_AT_ONCE_ENV = "GPT_PIPELINE_TRAININGS_AT_ONCE"  # a user's override of the pool's limit
 
 
 def cpu_cores() -> int:

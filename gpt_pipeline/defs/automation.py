@@ -4,10 +4,11 @@ Both are stopped by default; turn them on in the Dagster UI (Automation) or with
 ``dagster schedule start`` / ``dagster sensor start``.
 
 - ``weekly_sweep`` (``$GPT_PIPELINE_RETRAIN_CRON``, default ``"0 3 * * 0"``: Sundays 03:00)
-  launches ``sweep_job``, which runs a sweep file (its config ``sweep_file``, by default
-  ``configs/sweep.yaml``) as ``gpt-pipeline sweep`` does (``defs.sweep_runner``): the data
-  assets once, every variant and search trial, then ``champion_model``. From the UI's
-  Launchpad, ``sweep_job`` runs any sweep file given as its config.
+  launches ``sweep_job``, which checks a sweep file (its config ``sweep_file``, by default
+  ``configs/sweep.yaml``) and submits it, as ``gpt-pipeline sweep`` does; ``sweep_sensor``
+  (``defs.sweep_sensor``, running by default) turns it into queued runs: the data assets once,
+  every variant and search trial, then ``champion_model``. From the UI's Launchpad,
+  ``sweep_job`` submits any sweep file given as its config.
 - ``retrain_on_new_data``, the sensor of declarative automation: ``stories_source`` is observed
   every five minutes (its data version is the file's content hash, ``defs.sources``); when it
   changes, every asset's ``AutomationCondition.eager()`` requests the lineage below it, each
@@ -32,40 +33,30 @@ class SweepJobConfig(dg.Config):
     sweep_file: str = pydantic.Field(
         default="configs/sweep.yaml",
         description="The sweep file (variants and/or a search space), relative to the project root or absolute.")
-    parallel: int = pydantic.Field(default=1, ge=1, description="Variants trained at once (the cores are divided among them).")
 
 
-@dg.op(description="Run a sweep file: data assets once, every variant and search trial (each a run of its "
-       "own partition), then champion_model.")
-def run_sweep_file(context: dg.OpExecutionContext, config: SweepJobConfig) -> None:
-    from gpt_pipeline.defs.materialize import JOB
-    from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
+@dg.op(description="Check a sweep file and submit it: sweep_sensor turns it into queued runs (the data assets, "
+       "every variant and search trial, then champion_model).")
+def submit_sweep_file(context: dg.OpExecutionContext, config: SweepJobConfig) -> None:
+    from gpt_pipeline.defs.sweep_submissions import check_sweep, submit
     from gpt_pipeline.storage import project_root
 
     path = Path(config.sweep_file)
     path = path if path.is_absolute() else project_root() / path
     try:
-        rows, times = run_sweep(path, parallel=config.parallel, log=context.log.info,
-                                train_job=lambda: _train_job(context, JOB))
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
+        _, content, user = check_sweep(path)  # a bad file: refused in a line, nothing submitted
+    except (ValueError, FileNotFoundError) as error:
         raise dg.Failure(description=str(error).splitlines()[0], allow_retries=False) from error
-    context.log.info(f"sweep done in {times['total']:.0f} s; ranking:\n" + ranking_table(rows))
+    submission = submit(context.instance, content, user)
+    context.log.info(f"sweep {content['name']} submitted as {submission.id}: its runs are tagged "
+                     f"gpt_pipeline/submission={submission.id}")
 
 
-def _train_job(context: dg.OpExecutionContext, name: str) -> dg.JobDefinition:
-    """The code location's job ``name`` (what the sweep's runs run); only a run launched from the
-    code location (UI, schedule, daemon) has one."""
-    try:
-        return context.repository_def.get_job(name)
-    except Exception:  # noqa: BLE001 - Dagster's invariant error: no repository on this context
-        raise RuntimeError("sweep_job runs from its code location (the UI, a schedule or the daemon), "
-                           "not from a bare execute_in_process") from None
-
-
-@dg.job(description="Run a sweep file (config: sweep_file, parallel): the data assets once, every variant "
-        "and search trial (each its own run and partition), then champion_model. What `gpt-pipeline sweep` does.")
+@dg.job(description="Submit a sweep file (config: sweep_file): sweep_sensor queues the data assets, every "
+        "variant and search trial (each its own run and partition), then champion_model. What "
+        "`gpt-pipeline sweep` submits.")
 def sweep_job():
-    run_sweep_file()
+    submit_sweep_file()
 
 
 def _tick(context: dg.ScheduleEvaluationContext) -> str:

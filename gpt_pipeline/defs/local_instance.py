@@ -5,7 +5,9 @@ Its pools take one run at a time (``default_limit: 1``), counted per run (``gran
 a launched run (UI, schedule, sensor, backfill) whose pool is full waits in the run queue, where
 the daemon holds it without a process; with the per-step default, Dagster 1.13's executor would
 start the run and spin a core while its step waits (``defs.pool_turn``). Runs executed in process
-(``gpt-pipeline materialize``) wait in ``defs.pool_turn``, asleep, for the same pool.
+(``gpt-pipeline materialize``) wait in ``defs.pool_turn``, asleep, for the same pool. The run
+queue looks every second (Dagster's default: 5 s), so a sweep's next run starts soon after the
+one before it ends.
 
     python -m gpt_pipeline.defs.local_instance dagster_home/dagster.yaml   # the Makefile's recipe
 """
@@ -25,6 +27,11 @@ concurrency:
   pools:
     default_limit: 1
     granularity: run
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 """
 
 

@@ -1,7 +1,6 @@
-"""One Dagster run of the project's job in this process: what ``gpt-pipeline materialize`` runs,
-and what ``gpt-pipeline sweep`` runs for its steps that need no process of their own (the data
-assets, the champion, the variants and trials of a sweep run one at a time), so that a sweep
-pays Dagster's, MLflow's and torch's imports once, not once per step.
+"""One Dagster run of the project's job in this process: what ``gpt-pipeline materialize`` (so
+``make run``) runs. A sweep's runs are queued and launched by the daemon instead
+(``defs.sweep_sensor``), each in a process of its own.
 
 ``materialize_run`` returns the run's result; a bad run config is a ``ValueError`` in one line, a
 failed run a ``RuntimeError`` naming its first failed step's reason, and an interrupted run

@@ -7,7 +7,7 @@ never more than 0, so the executor's ``sleep_til_ready`` never sleeps and its lo
 pools per run (``defs.local_instance``: ``granularity: run``): a launched run waits in the run
 queue, with no process, until no run in progress uses its pool; the executor then checks no pool.
 
-Runs executed in process (``gpt-pipeline materialize``, so ``make run`` and the sweeps) never
+Runs executed in process (``gpt-pipeline materialize``, so ``make run``) never
 pass the run queue. ``pool_turn`` makes them take turns, sleeping between tries: it claims the
 step's slot through Dagster's own storage calls and pending-steps queue (first come, first
 served; the UI shows the claim) and, where pools are counted per run, also waits while the runs

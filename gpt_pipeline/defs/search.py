@@ -1,28 +1,28 @@
-"""Run a sweep's ``search:`` (``defs.search_space``): Optuna asks, Dagster trains, Optuna is told.
+"""A sweep's ``search:`` (``defs.search_space``): Optuna asks, Dagster trains, Optuna is told.
 
 Each trial is a variant ``<sweep>-t<number>`` (its sampled overrides over the sweep's base),
-recorded and added as a partition (``defs.variants``) before its run, then materialized by
-``launch`` (a Dagster run of ``trained_model`` and ``sample_generations`` on that partition). The
-run's training reports test bits per character at every evaluation to the trial
-(``defs.search_trials``); when the pruner stops it, its materialization is marked ``pruned`` and
+recorded and added as a partition (``defs.variants``) when ``Search.claim`` asks for it, then
+materialized by a queued run that ``sweep_sensor`` requests (``defs.sweep_sensor``: a Dagster
+run of ``trained_model``, ``sample_generations`` and ``model_evaluation`` on that partition),
+which tells the study how it ended (``Search.finish``). The run's training reports test bits per
+character at every evaluation to the trial (``defs.search_trials``); when the pruner stops it, its materialization is marked ``pruned`` and
 the study is told PRUNED; otherwise the study is told the final test bits per character.
 
 The study lives in a database (``SearchSpec.storage_url``: SQLite under ``mlruns/`` by default,
 PostgreSQL in a deployment), so the search accumulates: starting it again continues the study.
 Finished trials count towards ``n_trials`` and are never retrained; a trial left RUNNING by a
 process that is gone (killed mid-search) or given back by one that was stopped (Ctrl-C) is run
-again first, under the same variant, and resumes from its checkpoint. Two processes on one study
+again first, under the same variant, and resumes from its checkpoint (the owner is the code
+server process that evaluates the sensor, with the submission). Two searches on one study
 never run the same trial: a new trial is asked of the study's database (its own row), and who runs
 a trial is a claim row in that database (``search_trials.Claims``) that one process alone can
-write, so of two processes that find the same orphan, one adopts it.
+write, so of two searches that find the same orphan, one adopts it.
 """
 
 from __future__ import annotations
 
-import resource
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
@@ -40,44 +40,47 @@ def trial_variant(sweep: Sweep, number: int) -> str:
     return f"{sweep.name[:56]}-t{number:03d}"
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its children (a trial runs in one or the other)."""
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
 class Search:
     """One process's part in the search of ``sweep`` (see the module docstring)."""
 
-    def __init__(self, sweep: Sweep, instance: dg.DagsterInstance, log: Callable[[str], None] = print):
+    def __init__(self, sweep: Sweep, instance: dg.DagsterInstance, log: Callable[[str], None] = print,
+                 owner: dict | None = None):
         import optuna
 
         self.optuna, self.sweep, self.spec, self.instance, self.log = optuna, sweep, sweep.search, instance, log
         self.study = open_study(sweep.name, self.spec.storage_url(), self.spec.pruner, make_sampler(self.spec))
         self.claims = Claims(self.spec.storage_url())
         self.lock = threading.Lock()
-        self.owner = _process_tags()
+        self.owner = {**_process_tags(), **(owner or {})}  # the sensor adds its submission
         self.ran: list[int] = []
 
     def _trials(self, *states):
         return self.study.get_trials(deepcopy=False, states=states or None)
 
-    def _orphan(self):
+    def _orphan(self, skip: set[int]):
         """A RUNNING trial whose process is gone (killed mid-search) or that it released (stopped),
         claimed by this process: ``Claims.take`` lets one of the processes that see it win."""
         running = self.optuna.trial.TrialState.RUNNING
         for frozen in self._trials(running):
-            if frozen.number in self.ran or VARIANT_ATTR not in frozen.user_attrs:
+            if frozen.number in self.ran or frozen.number in skip or VARIANT_ATTR not in frozen.user_attrs:
                 continue
-            claim, owner = self.claims.current(frozen._trial_id) or (-1, frozen.user_attrs.get(OWNER_ATTR) or {})
-            if not owner.get(RELEASED) and _process_alive(owner):
-                continue
-            if not self.claims.take(frozen._trial_id, claim + 1, self.owner):
-                continue  # another process claimed it first
-            trial = self.optuna.trial.Trial(self.study, frozen._trial_id)
-            trial.set_user_attr(OWNER_ATTR, self.owner)
-            return frozen.number, frozen.user_attrs[VARIANT_ATTR], trial
+            if self.adopt(frozen, only_orphan=True):
+                return frozen.number, frozen.user_attrs[VARIANT_ATTR], self.optuna.trial.Trial(self.study, frozen._trial_id)
         return None
+
+    def adopt(self, frozen, only_orphan: bool = False) -> bool:
+        """Whether this process holds the claim of trial ``frozen``: it did already (unless
+        ``only_orphan``), or took it as its owner is gone or released it. Of two processes that
+        try at once, one wins (``Claims.take``)."""
+        claim, owner = self.claims.current(frozen._trial_id) or (-1, frozen.user_attrs.get(OWNER_ATTR) or {})
+        if owner == self.owner:
+            return not only_orphan
+        if not owner.get(RELEASED) and _process_alive(owner):
+            return False
+        if not self.claims.take(frozen._trial_id, claim + 1, self.owner):
+            return False  # another process claimed it first
+        self.optuna.trial.Trial(self.study, frozen._trial_id).set_user_attr(OWNER_ATTR, self.owner)
+        return True
 
     def release(self, trial) -> None:
         """Give trial ``trial`` up (this process stops): the next search claims it at once and
@@ -93,15 +96,17 @@ class Search:
         spent = sum(float(t.user_attrs.get(CPU_ATTR, 0.0)) for t in trials)
         return self.spec.cpu_seconds is None or spent < self.spec.cpu_seconds
 
-    def claim(self):
-        """``(number, variant, trial)`` of the next trial to run, or None when the budget is spent."""
+    def claim(self, skip: set[int] = frozenset()):
+        """``(number, variant, trial)`` of the next trial to run (an orphan not in ``skip`` first),
+        or None when the budget is spent."""
         with self.lock:
-            orphan = self._orphan()
+            orphan = self._orphan(skip)
             if orphan is not None:
                 self.log(f"trial {orphan[0]} ({orphan[1]}): interrupted before, resumed from its checkpoint")
                 return orphan
             if not self._budget_left():
                 return None
+            self.study.sampler = make_sampler(self.spec, len(self._trials()))
             trial = self.study.ask()  # a new trial: Optuna gives each asker its own
             self.claims.take(trial._trial_id, 0, self.owner)
             trial.set_user_attr(OWNER_ATTR, self.owner)  # before its variant: a trial with one has an owner
@@ -116,15 +121,17 @@ class Search:
             trial.set_user_attr(VARIANT_ATTR, variant)
             return trial.number, variant, trial
 
-    def finish(self, number: int, variant: str, trial, cpu_seconds: float, succeeded: bool) -> str:
-        """Tell the study how trial ``number`` ended (from its materialization); return a line."""
+    def finish(self, number: int, variant: str, trial, cpu_seconds: float | None, succeeded: bool) -> str:
+        """Tell the study how trial ``number`` ended (from its materialization); return a line.
+        ``cpu_seconds`` None: what the trial's run recorded itself (``search_trials.trial_reporter``)."""
         state = self.optuna.trial.TrialState
         records = self.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("trained_model"), asset_partitions=[variant]), limit=1).records
         meta = records[0].asset_materialization.metadata if records else {}
         bpc = meta.get("test_bits_per_character")
         with self.lock:
-            trial.set_user_attr(CPU_ATTR, float(cpu_seconds))
+            if cpu_seconds is not None:
+                trial.set_user_attr(CPU_ATTR, float(cpu_seconds))
             if meta.get("pruned") and meta["pruned"].value:  # its evaluation may fail: still pruned
                 self.study.tell(number, state=state.PRUNED)
                 return f"pruned at step {meta['pruned_at_step'].value}"
@@ -145,41 +152,6 @@ class Search:
         top = min(done, key=lambda t: t.value)
         return (f"{len(done)} finished, {pruned} pruned; best {top.user_attrs.get(VARIANT_ATTR)} "
                 f"test bits per character {top.value:.4f}")
-
-    def run(self, launch: Callable[[str], bool | None], parallel: int = 1) -> list[int]:
-        """Run trials (``parallel`` at once) until the budget is spent; return the numbers run here.
-        ``launch`` returns None when the search is stopped (Ctrl-C, SIGTERM): the trial it ran is
-        released, to resume from its checkpoint in the next search."""
-        def worker(_=None) -> None:
-            while (claimed := self.claim()) is not None:
-                number, variant, trial = claimed
-                self.ran.append(number)
-                before = _cpu()
-                try:
-                    succeeded = launch(variant)
-                except BaseException:  # Ctrl-C in this thread
-                    self.release(trial)
-                    raise
-                if succeeded is None:
-                    self.release(trial)
-                    return
-                line = self.finish(number, variant, trial, _cpu() - before, succeeded)
-                self.log(f"trial {number} ({variant}): {line}; {self.best()}")
-
-        at_once(worker, list(range(parallel)), parallel)
-        return self.ran
-
-
-def at_once(function: Callable, items: list, parallel: int) -> list:
-    """``function`` of each item, ``parallel`` at once (in threads; in this thread when 1). Ctrl-C
-    reaches this thread while it waits, so the caller can stop what the threads run."""
-    if parallel == 1:
-        return [function(item) for item in items]
-    pool = ThreadPoolExecutor(max_workers=parallel)
-    try:
-        return [future.result() for future in [pool.submit(function, item) for item in items]]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def study_summary(sweep: Sweep) -> dict[str, int]:

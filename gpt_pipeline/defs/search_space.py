@@ -177,12 +177,16 @@ def suggest(trial, spec: SearchSpec) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def make_sampler(spec: SearchSpec):
+def make_sampler(spec: SearchSpec, asked: int = 0):
+    """The Optuna sampler of ``spec``, seeded with its seed plus ``asked`` (the trials asked of the
+    study so far): a search asks each trial afresh (the sensor, tick by tick), so the seed must
+    move on with the study, not start over with each sampler."""
     import optuna
 
+    seed = None if spec.seed is None else spec.seed + asked
     if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, spec.n_trials or 10) // 2 or 1)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, spec.n_trials or 10) // 2 or 1)
 
 
 def make_pruner(pruner: dict[str, Any]):

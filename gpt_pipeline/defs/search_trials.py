@@ -73,6 +73,14 @@ class Claims:
         return True
 
 
+def _process_cpu() -> float:
+    """CPU seconds of this process (a trial's run has one of its own) and its children."""
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def frozen_trial(study, number: int):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
@@ -95,6 +103,9 @@ def trial_reporter(variant: Variant) -> Callable[[Evaluation], None] | None:
             # a Trial of an existing (running) trial number: its reports go to the study's database
             state["trial"] = optuna.trial.Trial(study, frozen_trial(study, variant.trial["number"])._trial_id)
         trial = state["trial"]
+        if "cpu_before" not in state:  # a resumed trial adds this run's CPU time to its earlier runs'
+            state["cpu_before"] = float(frozen_trial(trial.study, variant.trial["number"]).user_attrs.get("cpu_seconds", 0.0))
+        trial.set_user_attr("cpu_seconds", state["cpu_before"] + _process_cpu())  # the search's budget counts it
         if evaluation.step in trial.storage.get_trial(trial._trial_id).intermediate_values:
             return  # reported before this resumption
         trial.report(float(value), evaluation.step)

@@ -2,44 +2,41 @@
 
 Nothing heavy is imported with this module (Dagster and the assets load when a sweep runs), so
 that adding the command costs the other commands nothing.
+
+There is no ``--parallel``: how many variants and trials train at once is the Dagster pool
+``training``'s limit (one by default; ``dagster instance concurrency set training N`` or the UI's
+Concurrency page), which every run of the instance obeys, not only this sweep's.
 """
 
 from __future__ import annotations
 
 
 def _sweep_command(args) -> None:
-    # Ctrl-C and SIGTERM (cli._interruptible) stop the sweep in a line, exit status 130: the runs
-    # it started end FAILURE, its processes get SIGTERM, its trial is released to resume later
+    # Ctrl-C and SIGTERM (cli._interruptible) cancel the sweep in a line, exit status 130: its
+    # queued runs canceled, its started runs terminated, its trial released to resume later
     from gpt_pipeline.defs.sweep_runner import ranking_table, run_sweep
 
-    def train_job():
-        from gpt_pipeline.definitions import build_defs
-        from gpt_pipeline.defs.io_manager import AssetFileIOManager
-        from gpt_pipeline.defs.materialize import JOB
-
-        return build_defs(AssetFileIOManager(base_url=args.storage_url)).resolve_job_def(JOB)
-
-    rows, times = run_sweep(args.sweep, args.config, args.parallel, args.storage_url, train_job=train_job)
+    rows, times = run_sweep(args.sweep, args.config)
     print("\n" + ranking_table(rows))
-    print(f"\nsweep wall time {times['total']:.1f} s (data {times['data']:.1f} s, variants "
-          f"{times['variants']:.1f} s at --parallel {args.parallel}, champion {times['champion']:.1f} s)")
+    print(f"\nsweep wall time {times['total']:.1f} s (runs: data {times['data']:.1f} s, variants and trials "
+          f"{times['variants']:.1f} s, champion {times['champion']:.1f} s)")
     if not any(row["rank"] for row in rows):
         raise RuntimeError("no variant produced a model: see the notes above")
 
 
 def add_sweep_command(commands) -> None:
-    """``gpt-pipeline sweep --sweep FILE [--config BASE] [--parallel N]``."""
+    """``gpt-pipeline sweep --sweep FILE [--config BASE]``."""
     sweep = commands.add_parser(
         "sweep",
-        help="materialize a sweep: the data once, the variants and search trials N at a time, then the champion",
-        description="Run every variant and search trial of a sweep file in the Dagster instance at "
-        "$DAGSTER_HOME (default: the project's dagster_home/): raw_stories, bpe_tokenizer and "
-        "tokenized_dataset once, trained_model and sample_generations of each variant (N at a time, "
-        "the cores divided among them; a search's trials as Optuna asks for them, losers pruned), "
-        "then champion_model, and print the ranking of every variant by test bits per character.",
+        help="submit a sweep to Dagster: the data once, the variants and search trials, then the champion",
+        description="Submit every variant and search trial of a sweep file to the Dagster instance at "
+        "$DAGSTER_HOME (default: the project's dagster_home/), as queued runs that the daemon "
+        "(started for the sweep when none serves the instance) launches: raw_stories, bpe_tokenizer "
+        "and tokenized_dataset once, trained_model and sample_generations of each variant (as many at "
+        "once as the pool 'training' allows; a search's trials as Optuna asks for them, losers "
+        "pruned), then champion_model; print the standings as runs end and the ranking of every "
+        "variant by test bits per character. Ctrl-C cancels the sweep's runs.",
     )
     sweep.add_argument("--sweep", required=True, metavar="FILE", help="the sweep file (YAML: name, base, variants and/or search)")
     sweep.add_argument("--config", metavar="YAML", help="a run config over the sweep's base (ops: {asset: {config: ...}})")
-    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="variants trained at once (default 1)")
-    sweep.add_argument("--storage-url", metavar="URL", help="where assets are stored (as materialize's)")
     sweep.set_defaults(handler=_sweep_command)

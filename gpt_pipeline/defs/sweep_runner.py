@@ -1,246 +1,208 @@
-"""Run a whole sweep: the data assets once, the variants and search trials, then the champion.
+"""Run a whole sweep through Dagster: submit it, let the daemon run it, print the standings.
 
-``run_sweep`` is what ``gpt-pipeline sweep`` and the job ``sweep_job`` call. Every step is a
-Dagster run recorded in one Dagster instance (``$DAGSTER_HOME``, else the project's
-``dagster_home/``, as ``make`` uses) and one MLflow store:
+``run_sweep`` is what ``gpt-pipeline sweep`` calls. It checks the sweep file whole (a bad file is
+refused in one line before anything is written), submits it (``defs.sweep_submissions``) to the
+Dagster instance (``$DAGSTER_HOME``, else the project's ``dagster_home/``, as ``make`` uses),
+makes sure a daemon serves the instance (``defs.sweep_daemon``: one already there, else a child),
+and watches the submission's runs, which ``sweep_sensor`` requests (``defs.sweep_sensor``): the
+data assets, every variant and search trial, then ``champion_model``. The run queue and the pool
+``training`` decide how many train at once. As each variant or trial run ends, the live
+standings; at the end, the ranking.
 
-1. ``raw_stories``, ``bpe_tokenizer``, ``tokenized_dataset`` with the sweep's base as run config
-   (one run: one materialization each);
-2. each listed variant, recorded and added as a partition (``defs.variants``), then
-   ``trained_model`` and ``sample_generations`` of it (one run per partition), at most
-   ``parallel`` at once, and the pool ``training`` raised to ``parallel`` for the sweep's
-   duration (then set back); after each, the standings of the sweep's variants so far;
-3. the search's trials, if the file declares one (``defs.search``), the same way;
-4. ``champion_model``, even when some variants failed: it elects among every variant of the
-   instance (``defs.champion.standings``).
+Killed instead (``kill -9`` of the command, the daemon and the runs), the submission stays
+active with its runs STARTED: the next ``gpt-pipeline sweep`` of that file continues it
+(``_take_over``: its finished runs stand, its runs whose process is gone run again, a trial
+from its checkpoint: ``defs.run_workers``); another file of the same sweep name cancels it first,
+as Ctrl-C would have.
 
-The data, the champion and, at ``parallel`` 1, every variant run in this process
-(``defs.materialize``: Dagster, MLflow and torch imported once; a ``gpt-pipeline materialize``
-process paid about 6 CPU seconds of imports per step). At ``parallel`` N > 1 each variant is a
-``gpt-pipeline materialize`` process of its own, the cores divided among them
-(``$GPT_PIPELINE_TRAININGS_AT_ONCE``). Ctrl-C or SIGTERM stops the sweep: those processes get
-SIGTERM (their runs end FAILURE), a run in this process ends FAILURE, a search trial is released
-for the next search to resume.
-
-A variant that fails (its model does not beat the unigram baseline, say) fails alone: its line
-in the ranking says why. Everything the file names is checked before anything runs.
+Ctrl-C or SIGTERM (``cli._interruptible``) cancels the sweep: the submission is marked
+cancelled (the sensor requests nothing more), its queued runs are canceled and its started runs
+terminated through the run coordinator (they end CANCELED; a trial keeps its checkpoint and is
+released for the next search to resume), then the daemon child is stopped.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
+from gpt_pipeline.defs import sweep_submissions as submissions
 from gpt_pipeline.defs.champion import current_data_digest, standings
 from gpt_pipeline.defs.local_instance import instance_home
-from gpt_pipeline.defs.materialize import materialize_run, with_console
-from gpt_pipeline.defs.search import Search, at_once
-from gpt_pipeline.defs.search_trials import open_study
-from gpt_pipeline.defs.sources import TRAINING_POOL
-from gpt_pipeline.defs.sweeps import SHARED_ASSETS, Sweep, load_sweep, read_run_config, variant_record
-from gpt_pipeline.defs.variants import DEFAULT_VARIANT, VariantError, read_variant, record_path, save_variant
-from gpt_pipeline.devices import TRAININGS_AT_ONCE_ENV
+from gpt_pipeline.defs.run_workers import settle_gone_runs
+from gpt_pipeline.defs.sweep_daemon import serving
+from gpt_pipeline.defs.sweep_sensor import CHAMPION, DATA, pool_limit
+from gpt_pipeline.defs.sweep_submissions import STEP_TAG, SUBMISSION_TAG, TRIAL_TAG
 from gpt_pipeline.storage import exclusive
+from gpt_pipeline.tracking.tracker import _process_tags
 from gpt_pipeline.training.metrics import figure_text
 
-VARIANT_STEP = "trained_model,sample_generations,model_evaluation"  # evaluated before the election
-CHAMPION_STEP = "champion_model,champion_evaluation"
+POLL_SECONDS = 1.0
+CANCEL_SECONDS = 60.0  # how long canceled runs have to end before the command gives up on them
 
 
-@dataclass
-class StepResult:
-    name: str
-    returncode: int
-    seconds: float
-    last_line: str
+def _open_instance() -> tuple[dg.DagsterInstance, Path]:
+    home = instance_home()
+    with exclusive(str(home)):  # a new home's SQLite storage is created once (see cli._materialize)
+        return dg.DagsterInstance.from_config(str(home)), home
 
 
-def _finished(name: str, seconds: float, failure: str | None, log: Callable[[str], None]) -> StepResult:
-    log(f"{name}: {'done' if failure is None else 'FAILED'} in {seconds:.1f} s" + (f": {failure}" if failure else ""))
-    return StepResult(name, 0 if failure is None else 1, seconds, failure or "")
+def _runs(instance: dg.DagsterInstance, submission_id: str) -> list[dg.DagsterRun]:
+    return instance.get_runs(dg.RunsFilter(tags={SUBMISSION_TAG: submission_id}))
 
 
-def _in_process(instance: dg.DagsterInstance, job: dg.JobDefinition, run_config: dict, select: str,
-                partition: str | None, name: str, log: Callable[[str], None]) -> StepResult:
-    """A Dagster run in this process (``defs.materialize``): no imports paid again. Ctrl-C (or
-    SIGTERM, made one by the command) ends the run FAILURE, then raises here."""
-    started = time.monotonic()
-    try:
-        materialize_run(instance, job, run_config, select, partition, quiet=True, log=log)
-    except (ValueError, RuntimeError) as error:
-        return _finished(name, time.monotonic() - started, f"gpt-pipeline: error: {error}", log)
-    return _finished(name, time.monotonic() - started, None, log)
+def _name(run: dg.DagsterRun) -> str:
+    step = run.tags.get(STEP_TAG)
+    if step == DATA:
+        return "data assets"
+    if step == CHAMPION:
+        return "champion_model"
+    trial = run.tags.get(TRIAL_TAG)
+    return f"{'trial ' + trial + ' ' if trial else 'variant '}{run.tags.get('dagster/partition')}"
 
 
-class _Children:
-    """The ``gpt-pipeline materialize`` processes of the variants trained at the same time; on
-    Ctrl-C or SIGTERM, ``stop`` sends each SIGTERM (its Dagster run ends FAILURE) and waits."""
+def _failure(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    from gpt_pipeline.defs.checks import failure_line
 
-    GRACE = 20.0  # seconds a child has to end its run before it is killed
-
-    def __init__(self):
-        self.lock, self.running, self.stopping = threading.Lock(), set(), threading.Event()
-
-    def run(self, args: list[str], env: dict[str, str], name: str, log: Callable[[str], None]) -> StepResult | None:
-        """``gpt-pipeline materialize ARGS`` in a process of its own; None when it was stopped."""
-        started = time.monotonic()
-        with self.lock:
-            if self.stopping.is_set():
-                return None
-            process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "materialize", *args], env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            self.running.add(process)
-        try:
-            stdout, stderr = process.communicate()
-        finally:
-            with self.lock:
-                self.running.discard(process)
-        if self.stopping.is_set():
-            return None
-        lines = [line for line in (stderr + stdout).splitlines() if line.strip()]
-        errors = [line for line in stderr.splitlines() if line.startswith("gpt-pipeline")]
-        last = (errors or lines or [""])[-1].strip()
-        return _finished(name, time.monotonic() - started, None if process.returncode == 0 else last, log)
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping.set()
-            children = list(self.running)
-        for process in children:
-            process.terminate()
-        deadline = time.monotonic() + self.GRACE
-        for process in children:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+    if run.status == dg.DagsterRunStatus.CANCELED:
+        return "canceled"
+    for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        error = record.event_log_entry.dagster_event.step_failure_data.error
+        if error is not None:
+            return failure_line(error)
+    return "see the run's logs in Dagster"
 
 
-class _PoolLimit:
-    """The pool ``training`` at ``limit`` slots for the ``with`` block (at least what it was)."""
-
-    def __init__(self, instance: dg.DagsterInstance, limit: int):
-        self.storage, self.limit = instance.event_log_storage, limit
-
-    def __enter__(self):
-        info = self.storage.get_concurrency_info(TRAINING_POOL)
-        self.previous = None if info.using_default_limit else info.slot_count
-        if info.limit is not None and info.limit < self.limit:
-            self.storage.set_concurrency_slots(TRAINING_POOL, self.limit)
-            self.changed = True
-        else:
-            self.changed = False
-        return self
-
-    def __exit__(self, *exc):
-        if self.changed:
-            if self.previous is None:
-                self.storage.delete_concurrency_limit(TRAINING_POOL)
-            else:
-                self.storage.set_concurrency_slots(TRAINING_POOL, self.previous)
-
-
-def _check_bindings(sweep: Sweep) -> None:
-    """Refuse, before anything runs, a listed variant recorded before with another config."""
-    for variant in sweep.variants:
-        existing = read_variant(variant)
-        wanted = variant_record(sweep, variant)
-        if existing is not None and (existing.base, existing.overrides) != (wanted.base, wanted.overrides) and (
-                variant != DEFAULT_VARIANT or record_path(variant).is_file()):
-            raise VariantError(f"variant {variant!r} was trained with {existing.describe()} (sweep {existing.sweep}), "
-                               f"not {wanted.describe()}: give the new configuration a name of its own")
-
-
-def run_sweep(
-    sweep_file: str | os.PathLike,
-    base_config: str | os.PathLike | None = None,
-    parallel: int = 1,
-    storage_url: str | None = None,
-    log: Callable[[str], None] = print,
-    *,
-    train_job: Callable[[], dg.JobDefinition],
-) -> tuple[list[dict], dict[str, float]]:
-    """Run the sweep in ``sweep_file`` (see the module docstring); return the champion's
-    standings (``defs.champion.standings``: every variant of the instance) and the wall time of
-    each stage in seconds. ``train_job`` gives the job of every asset (``train_gpt_job``, storing
-    at ``storage_url``) for the runs in this process: the caller's, as ``definitions`` imports
-    this module's callers."""
-    if parallel < 1:
-        raise ValueError(f"--parallel must be at least 1, got {parallel}")
-    sweep: Sweep = load_sweep(sweep_file)  # a bad file is refused before anything runs
+def run_sweep(sweep_file: str | os.PathLike, base_config: str | os.PathLike | None = None,
+              log: Callable[[str], None] = print) -> tuple[list[dict], dict[str, float]]:
+    """Submit and watch the sweep in ``sweep_file`` (see the module docstring); return the
+    standings of every variant of the instance (``defs.champion.standings``) and wall times."""
     if base_config is not None and not Path(base_config).is_file():
         raise FileNotFoundError(f"run config {str(base_config)!r} does not exist")
-    _check_bindings(sweep)
-    if sweep.search is not None:  # a study database that cannot be opened: refused before anything runs
-        open_study(sweep.name, sweep.search.storage_url())
-    home = instance_home()
-    env = {**os.environ, "DAGSTER_HOME": str(home), TRAININGS_AT_ONCE_ENV: str(parallel)}
-    user = read_run_config(base_config) if base_config else {}
-    common = [*(["--storage-url", storage_url] if storage_url else []), "--quiet"]
-    times: dict[str, float] = {}
+    sweep, content, user = submissions.check_sweep(sweep_file, base_config)
+    instance, home = _open_instance()
+    limit = pool_limit(instance)
     started = time.monotonic()
-    log(f"sweep {sweep.name}: {len(sweep.variants)} variants"
-        + (f" and a search ({sweep.search.n_trials or 'until'} trials{' or ' + str(sweep.search.cpu_seconds) + ' CPU s' if sweep.search.cpu_seconds else ''})" if sweep.search else "")
-        + f", {parallel} at a time (Dagster instance {home})")
-    with exclusive(str(home)):  # a new home's SQLite storage is created once (see cli._materialize)
-        instance = dg.DagsterInstance.from_config(str(home))
-    # the sweep's base of the shared assets under the user's run config
-    ops = {**{a: {"config": dict(v)} for a, v in sweep.base.items() if a in SHARED_ASSETS},
-           **{a: v for a, v in (user.get("ops") or {}).items() if a in SHARED_ASSETS}}
-    job = with_console(train_job())
-    data = _in_process(instance, job, {**user, "ops": ops}, ",".join(SHARED_ASSETS), None, "data assets", log)
-    times["data"] = data.seconds
-    if data.returncode != 0:
-        raise RuntimeError(f"sweep {sweep.name}: the data assets failed: {data.last_line}")
-    for variant in sweep.variants:
-        save_variant(instance, variant_record(sweep, variant))
-    failed: dict[str, str] = {}
-    children = _Children()
-    ours: list[str] = list(sweep.variants)  # this sweep's variants and trials, for the live standings
-    digest = current_data_digest(instance)
-
-    def launch(variant: str) -> bool | None:
-        """Train ``variant``; None when the sweep was stopped (Ctrl-C, SIGTERM) meanwhile."""
-        if parallel == 1:  # in this process (Ctrl-C reaches the training at once)
-            result = _in_process(instance, job, user, VARIANT_STEP, variant, f"variant {variant}", log)
-        else:
-            variant_args = ["--config", str(base_config)] if base_config else []
-            result = children.run(["--select", VARIANT_STEP, "--partition", variant, *variant_args, *common], env,
-                                  f"variant {variant}", log)
-        if result is None:
-            return None
-        if result.returncode != 0:
-            failed[variant] = result.last_line
-        if variant not in ours:
-            ours.append(variant)
-        log(live_table(_noted(standings(instance, digest, ours), failed)))  # the live standings
-        return result.returncode == 0
-
-    variants_started = time.monotonic()
-    try:
-        with _PoolLimit(instance, parallel):
-            at_once(launch, sweep.variants, parallel)
-            if sweep.search is not None:
-                Search(sweep, instance, log).run(launch, parallel)
-    except BaseException:  # Ctrl-C or SIGTERM: the children's runs end, then this process
-        children.stop()
-        raise
-    times["variants"] = time.monotonic() - variants_started
-    champion = _in_process(instance, job, user, CHAMPION_STEP, None, "champion_model", log)
-    times["champion"] = champion.seconds
+    with serving(instance, home, log) as daemon:
+        submission = _take_over(instance, content, user, log)
+        if submission is None:
+            submission = submissions.submit(instance, content, user, _process_tags())
+        log(f"sweep {sweep.name}: {len(sweep.variants)} variants"
+            + (f" and a search ({sweep.search.n_trials or 'until'} trials"
+               f"{' or ' + str(sweep.search.cpu_seconds) + ' CPU s' if sweep.search.cpu_seconds else ''})" if sweep.search else "")
+            + f" submitted as {submission.id}; the pool 'training' runs {limit} at a time")
+        try:
+            times, failed = _watch(instance, submission.id, daemon, log)
+        except BaseException:  # Ctrl-C, SIGTERM, a daemon that stopped: nothing of the sweep left queued
+            cancel(instance, submission.id)
+            raise
     times["total"] = time.monotonic() - started
-    rows = _noted(standings(instance, current_data_digest(instance)), failed)
-    if champion.returncode != 0:
-        log(f"champion_model failed: {champion.last_line}")
-    return rows, times
+    final = submissions.read(instance, submission.id)
+    if final.state == submissions.FAILED:
+        raise RuntimeError(f"sweep {sweep.name}: {final.note}")
+    return _noted(standings(instance, current_data_digest(instance)), failed), times
+
+
+def _take_over(instance: dg.DagsterInstance, content: dict, user: dict, log) -> submissions.Submission | None:
+    """The active submission of this very sweep (content and run config) left by a command that
+    was killed, now this command's: the sensor goes on with it. Other such submissions of the
+    sweep's name are cancelled, as Ctrl-C would have (their trials released for this one)."""
+    with exclusive(str(Path(instance.root_directory) / "sweeps")):  # two commands: one takes it
+        left = submissions.orphans(instance, content["name"])
+        same = next((s for s in left if s.sweep == content and s.user_config == user), None)
+        if same is not None:
+            same.owner = _process_tags()
+            submissions.save(instance, same)
+    for other in left:
+        if other is not same:
+            log(f"cancelling submission {other.id} of sweep {content['name']}: its command was killed")
+            cancel(instance, other.id)
+    if same is not None:
+        log(f"continuing submission {same.id}, left by a command that was killed: its finished runs stand")
+    return same
+
+
+def _watch(instance, submission_id: str, daemon, log) -> tuple[dict[str, float], dict[str, str]]:
+    """Wait for the submission to end, asleep between looks; a line per run that ends, the live
+    standings after each variant or trial."""
+    seen: set[str] = set()
+    failed: dict[str, str] = {}
+    ours: list[str] = []
+    times: dict[str, float] = {"data": 0.0, "variants": 0.0, "champion": 0.0}
+    while True:
+        daemon.check()
+        state = submissions.read(instance, submission_id).state
+        for run in reversed(_runs(instance, submission_id)):
+            if run.run_id in seen or not run.is_finished:
+                continue
+            seen.add(run.run_id)
+            record = instance.get_run_record_by_id(run.run_id)
+            seconds = (record.end_time or 0) - (record.start_time or record.end_time or 0)
+            step = run.tags.get(STEP_TAG)
+            times[step if step in (DATA, CHAMPION) else "variants"] += seconds
+            ok = run.status == dg.DagsterRunStatus.SUCCESS
+            reason = "" if ok else _failure(instance, run)
+            log(f"{_name(run)}: {'done' if ok else 'FAILED'} in {seconds:.1f} s" + (f": {reason}" if reason else ""))
+            variant = run.tags.get("dagster/partition")
+            if variant and step not in (DATA, CHAMPION):
+                if not ok:
+                    failed[variant] = reason
+                if variant not in ours:
+                    ours.append(variant)
+                log(live_table(_noted(standings(instance, current_data_digest(instance), ours), failed)))
+        if state != submissions.ACTIVE and all(run.is_finished for run in _runs(instance, submission_id)):
+            return times, failed
+        time.sleep(POLL_SECONDS)
+
+
+def cancel(instance: dg.DagsterInstance, submission_id: str) -> None:
+    """Stop a submission: no more requests, its queued runs canceled and its started runs
+    terminated (through the instance's run coordinator), its search trials released."""
+    submissions.set_state(instance, submission_id, submissions.CANCELLED)
+    deadline = time.monotonic() + CANCEL_SECONDS
+    asked: set[str] = set()
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if settle_gone_runs(instance, _runs(instance, submission_id)):  # killed before: nothing to terminate
+            continue
+        live = [run for run in _runs(instance, submission_id) if not run.is_finished]
+        for run in live:
+            if run.run_id not in asked or run.status == dg.DagsterRunStatus.QUEUED:
+                asked.add(run.run_id)
+                instance.run_coordinator.cancel_run(run.run_id)
+        if live:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 3 * POLL_SECONDS:  # a tick under way may still request one
+            break
+        time.sleep(POLL_SECONDS)
+    _release_trials(instance, submission_id)
+
+
+def _release_trials(instance: dg.DagsterInstance, submission_id: str) -> None:
+    """The submission's unfinished trials given up: the next search takes them at once and
+    resumes them from their checkpoints."""
+    submission = submissions.read(instance, submission_id)
+    sweep = submission.parsed() if submission else None
+    if sweep is None or sweep.search is None:
+        return
+    import optuna
+
+    from gpt_pipeline.defs.search import OWNER_ATTR, RELEASED
+    from gpt_pipeline.defs.search_trials import Claims, open_study
+
+    storage = sweep.search.storage_url()
+    claims = Claims(storage)
+    for trial in open_study(sweep.name, storage).get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        current = claims.current(trial._trial_id)
+        owner = current[1] if current else trial.user_attrs.get(OWNER_ATTR) or {}
+        if owner.get("submission") == submission_id:
+            claims.take(trial._trial_id, (current[0] if current else -1) + 1, {RELEASED: True})
 
 
 def _noted(rows: list[dict], failed: dict[str, str]) -> list[dict]:

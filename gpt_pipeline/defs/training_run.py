@@ -78,7 +78,7 @@ def checkpoint_dir(
 
 def trainings_at_once(context: dg.AssetExecutionContext) -> int:
     """How many trainings this machine runs at once: ``$GPT_PIPELINE_TRAININGS_AT_ONCE`` (set by
-    ``gpt-pipeline sweep --parallel N``), else the limit of the Dagster pool ``training``, else 1."""
+    a user's override), else the limit of the Dagster pool ``training``, else 1."""
     declared = trainings_at_once_declared()
     if declared:
         return declared

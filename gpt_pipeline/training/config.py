@@ -45,7 +45,7 @@ class TrainConfig:
     resume: bool = Field(True, description="Continue from the latest checkpoint of this configuration, if any.")
     threads: int = Field(0, description="CPU threads of this training (torch.set_num_threads); 0: the "
                          "machine's cores divided by the trainings allowed at once (the Dagster pool "
-                         "'training', or gpt-pipeline sweep --parallel N), so that trainings side by side do "
+                         "'training', or $GPT_PIPELINE_TRAININGS_AT_ONCE), so that trainings side by side do "
                          "not oversubscribe the cores.", ge=0)
     lr_schedule: Literal["constant", "cosine"] = _result(
         "constant", "constant (gpt-rs) or cosine (linear warm-up, then cosine decay to min_learning_rate).")

@@ -46,7 +46,8 @@ def test_the_code_location_has_one_automation_sensor_covering_the_source_and_the
     """No ``default_automation_condition_sensor``: Dagster adds one for any asset with an automation
     condition that no sensor targets (a selection of groups leaves source assets out by default)."""
     sensors = defs.get_repository_def().sensor_defs
-    assert [sensor.name for sensor in sensors] == ["retrain_on_new_data"]
+    assert [sensor.name for sensor in sensors] == ["retrain_on_new_data", "sweep_sensor"]
+    assert sensors[1].default_status == dg.DefaultSensorStatus.RUNNING  # submitted sweeps run without a click
     selected = automation.retrain_on_new_data.asset_selection.resolve(defs.get_repository_def().asset_graph)
     assert {key.to_user_string() for key in selected} == LINEAGE | {"stories_source"}
 
@@ -59,12 +60,42 @@ def test_sweep_job_with_a_missing_or_bad_sweep_file_fails_with_one_line(tmp_path
         with dg.instance_for_test() as instance:
             result = defs.resolve_job_def("sweep_job").execute_in_process(
                 instance=instance, raise_on_error=False,
-                run_config={"ops": {"run_sweep_file": {"config": {"sweep_file": sweep_file}}}})
+                run_config={"ops": {"submit_sweep_file": {"config": {"sweep_file": sweep_file}}}})
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
         message = failure.step_failure_data.error.message
         assert expected in message and "\n" not in message.strip(), message
     assert not (tmp_path / "home").exists() and not isolated_storage[0].exists()  # nothing ran
+
+
+def test_sweep_job_submits_a_good_file_and_the_sensor_requests_its_data_run_first(tmp_path, isolated_storage):
+    """The Launchpad's (and the weekly schedule's) sweep_job checks the file and submits it,
+    running nothing itself; sweep_sensor then requests the data assets' run, tagged with the
+    submission, and nothing else until it has succeeded."""
+    import yaml
+
+    from gpt_pipeline.defs.sweep_sensor import sweep_sensor
+    from gpt_pipeline.defs.sweep_submissions import active
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "ui", "base": {"ops": {"raw_stories": {
+        "config": {"num_stories": 200}}}}, "variants": {"a": {"trained_model": {"learning_rate": 0.004}}}}))
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        result = defs.resolve_job_def("sweep_job").execute_in_process(
+            instance=instance, run_config={"ops": {"submit_sweep_file": {"config": {"sweep_file": str(tmp_path / "sweep.yaml")}}}})
+        assert result.success
+        (submission,) = active(instance)
+        assert submission.sweep["variants"] == {"a": {"trained_model": {"learning_rate": 0.004}}}
+        assert [run.job_name for run in instance.get_runs()] == ["sweep_job"]  # it trained nothing itself
+        for _ in range(2):  # a second tick asks for the same run again (its run key makes it a no-op)
+            ticked = sweep_sensor(dg.build_sensor_context(instance=instance))
+            (request,) = ticked.run_requests
+            assert request.run_key == f"{submission.id}:data" and request.partition_key is None
+            assert {key.to_user_string() for key in request.asset_selection} == {
+                "raw_stories", "bpe_tokenizer", "tokenized_dataset"}
+            assert request.tags["gpt_pipeline/submission"] == submission.id and request.tags["gpt_pipeline/step"] == "data"
+            assert request.run_config["ops"]["raw_stories"] == {"config": {"num_stories": 200}}
+        assert not isolated_storage[0].exists()  # no variant recorded before the data has run
 
 
 def _requested_keys(result) -> set[dg.AssetKey]:

@@ -1,7 +1,8 @@
 """The search's bookkeeping against a real Optuna study (SQLite) and a real Dagster instance: two
 searchers of one study never claim the same trial; a trial left running by a process that is gone
 is claimed again, under its variant, before any new one; the budget counts every trial.
-(Trials trained end to end, pruned and continued: ``test_sweep_runner``.)"""
+(Trials trained end to end through the daemon, pruned and continued: ``test_sweep_runner``;
+interrupted and resumed: ``test_run_workers``.)"""
 
 from __future__ import annotations
 
@@ -92,49 +93,22 @@ def test_an_orphaned_trial_is_adopted_by_one_of_the_searchers_that_see_it_at_onc
         assert adopter[1] == variant
 
 
-def test_a_search_interrupted_mid_trial_resumes_that_trial_from_its_checkpoint(tmp_path, isolated_storage, monkeypatch):
-    import copy
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import optuna
-    import yaml
-
-    from gpt_pipeline.cli import main
-    from gpt_pipeline_tests.tiny_config import TINY_RUN_CONFIG
-
-    data, _ = isolated_storage
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    base = copy.deepcopy(TINY_RUN_CONFIG)
-    base["ops"]["trained_model"]["config"].update(training_iterations=160, evaluation_interval=10)
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    search = tmp_path / "search.yaml"
-    search.write_text(yaml.safe_dump({"name": "resume", "base": "base.yaml", "search": {
-        "n_trials": 1, "pruner": "none", "space": {"trained_model.learning_rate": {"low": 0.002, "high": 0.004}}}}))
-    sweep = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", str(search)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    folder = data / "checkpoints" / "trained_model" / "resume-t000"
-    give_up = time.monotonic() + 240
-    while not [p for p in folder.glob("*/*.safetensors") if p.stem.isdigit() and int(p.stem) >= 20]:
-        assert sweep.poll() is None and time.monotonic() < give_up, sweep.communicate()[0][-3000:]
-        time.sleep(0.2)
-    sweep.send_signal(signal.SIGINT)  # Ctrl-C mid-training
-    out, _ = sweep.communicate(timeout=60)
-    assert sweep.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["RUNNING"]  # left for the next search to resume
-    assert Claims(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}").current(study.trials[0]._trial_id)[1] == {
-        RELEASED: True}  # given up by the search that stopped: the next one takes it at once
-    with dg.DagsterInstance.get() as instance:  # the interrupted run ended; it is not left STARTED
-        (run,) = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": "resume-t000"}))
-    assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-
-    assert main(["sweep", "--sweep", str(search)]) == 0  # started again: the same trial, resumed
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"]
-    with dg.DagsterInstance.get() as instance:
-        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey("trained_model"), asset_partitions=["resume-t000"]), limit=5).records
-    assert record.asset_materialization.metadata["resumed_from_step"].value >= 20
+def test_a_trial_whose_run_was_killed_is_adopted_once_by_the_sensor_that_requests_it_again(tmp_path, isolated_storage):
+    """``Search.adopt`` (``sweep_sensor`` before it requests an interrupted trial's run again): a
+    trial whose claim names a live owner is not taken; its own owner holds it; once that owner
+    is gone (kill -9) or gave it back (Ctrl-C), one searcher takes it and the other does not."""
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        first = Search(_sweep(2), instance, log=lambda line: None, owner={"submission": "a"})
+        second = Search(_sweep(2), instance, log=lambda line: None, owner={"submission": "b"})
+        number, _, trial = first.claim()
+        frozen = next(t for t in first.study.get_trials(deepcopy=False) if t.number == number)
+        assert first.adopt(frozen) and not second.adopt(frozen)  # first's, alive
+        claims = Claims(first.spec.storage_url())
+        assert claims.take(trial._trial_id, claims.current(trial._trial_id)[0] + 1, DEAD)  # its owner killed
+        assert second.adopt(frozen) and not first.adopt(frozen)  # taken once, by second
+        assert claims.current(trial._trial_id)[1] == second.owner
+        second.release(trial)  # second stopped: given back
+        assert claims.current(trial._trial_id)[1] == {RELEASED: True}
+        assert first.adopt(frozen) and not second.adopt(frozen)
+        assert first.claim(skip={number})[0] != number  # a trial the sensor requests itself is not an orphan

@@ -1,9 +1,11 @@
-"""`gpt-pipeline sweep` end to end: variants in processes of their own, at the same time, against
-one real Dagster instance and one real MLflow store; then the champion."""
+"""`gpt-pipeline sweep` end to end through Dagster: the sweep is submitted, a real `dagster-daemon`
+(its sensor `sweep_sensor`, its run queue) launches every variant and trial as a queued run of
+its own process, as many at once as the pool `training` allows, against one real Dagster instance
+and one real MLflow store; then the champion. (Ctrl-C and kill -9 of the command:
+``test_run_workers``.)"""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import dagster as dg
@@ -16,7 +18,6 @@ from mlflow.tracking import MlflowClient
 from gpt_pipeline import provenance
 from gpt_pipeline.cli import main
 from gpt_pipeline.defs.io_manager import AssetFileIOManager
-from gpt_pipeline.defs.local_instance import LOCAL_INSTANCE_YAML
 from gpt_pipeline.defs.variants import known_variants
 from gpt_pipeline.model.gpt import GPT
 from gpt_pipeline.model.generations import GenerationConfig, generate_samples
@@ -28,16 +29,26 @@ DATA_ASSETS = ("raw_stories", "bpe_tokenizer", "tokenized_dataset")
 
 
 @pytest.fixture
-def sweep_home(tmp_path, isolated_storage, monkeypatch):
-    """A Dagster home whose pools take one step at a time (as `make`'s), and a base run config."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    base = copy.deepcopy(TINY_RUN_CONFIG)
-    base["ops"]["sample_generations"]["config"]["prompts"] = ["Once", "The dog", "A cat"]
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    return tmp_path
+def daemon(sweep_home):
+    """A `dagster-daemon` serving the sweep's instance (as `dagster dev` would): the command uses it
+    rather than starting its own."""
+    import time
+
+    from gpt_pipeline.defs.sweep_daemon import DaemonChild, daemon_alive
+
+    instance = dg.DagsterInstance.get()  # its storage created before the daemon opens it
+    child = DaemonChild(sweep_home / "home")
+    try:
+        with instance:
+            give_up = time.monotonic() + 180
+            while not daemon_alive(instance):
+                child.check()
+                assert time.monotonic() < give_up, "the daemon did not beat within 180 s"
+                time.sleep(0.5)
+        yield child
+    finally:
+        child.stop()
+    assert child.process.returncode is not None
 
 
 def _sweep(folder, variants: dict) -> str:
@@ -50,22 +61,44 @@ def _run_records(instance, variant):
     return instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": variant}))
 
 
-def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_home, isolated_storage, capsys):
+def _launched_by_the_daemon(instance, record) -> None:
+    """A run the sensor requested (its tags) and the run queue launched (it was enqueued)."""
+    run = record.dagster_run
+    assert run.tags["dagster/sensor_name"] == "sweep_sensor" and run.tags["gpt_pipeline/submission"], run.tags
+    assert instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED).records, run.run_id
+
+
+def _most_at_once(records) -> int:
+    """The most runs of ``records`` that were started and not yet ended at one moment."""
+    edges = sorted([(r.start_time, 1) for r in records] + [(r.end_time, -1) for r in records], key=lambda e: (e[0], e[1]))
+    at_once = most = 0
+    for _, change in edges:
+        at_once += change
+        most = max(most, at_once)
+    return most
+
+
+def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_home, isolated_storage, capsys, daemon):
+    from gpt_pipeline.defs.sources import TRAINING_POOL
+
     data, mlruns = isolated_storage
+    instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots(TRAINING_POOL, 2)  # `dagster instance concurrency set training 2`
     sweep = _sweep(sweep_home, {name: {"trained_model": {"learning_rate": rate}} for name, rate in RATES.items()})
-    assert main(["sweep", "--sweep", sweep, "--parallel", "3"]) == 0
+    assert main(["sweep", "--sweep", sweep]) == 0
     out = capsys.readouterr().out
     assert "sweep wall time" in out and all(name in out for name in RATES)
+    assert "starting the Dagster daemon" not in out  # the instance's daemon served it
 
-    instance = dg.DagsterInstance.get()
     for asset in DATA_ASSETS:  # materialized once for the whole sweep
         records = instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
         assert len(records) == 1, asset
     runs = {variant: _run_records(instance, variant) for variant in RATES}
     assert all(len(records) == 1 for records in runs.values())
-    starts = [records[0].start_time for records in runs.values()]
-    ends = [records[0].end_time for records in runs.values()]
-    assert max(starts) < min(ends), "the three variants did not run at the same time"
+    for (record,) in runs.values():
+        _launched_by_the_daemon(instance, record)
+    # the three were queued together; the pool let two train at once, never three
+    assert _most_at_once([records[0] for records in runs.values()]) == 2
 
     storage = AssetFileIOManager()
     tokenizer = storage.load_stored(dg.AssetKey("bpe_tokenizer"), BPETokenizer)
@@ -121,7 +154,9 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
     assert [m.source_run_id for m in ranked] == [by_variant[v].info.run_id for v in sorted(bits, key=bits.get)]
     assert [m.name for m in ranked] == sorted(bits, key=bits.get)  # each logged model named for its variant
 
-    # Then `make run`'s config (the variant `default`), then a search with pruning: every variant stays.
+    # Then `make run`'s config (the variant `default`), then a search with pruning (the pool still
+    # at 2: Optuna is asked for two trials at once; the default pool's one at a time is
+    # test_run_workers' queued variant): every variant stays.
     capsys.readouterr()
     assert main(["materialize", "--config", str(sweep_home / "base.yaml"), "--quiet"]) == 0
     search = _search(sweep_home, n_trials=6)
@@ -129,6 +164,11 @@ def test_three_variants_at_once_each_its_own_files_runs_and_generations(sweep_ho
     out = capsys.readouterr().out
     _agree_on_the_champion(instance, client, experiment, uri, {*RATES, "default"}, trials=6)
     assert "pruned at step" in out
+    trial_runs = [r for n in range(6) for r in _run_records(instance, f"search_test-t{n:03d}")]
+    assert len(trial_runs) == 6 and _most_at_once(trial_runs) == 2
+    for record in trial_runs:
+        _launched_by_the_daemon(instance, record)
+        assert record.dagster_run.tags["gpt_pipeline/trial"] in {str(n) for n in range(6)}
 
     # Started again with one trial more: the study goes on, finished trials are not retrained.
     runs_before = {v: len(_run_records(instance, v)) for v in known_variants(instance)}
@@ -188,83 +228,3 @@ def _agree_on_the_champion(instance, client, experiment, uri, listed: set, trial
         (run,) = client.search_runs([experiment.experiment_id], f"tags.`dagster.asset_key` = 'trained_model' and "
                                     f"tags.`gpt_pipeline/variant` = '{variant}'")
         assert run.data.tags["gpt_pipeline/pruned"] == "true" and not run.outputs.model_outputs
-
-
-def test_a_failing_variant_fails_alone_and_the_ranking_says_why(sweep_home, capsys):
-    sweep = _sweep(sweep_home, {
-        "good": {"trained_model": {"learning_rate": 0.004}},
-        # one step of training does not beat the unigram baseline: beats_unigram refuses it
-        "too_short": {"trained_model": {"training_iterations": 1, "evaluation_interval": 1}},
-    })
-    assert main(["sweep", "--sweep", sweep, "--parallel", "2"]) == 0
-    out = capsys.readouterr().out
-    live = [line.split()[:5] for line in out[:out.rindex("rank  variant")].splitlines()]  # as each variant ends
-    assert ["rank", "variant", "state", "step", "test_bpc"] in live
-    assert any(cells[1:4] == ["good", "trained", "40"] and float(cells[4]) > 0 for cells in live if len(cells) == 5)
-    assert any(cells[1:4] == ["too_short", "failed", "-"] for cells in live if len(cells) >= 4)
-    ranking = out[out.rindex("rank  variant"):]
-    good = next(line for line in ranking.splitlines() if " good " in f" {line} ")
-    short = next(line for line in ranking.splitlines() if "too_short" in line)
-    assert good.startswith("1 ") and short.startswith("- ")
-    assert "beats_unigram" in short and "failed" in short
-    instance = dg.DagsterInstance.get()
-    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
-    metadata = event.asset_materialization.metadata
-    assert metadata["champion"].value == "good"
-    standing = {r.data["variant"]: r.data for r in metadata["standings"].value.records}  # tables
-    details = {r.data["variant"]: r.data for r in metadata["variants"].value.records}
-    assert standing["too_short"]["rank"] == "-" and "beats_unigram" in details["too_short"]["overrides / note"]
-
-
-def test_trainings_take_turns_in_the_pool_and_parallel_raises_it_for_the_sweep_only(sweep_home):
-    from gpt_pipeline.definitions import defs
-    from gpt_pipeline.defs.sources import TRAINING_POOL
-    from gpt_pipeline.defs.sweep_runner import _PoolLimit
-    from gpt_pipeline.devices import training_threads
-
-    assert defs.resolve_assets_def("trained_model").op.pool == TRAINING_POOL
-    instance = dg.DagsterInstance.get()
-    info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
-    assert info.limit == 1 and info.using_default_limit  # the home's dagster.yaml: one at a time
-    with _PoolLimit(instance, 3):
-        assert instance.event_log_storage.get_concurrency_info(TRAINING_POOL).limit == 3
-    info = instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
-    assert info.limit == 1 and info.using_default_limit  # set back
-    assert training_threads(0, at_once=3, cores=16) == 5 and training_threads(0, at_once=1, cores=2) == 2
-
-
-def test_sigterm_stops_the_sweep_and_the_training_processes_it_started(sweep_home, isolated_storage):
-    """SIGTERM (as Ctrl-C) of `gpt-pipeline sweep --parallel 2`: the `materialize` process of its
-    variant gets SIGTERM and ends its Dagster run FAILURE, none is left behind, the sweep exits 130
-    in a line. (One variant: a second process would cost its imports again, to show the same.)"""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    data, _ = isolated_storage
-    sweep = _sweep(sweep_home, {"long": {"trained_model": {"training_iterations": 100000, "evaluation_interval": 10}}})
-    process = subprocess.Popen([sys.executable, "-m", "gpt_pipeline", "sweep", "--sweep", sweep, "--parallel", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    give_up = time.monotonic() + 240
-    while not list((data / "checkpoints" / "trained_model" / "long").glob("*/*.safetensors")):
-        assert process.poll() is None and time.monotonic() < give_up, process.communicate()[0][-3000:]
-        time.sleep(0.2)
-    stopped = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=60)
-    assert time.monotonic() - stopped < 30
-    assert process.returncode == 130 and out.splitlines()[-1] == "gpt-pipeline: interrupted", out[-2000:]
-    assert "Traceback" not in out, out[-2000:]
-    home = os.environ["DAGSTER_HOME"]
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):  # no materialize of this home left running
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        assert not (b"materialize" in cmdline and f"DAGSTER_HOME={home}".encode() in environ), cmdline
-    with dg.DagsterInstance.get() as instance:
-        (run,) = _run_records(instance, "long")
-        assert run.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)

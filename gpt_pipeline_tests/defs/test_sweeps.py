@@ -104,13 +104,11 @@ def test_a_bad_sweep_file_is_refused_in_one_line_before_anything_runs(case, tmp_
     assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()  # nothing ran
 
 
-def test_a_missing_sweep_file_and_a_bad_parallel_are_refused(tmp_path, capsys, monkeypatch):
+def test_a_missing_sweep_file_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert main(["sweep", "--sweep", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    path = _write(tmp_path, "variants:\n  a: {}\n")
-    assert main(["sweep", "--sweep", str(path), "--parallel", "0"]) == 2
-    assert "--parallel must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()  # no instance, no submission, no daemon
 
 
 def test_a_search_is_read_and_a_study_database_that_cannot_be_opened_is_named(tmp_path, capsys, monkeypatch):
