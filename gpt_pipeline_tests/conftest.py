@@ -1,6 +1,6 @@
 """Shared fixtures: an isolated data directory and MLflow store for every test that asks, the signal
-dispositions each test found put back after it, and a
-kernel cache of the session's own (no test reads or writes ``~/.cache``)."""
+dispositions the session started with around each test, and a kernel cache of the session's own
+(no test reads or writes ``~/.cache``); each pytest-xdist worker pinned to its own cores."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import signal
 import pytest
 
 
+_SESSION_SIGNALS: dict[int, object] = {}  # SIGINT's and SIGTERM's dispositions as the session found them
+
+
 def pytest_configure(config):
-    """Under ``pytest -n N`` (pytest-xdist, as ``make test`` runs), each worker is pinned to its
-    own share of the cores, and so is every process it starts: two workers training at once do
-    not spin OpenMP threads on each other's core (torch and ``devices`` read the affinity)."""
+    """The session's signal dispositions noted before any fixture runs (``signals_kept``). Under
+    ``pytest -n N`` (pytest-xdist, as ``make test`` runs), each worker is pinned to its own share
+    of the cores, and so is every process it starts: two workers training at once do not spin
+    OpenMP threads on each other's core (torch and ``devices`` read the affinity)."""
+    _SESSION_SIGNALS.update({number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)})
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and count:
         cores = sorted(os.sched_getaffinity(0))
@@ -31,14 +36,18 @@ def session_kernel_cache(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def signals_kept():
-    """SIGINT's and SIGTERM's dispositions put back after each test: Dagster's in-process runs
-    (``dg.materialize`` in a test) give SIGTERM SIGINT's, which a background ``make test`` ignores,
-    and every process a later test starts would inherit SIGTERM ignored."""
-    kept = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    """SIGINT's and SIGTERM's dispositions set to the session's before and after each test:
+    Dagster's in-process runs (``dg.materialize`` in a test or in a module's fixture) give SIGTERM
+    SIGINT's, which a background ``make test`` ignores, and every process a later test starts
+    would inherit SIGTERM ignored (its compute-log ``tail`` then holds each run 30 s)."""
+    def reset():
+        for number, handler in _SESSION_SIGNALS.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+    reset()
     yield
-    for number, handler in kept.items():
-        if handler is not None:
-            signal.signal(number, handler)
+    reset()
 
 
 @pytest.fixture
