@@ -26,20 +26,6 @@ def pytest_configure(config):
         os.sched_setaffinity(0, share)
 
 
-# The longest test files (minutes each: sweeps through a real daemon, servers, browsers) first, so
-# that pytest-xdist's workers start on them and no worker ends the session running one alone.
-LONGEST_FIRST = ("defs/test_sweep_runner.py", "defs/test_run_workers.py", "test_servers_e2e.py",
-                 "test_first_hour_e2e.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        path = item.nodeid.split("::", 1)[0].removeprefix("gpt_pipeline_tests/")
-        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: the rest keep their order
-
-
 @pytest.fixture(autouse=True, scope="session")
 def session_kernel_cache(tmp_path_factory):
     """``GPT_PIPELINE_KERNEL_CACHE`` in a temporary folder for the whole session (subprocesses too)."""
